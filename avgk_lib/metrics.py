@@ -1,0 +1,256 @@
+r"""Top-K and average-K metrics (tensors in; Python floats or tensors out).
+
+Conventions:
+
+* ``scores`` are ``(n, C)`` (probabilities or any scores ordered like them), ``targets`` ``(n,)``.
+* ``average="micro"`` is the mean over samples; ``average="macro"`` the mean over the classes
+  **present in ``targets``** of the per-class accuracy (Pl@ntNet semantics: a class absent from
+  the evaluated split does not count).
+* **Top-K ties**: the true class counts as in the top K when fewer than K classes score
+  strictly higher than it (the optimistic rank). With tie-free scores this is the usual top-K.
+* **Average-K calibration** (:func:`average_k_threshold`): one global threshold for the whole
+  dataset, so set sizes adapt to each input while averaging K (Lorieul et al. 2021; P2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import (
+    AVERAGES,
+    check_average_k,
+    check_choice,
+    check_scores,
+    check_targets,
+    check_tensor,
+    check_topk_k,
+)
+
+__all__ = [
+    "topk_accuracy",
+    "topk_correct",
+    "topk_sets",
+    "average_k_threshold",
+    "average_k_sets",
+    "average_k_accuracy",
+    "set_sizes",
+    "set_size_stats",
+    "per_class_accuracy",
+    "accuracy_by_class_frequency",
+]
+
+
+def _aggregate(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: str) -> float:
+    check_choice(average, "average", AVERAGES)
+    if average == "micro":
+        return float(correct.double().mean())
+    per_class, counts = _per_class(correct, targets, n_classes)
+    return float(per_class[counts > 0].mean())
+
+
+def _per_class(correct: torch.Tensor, targets: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.bincount(targets, minlength=n_classes).double()
+    hits = torch.bincount(targets, weights=correct.double(), minlength=n_classes)
+    per_class = torch.where(counts > 0, hits / counts.clamp_min(1), torch.full_like(hits, float("nan")))
+    return per_class, counts
+
+
+def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Bool ``(n,)``: :math:`\#\{j : s_j > s_y\} < K` (is the true class in the top K)."""
+    scores = check_scores(scores)
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    k = check_topk_k(k, scores.shape[1])
+    target_scores = scores.gather(1, targets[:, None])
+    return (scores > target_scores).sum(dim=1) < k
+
+
+def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: str = "micro") -> float:
+    r"""Top-K accuracy :math:`\frac1n\sum_i \mathbb 1[y_i \in \mathrm{top}_K(s_i)]` (micro) or its
+    mean over present classes (macro).
+
+    Example:
+        >>> s = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]); y = torch.tensor([2, 1])
+        >>> topk_accuracy(s, y, 1), topk_accuracy(s, y, 2)
+        (0.0, 0.5)
+    """
+    correct = topk_correct(scores, targets, k)
+    return _aggregate(correct, targets.long(), scores.shape[1], average)
+
+
+def topk_sets(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool ``(n, C)``: the K highest-scoring classes of each row (ties broken by :func:`torch.topk`)."""
+    scores = check_scores(scores)
+    k = check_topk_k(k, scores.shape[1])
+    sets = torch.zeros_like(scores, dtype=torch.bool)
+    return sets.scatter_(1, torch.topk(scores, k, dim=1).indices, True)
+
+
+def _kth_and_next_largest(flat: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m-th and (m+1)-th largest entries of a 1-D tensor (1 <= m < len), without a full sort.
+
+    Small inputs use :func:`torch.topk`. Large ones are narrowed by a random subsample: two
+    sample order statistics bracket the wanted ranks with a wide safety margin, one pass counts
+    the entries above the upper bracket and extracts those inside it, and :func:`torch.topk`
+    finishes on that small slice. The bracket is verified by exact counts; if it missed (with
+    probability far below 1e-9, or on adversarial ties) the search falls back to
+    :func:`torch.topk` on everything. Works on any device; the result is exact either way.
+    """
+    n = flat.numel()
+    if n <= 1 << 21:
+        values = torch.topk(flat, m + 1, sorted=True).values
+        return values[m - 1], values[m]
+    generator = torch.Generator().manual_seed(n)
+    n_sample = 1 << 16
+    sample = flat[torch.randint(0, n, (n_sample,), generator=generator).to(flat.device)]
+    sample = torch.sort(sample, descending=True).values
+    q = m / n
+    margin = 8.0 * math.sqrt(n_sample * q * (1 - q)) + 16
+    hi_rank, lo_rank = int(q * n_sample - margin), int(math.ceil(q * n_sample + margin))
+    if lo_rank >= n_sample:  # the wanted ranks reach the bottom of the data: no pruning possible
+        values = torch.topk(flat, m + 1, sorted=True).values
+        return values[m - 1], values[m]
+    # one full pass: keep the entries at or above the lower bracket (a small fraction)
+    candidates = flat[flat >= sample[lo_rank]]
+    above = int(torch.count_nonzero(candidates > sample[hi_rank])) if hi_rank >= 0 else 0
+    inside = candidates[candidates <= sample[hi_rank]] if hi_rank >= 0 else candidates
+    need = m + 1 - above
+    if above >= m or need > inside.numel():
+        values = torch.topk(flat, m + 1, sorted=True).values
+        return values[m - 1], values[m]
+    values = torch.topk(inside, need, sorted=True).values
+    return values[need - 2], values[need - 1]
+
+
+def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
+    r"""Global threshold :math:`\lambda` so that :math:`\{(i, j): s_{ij} \ge \lambda\}` holds
+    :math:`m = \mathrm{round}(nK)` entries (the Pl@ntNet calibration rule).
+
+    :math:`\lambda` is the midpoint of the m-th and (m+1)-th largest of the n x C pooled
+    scores. On tie-free scores exactly m entries are selected, so the average set size on the
+    calibration data is :math:`m/n \approx K`. Ties: when the m-th and (m+1)-th largest are
+    equal, :math:`\lambda` equals them and every tied entry is selected (more than m). When the
+    two are adjacent floating-point numbers, :math:`\lambda` is the larger of them (still m
+    entries). ``m = nC`` selects everything; ``m = 0`` gives :math:`+\infty` (empty sets).
+
+    Calibrate on validation scores and reuse the threshold on test scores. Never sorts the
+    whole array (fast far beyond :math:`2^{24}` entries, where ``torch.quantile`` fails) and
+    stays on the scores' device.
+
+    Args:
+        scores: ``(n, C)``. k: average set size, ``0 < K <= C``, may be fractional.
+
+    Returns:
+        0-dim tensor, dtype and device of ``scores``.
+
+    Example:
+        >>> s = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+        >>> average_k_threshold(s, 1.5)   # 3 of 6 entries: midpoint of 0.35 and 0.25
+        tensor(0.3000)
+    """
+    scores = check_scores(scores)
+    n, n_classes = scores.shape
+    k = check_average_k(k, n_classes)
+    m = int(math.floor(n * k + 0.5))
+    flat = scores.detach().reshape(-1)
+    if m <= 0:
+        return torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
+    if m >= flat.numel():
+        return flat.min()
+    kth, nxt = _kth_and_next_largest(flat, m)
+    mid = nxt + (kth - nxt) / 2
+    return torch.where((mid > nxt) & (mid <= kth), mid, kth)
+
+
+def _check_threshold(threshold, scores: torch.Tensor) -> torch.Tensor:
+    if isinstance(threshold, torch.Tensor):
+        if threshold.numel() != 1:
+            raise ValueError(f"`threshold` must be a scalar, got shape {tuple(threshold.shape)}")
+        if bool(torch.isnan(threshold)):
+            raise ValueError("`threshold` is NaN")
+        return threshold.reshape(()).to(device=scores.device, dtype=scores.dtype)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise TypeError(f"`threshold` must be a real number or a scalar tensor, got {threshold!r}")
+    return torch.tensor(threshold, dtype=scores.dtype, device=scores.device)
+
+
+def average_k_sets(scores: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    r"""Bool ``(n, C)`` prediction sets :math:`\{j : s_{ij} \ge \lambda\}` (may be empty)."""
+    scores = check_scores(scores)
+    return scores >= _check_threshold(threshold, scores)
+
+
+def average_k_accuracy(
+    scores: torch.Tensor, targets: torch.Tensor, threshold: float | torch.Tensor, average: str = "micro"
+) -> float:
+    r"""Average-K accuracy :math:`\frac1n\sum_i \mathbb 1[s_{i y_i} \ge \lambda]` (micro) or its
+    mean over present classes (macro)."""
+    scores = check_scores(scores)
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    correct = scores.gather(1, targets[:, None]).squeeze(1) >= _check_threshold(threshold, scores)
+    return _aggregate(correct, targets, scores.shape[1], average)
+
+
+def set_sizes(sets: torch.Tensor) -> torch.Tensor:
+    """Size of each prediction set, ``(n,)`` long, from a bool ``(n, C)`` matrix."""
+    sets = check_tensor(sets, "sets")
+    if sets.dtype != torch.bool or sets.dim() != 2:
+        raise TypeError(f"`sets` must be a 2-D bool tensor, got {sets.dtype} with shape {tuple(sets.shape)}")
+    return sets.sum(dim=1)
+
+
+def set_size_stats(sets: torch.Tensor) -> dict[str, object]:
+    """Mean, std, min, max, median of the set sizes, the share of empty sets, and the histogram
+    (``histogram[s]`` = number of sets of size s, s = 0..C)."""
+    sizes = set_sizes(sets)
+    n_classes = sets.shape[1]
+    if sizes.numel() == 0:
+        raise ValueError("`sets` is empty")
+    sizes_f = sizes.double()
+    return {
+        "mean": float(sizes_f.mean()),
+        "std": float(sizes_f.std(unbiased=False)),
+        "min": int(sizes.min()),
+        "max": int(sizes.max()),
+        "median": float(sizes_f.median()),
+        "empty_fraction": float((sizes == 0).double().mean()),
+        "histogram": torch.bincount(sizes.cpu(), minlength=n_classes + 1),
+    }
+
+
+def per_class_accuracy(correct: torch.Tensor, targets: torch.Tensor, n_classes: int) -> dict[str, torch.Tensor]:
+    """Per-class breakdown of a bool ``correct`` vector: ``accuracy`` (NaN for absent classes)
+    and ``support`` (number of evaluated samples per class), both float64 of length C."""
+    correct = check_tensor(correct, "correct")
+    if correct.dtype != torch.bool or correct.dim() != 1:
+        raise TypeError(f"`correct` must be a 1-D bool tensor, got {correct.dtype} with shape {tuple(correct.shape)}")
+    targets = check_targets(targets, correct.shape[0], n_classes)
+    accuracy, support = _per_class(correct, targets, n_classes)
+    return {"accuracy": accuracy.cpu(), "support": support.cpu()}
+
+
+def accuracy_by_class_frequency(
+    correct: torch.Tensor, targets: torch.Tensor, train_counts, n_bins: int = 5
+) -> dict[str, torch.Tensor]:
+    """Accuracy per class against its training frequency, plus the same in ``n_bins`` bins of
+    classes sorted by frequency (equal numbers of classes, rarest first), for long-tail plots.
+
+    Returns ``train_count`` and ``accuracy`` per class (classes absent from the evaluation
+    dropped) and ``bin_accuracy`` (macro accuracy of each bin), ``bin_min_count``,
+    ``bin_max_count``.
+    """
+    counts = torch.as_tensor(train_counts, dtype=torch.float64).cpu()
+    n_classes = counts.numel()
+    breakdown = per_class_accuracy(correct, targets, n_classes)
+    present = breakdown["support"] > 0
+    acc, freq = breakdown["accuracy"][present], counts[present]
+    order = torch.argsort(freq, stable=True)
+    bins = torch.tensor_split(order, min(n_bins, order.numel()))
+    return {
+        "train_count": freq,
+        "accuracy": acc,
+        "bin_accuracy": torch.stack([acc[b].mean() for b in bins]),
+        "bin_min_count": torch.stack([freq[b].min() for b in bins]),
+        "bin_max_count": torch.stack([freq[b].max() for b in bins]),
+    }

@@ -1,0 +1,359 @@
+r"""Differentiable primitives: the perturbed k-th largest value and log-space symmetric polynomials.
+
+These are the two numerical kernels behind the losses of :mod:`avgk_lib.functional`:
+
+* :func:`noised_topk` is the perturbed-optimizer smoothing (Berthet et al., 2020) of the k-th
+  largest entry used by the P1 loss (Garcin et al., ICML 2022);
+* :func:`log_elementary_symmetric` evaluates
+  :math:`\log e_j(\exp(u))` for :math:`j = 0..k` stably, which is what Berrada et al. (2018)'s
+  smooth top-k SVM needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_count, check_nonnegative, check_scores, check_tensor
+
+# Stand-in for log(0) in the log-space polynomials. Finite so that logsumexp and its gradient
+# never see (-inf) - (-inf); exp(PAD - anything reasonable) is exactly 0 in float32 and float64.
+LOG_ZERO = -1e30
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are computed in float32 (sort-like ops and exp are unsafe in fp16)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+_NOISE_CHUNK = 1 << 17
+_noise_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_noise_pool() -> None:  # a forked child inherits the pool object but not its threads
+    global _noise_pool
+    _noise_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_noise_pool)
+
+
+def standard_normal(
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """I.i.d. N(0, 1) draws of ``shape``; large CPU draws use every intra-op thread.
+
+    :func:`torch.randn` fills a CPU tensor on one core. For draws of at least 2^19 entries on a
+    CPU with several threads, the buffer is cut into fixed chunks of 2^17 entries, each filled by
+    its own generator seeded from ``generator`` (or the global RNG), in parallel. The chunking
+    depends on the shape only, so a seed gives the same numbers whatever the thread count.
+    Otherwise this is :func:`torch.randn`.
+    """
+    global _noise_pool
+    device = torch.device(device)
+    numel = math.prod(shape)
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or numel < 4 * _NOISE_CHUNK:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    out = torch.empty(shape, dtype=dtype)
+    flat = out.view(-1)
+    n_chunks = -(-numel // _NOISE_CHUNK)
+    seeds = torch.randint(0, 2**62, (n_chunks,), generator=generator).tolist()
+
+    def fill(i: int) -> None:
+        chunk_generator = torch.Generator().manual_seed(seeds[i])
+        flat[i * _NOISE_CHUNK : (i + 1) * _NOISE_CHUNK].normal_(generator=chunk_generator)
+
+    if _noise_pool is None or _noise_pool._max_workers != threads:
+        _noise_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avgk-noise")
+    for _ in _noise_pool.map(fill, range(n_chunks)):
+        pass
+    return out
+
+
+class _NoisedKthLargest(torch.autograd.Function):
+    """Monte Carlo k-th largest of ``x + noise`` with the perturbed-optimizer gradient.
+
+    forward:  :math:`\\frac1S \\sum_s (x + Z_s)_{[k]}` where ``noise`` already holds
+    :math:`\\epsilon Z_s` (shape ``(S, *x.shape)``).
+    backward: :math:`\\frac1S \\sum_s \\mathbf e_{i_s}` with :math:`i_s` the selected index.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perturbed: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        kth_values, kth_indices = kth_largest_with_index(perturbed, k)
+        ctx.save_for_backward(kth_indices)
+        ctx.x_shape = x.shape
+        ctx.x_dtype = x.dtype
+        return kth_values.mean(dim=0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (kth_indices,) = ctx.saved_tensors
+        n_samples = kth_indices.shape[0]
+        # (S, *batch) -> (*batch, S): one selected index per draw, scattered into the class axis.
+        index = kth_indices.movedim(0, -1)
+        src = (grad_output.to(_work_dtype(ctx.x_dtype)) / n_samples).unsqueeze(-1).expand(index.shape)
+        grad = torch.zeros(ctx.x_shape, dtype=src.dtype, device=src.device)
+        grad.scatter_add_(-1, index, src)
+        return grad.to(ctx.x_dtype), None, None
+
+
+def noised_topk(
+    x: torch.Tensor,
+    k: int,
+    epsilon: float = 1.0,
+    n_samples: int = 5,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Smoothed k-th largest value along the last dimension (P1, Garcin et al. 2022, eq. 4).
+
+    .. math::
+        \hat x_{[k]}^{\epsilon} = \frac{1}{S}\sum_{s=1}^{S} \big(x + \epsilon Z_s\big)_{[k]},
+        \qquad
+        \nabla_x \hat x_{[k]}^{\epsilon} = \frac1S \sum_{s=1}^S \mathbf e_{\arg (x+\epsilon Z_s)_{[k]}},
+
+    with :math:`Z_s \sim \mathcal N(0, I)` drawn independently per sample, class and draw
+    (Berthet et al. 2020, perturbed optimizers). The gradient is the Monte Carlo estimate of the
+    gradient of the smoothed function, so each row of it is a probability vector.
+
+    Args:
+        x: scores, shape ``(*batch, C)``, any floating dtype and device.
+        k: rank, ``1 <= k <= C`` (``k=1`` is the smoothed max).
+        epsilon: noise scale, ``>= 0``; ``0`` gives the exact (hard) k-th largest value.
+        n_samples: number of Monte Carlo draws ``S >= 1``.
+        noise: optional standard normal draws of shape ``(S, *x.shape)`` (scaled by ``epsilon``
+            here); makes the result deterministic.
+        generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given).
+
+    Returns:
+        Tensor of shape ``x.shape[:-1]`` and dtype ``x.dtype``.
+
+    Ties in ``x + epsilon Z`` have probability zero for ``epsilon > 0``; for ``epsilon = 0`` the
+    value is exact and the gradient goes to the index that :func:`torch.topk` reports.
+
+    Example:
+        >>> x = torch.tensor([[3.0, 1.0, 2.0]])
+        >>> noised_topk(x, 2, epsilon=0.0)
+        tensor([2.])
+    """
+    check_scores(x, "x", ndim=None)
+    n_classes = x.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"`k` must be an integer, got {k!r}")
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"`k` must satisfy 1 <= k <= {n_classes} (size of the last dim), got {k}")
+    epsilon = check_nonnegative(epsilon, "epsilon")
+    n_samples = check_count(n_samples, "n_samples")
+    return noised_topk_unchecked(x, k, epsilon, n_samples, noise=noise, generator=generator)
+
+
+def noised_topk_unchecked(
+    x: torch.Tensor,
+    k: int,
+    epsilon: float,
+    n_samples: int,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S)."""
+    work = _work_dtype(x.dtype)
+    x_work = x.detach().to(work)
+    shape = (n_samples, *x.shape)
+    if epsilon == 0.0:
+        perturbed = x_work.unsqueeze(0)
+    elif noise is not None:
+        check_tensor(noise, "noise")
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"`noise` must have shape (n_samples, *x.shape) = {shape}, got {tuple(noise.shape)}")
+        if not noise.is_floating_point():
+            raise TypeError(f"`noise` must be floating point, got {noise.dtype}")
+        if noise.device != x.device:
+            raise ValueError(f"`noise` is on {noise.device} but `x` is on {x.device}")
+        perturbed = torch.add(x_work, noise.detach().to(work), alpha=epsilon)
+    else:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+        perturbed = standard_normal(shape, generator=generator, dtype=work, device=x.device)
+        # one fused pass, in place on the fresh buffer: perturbed = x + epsilon * Z
+        torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)
+    return _NoisedKthLargest.apply(x, perturbed, k)
+
+
+def kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-th largest value along the last dim and the index :func:`torch.topk` reports for it."""
+    values, indices = torch.topk(x, k, dim=-1, sorted=True)
+    return values[..., k - 1], indices[..., k - 1]
+
+
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Exact k-th largest value along the last dim, :math:`x_{[k]}` (differentiable a.e.)."""
+    return torch.topk(x, k, dim=-1, sorted=True).values[..., k - 1]
+
+
+def _anti_diagonal_index(degree: int, new_degree: int, device: torch.device) -> torch.Tensor:
+    """Index into a flattened (d+1)x(d+1) outer sum (plus one LOG_ZERO slot) whose rows list
+    the pairs (i, m - i) contributing to the coefficient of degree m of a polynomial product."""
+    width = degree + 1
+    pad_slot = width * width
+    m = torch.arange(new_degree + 1, device=device)[:, None]
+    i = torch.arange(width, device=device)[None, :]
+    j = m - i
+    valid = (j >= 0) & (j <= degree)
+    return torch.where(valid, i * width + j.clamp(0, degree), torch.full_like(j, pad_slot))
+
+
+def log_elementary_symmetric(log_x: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Log elementary symmetric polynomials :math:`\log e_j(e^{u_1},\dots,e^{u_n})`, ``j = 0..k``.
+
+    .. math:: e_j(x) = \sum_{|S| = j} \prod_{i\in S} x_i
+              \quad\text{is the coefficient of } t^j \text{ in } \prod_i (1 + x_i t).
+
+    The product is evaluated by divide and conquer: pairs of polynomials are multiplied in log
+    space (each coefficient a ``logsumexp`` over an anti-diagonal of the outer sum), truncated at
+    degree ``k``, halving the number of factors per level (``ceil(log2 n)`` levels, each a few
+    batched tensor ops). No subtraction is ever performed, so the result is accurate to a few ulps
+    whatever the spread of ``u``. Entries equal to :data:`LOG_ZERO` act as ``x_i = 0``.
+
+    Args:
+        log_x: ``(*batch, n)`` log values :math:`u`.
+        k: highest degree wanted, ``0 <= k <= n``.
+
+    Returns:
+        ``(*batch, k + 1)``; entry ``j`` is :math:`\log e_j`.
+    """
+    *batch, n = log_x.shape
+    if not 0 <= k <= n:
+        raise ValueError(f"`k` must satisfy 0 <= k <= {n}, got {k}")
+    # factors (1 + x_i t) as coefficient rows [log 1, log x_i]
+    poly = torch.stack([torch.zeros_like(log_x), log_x], dim=-1)  # (*batch, n, 2)
+    degree = 1
+    if k == 0:
+        return torch.zeros((*batch, 1), dtype=log_x.dtype, device=log_x.device)
+    index_cache: dict[tuple[int, int], torch.Tensor] = {}
+    while poly.shape[-2] > 1:
+        count = poly.shape[-2]
+        if count % 2:
+            identity = torch.full((*batch, 1, degree + 1), LOG_ZERO, dtype=poly.dtype, device=poly.device)
+            identity[..., 0] = 0.0
+            poly = torch.cat([poly, identity], dim=-2)
+            count += 1
+        pairs = poly.unflatten(-2, (count // 2, 2))
+        a, b = pairs[..., 0, :], pairs[..., 1, :]
+        new_degree = min(2 * degree, k)
+        outer = (a.unsqueeze(-1) + b.unsqueeze(-2)).flatten(-2)  # (..., (d+1)^2)
+        outer = torch.cat([outer, torch.full_like(outer[..., :1], LOG_ZERO)], dim=-1)
+        key = (degree, new_degree)
+        if key not in index_cache:
+            index_cache[key] = _anti_diagonal_index(degree, new_degree, log_x.device)
+        index = index_cache[key]
+        terms = outer[..., index]  # (..., new_degree + 1, degree + 1)
+        poly = torch.logsumexp(terms, dim=-1)
+        degree = new_degree
+    poly = poly.squeeze(-2)
+    if degree < k:  # fewer factors than k: missing coefficients are log 0
+        pad = torch.full((*batch, k - degree), LOG_ZERO, dtype=poly.dtype, device=poly.device)
+        poly = torch.cat([poly, pad], dim=-1)
+    return poly
+
+
+def _cauchy_pairs(k: int, device: torch.device, dtype: torch.dtype):
+    """0/1 matrices for a truncated polynomial product as matmuls: ``(a @ L) * (b @ R) @ D``.
+
+    L and R pick, for every pair (i, j) with i + j <= k, the coefficients a_i and b_j; D sums
+    the products a_i b_j into degree i + j.
+
+    Only the pairs that survive truncation at degree k are ever formed, so no product can
+    overflow (each is bounded by the coefficient it contributes to)."""
+    i, j = torch.meshgrid(torch.arange(k + 1), torch.arange(k + 1), indexing="ij")
+    keep = (i + j) <= k
+    i, j = i[keep], j[keep]
+    degrees = torch.arange(k + 1)[:, None]
+    select_left, select_right = degrees == i[None, :], degrees == j[None, :]
+    to_degree = (i + j)[:, None] == degrees.T
+    return tuple(m.to(device=device, dtype=dtype) for m in (select_left, select_right, to_degree))
+
+
+def elementary_symmetric(x: torch.Tensor, k: int, block: int = 16) -> torch.Tensor:
+    r"""Elementary symmetric polynomials :math:`e_0..e_k` of non-negative ``x`` (last dim), in linear space.
+
+    The factors :math:`(1 + x_i t)` are first multiplied within blocks of ``block`` entries by
+    the recursion :math:`e_j \leftarrow e_j + x_i e_{j-1}` (vectorized over blocks), then the
+    block polynomials are multiplied pairwise, truncated at degree k, with small matrix products
+    until one is left. Every term is non-negative, so there is no cancellation: the relative
+    error is a few ulps per step. The caller keeps values in range (entries in [0, 1] give
+    :math:`e_j \le \binom{n}{j}`).
+    """
+    *batch, n = x.shape
+    n_blocks = -(-n // block)
+    if n_blocks * block != n:
+        x = F.pad(x, (0, n_blocks * block - n))
+    blocks = x.unflatten(-1, (n_blocks, block))
+    poly = F.pad(torch.ones_like(blocks[..., :1]), (0, k))  # (*batch, n_blocks, k+1) = [1, 0, ..]
+    for xi in blocks.unbind(-1):
+        shifted = F.pad(poly[..., :-1], (1, 0))  # coefficients of t * poly
+        poly = torch.addcmul(poly, xi.unsqueeze(-1), shifted)
+    left, right, to_degree = _cauchy_pairs(k, x.device, x.dtype)
+    while poly.shape[-2] > 1:
+        count = poly.shape[-2]
+        if count % 2:
+            identity = F.pad(torch.ones_like(poly[..., :1, :1]), (0, k))
+            poly = torch.cat([poly, identity], dim=-2)
+            count += 1
+        pairs = poly.unflatten(-2, (count // 2, 2))
+        poly = ((pairs[..., 0, :] @ left) * (pairs[..., 1, :] @ right)) @ to_degree
+    return poly.squeeze(-2)
+
+
+def log_elementary_symmetric_fast(log_x: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Same value as :func:`log_elementary_symmetric`, split into an exact log-space head and a
+    linear-space tail for speed.
+
+    The ``k + 1`` largest entries (the head H) are handled in log space. The others (the tail T)
+    are rescaled by the largest of them, :math:`r`, so :math:`x_t / r \in [0, 1]`, and their
+    polynomials are computed in linear space by :func:`elementary_symmetric`. Then
+
+    .. math:: \log e_j = \operatorname{LSE}_{i=0}^{j}\big(\log e_{j-i}(H) + i\log r + \log e_i(T/r)\big).
+
+    Tail values that underflow are negligible: every head entry is at least :math:`r`, so a
+    subset using an entry :math:`x_t < r \cdot \mathrm{tiny}` is outweighed by at least one subset
+    using a head entry instead, by a factor larger than :math:`1/\mathrm{tiny}`.
+    """
+    *batch, n = log_x.shape
+    head_size = k + 1
+    if n <= 2 * head_size:
+        return log_elementary_symmetric(log_x, k)
+    top = torch.topk(log_x, head_size, dim=-1, sorted=True)
+    log_head = log_elementary_symmetric(top.values, k)  # (*batch, k+1)
+    # the tail: every entry but the head, rescaled by its own maximum r (detached: a constant
+    # scale that appears on both sides of e_i(T) = r^i e_i(T / r))
+    is_head = torch.zeros_like(log_x, dtype=torch.bool).scatter_(-1, top.indices, True)
+    tail = log_x.masked_fill(is_head, LOG_ZERO)
+    log_r = tail.detach().amax(dim=-1, keepdim=True)
+    # e_i(T/r) <= C(n, i): float32 holds it up to about e^88
+    log_binom = (
+        torch.lgamma(torch.tensor(n + 1.0))
+        - torch.lgamma(torch.tensor(k + 1.0))
+        - torch.lgamma(torch.tensor(n - k + 1.0))
+    )
+    tail_dtype = torch.float64 if float(log_binom) > 60 else log_x.dtype
+    e_tail = elementary_symmetric((tail.to(tail_dtype) - log_r.to(tail_dtype)).exp(), k)
+    tiny = torch.finfo(tail_dtype).tiny
+    log_tail = e_tail.clamp_min(tiny).log().to(log_x.dtype)  # (*batch, k+1)
+    log_tail = log_tail + torch.arange(k + 1, device=log_x.device, dtype=log_x.dtype) * log_r
+    # Cauchy product in log space: out_j = LSE_i (head_{j-i} + tail_i)
+    outer = (log_head.unsqueeze(-1) + log_tail.unsqueeze(-2)).flatten(-2)
+    outer = torch.cat([outer, torch.full_like(outer[..., :1], LOG_ZERO)], dim=-1)
+    return torch.logsumexp(outer[..., _anti_diagonal_index(k, k, log_x.device)], dim=-1)

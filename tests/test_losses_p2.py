@@ -1,0 +1,141 @@
+"""P2 losses: weakly supervised multi-label baselines, pseudo-labels and the two-head loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avgk_lib import functional as AF
+from avgk_lib import losses as AL
+from tests.conftest import random_targets, tie_free_scores
+
+
+def test_assume_negative_equals_bce_with_one_hot_targets():
+    z = torch.randn(10, 7, dtype=torch.float64, requires_grad=True)
+    y = random_targets(10, 7)
+    ours = AF.assume_negative_loss(z, y)
+    ref = F.binary_cross_entropy_with_logits(z, F.one_hot(y, 7).double())
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, z)[0], torch.autograd.grad(ref, z)[0])
+
+
+def test_label_smoothed_and_weak_assume_negative_by_hand():
+    z = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0])
+    p = torch.sigmoid(z)[0].tolist()
+
+    def bce(q, t):
+        return -(t * math.log(q) + (1 - t) * math.log(1 - q))
+
+    eps = 0.1
+    expected_ls = (bce(p[0], 1 - eps) + bce(p[1], eps) + bce(p[2], eps)) / 3
+    assert AF.assume_negative_loss(z, y, label_smoothing=eps).item() == pytest.approx(expected_ls, rel=1e-12)
+    gamma = 1 / 2  # 1 / (C - 1)
+    expected_wan = (bce(p[0], 1) + gamma * bce(p[1], 0) + gamma * bce(p[2], 0)) / 3
+    assert AF.assume_negative_loss(z, y, negative_weight=gamma).item() == pytest.approx(expected_wan, rel=1e-12)
+
+
+def test_epr_by_hand():
+    z = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([1, 0])
+    p = torch.sigmoid(z)
+    positive = (-math.log(p[0, 1].item()) - math.log(p[1, 0].item())) / 2
+    penalty = ((p.sum().item() / 2) - 1.5) ** 2 / 9
+    assert AF.epr_loss(z, y, 1.5).item() == pytest.approx(positive + penalty, rel=1e-12)
+    per_sample = AF.epr_loss(z, y, 1.5, reduction="none")
+    torch.testing.assert_close(per_sample.mean(), AF.epr_loss(z, y, 1.5))
+
+
+def test_role_stop_gradients():
+    n_train, c = 20, 6
+    role = AL.ROLELoss(n_train, c, expected_positives=2.0).double()
+    z = torch.randn(4, c, dtype=torch.float64, requires_grad=True)
+    y = random_targets(4, c)
+    idx = torch.tensor([3, 7, 11, 19])
+    theta = role.label_logits
+    # model half depends on theta only through a stop-gradient: its gradient w.r.t. theta is 0
+    rows = theta[idx]
+    f = torch.sigmoid(z)
+    positive = F.one_hot(y, c).bool()
+    estimate = torch.where(positive, torch.ones_like(f), torch.sigmoid(rows))
+    total = role(z, y, idx)
+    g_theta, g_z = torch.autograd.grad(total, (theta, z))
+    # rows of samples not in the batch get no gradient, nor do observed-positive entries
+    untouched = torch.ones(n_train, dtype=torch.bool)
+    untouched[idx] = False
+    assert bool((g_theta[untouched] == 0).all())
+    assert bool((g_theta[idx][positive] == 0).all())
+    # the gradient w.r.t. z equals the gradient of the model half alone (label half is detached from z)
+    model_half = F.binary_cross_entropy_with_logits(z, estimate.detach(), reduction="none").mean(1)
+    penalty = (f.sum(1).mean() - 2.0) ** 2 / c**2
+    expected_gz = torch.autograd.grad((0.5 * (model_half + penalty)).mean(), z)[0]
+    torch.testing.assert_close(g_z, expected_gz)
+    # and the gradient w.r.t. theta equals that of the label half with f detached
+    label_half = -(f.detach() * estimate.log() + (1 - f.detach()) * (1 - estimate).log()).mean(1)
+    penalty_y = (estimate.sum(1).mean() - 2.0) ** 2 / c**2
+    expected_gt = torch.autograd.grad((0.5 * (label_half + penalty_y)).mean(), theta)[0]
+    torch.testing.assert_close(g_theta, expected_gt)
+
+
+def test_role_warns_about_huge_tables_and_checks_indices():
+    with pytest.warns(ResourceWarning):
+        AL.ROLELoss(10, 10, 1.0, memory_warning_bytes=100)
+    role = AL.ROLELoss(5, 4, 1.0)
+    with pytest.raises(ValueError, match="indices"):
+        role(torch.randn(2, 4), torch.tensor([0, 1]), torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="indices"):
+        role(torch.randn(2, 4), torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    c=st.integers(2, 9),
+    k_frac=st.floats(0, 1),
+    seed=st.integers(0, 1000),
+)
+def test_pseudo_labels_exact_count_and_true_labels(n, c, k_frac, seed):
+    k = 1 + k_frac * (c - 1)
+    probs = tie_free_scores(n, c, seed=seed) + 10  # distinct across the batch (softmax may tie)
+    y = random_targets(n, c, seed=seed)
+    positive = AF.pseudo_labels(probs, y, k)
+    assert positive.dtype == torch.bool and positive.shape == (n, c)
+    assert int(positive.sum()) == int(round((k - 1) * n)) + n
+    assert bool(positive[torch.arange(n), y].all())
+    # the extras are the largest non-target probabilities of the batch
+    extras = positive.clone()
+    extras[torch.arange(n), y] = False
+    others = probs.masked_fill(F.one_hot(y, c).bool(), -1.0)
+    if extras.any() and (~extras & (others >= 0)).any():
+        assert others[extras].min() > others[~extras & (others >= 0)].max()
+
+
+def test_pseudo_labels_threshold_rule_counts_true_labels():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]])
+    y = torch.tensor([2, 0])
+    # K=1.5: the 3 largest are 0.7, 0.6, 0.3; the true label (0, 2) is added
+    expected = torch.tensor([[True, False, True], [True, True, False]])
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, rule="threshold"), expected)
+    # exact rule: true labels + round(0.5 * 2) = 1 extra, the largest remaining (0.7)
+    expected_exact = torch.tensor([[True, False, True], [True, False, False]])
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5), expected_exact)
+
+
+def test_two_head_loss_is_ce_plus_weighted_bce_on_detached_pseudo_labels():
+    s = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    y = random_targets(8, 5)
+    loss = AF.two_head_loss(s, m, y, k=2, weight=0.5)
+    targets = AF.pseudo_labels(torch.softmax(s.detach(), 1), y, 2).double()
+    expected = F.cross_entropy(s, y) + 0.5 * F.binary_cross_entropy_with_logits(m, targets)
+    torch.testing.assert_close(loss, expected)
+    gs, gm = torch.autograd.grad(loss, (s, m))
+    torch.testing.assert_close(gs, torch.autograd.grad(F.cross_entropy(s, y), s)[0])
+    torch.testing.assert_close(gm, torch.autograd.grad(0.5 * F.binary_cross_entropy_with_logits(m, targets), m)[0])
+    summed = AF.two_head_loss(s, m, y, k=2, weight=0.5, class_reduction="sum")
+    torch.testing.assert_close(summed, F.cross_entropy(s, y) + 0.5 * 5 * F.binary_cross_entropy_with_logits(m, targets))
+    module = AL.TwoHeadLoss(2, 0.5)
+    torch.testing.assert_close(module(s, m, y), loss)
