@@ -1,8 +1,7 @@
-"""Command line: ``python -m avgk_lib demo`` (a one-minute tour of the library)."""
+"""``python -m avgk_lib``: see :mod:`avgk_lib.cli` (``train``, ``run``, ``list``, ``demo``)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -50,13 +49,9 @@ def demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m avgk_lib", description="avgk_lib command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="one-minute tour: three losses, top-K and average-K metrics")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
-    return 2
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""Datasets: ``synthetic`` (known posteriors), ``fashion_mnist``, ``cifar100``, ``plantnet300k``.
+
+:func:`load_dataset` is the single entry point used by the trainer and the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import DatasetBundle, TensorSplit, cache_dir, data_dir
+from .cifar100 import load_cifar100
+from .fashion_mnist import load_fashion_mnist
+from .loader import InMemoryLoader, make_loader
+from .plantnet import load_plantnet300k
+from .synthetic import SyntheticSpec, SyntheticTask, long_tail_counts
+
+
+def load_synthetic(
+    *,
+    n_classes: int = 20,
+    dim: int = 16,
+    n_groups: int = 5,
+    ambiguity: float = 0.8,
+    imbalance_ratio: float = 1.0,
+    n_train: int = 10_000,
+    n_val: int = 5_000,
+    n_test: int = 5_000,
+    task_seed: int = 0,
+    balanced_eval: bool = False,
+) -> DatasetBundle:
+    """Synthetic data of :class:`SyntheticTask`; ``extra`` holds the task and the true posteriors
+    of the validation and test inputs (``val_posterior``, ``test_posterior``)."""
+    spec = SyntheticSpec(n_classes, dim, n_groups, ambiguity, imbalance_ratio=imbalance_ratio, seed=task_seed)
+    task = SyntheticTask(spec)
+    x_tr, y_tr, _ = task.sample(n_train, seed=task_seed * 1000 + 1)
+    x_va, y_va, p_va = task.sample(n_val, seed=task_seed * 1000 + 2, balanced=balanced_eval)
+    x_te, y_te, p_te = task.sample(n_test, seed=task_seed * 1000 + 3, balanced=balanced_eval)
+    import torch
+
+    return DatasetBundle(
+        name="synthetic",
+        n_classes=n_classes,
+        train=TensorSplit(x_tr, y_tr),
+        val=TensorSplit(x_va, y_va),
+        test=TensorSplit(x_te, y_te),
+        input_shape=(dim,),
+        class_names=[f"class {c}" for c in range(n_classes)],
+        train_counts=torch.bincount(y_tr, minlength=n_classes).tolist(),
+        extra={"task": task, "val_posterior": p_va, "test_posterior": p_te},
+    )
+
+
+LOADERS: dict[str, Callable[..., DatasetBundle]] = {
+    "synthetic": load_synthetic,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar100": load_cifar100,
+    "plantnet300k": load_plantnet300k,
+}
+
+
+def load_dataset(name: str, **options: Any) -> DatasetBundle:
+    """Load a dataset by name with loader-specific options (see each ``load_*`` function)."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(LOADERS))}")
+    return LOADERS[name](**options)
+
+
+__all__ = [
+    "DatasetBundle",
+    "TensorSplit",
+    "InMemoryLoader",
+    "SyntheticSpec",
+    "SyntheticTask",
+    "LOADERS",
+    "cache_dir",
+    "data_dir",
+    "load_dataset",
+    "load_synthetic",
+    "load_fashion_mnist",
+    "load_cifar100",
+    "load_plantnet300k",
+    "long_tail_counts",
+    "make_loader",
+]

@@ -1,0 +1,86 @@
+"""Containers shared by every dataset: in-memory splits and the bundle a trainer consumes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def data_dir() -> Path:
+    """Root of datasets: ``$AVGK_DATA_DIR``, default ``~/.cache/avgk/data``."""
+    return Path(os.environ.get("AVGK_DATA_DIR", Path.home() / ".cache" / "avgk" / "data")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Root of runs, checkpoints and results: ``$AVGK_CACHE_DIR``, default ``~/.cache/avgk``."""
+    return Path(os.environ.get("AVGK_CACHE_DIR", Path.home() / ".cache" / "avgk")).expanduser()
+
+
+@dataclass
+class TensorSplit:
+    """One split held in memory: inputs (uint8 images (N, C, H, W) or float features (N, d)) and
+    integer labels. ``clean_y`` keeps the labels before any injected noise."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_y: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"inputs and labels disagree: {self.x.shape[0]} vs {self.y.shape[0]}")
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: torch.Tensor) -> TensorSplit:
+        clean = self.clean_y[index] if self.clean_y is not None else None
+        return TensorSplit(self.x[index], self.y[index], clean)
+
+
+@dataclass
+class DatasetBundle:
+    """Everything a trainer needs to know about a dataset.
+
+    ``train``/``val``/``test`` are :class:`TensorSplit` (in memory, batched on the training
+    device) or ``torch.utils.data.Dataset`` objects returning ``(image, label)`` (image folders,
+    read by DataLoader workers). ``mean``/``std`` normalise images (per channel, in [0, 1] units);
+    ``augment`` names the train-time augmentation of in-memory images (``"crop_flip"``, ``"crop"``,
+    ``"flip"`` or ``None``) with ``crop_padding`` pixels of zero padding.
+    """
+
+    name: str
+    n_classes: int
+    train: Any
+    val: Any
+    test: Any
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+    train_counts: list[int]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: str | None = None
+    crop_padding: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, TensorSplit)
+
+    def summary(self) -> str:
+        sizes = "/".join(str(len(s)) for s in (self.train, self.val, self.test))
+        return f"{self.name}: {self.n_classes} classes, train/val/test {sizes}, input {self.input_shape}"
+
+
+def class_counts(y: torch.Tensor, n_classes: int) -> list[int]:
+    return torch.bincount(y.long(), minlength=n_classes).tolist()
+
+
+def split_indices(n: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random train/val split of ``range(n)``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values

@@ -1,0 +1,37 @@
+"""Label noise and long-tailed subsampling applied to training splits only."""
+
+from __future__ import annotations
+
+import torch
+
+from .synthetic import long_tail_counts
+
+
+def block_label_noise(y: torch.Tensor, p: float, block_size: int, n_classes: int, seed: int) -> torch.Tensor:
+    """P1 / Berrada protocol: with probability ``p`` a label is redrawn uniformly within its block
+    of ``block_size`` consecutive class indices (itself included, so the effective flip rate is
+    ``p (b - 1) / b``: 0.8 p for blocks of 5). The last block may be shorter."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`label_noise` must be in [0, 1], got {p}")
+    if block_size < 2:
+        raise ValueError(f"`block_size` must be >= 2, got {block_size}")
+    g = torch.Generator().manual_seed(seed)
+    y = y.long()
+    redraw = torch.rand(y.shape, generator=g) < p
+    start = (y // block_size) * block_size
+    width = (n_classes - start).clamp(max=block_size)
+    offsets = (torch.rand(y.shape, generator=g) * width).long()
+    return torch.where(redraw, start + offsets, y)
+
+
+def long_tail_subsample(y: torch.Tensor, n_classes: int, imbalance_ratio: float, seed: int) -> torch.Tensor:
+    """Indices of a long-tailed subset: class c keeps ``n_max r^(-c/(C-1))`` samples, with
+    ``n_max`` the size of the smallest class (class 0 the head, class C-1 the tail)."""
+    counts = torch.bincount(y, minlength=n_classes)
+    targets = long_tail_counts(int(counts.min()), n_classes, imbalance_ratio)
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in range(n_classes):
+        members = (y == c).nonzero().squeeze(1)
+        keep.append(members[torch.randperm(members.numel(), generator=g)[: targets[c]]])
+    return torch.cat(keep).sort().values

@@ -1,0 +1,143 @@
+"""Fashion-MNIST (Xiao et al. 2017): 10 classes of 28x28 grey clothing images.
+
+Where the files come from, in order: ``$AVGK_DATA_DIR/FashionMNIST/raw`` (idx files, plain or
+.gz), Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then
+torchvision's download when ``download=True``. Debian's .gz files are recompressed, so
+torchvision's archive checksums fail on them although the decompressed idx files are the
+standard ones: we read the idx format directly and write the decompressed files where
+torchvision expects them, so ``torchvision.datasets.FashionMNIST(root, download=False)`` works
+afterwards too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import torch
+
+from .base import DatasetBundle, TensorSplit, class_counts, data_dir, split_indices
+from .corruption import block_label_noise, long_tail_subsample
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+MEAN, STD = (0.2860,), (0.3530,)
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an idx file (optionally gzipped) of unsigned bytes into a uint8 tensor."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    payload = data[4 + 4 * ndim :]
+    expected = 1
+    for s in shape:
+        expected *= s
+    if len(payload) != expected:
+        raise ValueError(f"{path} is truncated: {len(payload)} bytes for shape {shape}")
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(shape)
+
+
+def _find(name: str, raw: Path) -> Path | None:
+    for candidate in (raw / name, raw / f"{name}.gz", DEBIAN_DIR / f"{name}.gz", DEBIAN_DIR / name):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def locate_raw_files(root: Path | None = None, download: bool = False) -> dict[str, Path]:
+    """Paths of the four idx files, materialising decompressed copies under ``root/FashionMNIST/raw``."""
+    root = Path(root) if root is not None else data_dir()
+    raw = root / "FashionMNIST" / "raw"
+    found = {key: _find(name, raw) for key, name in FILES.items()}
+    if any(p is None for p in found.values()):
+        if not download:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}. Install Debian's package "
+                "(`apt-get install dataset-fashion-mnist`), put the idx files in that folder, or pass download=True."
+            )
+        import torchvision
+
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        found = {key: _find(name, raw) for key, name in FILES.items()}
+    paths: dict[str, Path] = {}
+    for key, path in found.items():
+        assert path is not None
+        target = raw / FILES[key]
+        if path != target and not target.exists():
+            raw.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as src, open(tmp, "wb") as dst:
+                dst.write(src.read())
+            tmp.replace(target)
+        paths[key] = target if target.exists() else path
+    return paths
+
+
+def load_fashion_mnist(
+    *,
+    root: Path | None = None,
+    n_val: int = 10_000,
+    label_noise: float = 0.0,
+    noise_block_size: int = 2,
+    imbalance_ratio: float = 1.0,
+    train_subset: int | None = None,
+    split_seed: int = 0,
+    noise_seed: int = 0,
+    download: bool = False,
+    augment: str | None = "crop_flip",
+) -> DatasetBundle:
+    """Fashion-MNIST with clean, balanced validation (from the official train set) and test splits.
+
+    Args:
+        n_val: validation images taken from the 60,000 official training images (fixed split).
+        label_noise: probability p of redrawing a *training* label within its block of
+            ``noise_block_size`` consecutive classes (P1 protocol).
+        imbalance_ratio: long-tailed subsampling of the training split (exponential profile,
+            ratio of the largest to the smallest class); 1 keeps it balanced.
+        train_subset: keep only this many training images (random, fixed), for quick runs.
+    """
+    paths = locate_raw_files(root, download)
+    x_all = read_idx(paths["train_images"]).unsqueeze(1)
+    y_all = read_idx(paths["train_labels"]).long()
+    x_test = read_idx(paths["test_images"]).unsqueeze(1)
+    y_test = read_idx(paths["test_labels"]).long()
+    train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
+    train = TensorSplit(x_all[train_idx], y_all[train_idx])
+    val = TensorSplit(x_all[val_idx], y_all[val_idx])
+    if imbalance_ratio > 1:
+        train = train.subset(long_tail_subsample(train.y, 10, imbalance_ratio, split_seed))
+    if train_subset is not None and train_subset < len(train):
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed + 1))
+        train = train.subset(perm[:train_subset].sort().values)
+    clean = train.y.clone()
+    if label_noise > 0:
+        train = TensorSplit(train.x, block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed), clean)
+    return DatasetBundle(
+        name="fashion_mnist",
+        n_classes=10,
+        train=train,
+        val=val,
+        test=TensorSplit(x_test, y_test),
+        input_shape=(1, 28, 28),
+        class_names=list(CLASSES),
+        train_counts=class_counts(train.y, 10),
+        mean=MEAN,
+        std=STD,
+        augment=augment,
+        crop_padding=2,
+        extra={"label_noise": label_noise, "imbalance_ratio": imbalance_ratio},
+    )

@@ -1,0 +1,130 @@
+r"""Synthetic classification data whose true posterior :math:`p(y \mid x)` is known exactly.
+
+Classes are isotropic Gaussians :math:`x \mid y \sim \mathcal N(\mu_y, I_d)` with priors
+:math:`\pi_y`, so the Bayes posterior is a softmax of known logits:
+
+.. math:: p(y \mid x) = \mathrm{softmax}_y\Big(\log \pi_y - \tfrac12 \lVert x - \mu_y\rVert^2\Big).
+
+The class means are arranged in ``n_groups`` well separated groups (centres at distance
+``group_distance``); inside a group the means sit on a small sphere whose radius varies from
+group to group between ``(1 - ambiguity) * max_radius`` and ``max_radius``. Inputs near a tight group are
+ambiguous between its classes, inputs near a loose group are easy: ambiguity varies across the
+input space, which is what makes average-K (adaptive set sizes) beat top-K. ``imbalance_ratio``
+gives long-tailed priors :math:`\pi_c \propto r^{-c/(C-1)}` (class 0 the most frequent).
+
+Because the posterior is known, :mod:`avgk_lib.data.oracle` gives Bayes-optimal top-K and
+average-K sets and their accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_count
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the generator (all documented in the module docstring)."""
+
+    n_classes: int = 20
+    dim: int = 16
+    n_groups: int = 5
+    ambiguity: float = 0.8
+    max_radius: float = 3.0
+    group_distance: float = 8.0
+    imbalance_ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count(self.n_classes, "n_classes", minimum=2)
+        check_count(self.dim, "dim", minimum=1)
+        check_count(self.n_groups, "n_groups", minimum=1)
+        if self.n_groups > self.n_classes:
+            raise ValueError(f"`n_groups` ({self.n_groups}) must be <= `n_classes` ({self.n_classes})")
+        if not 0.0 <= self.ambiguity <= 1.0:
+            raise ValueError(f"`ambiguity` must be in [0, 1], got {self.ambiguity}")
+        if not self.imbalance_ratio >= 1.0:
+            raise ValueError(f"`imbalance_ratio` must be >= 1, got {self.imbalance_ratio}")
+        if not self.max_radius > 0 or not self.group_distance > 0:
+            raise ValueError("`max_radius` and `group_distance` must be > 0")
+
+
+class SyntheticTask:
+    """A fixed synthetic problem: class means, priors, and samplers with known posteriors.
+
+    Example:
+        >>> task = SyntheticTask(SyntheticSpec(n_classes=6, dim=4, n_groups=2, seed=0))
+        >>> x, y, posterior = task.sample(5, seed=1)
+        >>> x.shape, y.shape, posterior.shape
+        (torch.Size([5, 4]), torch.Size([5]), torch.Size([5, 6]))
+        >>> bool(torch.allclose(posterior.sum(1), torch.ones(5, dtype=torch.float64)))
+        True
+    """
+
+    def __init__(self, spec: SyntheticSpec = SyntheticSpec()) -> None:
+        self.spec = spec
+        g = torch.Generator().manual_seed(spec.seed)
+        c, d = spec.n_classes, spec.dim
+        group_of_class = torch.arange(c) % spec.n_groups
+        centres = torch.randn(spec.n_groups, d, generator=g, dtype=torch.float64)
+        centres = centres / centres.norm(dim=1, keepdim=True) * spec.group_distance
+        # group radii from loose (easy) to tight (ambiguous)
+        low = (1.0 - spec.ambiguity) * spec.max_radius
+        radii = torch.linspace(spec.max_radius, max(low, 1e-3), spec.n_groups, dtype=torch.float64)
+        directions = torch.randn(c, d, generator=g, dtype=torch.float64)
+        directions = directions / directions.norm(dim=1, keepdim=True)
+        self.means = centres[group_of_class] + radii[group_of_class, None] * directions
+        self.group_of_class = group_of_class
+        ranks = torch.arange(c, dtype=torch.float64)
+        weights = spec.imbalance_ratio ** (-ranks / max(c - 1, 1))
+        self.priors = weights / weights.sum()
+
+    @property
+    def n_classes(self) -> int:
+        return self.spec.n_classes
+
+    def posterior(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`p(y \mid x)` for inputs ``x`` of shape (n, d), float64."""
+        x = x.to(torch.float64)
+        logits = self.priors.log() - 0.5 * torch.cdist(x, self.means).pow(2)
+        return torch.softmax(logits, dim=1)
+
+    def sample(self, n: int, seed: int, balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw ``n`` samples: inputs (float32), labels and true posteriors (float64).
+
+        ``balanced=True`` draws labels uniformly (balanced validation/test splits); the posterior
+        returned is then the one of the balanced distribution (uniform priors).
+        """
+        check_count(n, "n")
+        g = torch.Generator().manual_seed(seed)
+        priors = torch.full_like(self.priors, 1.0 / self.n_classes) if balanced else self.priors
+        y = torch.multinomial(priors, n, replacement=True, generator=g)
+        x = (self.means[y] + torch.randn(n, self.spec.dim, generator=g, dtype=torch.float64)).float()
+        # the posterior of the float32 inputs actually returned
+        logits = priors.log() - 0.5 * torch.cdist(x.double(), self.means).pow(2)
+        return x, y, torch.softmax(logits, dim=1)
+
+    def bayes_entropy(self, posterior: torch.Tensor) -> torch.Tensor:
+        """Entropy (nats) of each posterior row: the input's intrinsic ambiguity."""
+        p = posterior.clamp_min(1e-300)
+        return -(p * p.log()).sum(dim=1)
+
+    def describe(self) -> str:
+        s = self.spec
+        return (
+            f"synthetic: {s.n_classes} classes in {s.dim} dims, {s.n_groups} groups, ambiguity {s.ambiguity}, "
+            f"imbalance ratio {s.imbalance_ratio:g}, seed {s.seed}"
+        )
+
+
+def long_tail_counts(n_max: int, n_classes: int, imbalance_ratio: float) -> list[int]:
+    r"""Exponential long-tail profile :math:`n_c = \lfloor n_{\max}\, r^{-c/(C-1)} \rceil` (at least 1)."""
+    if imbalance_ratio < 1:
+        raise ValueError(f"`imbalance_ratio` must be >= 1, got {imbalance_ratio}")
+    return [
+        max(1, int(math.floor(n_max * imbalance_ratio ** (-c / max(n_classes - 1, 1)) + 0.5))) for c in range(n_classes)
+    ]

@@ -1,0 +1,282 @@
+"""Dataset loaders on real (Debian Fashion-MNIST) and fake-but-real-format data, and the oracle."""
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avgk_lib.data import load_dataset, make_loader
+from avgk_lib.data.corruption import block_label_noise, long_tail_subsample
+from avgk_lib.data.fashion_mnist import DEBIAN_DIR
+from avgk_lib.data.loader import random_crop_flip
+from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask, long_tail_counts
+
+# ---------------------------------------------------------------------------- synthetic + oracle
+
+
+def test_synthetic_posterior_equals_bayes_rule_with_scipy_densities():
+    from scipy.stats import multivariate_normal
+
+    task = SyntheticTask(SyntheticSpec(n_classes=5, dim=3, n_groups=2, imbalance_ratio=4.0, seed=2))
+    x, _, posterior = task.sample(7, seed=0)
+    joint = np.stack(
+        [
+            task.priors[c].item() * multivariate_normal(task.means[c].numpy(), np.eye(3)).pdf(x.double().numpy())
+            for c in range(5)
+        ],
+        axis=1,
+    )
+    expected = joint / joint.sum(1, keepdims=True)
+    np.testing.assert_allclose(posterior.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(task.posterior(x).numpy(), expected, rtol=1e-6)
+
+
+def test_synthetic_labels_follow_long_tailed_priors():
+    task = SyntheticTask(SyntheticSpec(n_classes=4, dim=2, n_groups=2, imbalance_ratio=8.0))
+    _, y, _ = task.sample(40_000, seed=1)
+    freq = torch.bincount(y, minlength=4).double() / 40_000
+    torch.testing.assert_close(freq, task.priors, atol=0.01, rtol=0)
+    assert task.priors[0] / task.priors[-1] == pytest.approx(8.0)
+
+
+def test_ambiguity_knob_increases_bayes_error():
+    errors = []
+    for ambiguity in (0.0, 0.5, 0.95):
+        task = SyntheticTask(SyntheticSpec(n_classes=12, dim=8, n_groups=3, ambiguity=ambiguity))
+        _, _, posterior = task.sample(4000, seed=0)
+        errors.append(1 - expected_set_accuracy(posterior, bayes_topk_sets(posterior, 1)))
+    assert errors[0] < errors[1] < errors[2]
+
+
+def test_bayes_average_k_beats_top_k_at_equal_average_size():
+    task = SyntheticTask(SyntheticSpec(n_classes=20, dim=16, n_groups=5, ambiguity=0.9))
+    _, _, posterior = task.sample(5000, seed=3)
+    for k in (1, 2, 3):
+        avg_sets = bayes_average_k_sets(posterior, k)
+        assert int(avg_sets.sum()) == 5000 * k
+        assert expected_set_accuracy(posterior, avg_sets) >= expected_set_accuracy(
+            posterior, bayes_topk_sets(posterior, k)
+        )
+
+
+def test_long_tail_profile():
+    assert long_tail_counts(1000, 3, 100.0) == [1000, 100, 10]
+    y = torch.arange(10).repeat_interleave(50)
+    keep = long_tail_subsample(y, 10, 10.0, seed=0)
+    counts = torch.bincount(y[keep], minlength=10).tolist()
+    assert counts == long_tail_counts(50, 10, 10.0) and counts[0] == 50 and counts[-1] == 5
+
+
+# ----------------------------------------------------------------------------- label noise
+
+
+def test_block_label_noise_stays_in_blocks_and_has_rate_0_8_p():
+    y = torch.arange(100).repeat(400)
+    noisy = block_label_noise(y, 0.5, 5, 100, seed=0)
+    assert torch.equal(noisy // 5, y // 5)
+    assert (noisy != y).double().mean().item() == pytest.approx(0.8 * 0.5, abs=0.01)
+    assert torch.equal(block_label_noise(y, 0.0, 5, 100, seed=0), y)
+
+
+# ---------------------------------------------------------------------------- Fashion-MNIST
+
+needs_fmnist = pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+@needs_fmnist
+def test_fashion_mnist_from_debian_matches_torchvision_reading_the_same_files(tmp_path):
+    import torchvision
+
+    bundle = load_dataset("fashion_mnist", root=tmp_path)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (50_000, 10_000, 10_000)
+    assert bundle.train.x.dtype == torch.uint8 and bundle.input_shape == (1, 28, 28)
+    reference = torchvision.datasets.FashionMNIST(str(tmp_path), train=False, download=False)
+    assert torch.equal(bundle.test.x.squeeze(1), reference.data)
+    assert torch.equal(bundle.test.y, reference.targets)
+    assert bundle.class_names[6] == "Shirt"
+
+
+@needs_fmnist
+def test_fashion_mnist_variants_keep_val_and_test_clean_and_balanced(tmp_path):
+    clean = load_dataset("fashion_mnist", root=tmp_path)
+    noisy = load_dataset("fashion_mnist", root=tmp_path, label_noise=0.4, noise_block_size=2)
+    assert torch.equal(noisy.val.y, clean.val.y) and torch.equal(noisy.test.y, clean.test.y)
+    assert torch.equal(noisy.train.clean_y, clean.train.y)
+    assert (noisy.train.y != clean.train.y).double().mean().item() == pytest.approx(0.2, abs=0.01)
+    tail = load_dataset("fashion_mnist", root=tmp_path, imbalance_ratio=100.0)
+    assert tail.train_counts[0] / tail.train_counts[-1] == pytest.approx(100, rel=0.05)
+    assert torch.equal(tail.val.y, clean.val.y)
+
+
+# ---------------------------------------------------------------------------- CIFAR-100 fake
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes ``bytes`` as Python 2 ``str`` opcodes, as in the official (Python 2) CIFAR pickles:
+    they load as ``str`` with ``encoding="latin1"`` (torchvision) and as ``bytes`` with
+    ``encoding="bytes"``."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch = pickle._Pickler.dispatch.copy()
+    dispatch[bytes] = save_bytes
+
+
+def _dump_py2(obj, path: Path) -> None:
+    with open(path, "wb") as fh:
+        _Python2Pickler(fh, protocol=2).dump(obj)
+
+
+def write_fake_cifar100(root: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> dict:
+    """The official ``cifar-100-python`` layout: Python 2 pickles of dicts with str keys, rows
+    of 3072 uint8 (1024 red, 1024 green, 1024 blue values of a 32x32 image)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = rng.integers(0, 100, n).tolist()
+        payload = {
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{split} batch".encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [f // 5 for f in fine],
+            b"data": data,
+        }
+        _dump_py2(payload, folder / split)
+        arrays[split] = (data, fine)
+    meta = {
+        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
+    }
+    _dump_py2(meta, folder / "meta")
+    return arrays
+
+
+def test_cifar100_loader_reads_the_official_format_like_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    write_fake_cifar100(tmp_path)
+    bundle = load_dataset("cifar100", root=tmp_path, n_val=40)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (160, 40, 50)
+    assert bundle.class_names[3] == "fine_3" and bundle.input_shape == (3, 32, 32)
+    # torchvision as the oracle of the format (its md5 check is bypassed for the fake files)
+    monkeypatch.setattr(torchvision.datasets.CIFAR100, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    reference = torchvision.datasets.CIFAR100(str(tmp_path), train=False, download=False)
+    assert torch.equal(bundle.test.x.permute(0, 2, 3, 1), torch.from_numpy(reference.data))
+    assert bundle.test.y.tolist() == reference.targets
+    assert reference.classes == bundle.class_names
+
+
+def test_cifar100_protocol_noise_only_on_train_within_blocks_of_5(tmp_path):
+    write_fake_cifar100(tmp_path, n_train=3000, n_test=100)
+    clean = load_dataset("cifar100", root=tmp_path, n_val=500)
+    noisy = load_dataset("cifar100", root=tmp_path, n_val=500, label_noise=0.5)
+    assert torch.equal(clean.val.y, noisy.val.y) and torch.equal(clean.test.y, noisy.test.y)
+    assert torch.equal(noisy.train.clean_y, clean.train.y)
+    assert torch.equal(noisy.train.y // 5, clean.train.y // 5)
+    assert (noisy.train.y != clean.train.y).double().mean().item() == pytest.approx(0.4, abs=0.04)
+    # the split is fixed: same validation images whatever the noise
+    assert torch.equal(clean.val.x, noisy.val.x)
+
+
+def test_cifar100_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        load_dataset("cifar100", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------- Pl@ntNet-300K fake
+
+
+def write_fake_plantnet(root: Path) -> dict[str, str]:
+    """v1.1 layout: images/<split>/<species_id>/*.jpg plus the species-id-to-name JSON."""
+    names = {"1355932": "Acer campestre", "1355868": "Tilia cordata", "1363227": "Quercus robur"}
+    layout = {
+        "train": {"1355932": 3, "1355868": 5, "1363227": 1},
+        "val": {"1355932": 1, "1355868": 2},
+        "test": {"1363227": 2, "1355868": 1},
+    }
+    rng = np.random.default_rng(0)
+    for split, species_counts in layout.items():
+        for species, count in species_counts.items():
+            folder = root / "images" / split / species
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg")
+    (root / "plantnet300K_species_id_2_name.json").write_text(json.dumps(names))
+    return names
+
+
+def test_plantnet_loader_on_a_fake_v1_1_tree(tmp_path):
+    names = write_fake_plantnet(tmp_path)
+    bundle = load_dataset("plantnet300k", root=tmp_path, resize=32, crop=24)
+    ids = sorted(names)
+    assert bundle.n_classes == 3 and bundle.extra["species_ids"] == ids
+    assert bundle.class_names == [names[i] for i in ids]
+    # class index = rank of the sorted species id, identical in every split
+    assert bundle.train_counts == [5, 3, 1]  # 1355868, 1355932, 1363227
+    assert sorted(bundle.val.targets.tolist()) == [0, 0, 1]
+    assert sorted(bundle.test.targets.tolist()) == [0, 2, 2]
+    image, label = bundle.train[0]
+    assert image.shape == (3, 24, 24) and label == 0
+    loader = make_loader(bundle, "val", 2, torch.device("cpu"), train=False, workers=0)
+    batches = list(loader)
+    assert sum(len(b[1]) for b in batches) == 3 and batches[0][0].shape[1:] == (3, 24, 24)
+
+
+def test_plantnet_missing_folder_says_where_to_get_v1_1(tmp_path):
+    with pytest.raises(FileNotFoundError, match="5645731"):
+        load_dataset("plantnet300k", root=tmp_path)
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ValueError, match="fashion_mnist"):
+        load_dataset("mnist")
+
+
+# ---------------------------------------------------------------------------- in-memory loader
+
+
+def test_random_crop_is_a_window_of_the_padded_image_and_flip_is_exact():
+    images = torch.arange(2 * 1 * 5 * 5, dtype=torch.uint8).reshape(2, 1, 5, 5)
+    g = torch.Generator().manual_seed(0)
+    cropped = random_crop_flip(images, 2, crop=True, flip=False, generator=g)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(cropped[b], w) for w in windows)
+    flipped = random_crop_flip(images, 0, crop=False, flip=True, generator=torch.Generator().manual_seed(1))
+    for b in range(2):
+        assert torch.equal(flipped[b], images[b]) or torch.equal(flipped[b], images[b].flip(2))
+
+
+def test_in_memory_loader_epochs_are_permutations_and_reproducible():
+    bundle = load_dataset("synthetic", n_train=1000, n_val=100, n_test=100)
+    loader = make_loader(bundle, "train", 100, torch.device("cpu"), train=True, seed=3)
+    loader.set_epoch(0)
+    first = torch.cat([idx for _, _, idx in loader])
+    assert sorted(first.tolist()) == list(range(1000))
+    loader.set_epoch(1)
+    second = torch.cat([idx for _, _, idx in loader])
+    loader.set_epoch(0)
+    assert torch.equal(torch.cat([idx for _, _, idx in loader]), first) and not torch.equal(first, second)
+    shards = [
+        torch.cat([i for _, _, i in make_loader(bundle, "val", 16, torch.device("cpu"), train=False, shard=(r, 3))])
+        for r in range(3)
+    ]
+    assert sorted(torch.cat(shards).tolist()) == list(range(100))
