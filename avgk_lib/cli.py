@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_run.add_argument("--force", action="store_true", help="retrain even when a cached run exists")
     p_run.add_argument("--json", action="store_true", help="print the table as JSON")
+    p_run.add_argument("--save-reference", action="store_true", help="write results/<experiment>_<preset>.json")
     p_run.add_argument("--no-progress", action="store_true")
     sub.add_parser("list", help="list losses and experiments")
     sub.add_parser("demo", help="one-minute tour of the library")

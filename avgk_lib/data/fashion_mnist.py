@@ -11,6 +11,7 @@ afterwards too.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from pathlib import Path
@@ -31,8 +32,10 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = (0.2860,), (0.3530,)
 
 
+@functools.lru_cache(maxsize=8)
 def read_idx(path: Path) -> torch.Tensor:
-    """Read an idx file (optionally gzipped) of unsigned bytes into a uint8 tensor."""
+    """Read an idx file (optionally gzipped) of unsigned bytes into a uint8 tensor (cached per
+    process: notebooks train many models on the same files; callers never modify it in place)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
         data = fh.read()
@@ -95,6 +98,7 @@ def load_fashion_mnist(
     noise_block_size: int = 2,
     imbalance_ratio: float = 1.0,
     train_subset: int | None = None,
+    test_subset: int | None = None,
     split_seed: int = 0,
     noise_seed: int = 0,
     download: bool = False,
@@ -108,7 +112,8 @@ def load_fashion_mnist(
             ``noise_block_size`` consecutive classes (P1 protocol).
         imbalance_ratio: long-tailed subsampling of the training split (exponential profile,
             ratio of the largest to the smallest class); 1 keeps it balanced.
-        train_subset: keep only this many training images (random, fixed), for quick runs.
+        train_subset / test_subset: keep only this many training / test images (random,
+            fixed), for quick runs.
     """
     paths = locate_raw_files(root, download)
     x_all = read_idx(paths["train_images"]).unsqueeze(1)
@@ -118,6 +123,10 @@ def load_fashion_mnist(
     train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
     train = TensorSplit(x_all[train_idx], y_all[train_idx])
     val = TensorSplit(x_all[val_idx], y_all[val_idx])
+    test = TensorSplit(x_test, y_test)
+    if test_subset is not None and test_subset < len(test):
+        perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(split_seed + 2))
+        test = test.subset(perm[:test_subset].sort().values)
     if imbalance_ratio > 1:
         train = train.subset(long_tail_subsample(train.y, 10, imbalance_ratio, split_seed))
     if train_subset is not None and train_subset < len(train):
@@ -131,7 +140,7 @@ def load_fashion_mnist(
         n_classes=10,
         train=train,
         val=val,
-        test=TensorSplit(x_test, y_test),
+        test=test,
         input_shape=(1, 28, 28),
         class_names=list(CLASSES),
         train_counts=class_counts(train.y, 10),
