@@ -58,7 +58,8 @@ def _fmnist(preset: str, **options: Any) -> dict[str, Any]:
 
 def _cpu_recipe(preset: str, dataset: str, **extra: Any) -> dict[str, Any]:
     """Optimisation of the smoke and cpu presets: SGD + one-cycle, a handful of epochs."""
-    epochs = {"smoke": 1, "cpu": extra.pop("cpu_epochs", 5)}[preset]
+    cpu_epochs = extra.pop("cpu_epochs", 5)
+    epochs = 1 if preset == "smoke" else cpu_epochs
     recipe = {
         "epochs": epochs,
         "batch_size": 128,
@@ -175,7 +176,7 @@ def _long_tail(preset: str) -> list[Run]:
                 "n_train": 20000 if preset == "cpu" else 3000,
                 "balanced_eval": True,
             },
-            _cpu_recipe(preset, "synthetic", cpu_epochs=15),
+            _cpu_recipe(preset, "synthetic", cpu_epochs=30),
         ),
     }
     for label, (dataset, options, recipe) in datasets.items():
@@ -221,7 +222,7 @@ def _average_k(preset: str) -> list[Run]:
         ks = [1.5, 2.0] if preset == "smoke" else [1.5, 2.0, 3.0]
         settings = {
             "fashion_mnist": ("fashion_mnist", fm_options, _cpu_recipe(preset, "f", cpu_epochs=4), ks),
-            "synthetic": ("synthetic", syn_options, _cpu_recipe(preset, "synthetic", cpu_epochs=15), ks),
+            "synthetic": ("synthetic", syn_options, _cpu_recipe(preset, "synthetic", cpu_epochs=30), ks),
         }
     for label, (dataset, options, recipe, ks) in settings.items():
         for loss in P2_LOSSES:
@@ -252,7 +253,7 @@ def _two_head_ablation(preset: str) -> list[Run]:
         "ambiguity": 0.85,
         "n_train": 20000 if preset != "smoke" else 3000,
     }
-    recipe = _cpu_recipe("smoke" if preset == "smoke" else "cpu", "synthetic", cpu_epochs=15)
+    recipe = _cpu_recipe("smoke" if preset == "smoke" else "cpu", "synthetic", cpu_epochs=30)
     variants = {
         "default": {},
         "eval softmax head": {"eval_head": "softmax"},
@@ -354,13 +355,16 @@ def run_experiment(
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] = print,
+    device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train (or reload) every run of an experiment; one row per run and seed.
 
     Each row holds the run's labels, ``seed``, every test metric (prefixed ``test_``), the best
-    epoch, the wall time and the run folder (whose ``scores.pt`` keeps validation and test scores)."""
+    epoch, the wall time and the run folder (whose ``scores.pt`` keeps validation and test scores).
+    ``device`` does not change a run's identity: a run cached on a GPU is reused on a CPU."""
     rows = []
     runs = runs_of(name, preset, list(seeds))
+    runs = [Run(r.labels, dataclasses.replace(r.config, device=device)) for r in runs]
     for i, run in enumerate(runs):
         folder = run_dir(run.config)
         done = folder / "results.json"

@@ -1,0 +1,317 @@
+r"""Computations behind the book's figures and tables (each one short, tested, reused).
+
+The notebooks only call these functions and :mod:`avgk_lib.plotting`; every number they show
+is computed here from the library's losses, metrics, datasets and finished runs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import functional as AF
+from . import metrics as M
+from .data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+from .data.synthetic import SyntheticSpec, SyntheticTask
+from .ops import noised_topk
+
+
+def clark_smoothed_max(x1: float, x2: float, epsilon: float) -> tuple[float, float]:
+    r"""Clark (1961): :math:`\mathbb E\max(x_1 + \epsilon Z_1, x_2 + \epsilon Z_2)` and its derivative
+    in :math:`x_1`, for independent standard normals:
+
+    .. math:: \mathbb E\max = x_1\Phi(d) + x_2\Phi(-d) + \theta\varphi(d),\quad
+              \theta = \epsilon\sqrt2,\ d = (x_1 - x_2)/\theta,\qquad \partial_{x_1} = \Phi(d).
+    """
+    theta = epsilon * math.sqrt(2.0)
+    d = (x1 - x2) / theta
+    cdf = 0.5 * (1.0 + math.erf(d / math.sqrt(2.0)))
+    pdf = math.exp(-0.5 * d * d) / math.sqrt(2.0 * math.pi)
+    return x1 * cdf + x2 * (1.0 - cdf) + theta * pdf, cdf
+
+
+def smoothing_curve(
+    x: torch.Tensor, k: int, epsilons: list[float], n_samples: int = 2000, seed: int = 0
+) -> dict[str, list[float]]:
+    """Smoothed k-th largest value of the vector ``x`` and its gradient entries for several epsilon."""
+    out: dict[str, list[Any]] = {"epsilon": [], "value": [], "gradient": []}
+    for eps in epsilons:
+        xx = x.detach().double().clone().requires_grad_(True)
+        value = noised_topk(xx, k, eps, n_samples, generator=torch.Generator().manual_seed(seed))
+        (grad,) = torch.autograd.grad(value, xx)
+        out["epsilon"].append(eps)
+        out["value"].append(float(value))
+        out["gradient"].append(grad.tolist())
+    return out
+
+
+def monte_carlo_spread(
+    x: torch.Tensor, k: int, epsilon: float, sample_sizes: list[int], repeats: int = 200, seed: int = 0
+) -> dict[str, list[float]]:
+    """Standard deviation of the noised k-th largest estimate over repeated draws, per n_samples."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, list[float]] = {"n_samples": [], "std": []}
+    batch = x.detach().double().expand(repeats, -1)
+    for s in sample_sizes:
+        estimates = noised_topk(batch, k, epsilon, s, generator=g)
+        out["n_samples"].append(s)
+        out["std"].append(float(estimates.std()))
+    return out
+
+
+def clark_check(
+    x1: float, x2: float, epsilons: list[float], n_samples: int = 20_000, seed: int = 0
+) -> dict[str, list[float]]:
+    """Monte Carlo smoothed max of two scores (our operator, k=1) against Clark's closed form."""
+    out: dict[str, list[float]] = {
+        "epsilon": [],
+        "monte_carlo": [],
+        "closed_form": [],
+        "grad_mc": [],
+        "grad_closed_form": [],
+    }
+    for eps in epsilons:
+        x = torch.tensor([[x1, x2]], dtype=torch.float64, requires_grad=True)
+        value = noised_topk(x, 1, eps, n_samples, generator=torch.Generator().manual_seed(seed))
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        exact, dexact = clark_smoothed_max(x1, x2, eps)
+        out["epsilon"].append(eps)
+        out["monte_carlo"].append(float(value))
+        out["closed_form"].append(exact)
+        out["grad_mc"].append(float(grad[0, 0]))
+        out["grad_closed_form"].append(dexact)
+    return out
+
+
+def loss_landscape(
+    scores: torch.Tensor,
+    target: int,
+    k: int,
+    shifts: torch.Tensor,
+    epsilon: float = 0.5,
+    tau: float = 0.5,
+    n_samples: int = 500,
+) -> dict[str, list[float]]:
+    """Losses of one score vector as the true class's score moves by ``shifts``: the hard hinge,
+    the noised hinge and Berrada's smooth SVM (values side by side for a plot)."""
+    out: dict[str, list[float]] = {"shift": shifts.tolist(), "topk_hinge": [], "noised_topk": [], "smooth_svm": []}
+    y = torch.tensor([target])
+    for shift in shifts.tolist():
+        s = scores.detach().double().clone()[None]
+        s[0, target] += shift
+        out["topk_hinge"].append(float(AF.topk_hinge_loss(s, y, k)))
+        out["noised_topk"].append(
+            float(AF.noised_topk_loss(s, y, k, epsilon, n_samples, generator=torch.Generator().manual_seed(0)))
+        )
+        out["smooth_svm"].append(float(AF.smooth_topk_svm_loss(s, y, k, tau=tau)))
+    return out
+
+
+def loss_gradients(
+    scores: torch.Tensor, target: int, k: int, epsilon: float = 0.5, tau: float = 0.5, n_samples: int = 2000
+) -> dict[str, list[float]]:
+    """Gradient of each top-K loss with respect to the scores of one sample."""
+    y = torch.tensor([target])
+    losses = {
+        "topk_hinge": lambda s: AF.topk_hinge_loss(s, y, k),
+        "noised_topk": lambda s: AF.noised_topk_loss(
+            s, y, k, epsilon, n_samples, generator=torch.Generator().manual_seed(0)
+        ),
+        "smooth_svm": lambda s: AF.smooth_topk_svm_loss(s, y, k, tau=tau),
+        "cross_entropy": lambda s: torch.nn.functional.cross_entropy(s, y),
+    }
+    out = {}
+    for name, fn in losses.items():
+        s = scores.detach().double().clone()[None].requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(s), s)
+        out[name] = g[0].tolist()
+    return out
+
+
+def oracle_accuracy_curves(
+    task: SyntheticTask, n: int = 20_000, ks: list[int] | None = None, seed: int = 0
+) -> dict[str, list[float]]:
+    """Expected accuracy of the Bayes top-K and average-K sets for K = 1..C (or ``ks``)."""
+    _, _, posterior = task.sample(n, seed=seed)
+    ks = ks or list(range(1, task.n_classes + 1))
+    out: dict[str, list[float]] = {"k": [], "topk": [], "average_k": []}
+    for k in ks:
+        out["k"].append(k)
+        out["topk"].append(expected_set_accuracy(posterior, bayes_topk_sets(posterior, k)))
+        out["average_k"].append(expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k)))
+    return out
+
+
+def average_k_gain_vs_ambiguity(
+    levels: list[float], k: int = 2, n: int = 20_000, **spec: Any
+) -> dict[str, list[float]]:
+    """Bayes average-K minus top-K accuracy (equal average size K) as the spread of ambiguity grows.
+
+    ``levels`` are values of :class:`SyntheticSpec.ambiguity`: 0 makes every group equally easy;
+    1 makes the tightest group fully ambiguous while the loosest stays easy."""
+    out: dict[str, list[float]] = {"ambiguity": [], "topk": [], "average_k": [], "gain": [], "entropy_std": []}
+    for level in levels:
+        task = SyntheticTask(SyntheticSpec(ambiguity=level, **spec))
+        _, _, posterior = task.sample(n, seed=1)
+        top = expected_set_accuracy(posterior, bayes_topk_sets(posterior, k))
+        avg = expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k))
+        out["ambiguity"].append(level)
+        out["topk"].append(top)
+        out["average_k"].append(avg)
+        out["gain"].append(avg - top)
+        out["entropy_std"].append(float(task.bayes_entropy(posterior).std()))
+    return out
+
+
+def load_run_scores(run: str | Path) -> dict[str, torch.Tensor]:
+    """Validation and test scores (float32) and labels saved by a finished run (``scores.pt``)."""
+    data = torch.load(Path(run) / "scores.pt", map_location="cpu", weights_only=False)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
+
+
+def run_sets(run: str | Path, k: float, kind: str = "average_k") -> dict[str, torch.Tensor]:
+    """Test prediction sets of a finished run: average-K (threshold calibrated on its validation
+    scores) or top-K; with the test scores, labels, per-sample hits and set sizes."""
+    data = load_run_scores(run)
+    if kind == "average_k":
+        sets = M.average_k_sets(data["test_scores"], M.average_k_threshold(data["val_scores"], k))
+    elif kind == "topk":
+        sets = M.topk_sets(data["test_scores"], int(k))
+    else:
+        raise ValueError(f"`kind` must be 'average_k' or 'topk', got {kind!r}")
+    y = data["test_targets"]
+    return {
+        "sets": sets,
+        "scores": data["test_scores"],
+        "targets": y,
+        "hit": sets[torch.arange(len(y)), y],
+        "size": sets.sum(1),
+    }
+
+
+def by_class_frequency(
+    run: str | Path, k: float, train_counts: list[int], kind: str = "average_k", n_bins: int = 5
+) -> dict[str, Any]:
+    """Accuracy and mean set size per class against the class's training frequency."""
+    s = run_sets(run, k, kind)
+    freq = M.accuracy_by_class_frequency(s["hit"], s["targets"], train_counts, n_bins)
+    n_classes = s["sets"].shape[1]
+    sizes = torch.bincount(s["targets"], weights=s["size"].double(), minlength=n_classes)
+    support = torch.bincount(s["targets"], minlength=n_classes).double()
+    present = support > 0
+    freq["mean_set_size"] = sizes[present] / support[present]
+    return freq
+
+
+def by_quantile(
+    values: torch.Tensor, hits: torch.Tensor, sizes: torch.Tensor, n_bins: int = 5
+) -> dict[str, list[float]]:
+    """Accuracy and mean set size in ``n_bins`` equal-count bins of ``values`` (e.g. oracle entropy)."""
+    order = torch.argsort(values, stable=True)
+    out: dict[str, list[float]] = {"low": [], "high": [], "accuracy": [], "mean_size": []}
+    for chunk in torch.tensor_split(order, n_bins):
+        out["low"].append(float(values[chunk].min()))
+        out["high"].append(float(values[chunk].max()))
+        out["accuracy"].append(float(hits[chunk].double().mean()))
+        out["mean_size"].append(float(sizes[chunk].double().mean()))
+    return out
+
+
+def run_results(run: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of a finished run."""
+    import json
+
+    return json.loads((Path(run) / "results.json").read_text())
+
+
+def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "dataset") -> list[dict[str, Any]]:
+    """Average-K accuracy (micro, macro; mean and 95% CI over seeds) per ``by`` value, loss and K.
+
+    A loss whose training depends on K (``train_k`` set: EPR, ROLE, two-head) is evaluated at
+    the K it was trained for; the others (one model for every K) at each K."""
+    from .evaluation import k_label
+    from .experiments import summarize
+
+    out = []
+    for k in ks:
+        name = k_label(k)
+        selected = [
+            {
+                **r,
+                "K": k,
+                "micro": r[f"test_avg{name}_micro"],
+                "macro": r[f"test_avg{name}_macro"],
+                "size": r[f"test_avg{name}_size"],
+            }
+            for r in rows
+            if r.get("train_k") in (None, k)
+        ]
+        out += summarize(selected, by=[by, "loss", "K"], metrics=["micro", "macro", "size"])
+    return out
+
+
+def synthetic_oracle(dataset_options: dict[str, Any], ks: list[float]) -> dict[float, float]:
+    """Expected average-K accuracy of the Bayes oracle on the test inputs of a synthetic dataset."""
+    from .data import load_dataset
+
+    posterior = load_dataset("synthetic", **dataset_options).extra["test_posterior"]
+    return {k: expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k)) for k in ks}
+
+
+def conformal_comparison(
+    run: str | Path, target_size: float = 2.0, alphas: list[float] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Average-K and split-conformal sets (LAC, APS, RAPS) from the same model's scores.
+
+    Validation scores calibrate everything; test scores are evaluated. Returns coverage-size
+    curves (over alpha for conformal, over K for average-K) and two comparisons: at matched
+    average size ``target_size`` and at matched coverage (that of LAC at ``alpha=0.1``)."""
+    from . import conformal as C
+
+    data = load_run_scores(run)
+    pv, yv, pt, yt = data["val_scores"], data["val_targets"], data["test_scores"], data["test_targets"]
+    alphas = alphas or [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]
+    curves: dict[str, dict[str, list[float]]] = {}
+
+    def evaluate(sets: torch.Tensor) -> tuple[float, float]:
+        return float(sets[torch.arange(len(yt)), yt].double().mean()), float(sets.sum(1).double().mean())
+
+    for method in C.METHODS:
+        cov, size = [], []
+        for alpha in alphas:
+            g = torch.Generator().manual_seed(seed)
+            qhat = C.calibrate(pv, yv, alpha, method, generator=g)
+            c, s = evaluate(C.conformal_sets(pt, qhat, method, generator=g))
+            cov.append(c)
+            size.append(s)
+        curves[method] = {"coverage": cov, "size": size}
+    ks = [k for k in (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0) if k <= pv.shape[1]]
+    avg = [evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, k))) for k in ks]
+    curves["average-K"] = {"coverage": [a[0] for a in avg], "size": [a[1] for a in avg]}
+
+    matched_size = {}
+    for method in C.METHODS:
+        alpha = C.alpha_for_mean_size(pv, yv, target_size, method)
+        g = torch.Generator().manual_seed(seed)
+        matched_size[method] = evaluate(
+            C.conformal_sets(pt, C.calibrate(pv, yv, alpha, method, generator=g), method, generator=g)
+        )
+    matched_size["average-K"] = evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, target_size)))
+    lac_coverage = float(
+        C.conformal_sets(pv, C.calibrate(pv, yv, 0.1, "lac"), "lac")[torch.arange(len(yv)), yv].double().mean()
+    )
+    k_cov = C.average_k_for_coverage(pv, yv, lac_coverage)
+    matched_coverage = {
+        "lac": evaluate(C.conformal_sets(pt, C.calibrate(pv, yv, 0.1, "lac"), "lac")),
+        "average-K": evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, k_cov))),
+    }
+    return {
+        "curves": curves,
+        "matched_size": matched_size,
+        "matched_coverage": matched_coverage,
+        "target_size": target_size,
+        "k_for_coverage": k_cov,
+    }

@@ -1,0 +1,262 @@
+"""Figures of the book (matplotlib + seaborn). Each function draws on ``ax`` (or a new figure)
+and returns the figure; none computes anything a reader would need to trust: that is
+:mod:`avgk_lib.analysis`' job."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+
+def style() -> None:
+    """The book's look: seaborn's whitegrid theme, readable font sizes."""
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+    plt.rcParams.update({"figure.figsize": (7.0, 4.2), "figure.dpi": 100, "axes.titleweight": "bold"})
+
+
+def _ax(ax=None, figsize=None):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def lines(
+    data: dict[str, Sequence[float]],
+    x: str,
+    ys: dict[str, str],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    ax=None,
+    logx: bool = False,
+    markers: bool = True,
+    styles: dict[str, str] | None = None,
+):
+    """One line per ``ys`` entry (column -> legend label) against column ``x``."""
+    fig, ax = _ax(ax)
+    for column, label in ys.items():
+        ax.plot(
+            data[x],
+            data[column],
+            marker="o" if markers else None,
+            ms=4,
+            label=label,
+            ls=(styles or {}).get(column, "-"),
+        )
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel or x, ylabel=ylabel, title=title)
+    ax.legend(frameon=False)
+    return fig
+
+
+def summary_plot(
+    summary: list[dict[str, Any]],
+    x: str,
+    metric: str,
+    hue: str,
+    *,
+    reference: list[dict] | None = None,
+    ylabel: str = "",
+    title: str = "",
+    ax=None,
+    xlabel: str = "",
+):
+    """Mean and 95% interval of ``metric`` per ``hue`` against ``x`` (rows of
+    :func:`avgk_lib.experiments.summarize`). ``reference`` (the committed multi-seed results)
+    is drawn as a shaded band with a dashed line, the reader's own run as points."""
+    fig, ax = _ax(ax)
+    palette = dict(
+        zip(sorted({r[hue] for r in summary + (reference or [])}, key=str), sns.color_palette(), strict=False)
+    )
+    for name, color in palette.items():
+        if reference:
+            ref = sorted((r for r in reference if r[hue] == name), key=lambda r: r[x])
+            if ref:
+                xs = np.array([r[x] for r in ref], dtype=float)
+                mean = np.array([r[metric] for r in ref])
+                ci = np.array([r.get(f"{metric}_ci95", 0.0) for r in ref])
+                ax.plot(xs, mean, ls="--", color=color, alpha=0.8)
+                ax.fill_between(xs, mean - ci, mean + ci, color=color, alpha=0.15)
+        own = sorted((r for r in summary if r[hue] == name), key=lambda r: r[x])
+        if own:
+            ax.errorbar(
+                [r[x] for r in own],
+                [r[metric] for r in own],
+                yerr=[r.get(f"{metric}_ci95", 0.0) for r in own],
+                marker="o",
+                ms=5,
+                capsize=3,
+                color=color,
+                label=str(name),
+                ls="-" if not reference else "none",
+            )
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or metric, title=title)
+    ax.legend(frameon=False, fontsize="small")
+    if reference:
+        ax.text(
+            0.99,
+            0.01,
+            "dashed + band: reference (mean, 95% CI)   points: this run",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize="x-small",
+            color="0.35",
+        )
+    return fig
+
+
+def bar_table(
+    rows: list[dict[str, Any]],
+    category: str,
+    metrics: dict[str, str],
+    *,
+    ylabel: str = "",
+    title: str = "",
+    ax=None,
+    ylim: tuple[float, float] | None = None,
+):
+    """Grouped bars with 95% intervals: one group per ``category`` value, one bar per metric."""
+    fig, ax = _ax(ax, figsize=(max(7.0, 1.1 * len(rows)), 4.2))
+    width = 0.8 / len(metrics)
+    xs = np.arange(len(rows))
+    for i, (metric, label) in enumerate(metrics.items()):
+        ax.bar(
+            xs + (i - (len(metrics) - 1) / 2) * width,
+            [r[metric] for r in rows],
+            width,
+            yerr=[r.get(f"{metric}_ci95", 0.0) for r in rows],
+            capsize=2,
+            label=label,
+        )
+    ax.set_xticks(xs, [str(r[category]) for r in rows], rotation=30, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def gradient_bars(gradients: dict[str, Sequence[float]], *, target: int | None = None, title: str = "", ax=None):
+    """Gradient of several losses with respect to the scores of one sample, class by class."""
+    fig, ax = _ax(ax)
+    n = len(next(iter(gradients.values())))
+    width = 0.8 / len(gradients)
+    for i, (name, g) in enumerate(gradients.items()):
+        ax.bar(np.arange(n) + (i - (len(gradients) - 1) / 2) * width, g, width, label=name)
+    ax.axhline(0, color="0.3", lw=0.8)
+    labels = [f"{j}{' (y)' if j == target else ''}" for j in range(n)]
+    ax.set_xticks(np.arange(n), labels)
+    ax.set(xlabel="class (sorted by score)", ylabel="d loss / d score", title=title)
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def scatter_classes(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    color: np.ndarray | None = None,
+    title: str = "",
+    ax=None,
+    cmap: str = "viridis",
+    colorbar: str = "",
+):
+    """2-D inputs coloured by class (or by a value such as posterior entropy or set size)."""
+    fig, ax = _ax(ax, figsize=(5.5, 5.0))
+    if color is None:
+        ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab20", s=6, alpha=0.7)
+    else:
+        points = ax.scatter(x[:, 0], x[:, 1], c=color, cmap=cmap, s=6, alpha=0.8)
+        fig.colorbar(points, ax=ax, label=colorbar)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.set_aspect("equal")
+    return fig
+
+
+def frequency_scatter(
+    results: dict[str, dict[str, Any]], *, metric: str = "accuracy", ylabel: str = "accuracy", title: str = "", ax=None
+):
+    """Per-class ``metric`` against the class's training count (log scale), one colour per method,
+    with the binned means (:func:`avgk_lib.metrics.accuracy_by_class_frequency`) as lines."""
+    fig, ax = _ax(ax)
+    for (name, r), color in zip(results.items(), sns.color_palette(), strict=False):
+        ax.scatter(r["train_count"], r[metric], s=14, alpha=0.5, color=color)
+        if metric == "accuracy":
+            centers = np.sqrt(np.asarray(r["bin_min_count"]) * np.asarray(r["bin_max_count"]))
+            ax.plot(centers, r["bin_accuracy"], marker="o", color=color, label=name)
+        else:
+            ax.plot([], [], marker="o", color=color, label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="training images of the class", ylabel=ylabel, title=title)
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def size_histograms(sizes: dict[str, np.ndarray], *, max_size: int | None = None, title: str = "", ax=None):
+    """Distribution of prediction-set sizes, one series per method."""
+    fig, ax = _ax(ax)
+    top = max_size or int(max(int(np.max(s)) for s in sizes.values()))
+    bins = np.arange(top + 2) - 0.5
+    for name, s in sizes.items():
+        ax.hist(
+            np.clip(s, 0, top), bins=bins, histtype="step", lw=2, label=f"{name} (mean {np.mean(s):.2f})", density=True
+        )
+    ax.set(xlabel="set size", ylabel="share of test inputs", title=title)
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def heatmap(
+    matrix: np.ndarray,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    ax=None,
+    xticklabels: Sequence[str] | str = "auto",
+    cmap: str = "rocket_r",
+    cbar: bool = True,
+):
+    """A matrix as a heat map (e.g. which classes become pseudo-positives in a batch)."""
+    fig, ax = _ax(ax, figsize=(7.0, 5.0))
+    sns.heatmap(matrix, ax=ax, cmap=cmap, cbar=cbar, xticklabels=xticklabels, yticklabels=False)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return fig
+
+
+def image_grid(
+    images: np.ndarray,
+    sets: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    n: int = 12,
+    cols: int = 6,
+    title: str = "",
+):
+    """Test images with their predicted sets; the true label is marked when it is in the set."""
+    rows = int(np.ceil(min(n, len(images)) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.6 * rows))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i >= min(n, len(images)):
+            continue
+        img = images[i]
+        ax.imshow(img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0)), cmap="gray")
+        members = [class_names[j] + ("*" if j == labels[i] else "") for j in np.flatnonzero(sets[i])]
+        ok = bool(sets[i][labels[i]])
+        ax.set_title(
+            "\n".join(members[:4]) + ("\n..." if len(members) > 4 else "") or "(empty)",
+            fontsize=7,
+            color="darkgreen" if ok else "darkred",
+        )
+    fig.suptitle(title or "predicted sets (* = true label; green: covered, red: missed)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,94 @@
+"""Conformal sets: coverage/width agree with MAPIE's metrics, LAC sets agree with MAPIE's, and
+the split-conformal guarantee holds empirically over many random splits."""
+
+import numpy as np
+import pytest
+import torch
+from mapie.metrics.classification import classification_coverage_score, classification_mean_width_score
+
+from avgk_lib import conformal as C
+from avgk_lib import metrics as M
+from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
+
+
+def _data(n=4000, seed=0):
+    task = SyntheticTask(SyntheticSpec(n_classes=10, dim=4, n_groups=3, ambiguity=0.9))
+    x, y, posterior = task.sample(n, seed=seed)
+    return posterior.float(), y
+
+
+@pytest.mark.parametrize("method", C.METHODS)
+def test_coverage_and_width_agree_with_mapie_metrics(method):
+    probs, y = _data()
+    cal, test = slice(0, 2000), slice(2000, 4000)
+    qhat = C.calibrate(probs[cal], y[cal], 0.1, method, generator=torch.Generator().manual_seed(0))
+    sets = C.conformal_sets(probs[test], qhat, method, generator=torch.Generator().manual_seed(1))
+    hits = sets[torch.arange(2000), y[test]]
+    coverage = float(np.ravel(classification_coverage_score(y[test].numpy(), sets.numpy()[:, :, None]))[0])
+    width = float(np.ravel(classification_mean_width_score(sets.numpy()[:, :, None]))[0])
+    assert hits.double().mean().item() == pytest.approx(coverage)
+    assert sets.sum(1).double().mean().item() == pytest.approx(width)
+
+
+def test_lac_sets_equal_mapie_split_conformal_lac():
+    from mapie.classification import SplitConformalClassifier
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    probs, y = _data()
+
+    class Lookup(ClassifierMixin, BaseEstimator):
+        """A fitted 'model' whose input is a row index into our probabilities."""
+
+        def fit(self, X, y):
+            self.classes_ = np.arange(10)
+            return self
+
+        def predict_proba(self, X):
+            return probs.double().numpy()[np.asarray(X).ravel().astype(int)]
+
+        def predict(self, X):
+            return self.predict_proba(X).argmax(1)
+
+    model = Lookup().fit(np.zeros((1, 1)), np.zeros(1))
+    mapie = SplitConformalClassifier(estimator=model, confidence_level=0.9, conformity_score="lac", prefit=True)
+    cal_idx, test_idx = np.arange(2000)[:, None], np.arange(2000, 4000)[:, None]
+    mapie.conformalize(cal_idx, y[:2000].numpy())
+    _, mapie_sets = mapie.predict_set(test_idx)
+    qhat = C.calibrate(probs[:2000].double(), y[:2000], 0.1, "lac")
+    ours = C.conformal_sets(probs[2000:].double(), qhat, "lac")
+    agreement = (ours.numpy() == mapie_sets[:, :, 0]).mean()
+    assert agreement > 0.999
+
+
+@pytest.mark.parametrize("method", C.METHODS)
+def test_split_conformal_guarantee_holds_over_random_splits(method):
+    probs, y = _data(n=3000, seed=5)
+    alpha, coverages = 0.2, []
+    for split in range(60):
+        perm = torch.randperm(3000, generator=torch.Generator().manual_seed(split))
+        cal, test = perm[:500], perm[500:]
+        g = torch.Generator().manual_seed(100 + split)
+        qhat = C.calibrate(probs[cal], y[cal], alpha, method, generator=g)
+        sets = C.conformal_sets(probs[test], qhat, method, generator=g)
+        coverages.append(sets[torch.arange(len(test)), y[test]].double().mean().item())
+    mean = float(np.mean(coverages))
+    # marginal guarantee: E[coverage] >= 1 - alpha, and <= 1 - alpha + 1/(n+1) for continuous scores
+    assert mean >= 1 - alpha - 3 * np.std(coverages) / np.sqrt(len(coverages))
+    assert mean <= 1 - alpha + 1 / 501 + 3 * np.std(coverages) / np.sqrt(len(coverages)) + 0.01
+
+
+def test_quantile_rule_and_matching_helpers():
+    scores = torch.arange(1, 10, dtype=torch.float64)  # n = 9
+    assert C.conformal_quantile(scores, 0.1) == 9.0  # ceil(10 * 0.9) = 9
+    assert C.conformal_quantile(scores, 0.5) == 5.0
+    assert C.conformal_quantile(scores, 0.05) == float("inf")
+    probs, y = _data(n=2000)
+    alpha = C.alpha_for_mean_size(probs, y, 2.0, "lac")
+    qhat = C.calibrate(probs, y, alpha, "lac")
+    assert C.conformal_sets(probs, qhat, "lac").sum(1).double().mean().item() == pytest.approx(2.0, abs=0.05)
+    k = C.average_k_for_coverage(probs, y, 0.9)
+    assert M.average_k_accuracy(probs, y, M.average_k_threshold(probs, k)) == pytest.approx(0.9, abs=0.01)
+    with pytest.raises(ValueError, match="alpha"):
+        C.conformal_quantile(scores, 1.5)
+    with pytest.raises(ValueError, match="method"):
+        C.conformity_scores(probs, y, "naive")
