@@ -111,7 +111,7 @@ def _label_noise(preset: str) -> list[Run]:
         levels = [0.0, 0.6] if preset == "smoke" else [0.0, 0.3, 0.6]
         base = _cpu_recipe(preset, dataset, cpu_epochs=5)
         options = lambda p: _fmnist(
-            preset, label_noise=p, noise_block_size=2, **({"train_subset": 30000} if preset == "cpu" else {})
+            preset, label_noise=p, noise_block_size=2, **({"train_subset": 20000} if preset == "cpu" else {})
         )
         eval_ks = [1.0, 2.0]
     return [
