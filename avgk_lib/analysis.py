@@ -43,7 +43,7 @@ def smoothing_curve(
         value = noised_topk(xx, k, eps, n_samples, generator=torch.Generator().manual_seed(seed))
         (grad,) = torch.autograd.grad(value, xx)
         out["epsilon"].append(eps)
-        out["value"].append(float(value))
+        out["value"].append(float(value.detach()))
         out["gradient"].append(grad.tolist())
     return out
 
@@ -79,7 +79,7 @@ def clark_check(
         (grad,) = torch.autograd.grad(value.sum(), x)
         exact, dexact = clark_smoothed_max(x1, x2, eps)
         out["epsilon"].append(eps)
-        out["monte_carlo"].append(float(value))
+        out["monte_carlo"].append(float(value.detach()))
         out["closed_form"].append(exact)
         out["grad_mc"].append(float(grad[0, 0]))
         out["grad_closed_form"].append(dexact)

@@ -169,7 +169,7 @@ def scatter_classes(
     colorbar: str = "",
 ):
     """2-D inputs coloured by class (or by a value such as posterior entropy or set size)."""
-    fig, ax = _ax(ax, figsize=(5.5, 5.0))
+    fig, ax = _ax(ax, figsize=(6.5, 5.0))
     if color is None:
         ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab20", s=6, alpha=0.7)
     else:
