@@ -1,8 +1,10 @@
 # avgk-book: every target sets up its own virtualenv (.venv) on first use.
-#   make book   - execute every notebook and build the HTML book (the main job)
-#   make test   - lint + the whole test suite (what CI runs)
-#   make demo   - a one-minute tour of the library on synthetic scores
-#   make bench  - the loss / calibration benchmark (prints a table)
+#   make book        - execute every notebook (PRESET=cpu by default) and build the HTML book (the main job)
+#   make test        - lint + unit tests + the book at PRESET=smoke, nbval, browser check (what CI runs)
+#   make unit        - the pytest suite alone
+#   make demo        - a one-minute tour of the library on synthetic data
+#   make bench       - the loss / calibration benchmark (prints a table)
+#   make references  - recompute the committed reference results (results/*.json, 3 seeds; about 2 h on 2 cores)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +13,11 @@ BIN := $(VENV)/bin
 TORCH_PACKAGES ?= torch torchvision
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+PRESET ?= cpu
+STAGE := _build/book
+HTML := $(STAGE)/_build/html
+
+.PHONY: setup book test unit book-check lint demo bench references clean
 
 setup: $(STAMP)
 
@@ -23,17 +29,33 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check avgk_lib tests benchmarks
-	$(BIN)/ruff format --check avgk_lib tests benchmarks
+	$(BIN)/ruff check avgk_lib tests benchmarks tools
+	$(BIN)/ruff format --check avgk_lib tests benchmarks tools
 
-test: lint
+book: $(STAMP)
+	$(BIN)/python tools/run_notebooks.py --preset $(PRESET) --out $(STAGE)
+	$(BIN)/jupyter-book build $(STAGE) --config book/_config.yml --toc book/_toc.yml -W -n --keep-going
+	@echo "The book: $(HTML)/index.html"
+
+test: lint unit book-check
+
+unit: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+book-check: $(STAMP)
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+	$(MAKE) book PRESET=smoke
+	$(BIN)/python -m pytest -q -p no:cacheprovider -o addopts="" --nbval-lax $(STAGE)/notebooks
+	$(BIN)/python tools/check_site.py $(HTML) --notebooks $(STAGE)/notebooks --screenshot .ci-artifacts/first_page.png $(if $(CI),--require,)
 
 demo: $(STAMP)
 	$(BIN)/python -m avgk_lib demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
+
+references: $(STAMP)
+	$(BIN)/python tools/reference_runs.py --preset cpu --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) _build .pytest_cache

@@ -193,9 +193,12 @@ def run_sets(run: str | Path, k: float, kind: str = "average_k") -> dict[str, to
 
 
 def by_class_frequency(
-    run: str | Path, k: float, train_counts: list[int], kind: str = "average_k", n_bins: int = 5
+    run: str | Path, k: float, train_counts: list[int] | None = None, kind: str = "average_k", n_bins: int = 5
 ) -> dict[str, Any]:
-    """Accuracy and mean set size per class against the class's training frequency."""
+    """Accuracy and mean set size per class against the class's training frequency (by default
+    the class counts recorded in the run's ``results.json``)."""
+    if train_counts is None:
+        train_counts = run_results(run)["summary"]["class_counts"]
     s = run_sets(run, k, kind)
     freq = M.accuracy_by_class_frequency(s["hit"], s["targets"], train_counts, n_bins)
     n_classes = s["sets"].shape[1]

@@ -24,11 +24,21 @@ def test_every_experiment_has_three_presets_with_valid_configs():
 def test_gpu_presets_use_the_paper_recipes():
     cifar = E.runs_of("label_noise", "gpu", [0])[0].config
     assert (cifar.dataset, cifar.model, cifar.epochs, cifar.batch_size, cifar.lr) == (
-        "cifar100", "densenet_bc_40_40", 300, 64, 0.1)
+        "cifar100",
+        "densenet_bc_40_40",
+        300,
+        64,
+        0.1,
+    )
     assert cifar.milestones == [151, 226] and cifar.k == 5
     plant = E.runs_of("long_tail", "gpu", [0])[0].config
     assert (plant.dataset, plant.model, plant.pretrained, plant.lr, plant.batch_size) == (
-        "plantnet300k", "resnet50", True, 0.002, 32)
+        "plantnet300k",
+        "resnet50",
+        True,
+        0.002,
+        32,
+    )
     assert plant.select_metric == "top5_macro"
 
 

@@ -5,7 +5,7 @@
 
 For each page of the table of contents: the page exists, Chromium renders it, the rendered DOM
 shows no Python traceback or error output, and a notebook page holds at least as many images
-as its executed notebook produced figures. Exits non-zero on any failure. Without Chromium it
+as its executed notebook produced figures and a Colab launch button. Exits non-zero on any failure. Without Chromium it
 exits 0 with a notice, unless ``--require`` (CI) is given.
 """
 
@@ -22,11 +22,24 @@ from pathlib import Path
 
 import yaml
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
-ERROR_MARKERS = ["Traceback (most recent call last)", "output traceback", "output error", "Error in cell",
-                 "Exception: "]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+ERROR_MARKERS = [
+    "Traceback (most recent call last)",
+    "output traceback",
+    "output error",
+    "Error in cell",
+    "Exception: ",
+]
 
 
 def _chromium() -> str | None:
@@ -39,8 +52,9 @@ def _chromium() -> str | None:
 
 def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
 
 
 def _pages(toc: Path) -> list[str]:
@@ -53,8 +67,13 @@ def _pages(toc: Path) -> list[str]:
 
 def _figures(notebook: Path) -> int:
     nb = json.loads(notebook.read_text())
-    return sum(1 for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-               if "image/png" in o.get("data", {}))
+    return sum(
+        1
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    )
 
 
 def main() -> int:
@@ -88,12 +107,14 @@ def main() -> int:
             shown = len(re.findall(r"<img [^>]*src=\"[^\"]*_images/", dom))
             if shown < expected:
                 problems.append(f"{page}: {shown} images rendered, {expected} figures produced")
+            if "colab.research.google.com" not in dom:
+                problems.append(f"{page}: no Colab launch button")
             print(f"{page:<45} ok  ({shown} images, {expected} figures)")
         else:
             print(f"{page:<45} ok")
     if args.screenshot:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-        first = (args.html / "index.html").resolve().as_uri()
+        first = (args.html / f"{_pages(args.toc)[0]}.html").resolve().as_uri()
         _run(binary, f"--screenshot={args.screenshot.resolve()}", "--window-size=1280,1600", first)
         print(f"screenshot: {args.screenshot} ({'written' if args.screenshot.exists() else 'MISSING'})")
         if not args.screenshot.exists():

@@ -41,8 +41,13 @@ def main() -> int:
         target = out / "notebooks" / nb.name
         try:
             papermill.execute_notebook(
-                str(nb), str(target), parameters={"PRESET": args.preset}, cwd=str(ROOT / "notebooks"),
-                kernel_name="python3", progress_bar=False, execution_timeout=args.timeout,
+                str(nb),
+                str(target),
+                parameters={"PRESET": args.preset},
+                cwd=str(ROOT / "notebooks"),
+                kernel_name="python3",
+                progress_bar=False,
+                execution_timeout=args.timeout,
             )
             status = "ok"
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
