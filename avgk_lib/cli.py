@@ -24,6 +24,7 @@ LOSS_FLAGS = {
     "weight": float,
     "rule": str,
     "class_reduction": str,
+    "warmup_epochs": int,
 }
 DATASET_FLAGS = {
     "label_noise": float,

@@ -33,9 +33,8 @@ def _uniform(shape, generator, device):
     return torch.rand(shape, generator=generator).to(device)
 
 
-def conformity_scores(
+def class_scores(
     probs: torch.Tensor,
-    labels: torch.Tensor,
     method: str = "lac",
     *,
     lam: float = 0.01,
@@ -43,21 +42,34 @@ def conformity_scores(
     randomized: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Non-conformity :math:`E(x_i, \ell_i)` of given labels ``labels`` (``(n,)``) or of every class
-    (``labels=None`` is not allowed here: see :func:`conformal_sets`)."""
+    r"""Non-conformity :math:`E(x_i, j)` of every class j of every input, shape (n, C).
+
+    APS/RAPS sort each row once: the mass above a class is the exclusive cumulative sum of the
+    sorted probabilities (ties are broken by the sort order); one uniform draw per input."""
+    probs = check_scores(probs, "probs")
+    method = check_choice(method, "method", METHODS)
+    if method == "lac":
+        return 1.0 - probs
+    sorted_probs, order = torch.sort(probs, dim=1, descending=True)
+    n = probs.shape[0]
+    u = _uniform((n, 1), generator, probs.device) if randomized else torch.ones((n, 1), device=probs.device)
+    sorted_scores = torch.cumsum(sorted_probs, dim=1) - sorted_probs + u * sorted_probs
+    if method == "raps":
+        rank = torch.arange(1, probs.shape[1] + 1, device=probs.device)
+        sorted_scores = sorted_scores + lam * (rank - k_reg).clamp(min=0)
+    return torch.empty_like(sorted_scores).scatter_(1, order, sorted_scores)
+
+
+def conformity_scores(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    method: str = "lac",
+    **kwargs,
+) -> torch.Tensor:
+    r"""Non-conformity :math:`E(x_i, y_i)` of the given labels, shape (n,) (see :func:`class_scores`)."""
     probs = check_scores(probs, "probs")
     labels = check_targets(labels, probs.shape[0], probs.shape[1], "labels")
-    method = check_choice(method, "method", METHODS)
-    p_y = probs.gather(1, labels[:, None]).squeeze(1)
-    if method == "lac":
-        return 1.0 - p_y
-    above = (probs * (probs > p_y[:, None])).sum(1)
-    u = _uniform(p_y.shape, generator, probs.device) if randomized else torch.ones_like(p_y)
-    score = above + u * p_y
-    if method == "raps":
-        rank = (probs > p_y[:, None]).sum(1) + 1
-        score = score + lam * (rank - k_reg).clamp(min=0)
-    return score
+    return class_scores(probs, method, **kwargs).gather(1, labels[:, None]).squeeze(1)
 
 
 def conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
@@ -71,29 +83,9 @@ def conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
     return float(torch.kthvalue(scores.double().flatten().cpu(), rank).values)
 
 
-def conformal_sets(
-    probs: torch.Tensor,
-    qhat: float,
-    method: str = "lac",
-    *,
-    lam: float = 0.01,
-    k_reg: int = 5,
-    randomized: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Bool (n, C) sets :math:`\\{y : E(x, y) \\le \\hat q\\}` (one uniform draw per input for APS/RAPS)."""
-    probs = check_scores(probs, "probs")
-    method = check_choice(method, "method", METHODS)
-    if method == "lac":
-        return (1.0 - probs) <= qhat
-    n, c = probs.shape
-    u = _uniform((n, 1), generator, probs.device) if randomized else torch.ones((n, 1), device=probs.device)
-    above = (probs[:, None, :] * (probs[:, None, :] > probs[:, :, None])).sum(2)  # mass above each class
-    scores = above + u * probs
-    if method == "raps":
-        rank = (probs[:, None, :] > probs[:, :, None]).sum(2) + 1
-        scores = scores + lam * (rank - k_reg).clamp(min=0)
-    return scores <= qhat
+def conformal_sets(probs: torch.Tensor, qhat: float, method: str = "lac", **kwargs) -> torch.Tensor:
+    """Bool (n, C) sets :math:`\\{y : E(x, y) \\le \\hat q\\}` (options as in :func:`class_scores`)."""
+    return class_scores(probs, method, **kwargs) <= qhat
 
 
 def calibrate(probs: torch.Tensor, labels: torch.Tensor, alpha: float, method: str = "lac", **kwargs) -> float:

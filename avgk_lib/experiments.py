@@ -262,6 +262,7 @@ def _two_head_ablation(preset: str) -> list[Run]:
         "threshold rule": {"loss_options": {"rule": "threshold"}},
         "sum over classes": {"loss_options": {"class_reduction": "sum"}},
         "detached multi-label head": {"detach_multilabel": True},
+        "warm-up 5 epochs": {"loss_options": {"warmup_epochs": 5}},
     }
     return [
         Run(

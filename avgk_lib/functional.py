@@ -73,6 +73,13 @@ def _prepare(scores, targets, reduction, name: str = "scores"):
     return scores.to(_work_dtype(scores.dtype)), targets
 
 
+def _prepare_noised(scores, targets, k, epsilon, n_samples, reduction):
+    """:func:`_prepare` plus the arguments shared by the noised losses (k, epsilon, n_samples)."""
+    s, y = _prepare(scores, targets, reduction)
+    k = check_loss_k(k, s.shape[1])
+    return s, y, k, check_nonnegative(epsilon, "epsilon"), check_count(n_samples, "n_samples")
+
+
 def _target_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return scores.gather(1, targets[:, None]).squeeze(1)
 
@@ -110,10 +117,7 @@ def noised_topk_loss(
         >>> noised_topk_loss(s, y, k=1, epsilon=0.0)   # 1 + s_[2] - s_1 = 1 + 1 - 1
         tensor(1.)
     """
-    s, y = _prepare(scores, targets, reduction)
-    k = check_loss_k(k, s.shape[1])
-    epsilon = check_nonnegative(epsilon, "epsilon")
-    n_samples = check_count(n_samples, "n_samples")
+    s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
     smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
     return reduce(F.relu(1.0 + smoothed - _target_scores(s, y)), reduction)
 
@@ -155,10 +159,7 @@ def imbalanced_noised_topk_loss(
         class_counts: training-set count of every class, length C, all > 0.
         max_margin: margin of the rarest class. scale: :math:`\lambda > 0`.
     """
-    s, y = _prepare(scores, targets, reduction)
-    k = check_loss_k(k, s.shape[1])
-    epsilon = check_nonnegative(epsilon, "epsilon")
-    n_samples = check_count(n_samples, "n_samples")
+    s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
     max_margin = check_nonnegative(max_margin, "max_margin")
     scale = check_positive(scale, "scale")
     margins = class_margins(class_counts, s.shape[1], max_margin, s.device).to(s.dtype)

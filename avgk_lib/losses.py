@@ -273,7 +273,10 @@ class ROLELoss(_Loss):
 class TwoHeadLoss(_Loss):
     """Two-head loss for average-K classification [P2]; see :func:`avgk_lib.functional.two_head_loss`.
 
-    ``forward(softmax_logits, multilabel_logits, targets)``.
+    ``forward(softmax_logits, multilabel_logits, targets)``. ``warmup_epochs``: during the first
+    epochs only the softmax head is trained (weight 0 on the multi-label head), so that the
+    pseudo-labels come from a softmax head that has learned something; the trainer calls
+    :meth:`set_epoch`. P2 does not say whether it warms up; the default is no warm-up.
     """
 
     def __init__(
@@ -283,6 +286,7 @@ class TwoHeadLoss(_Loss):
         reduction: str = "mean",
         rule: str = "exact",
         class_reduction: str = "mean",
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__(reduction)
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 1:
@@ -291,6 +295,12 @@ class TwoHeadLoss(_Loss):
         self.weight = check_nonnegative(weight, "weight")
         self.rule = check_choice(rule, "rule", ("exact", "threshold"))
         self.class_reduction = check_choice(class_reduction, "class_reduction", ("mean", "sum"))
+        self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", minimum=0)
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss which (0-based) training epoch is starting (for the warm-up)."""
+        self._epoch = int(epoch)
 
     def forward(
         self, softmax_logits: torch.Tensor, multilabel_logits: torch.Tensor, targets: torch.Tensor
@@ -300,7 +310,7 @@ class TwoHeadLoss(_Loss):
             multilabel_logits,
             targets,
             self.k,
-            self.weight,
+            0.0 if self._epoch < self.warmup_epochs else self.weight,
             self.reduction,
             rule=self.rule,
             class_reduction=self.class_reduction,

@@ -117,7 +117,13 @@ OBJECTIVES: dict[str, Objective] = {
         ),
         Objective(
             "two_head",
-            lambda o: L.TwoHeadLoss(o["k"], o["weight"], rule=o["rule"], class_reduction=o["class_reduction"]),
+            lambda o: L.TwoHeadLoss(
+                o["k"],
+                o["weight"],
+                rule=o["rule"],
+                class_reduction=o["class_reduction"],
+                warmup_epochs=o.get("warmup_epochs", 0),
+            ),
             two_head=True,
             defaults={"weight": 1.0, "rule": "exact", "class_reduction": "mean"},
             description="P2 two-head loss",

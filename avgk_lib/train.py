@@ -291,36 +291,19 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     autocast, scaler, amp_mode = _autocast_setup(cfg, device)
     shard = (rank, world)
-    train_loader = make_loader(
-        bundle,
-        "train",
-        cfg.batch_size,
-        device,
-        train=True,
-        seed=cfg.seed,
-        shard=shard,
-        workers=cfg.workers,
-        channels_last=channels_last,
-    )
-    val_loader = make_loader(
-        bundle,
-        "val",
-        max(cfg.batch_size, 256),
-        device,
-        train=False,
-        shard=shard,
-        workers=cfg.workers,
-        channels_last=channels_last,
-    )
-    test_loader = make_loader(
-        bundle,
-        "test",
-        max(cfg.batch_size, 256),
-        device,
-        train=False,
-        shard=shard,
-        workers=cfg.workers,
-        channels_last=channels_last,
+    train_loader, val_loader, test_loader = (
+        make_loader(
+            bundle,
+            split,
+            cfg.batch_size if split == "train" else max(cfg.batch_size, 256),
+            device,
+            train=split == "train",
+            seed=cfg.seed,
+            shard=shard,
+            workers=cfg.workers,
+            channels_last=channels_last,
+        )
+        for split in ("train", "val", "test")
     )
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(len(train_loader), cfg.max_batches)
     if steps_per_epoch == 0:
@@ -364,6 +347,8 @@ def train(
         epoch_start = time.time()
         ddp_model.train()
         train_loader.set_epoch(epoch)
+        if hasattr(loss_fn, "set_epoch"):  # e.g. the two-head loss's warm-up
+            loss_fn.set_epoch(epoch)
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         seen = 0
         batches = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and is_main)

@@ -99,3 +99,22 @@ def test_normed_linear_is_a_cosine_and_detach_stops_the_multilabel_gradient():
     multi.sum().backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.multilabel_head.weight.grad is not None
+
+
+def test_claim_verdicts_follow_the_intervals():
+    from avgk_lib.analysis import check_claim, verdict
+
+    assert verdict(0.8, 0.01, 0.7, 0.01) == "supported"
+    assert verdict(0.7, 0.01, 0.8, 0.01) == "contradicted"
+    assert verdict(0.75, 0.05, 0.74, 0.05).startswith("inconclusive")
+    assert verdict(0.75, 0.0, 0.74, 0.0) == "supported (1 seed)"
+    rows = [
+        {"loss": "a", "x": 1, "m": 0.9, "m_ci95": 0.01},
+        {"loss": "b", "x": 1, "m": 0.5, "m_ci95": 0.01},
+        {"loss": "c", "x": 1, "m": 0.95, "m_ci95": 0.01},
+        {"loss": "a", "x": 2, "m": 0.1, "m_ci95": 0.01},
+    ]
+    claim = check_claim(rows, "m", "a", ["b", "c"], {"x": 1})
+    assert claim["rival"] == "c" and claim["verdict"] == "contradicted"
+    assert check_claim(rows, "m", "a", "b", {"x": 1})["verdict"] == "supported"
+    assert check_claim(rows, "m", "a", "b", {"x": 3})["verdict"].startswith("not evaluated")

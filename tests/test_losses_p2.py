@@ -139,3 +139,17 @@ def test_two_head_loss_is_ce_plus_weighted_bce_on_detached_pseudo_labels():
     torch.testing.assert_close(summed, F.cross_entropy(s, y) + 0.5 * 5 * F.binary_cross_entropy_with_logits(m, targets))
     module = AL.TwoHeadLoss(2, 0.5)
     torch.testing.assert_close(module(s, m, y), loss)
+
+
+def test_two_head_warmup_trains_only_the_softmax_head_first():
+    s = torch.randn(6, 4, requires_grad=True)
+    m = torch.randn(6, 4, requires_grad=True)
+    y = random_targets(6, 4)
+    loss = AL.TwoHeadLoss(2.0, weight=1.0, warmup_epochs=2)
+    loss.set_epoch(1)
+    torch.testing.assert_close(loss(s, m, y), F.cross_entropy(s, y))
+    (gm,) = torch.autograd.grad(loss(s, m, y), m)
+    assert bool((gm == 0).all())
+    loss.set_epoch(2)
+    (gm,) = torch.autograd.grad(loss(s, m, y), m)
+    assert bool((gm != 0).any())
