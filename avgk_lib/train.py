@@ -15,6 +15,10 @@ CUDA runs use automatic mixed precision (bfloat16 where supported, else float16 
 scaler), channels_last for convolutional models and optionally ``torch.compile``. Launched by
 ``torchrun``, training is data-parallel (DistributedDataParallel); validation scores are
 all-gathered before the threshold is calibrated and rank 0 writes checkpoints and results.
+Two limits of the distributed mode: ROLE's label table lives in the loss, outside
+DistributedDataParallel, so each rank updates the rows of its own samples and rank 0's table is
+the one saved; and bit-exact resumption is guaranteed for single-process runs only (rank 0's RNG
+state is the one checkpointed).
 """
 
 from __future__ import annotations
