@@ -136,6 +136,8 @@ def noised_topk(
         noise: optional standard normal draws of shape ``(S, *x.shape)`` (scaled by ``epsilon``
             here); makes the result deterministic.
         generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given).
+            Large CPU draws are filled in parallel chunks by :func:`standard_normal`: same
+            distribution and reproducible per seed, but not the stream of ``torch.randn``.
 
     Returns:
         Tensor of shape ``x.shape[:-1]`` and dtype ``x.dtype``.
