@@ -11,10 +11,6 @@ These are the two numerical kernels behind the losses of :mod:`avgk_lib.function
 
 from __future__ import annotations
 
-import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 
@@ -28,56 +24,6 @@ LOG_ZERO = -1e30
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half-precision inputs are computed in float32 (sort-like ops and exp are unsafe in fp16)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-_NOISE_CHUNK = 1 << 17
-_noise_pool: ThreadPoolExecutor | None = None
-
-
-def _forget_noise_pool() -> None:  # a forked child inherits the pool object but not its threads
-    global _noise_pool
-    _noise_pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_noise_pool)
-
-
-def standard_normal(
-    shape: tuple[int, ...],
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """I.i.d. N(0, 1) draws of ``shape``; large CPU draws use every intra-op thread.
-
-    :func:`torch.randn` fills a CPU tensor on one core. For draws of at least 2^19 entries on a
-    CPU with several threads, the buffer is cut into fixed chunks of 2^17 entries, each filled by
-    its own generator seeded from ``generator`` (or the global RNG), in parallel. The chunking
-    depends on the shape only, so a seed gives the same numbers whatever the thread count.
-    Otherwise this is :func:`torch.randn`.
-    """
-    global _noise_pool
-    device = torch.device(device)
-    numel = math.prod(shape)
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or numel < 4 * _NOISE_CHUNK:
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    out = torch.empty(shape, dtype=dtype)
-    flat = out.view(-1)
-    n_chunks = -(-numel // _NOISE_CHUNK)
-    seeds = torch.randint(0, 2**62, (n_chunks,), generator=generator).tolist()
-
-    def fill(i: int) -> None:
-        chunk_generator = torch.Generator().manual_seed(seeds[i])
-        flat[i * _NOISE_CHUNK : (i + 1) * _NOISE_CHUNK].normal_(generator=chunk_generator)
-
-    if _noise_pool is None or _noise_pool._max_workers != threads:
-        _noise_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avgk-noise")
-    for _ in _noise_pool.map(fill, range(n_chunks)):
-        pass
-    return out
 
 
 class _NoisedKthLargest(torch.autograd.Function):
@@ -136,8 +82,6 @@ def noised_topk(
         noise: optional standard normal draws of shape ``(S, *x.shape)`` (scaled by ``epsilon``
             here); makes the result deterministic.
         generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given).
-            Large CPU draws are filled in parallel chunks by :func:`standard_normal`: same
-            distribution and reproducible per seed, but not the stream of ``torch.randn``.
 
     Returns:
         Tensor of shape ``x.shape[:-1]`` and dtype ``x.dtype``.
@@ -188,7 +132,7 @@ def noised_topk_unchecked(
     else:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
-        perturbed = standard_normal(shape, generator=generator, dtype=work, device=x.device)
+        perturbed = torch.randn(shape, generator=generator, dtype=work, device=x.device)
         # one fused pass, in place on the fresh buffer: perturbed = x + epsilon * Z
         torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)
     return _NoisedKthLargest.apply(x, perturbed, k)
