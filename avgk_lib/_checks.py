@@ -29,11 +29,6 @@ def set_value_checks(enabled: bool) -> None:
     _VALUE_CHECKS = bool(enabled)
 
 
-def value_checks_enabled() -> bool:
-    """Whether data-dependent checks are currently on."""
-    return _VALUE_CHECKS
-
-
 @contextmanager
 def value_checks(enabled: bool) -> Iterator[None]:
     """Context manager form of :func:`set_value_checks`."""

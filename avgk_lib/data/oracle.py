@@ -30,17 +30,3 @@ def expected_set_accuracy(posterior: torch.Tensor, sets: torch.Tensor) -> float:
     if posterior.shape != sets.shape:
         raise ValueError(f"`sets` must have the shape of `posterior` {tuple(posterior.shape)}, got {tuple(sets.shape)}")
     return float((posterior.double() * sets).sum(dim=1).mean())
-
-
-def oracle_curve(posterior: torch.Tensor, ks: list[float]) -> dict[str, list[float]]:
-    """Expected top-K and average-K accuracies of the Bayes oracle for several K (integers for top-K)."""
-    out: dict[str, list[float]] = {"k": [], "topk": [], "average_k": []}
-    for k in ks:
-        out["k"].append(float(k))
-        out["topk"].append(
-            expected_set_accuracy(posterior, bayes_topk_sets(posterior, int(k)))
-            if float(k).is_integer()
-            else float("nan")
-        )
-        out["average_k"].append(expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k)))
-    return out

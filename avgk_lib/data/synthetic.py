@@ -113,13 +113,6 @@ class SyntheticTask:
         p = posterior.clamp_min(1e-300)
         return -(p * p.log()).sum(dim=1)
 
-    def describe(self) -> str:
-        s = self.spec
-        return (
-            f"synthetic: {s.n_classes} classes in {s.dim} dims, {s.n_groups} groups, ambiguity {s.ambiguity}, "
-            f"imbalance ratio {s.imbalance_ratio:g}, seed {s.seed}"
-        )
-
 
 def long_tail_counts(n_max: int, n_classes: int, imbalance_ratio: float) -> list[int]:
     r"""Exponential long-tail profile :math:`n_c = \lfloor n_{\max}\, r^{-c/(C-1)} \rceil` (at least 1)."""
