@@ -303,12 +303,11 @@ def conformal_comparison(
             C.conformal_sets(pt, C.calibrate(pv, yv, alpha, method, generator=g), method, generator=g)
         )
     matched_size["average-K"] = evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, target_size)))
-    lac_coverage = float(
-        C.conformal_sets(pv, C.calibrate(pv, yv, 0.1, "lac"), "lac")[torch.arange(len(yv)), yv].double().mean()
-    )
+    lac_qhat = C.calibrate(pv, yv, 0.1, "lac")
+    lac_coverage = float(C.conformal_sets(pv, lac_qhat, "lac")[torch.arange(len(yv)), yv].double().mean())
     k_cov = C.average_k_for_coverage(pv, yv, lac_coverage)
     matched_coverage = {
-        "lac": evaluate(C.conformal_sets(pt, C.calibrate(pv, yv, 0.1, "lac"), "lac")),
+        "lac": evaluate(C.conformal_sets(pt, lac_qhat, "lac")),
         "average-K": evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, k_cov))),
     }
     return {

@@ -72,15 +72,19 @@ def metric_dict(
     out: dict[str, float] = {}
     used: dict[float, torch.Tensor] = {}
     n_classes = scores.shape[1]
+    rows = torch.arange(len(targets), device=targets.device)
     for k in ks:
         name = k_label(k)
         if float(k).is_integer() and k <= n_classes:
-            out[f"top{name}_micro"] = M.topk_accuracy(scores, targets, int(k))
-            out[f"top{name}_macro"] = M.topk_accuracy(scores, targets, int(k), average="macro")
+            hits = M.topk_correct(scores, targets, int(k))
+            out[f"top{name}_micro"] = M.aggregate_hits(hits, targets, n_classes, "micro")
+            out[f"top{name}_macro"] = M.aggregate_hits(hits, targets, n_classes, "macro")
         threshold = thresholds[k] if thresholds is not None else M.average_k_threshold(scores, k)
         used[k] = threshold
-        out[f"avg{name}_micro"] = M.average_k_accuracy(scores, targets, threshold)
-        out[f"avg{name}_macro"] = M.average_k_accuracy(scores, targets, threshold, average="macro")
-        out[f"avg{name}_size"] = M.set_size_stats(M.average_k_sets(scores, threshold))["mean"]
+        sets = M.average_k_sets(scores, threshold)
+        hits = sets[rows, targets.long()]
+        out[f"avg{name}_micro"] = M.aggregate_hits(hits, targets, n_classes, "micro")
+        out[f"avg{name}_macro"] = M.aggregate_hits(hits, targets, n_classes, "macro")
+        out[f"avg{name}_size"] = float(sets.sum(1).double().mean())
         out[f"avg{name}_threshold"] = float(threshold)
     return out, used

@@ -31,6 +31,7 @@ from ._checks import (
 __all__ = [
     "topk_accuracy",
     "topk_correct",
+    "aggregate_hits",
     "topk_sets",
     "average_k_threshold",
     "average_k_sets",
@@ -42,7 +43,9 @@ __all__ = [
 ]
 
 
-def _aggregate(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: str) -> float:
+def aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: str = "micro") -> float:
+    """Micro (mean over samples) or macro (mean over the classes present in ``targets``) of a
+    bool per-sample hit vector: lets a caller score several averages from one pass over the scores."""
     check_choice(average, "average", AVERAGES)
     if average == "micro":
         return float(correct.double().mean())
@@ -76,7 +79,7 @@ def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: 
         (0.0, 0.5)
     """
     correct = topk_correct(scores, targets, k)
-    return _aggregate(correct, targets.long(), scores.shape[1], average)
+    return aggregate_hits(correct, targets.long(), scores.shape[1], average)
 
 
 def topk_sets(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -189,7 +192,7 @@ def average_k_accuracy(
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
     correct = scores.gather(1, targets[:, None]).squeeze(1) >= _check_threshold(threshold, scores)
-    return _aggregate(correct, targets, scores.shape[1], average)
+    return aggregate_hits(correct, targets, scores.shape[1], average)
 
 
 def set_sizes(sets: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,14 @@ class TensorSplit:
         clean = self.clean_y[index] if self.clean_y is not None else None
         return TensorSplit(self.x[index], self.y[index], clean)
 
+    def random_subset(self, n: int | None, seed: int) -> TensorSplit:
+        """At most ``n`` samples drawn without replacement by ``seed`` (kept in their original order);
+        ``None`` or ``n >= len(self)`` returns the split itself."""
+        if n is None or n >= len(self):
+            return self
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[:n].sort().values)
+
 
 @dataclass
 class DatasetBundle:

@@ -67,9 +67,7 @@ def load_cifar100(
     names = [n.decode() if isinstance(n, bytes) else n for n in _key(_unpickle(folder / "meta"), "fine_label_names")]
     train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
     train = TensorSplit(x_all[train_idx], y_all[train_idx])
-    if train_subset is not None and train_subset < len(train):
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed + 1))
-        train = train.subset(perm[:train_subset].sort().values)
+    train = train.random_subset(train_subset, split_seed + 1)
     if label_noise > 0:
         train = TensorSplit(train.x, block_label_noise(train.y, label_noise, 5, 100, noise_seed), train.y.clone())
     return DatasetBundle(

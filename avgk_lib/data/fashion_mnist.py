@@ -123,15 +123,10 @@ def load_fashion_mnist(
     train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
     train = TensorSplit(x_all[train_idx], y_all[train_idx])
     val = TensorSplit(x_all[val_idx], y_all[val_idx])
-    test = TensorSplit(x_test, y_test)
-    if test_subset is not None and test_subset < len(test):
-        perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(split_seed + 2))
-        test = test.subset(perm[:test_subset].sort().values)
+    test = TensorSplit(x_test, y_test).random_subset(test_subset, split_seed + 2)
     if imbalance_ratio > 1:
         train = train.subset(long_tail_subsample(train.y, 10, imbalance_ratio, split_seed))
-    if train_subset is not None and train_subset < len(train):
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed + 1))
-        train = train.subset(perm[:train_subset].sort().values)
+    train = train.random_subset(train_subset, split_seed + 1)
     clean = train.y.clone()
     if label_noise > 0:
         train = TensorSplit(train.x, block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed), clean)
