@@ -4,7 +4,7 @@
 #   make unit        - the pytest suite alone
 #   make demo        - a one-minute tour of the library on synthetic data
 #   make bench       - the loss / calibration benchmark (prints a table)
-#   make references  - recompute the committed reference results (results/*.json, 3 seeds; about 2 h on 2 cores)
+#   make references  - recompute the committed reference results (avgk_lib/reference_results/*.json, 3 seeds; about 2 h on 2 cores)
 
 PYTHON ?= python3
 VENV ?= .venv

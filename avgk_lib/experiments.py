@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .data import cache_dir
+from .references import load_json_reference, reference_dir
 from .train import TrainConfig, provenance, train
 
 PRESETS = ("smoke", "cpu", "gpu")
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = reference_dir()
 
 
 @dataclass(frozen=True)
@@ -415,8 +416,10 @@ def save_reference(
 
 def load_reference(name: str, preset: str = "cpu", directory: Path = RESULTS_DIR) -> dict[str, Any] | None:
     """The committed reference results of an experiment, or ``None`` when there are none."""
-    path = directory / f"{name}_{preset}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if directory is not RESULTS_DIR:
+        path = Path(directory) / f"{name}_{preset}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+    return load_json_reference(f"{name}_{preset}")
 
 
 def summarize(rows: list[dict[str, Any]], by: list[str], metrics: list[str]) -> list[dict[str, Any]]:

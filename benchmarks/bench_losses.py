@@ -1,6 +1,6 @@
 """Loss and calibration speed against the peers, in one run (ratios, not absolute claims).
 
-    python benchmarks/bench_losses.py [--device cuda] [--json results/bench_losses_cpu.json]
+    python benchmarks/bench_losses.py [--device cuda] [--json avgk_lib/reference_results/bench_losses_cpu.json]
 
 Forward + backward of one batch (B=128 by default, float32) for
   ours: noised_topk_loss, smooth_topk_svm_loss, topk_hinge_loss
