@@ -23,7 +23,7 @@ import warnings
 import torch
 
 import avgk_lib
-from avgk_lib.benchmarking import HEADER, bench_calibration, bench_losses
+from avgk_lib.book.benchmarking import HEADER, bench_calibration, bench_losses
 
 warnings.filterwarnings("ignore")
 

@@ -102,7 +102,7 @@ def test_normed_linear_is_a_cosine_and_detach_stops_the_multilabel_gradient():
 
 
 def test_claim_verdicts_follow_the_intervals():
-    from avgk_lib.analysis import check_claim, verdict
+    from avgk_lib.book.analysis import check_claim, verdict
 
     assert verdict(0.8, 0.01, 0.7, 0.01) == "supported"
     assert verdict(0.7, 0.01, 0.8, 0.01) == "contradicted"

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from . import functional as AF
-from . import metrics as M
-from .data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
-from .data.synthetic import SyntheticSpec, SyntheticTask
-from .ops import noised_topk
+from .. import functional as AF
+from .. import metrics as M
+from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+from ..data.synthetic import SyntheticSpec, SyntheticTask
+from ..ops import noised_topk
 
 
 def clark_smoothed_max(x1: float, x2: float, epsilon: float) -> tuple[float, float]:
@@ -235,8 +235,8 @@ def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "data
 
     A loss whose training depends on K (``train_k`` set: EPR, ROLE, two-head) is evaluated at
     the K it was trained for; the others (one model for every K) at each K."""
-    from .evaluation import k_label
-    from .experiments import summarize
+    from ..evaluation import k_label
+    from ..experiments import summarize
 
     out = []
     for k in ks:
@@ -258,7 +258,7 @@ def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "data
 
 def synthetic_oracle(dataset_options: dict[str, Any], ks: list[float]) -> dict[float, float]:
     """Expected average-K accuracy of the Bayes oracle on the test inputs of a synthetic dataset."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     posterior = load_dataset("synthetic", **dataset_options).extra["test_posterior"]
     return {k: expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k)) for k in ks}
@@ -272,7 +272,7 @@ def conformal_comparison(
     Validation scores calibrate everything; test scores are evaluated. Returns coverage-size
     curves (over alpha for conformal, over K for average-K) and two comparisons: at matched
     average size ``target_size`` and at matched coverage (that of LAC at ``alpha=0.1``)."""
-    from . import conformal as C
+    from .. import conformal as C
 
     data = load_run_scores(run)
     pv, yv, pt, yt = data["val_scores"], data["val_targets"], data["test_scores"], data["test_targets"]

@@ -15,8 +15,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from . import functional as AF
-from .metrics import average_k_threshold
+from .. import functional as AF
+from ..metrics import average_k_threshold
 
 # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
