@@ -431,7 +431,8 @@ def train(
         if world > 1:
             dist.barrier()
 
-    # ------------------------------------------------------------------ test the best epoch
+    # ------------------------------------------------------------------ test the last and the best epoch
+    test_last, _ = _test_metrics(model, val_loader, test_loader, objective, loss_fn, cfg, autocast)
     if out is not None:
         if world > 1:
             dist.barrier()
@@ -442,11 +443,25 @@ def train(
     _, thresholds = metric_dict(val_scores, val_targets, cfg.eval_ks)
     test_scores, test_targets = collect_scores(model, test_loader, objective, loss_fn, cfg.eval_head, autocast())
     test_metrics, _ = metric_dict(test_scores, test_targets, cfg.eval_ks, thresholds)
+    test_metrics.update(degeneracy(test_scores, test_metrics, cfg.eval_ks))
+    head_scores: dict[str, torch.Tensor] = {}
+    test_heads: dict[str, dict[str, float]] = {}
+    if objective.two_head:
+        for name in ("softmax", "multilabel"):
+            metrics, scores = _test_metrics(model, val_loader, test_loader, objective, loss_fn, cfg, autocast, name)
+            test_heads[name] = metrics
+            head_scores.update({f"{split}_scores_{name}": t.half().cpu() for split, t in scores.items()})
+    warnings = degeneracy_warnings(test_metrics, cfg.eval_ks)
+    for line in warnings:
+        log(f"warning: {line}")
     finished = time.time()
     results = {
         "config": dataclasses.asdict(cfg),
         "history": history,
         "test": test_metrics,
+        "test_last": test_last,
+        **({"test_heads": test_heads} if test_heads else {}),
+        "warnings": warnings,
         "summary": {
             "best_epoch": best_epoch,
             "select_metric": select,
@@ -474,6 +489,7 @@ def train(
                     "val_targets": val_targets.cpu(),
                     "test_scores": test_scores.half().cpu(),
                     "test_targets": test_targets.cpu(),
+                    **head_scores,
                 },
                 out / "scores.pt",
             )
@@ -482,6 +498,35 @@ def train(
         tmp.replace(out / "results.json")
         log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if "threshold" not in k))
     return results
+
+
+def _test_metrics(model, val_loader, test_loader, objective, loss_fn, cfg, autocast, head=None):
+    """Test metrics of ``model`` (thresholds calibrated on its validation scores) for one head
+    (``head=None``: the configured ``eval_head``); also returns the val/test scores."""
+    head = head or cfg.eval_head
+    val_scores, val_targets = collect_scores(model, val_loader, objective, loss_fn, head, autocast())
+    _, thresholds = metric_dict(val_scores, val_targets, cfg.eval_ks)
+    test_scores, test_targets = collect_scores(model, test_loader, objective, loss_fn, head, autocast())
+    metrics, _ = metric_dict(test_scores, test_targets, cfg.eval_ks, thresholds)
+    metrics.update(degeneracy(test_scores, metrics, cfg.eval_ks))
+    return metrics, {"val": val_scores, "test": test_scores}
+
+
+def degeneracy(scores: torch.Tensor, metrics: dict[str, float], eval_ks: list[float]) -> dict[str, float]:
+    """Collapse diagnostics: ``top1_mode_share``, the share of inputs whose top-1 class is the most
+    often predicted top-1 class (1/C for a balanced classifier, 1 for a collapsed one)."""
+    top1 = scores.argmax(dim=1)
+    counts = torch.bincount(top1, minlength=scores.shape[1])
+    return {"top1_mode_share": float(counts.max()) / max(len(top1), 1)}
+
+
+def degeneracy_warnings(metrics: dict[str, float], eval_ks: list[float]) -> list[str]:
+    """Flags of a degenerate evaluation: one class is the top-1 prediction of over half the inputs,
+    or average-K sets hold every class."""
+    out = []
+    if metrics.get("top1_mode_share", 0.0) > 0.5:
+        out.append(f"collapse: one class is the top-1 prediction for {metrics['top1_mode_share']:.0%} of test inputs")
+    return out
 
 
 def bundle_counts(bundle: DatasetBundle) -> list[int]:

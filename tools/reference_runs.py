@@ -1,35 +1,72 @@
-"""Compute the committed reference results: every experiment at a preset, seed after seed.
+"""Compute the committed reference results and the claims ledger.
 
-    python tools/reference_runs.py --preset cpu --seeds 0 1 2
+    python tools/reference_runs.py --preset cpu --seeds 0 1 2 3 4
+    python tools/reference_runs.py --ledger-only
 
-After each seed pass the reference files ``results/<experiment>_<preset>.json`` are rewritten
-with the seeds finished so far, so an interrupted session still leaves usable references.
+For each experiment: the tuning grid (validation split, tuning seed, equal lr grid for every
+method; skipped for presets without tuning), then the chosen values over the seeds, pass after
+pass (``--pass-size`` seeds at a time). After the tuning and after every pass the reference file
+``avgk_lib/reference_results/<experiment>_<preset>.json`` is rewritten, so an interrupted session
+still leaves usable references; the ledger ``claims.json`` is rebuilt from every reference of the
+preset at the end. Runs are cached (``$AVGK_CACHE_DIR``): a second invocation only adds what is
+missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
-from avgk_lib.experiments import EXPERIMENTS, run_experiment, save_reference
+from avgk_lib.book.claims import build_ledger
+from avgk_lib.book.diagnostics import add_diagnostics
+from avgk_lib.experiments import EXPERIMENTS, RESULTS_DIR, load_reference, run_experiment, save_reference, tune
+
+
+def log(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, flush=True)
+
+
+def write_ledger(preset: str) -> None:
+    references = {name: ref for name in EXPERIMENTS if (ref := load_reference(name, preset)) and ref["rows"]}
+    ledger = build_ledger(references)
+    path = RESULTS_DIR / "claims.json"
+    payload = {"preset": preset, "experiments": sorted(references), "claims": ledger}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+    log(f"wrote {path} ({len(ledger)} entries)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pass-size", type=int, default=3, help="seeds per pass between two reference writes")
     parser.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS))
+    parser.add_argument("--ledger-only", action="store_true", help="only rebuild claims.json from the references")
     args = parser.parse_args()
+    unknown = [n for n in args.experiments if n not in EXPERIMENTS]
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; valid names: {', '.join(EXPERIMENTS)}")
+    if args.ledger_only:
+        write_ledger(args.preset)
+        return 0
+    tunings = {}
+    for name in args.experiments:
+        start = time.time()
+        tunings[name] = tune(name, args.preset, log=log)
+        save_reference(name, args.preset, [], [], tuning=tunings[name])
+        log(f"== {name}: tuning done in {time.time() - start:.0f} s")
     done: list[int] = []
-    for seed in args.seeds:
-        done.append(seed)
+    for first in range(0, len(args.seeds), args.pass_size):
+        done += args.seeds[first : first + args.pass_size]
         for name in args.experiments:
             start = time.time()
-            run_experiment(name, args.preset, [seed], progress=False, log=lambda m: print(m, flush=True))
-            print(f"== {name} seed {seed}: {time.time() - start:.0f} s", flush=True)
-        for name in args.experiments:
-            rows = run_experiment(name, args.preset, done, progress=False, log=lambda m: None)
-            print(f"wrote {save_reference(name, args.preset, done, rows)}", flush=True)
+            rows = add_diagnostics(run_experiment(name, args.preset, done, progress=False, log=log))
+            path = save_reference(name, args.preset, done, rows, tuning=tunings[name])
+            log(f"== {name} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
+        write_ledger(args.preset)
     return 0
 
 

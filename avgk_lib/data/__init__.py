@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_count
 from .base import DatasetBundle, TensorSplit, cache_dir, data_dir
 from .cifar100 import load_cifar100
+from .corruption import group_label_noise
 from .fashion_mnist import load_fashion_mnist
 from .loader import InMemoryLoader, make_loader
 from .plantnet import load_plantnet300k
@@ -22,32 +24,50 @@ def load_synthetic(
     dim: int = 16,
     n_groups: int = 5,
     ambiguity: float = 0.8,
+    max_radius: float = 3.0,
+    group_distance: float = 8.0,
     imbalance_ratio: float = 1.0,
     n_train: int = 10_000,
     n_val: int = 5_000,
     n_test: int = 5_000,
     task_seed: int = 0,
+    sample_seed: int | None = None,
     balanced_eval: bool = False,
+    label_noise: float = 0.0,
 ) -> DatasetBundle:
     """Synthetic data of :class:`SyntheticTask`; ``extra`` holds the task and the true posteriors
-    of the validation and test inputs (``val_posterior``, ``test_posterior``)."""
-    spec = SyntheticSpec(n_classes, dim, n_groups, ambiguity, imbalance_ratio=imbalance_ratio, seed=task_seed)
-    task = SyntheticTask(spec)
-    x_tr, y_tr, _ = task.sample(n_train, seed=task_seed * 1000 + 1)
-    x_va, y_va, p_va = task.sample(n_val, seed=task_seed * 1000 + 2, balanced=balanced_eval)
-    x_te, y_te, p_te = task.sample(n_test, seed=task_seed * 1000 + 3, balanced=balanced_eval)
+    of the validation and test inputs (``val_posterior``, ``test_posterior``).
+
+    ``task_seed`` fixes the problem (class means, groups); ``sample_seed`` (default: the task seed)
+    draws the train/validation/test samples and the label noise, so experiments pass the training
+    seed here and their intervals cover data randomness too. ``label_noise`` redraws each
+    *training* label with probability p among the classes of its group (P1's protocol of blocks
+    of similar classes); validation and test labels stay clean. With ``imbalance_ratio > 1`` the
+    validation and test splits follow the same long-tailed priors as training (Pl@ntNet-300K's
+    protocol) unless ``balanced_eval=True``."""
     import torch
 
+    spec = SyntheticSpec(
+        n_classes, dim, n_groups, ambiguity, max_radius, group_distance, imbalance_ratio=imbalance_ratio, seed=task_seed
+    )
+    task = SyntheticTask(spec)
+    draw = task_seed if sample_seed is None else check_count(sample_seed, "sample_seed", minimum=0)
+    x_tr, y_tr, _ = task.sample(n_train, seed=draw * 1000 + 1)
+    x_va, y_va, p_va = task.sample(n_val, seed=draw * 1000 + 2, balanced=balanced_eval)
+    x_te, y_te, p_te = task.sample(n_test, seed=draw * 1000 + 3, balanced=balanced_eval)
+    train = TensorSplit(x_tr, y_tr)
+    if label_noise > 0:
+        train = TensorSplit(x_tr, group_label_noise(y_tr, label_noise, task.group_of_class, draw * 1000 + 4), y_tr)
     return DatasetBundle(
         name="synthetic",
         n_classes=n_classes,
-        train=TensorSplit(x_tr, y_tr),
+        train=train,
         val=TensorSplit(x_va, y_va),
         test=TensorSplit(x_te, y_te),
         input_shape=(dim,),
         class_names=[f"class {c}" for c in range(n_classes)],
-        train_counts=torch.bincount(y_tr, minlength=n_classes).tolist(),
-        extra={"task": task, "val_posterior": p_va, "test_posterior": p_te},
+        train_counts=torch.bincount(train.y, minlength=n_classes).tolist(),
+        extra={"task": task, "val_posterior": p_va, "test_posterior": p_te, "label_noise": label_noise},
     )
 
 

@@ -24,6 +24,31 @@ def block_label_noise(y: torch.Tensor, p: float, block_size: int, n_classes: int
     return torch.where(redraw, start + offsets, y)
 
 
+def group_label_noise(y: torch.Tensor, p: float, group_of_class: torch.Tensor, seed: int) -> torch.Tensor:
+    """Label noise inside groups of similar classes: with probability ``p`` a label is redrawn
+    uniformly among the classes of its group (itself included, so the effective flip rate of a
+    label in a group of g classes is ``p (g - 1) / g``). ``group_of_class[c]`` is the group id of
+    class c; a class alone in its group is never flipped. Blocks of consecutive indices
+    (:func:`block_label_noise`) are the special case ``group_of_class = c // block_size``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`label_noise` must be in [0, 1], got {p}")
+    groups = torch.as_tensor(group_of_class).long()
+    if groups.ndim != 1 or groups.numel() == 0:
+        raise ValueError("`group_of_class` must be a non-empty 1-D tensor of group ids")
+    y = y.long()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= groups.numel()):
+        raise ValueError(f"labels must lie in [0, {groups.numel()}) for `group_of_class` of that length")
+    g = torch.Generator().manual_seed(seed)
+    redraw = torch.rand(y.shape, generator=g) < p
+    # members of each group, padded: row r lists the classes of group r
+    order = torch.argsort(groups, stable=True)
+    sizes = torch.bincount(groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    group = groups[y]
+    offsets = (torch.rand(y.shape, generator=g) * sizes[group]).long()
+    return torch.where(redraw, order[starts[group] + offsets], y)
+
+
 def long_tail_subsample(y: torch.Tensor, n_classes: int, imbalance_ratio: float, seed: int) -> torch.Tensor:
     """Indices of a long-tailed subset: class c keeps ``n_max r^(-c/(C-1))`` samples, with
     ``n_max`` the size of the smallest class (class 0 the head, class C-1 the tail)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .base import DatasetBundle, TensorSplit, class_counts, data_dir, split_indices
-from .corruption import block_label_noise, long_tail_subsample
+from .corruption import block_label_noise, group_label_noise, long_tail_subsample
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
@@ -30,6 +30,9 @@ FILES = {
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = (0.2860,), (0.3530,)
+#: group id of each class for label noise between similar garments: tops (T-shirt/top, Pullover,
+#: Coat, Shirt), footwear (Sandal, Sneaker, Ankle boot); Trouser, Dress and Bag stand alone.
+SEMANTIC_GROUPS = [0, 2, 0, 3, 0, 1, 0, 1, 4, 1]
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,6 +99,7 @@ def load_fashion_mnist(
     n_val: int = 10_000,
     label_noise: float = 0.0,
     noise_block_size: int = 2,
+    noise_groups: str = "blocks",
     imbalance_ratio: float = 1.0,
     train_subset: int | None = None,
     test_subset: int | None = None,
@@ -109,7 +113,9 @@ def load_fashion_mnist(
     Args:
         n_val: validation images taken from the 60,000 official training images (fixed split).
         label_noise: probability p of redrawing a *training* label within its block of
-            ``noise_block_size`` consecutive classes (P1 protocol).
+            ``noise_block_size`` consecutive classes (P1 protocol), or, with
+            ``noise_groups="semantic"``, within its group of similar garments
+            (:data:`SEMANTIC_GROUPS`: tops, footwear; trousers, dresses and bags are never flipped).
         imbalance_ratio: long-tailed subsampling of the training split (exponential profile,
             ratio of the largest to the smallest class); 1 keeps it balanced.
         train_subset / test_subset: keep only this many training / test images (random,
@@ -129,7 +135,13 @@ def load_fashion_mnist(
     train = train.random_subset(train_subset, split_seed + 1)
     clean = train.y.clone()
     if label_noise > 0:
-        train = TensorSplit(train.x, block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed), clean)
+        if noise_groups == "semantic":
+            noisy = group_label_noise(train.y, label_noise, torch.tensor(SEMANTIC_GROUPS), noise_seed)
+        elif noise_groups == "blocks":
+            noisy = block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed)
+        else:
+            raise ValueError(f"`noise_groups` must be 'blocks' or 'semantic', got {noise_groups!r}")
+        train = TensorSplit(train.x, noisy, clean)
     return DatasetBundle(
         name="fashion_mnist",
         n_classes=10,

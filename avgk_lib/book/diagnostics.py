@@ -1,0 +1,108 @@
+r"""Per-run diagnostics behind the fair-comparison chapters, computed from a finished run's folder.
+
+:func:`add_diagnostics` extends experiment rows (:func:`avgk_lib.experiments.run_row`) with
+
+* ``test_avg{K}_ambiguous`` / ``test_avg{K}_clear``: average-K accuracy on the 20% of test inputs
+  whose *Bayes* posterior has the highest / lowest entropy (synthetic data only: the posterior is
+  known), K the run's training K (or its first evaluated K);
+* ``test_avg{K}_tail`` / ``test_avg{K}_head``: macro average-K accuracy over the rarest / most
+  frequent third of the classes by training count (long-tailed data);
+* ``pseudo_in_bayes_topk``: for two-head runs on synthetic data, the share of the pseudo-positives
+  that P2's rule draws from the trained softmax head (validation inputs in batches of the training
+  batch size) which lie in the Bayes top-:math:`\lceil K\rceil` set of their input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import functional as AF
+from .. import metrics as M
+from ..data import load_dataset
+from ..evaluation import k_label
+
+EXTREME_SHARE = 0.2
+
+
+@functools.lru_cache(maxsize=8)
+def _posteriors(options_json: str) -> tuple[torch.Tensor, torch.Tensor]:
+    bundle = load_dataset("synthetic", **json.loads(options_json))
+    return bundle.extra["val_posterior"], bundle.extra["test_posterior"]
+
+
+def _load(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    results = json.loads((folder / "results.json").read_text())
+    scores = torch.load(folder / "scores.pt", map_location="cpu", weights_only=True)
+    return results, {k: (v.float() if v.is_floating_point() else v) for k, v in scores.items()}
+
+
+def _hits(val: torch.Tensor, test: torch.Tensor, targets: torch.Tensor, k: float) -> torch.Tensor:
+    sets = M.average_k_sets(test, M.average_k_threshold(val, k))
+    return sets[torch.arange(len(targets)), targets]
+
+
+def entropy_split(posterior: torch.Tensor, hits: torch.Tensor, share: float = EXTREME_SHARE) -> dict[str, float]:
+    """Accuracy on the ``share`` most ambiguous and the ``share`` clearest inputs (Bayes entropy)."""
+    entropy = -(posterior * posterior.clamp_min(1e-300).log()).sum(1)
+    order = torch.argsort(entropy, stable=True)
+    n = max(1, int(round(share * len(order))))
+    return {"clear": float(hits[order[:n]].double().mean()), "ambiguous": float(hits[order[-n:]].double().mean())}
+
+
+def frequency_split(hits: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> dict[str, float]:
+    """Macro accuracy over the rarest and the most frequent third of the classes present."""
+    n_classes = len(counts)
+    per_class = torch.bincount(targets, weights=hits.double(), minlength=n_classes)
+    support = torch.bincount(targets, minlength=n_classes)
+    present = (support > 0).nonzero().squeeze(1)
+    by_count = present[torch.argsort(torch.tensor(counts)[present], stable=True)]
+    third = max(1, len(by_count) // 3)
+    acc = per_class / support.clamp_min(1)
+    return {"tail": float(acc[by_count[:third]].mean()), "head": float(acc[by_count[-third:]].mean())}
+
+
+def pseudo_label_quality(val_probs: torch.Tensor, targets: torch.Tensor, posterior: torch.Tensor, k: float, batch: int):
+    """Share of P2's pseudo-positives (batches of ``batch`` validation inputs) inside the Bayes
+    top-ceil(K) set of their input."""
+    bayes = M.topk_sets(posterior, math.ceil(k))
+    inside = total = 0
+    for start in range(0, len(targets) - batch + 1, batch):
+        rows = slice(start, start + batch)
+        positives = AF.pseudo_labels(val_probs[rows], targets[rows], k)
+        inside += int((positives & bayes[rows]).sum())
+        total += int(positives.sum())
+    return inside / total if total else math.nan
+
+
+def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, float]:
+    """The diagnostics of one finished run (empty when its scores were not saved)."""
+    folder = Path(folder)
+    if not (folder / "scores.pt").exists():
+        return {}
+    results, scores = _load(folder)
+    config = results["config"]
+    k = float(k if k is not None else config["k"])
+    name = k_label(k)
+    yv, yt = scores["val_targets"].long(), scores["test_targets"].long()
+    hits = _hits(scores["val_scores"], scores["test_scores"], yt, k)
+    out = {
+        f"test_avg{name}_{part}": v for part, v in frequency_split(hits, yt, results["summary"]["class_counts"]).items()
+    }
+    if config["dataset"] == "synthetic":
+        val_post, test_post = _posteriors(json.dumps(config["dataset_options"], sort_keys=True))
+        out.update({f"test_avg{name}_{part}": v for part, v in entropy_split(test_post, hits).items()})
+        if "val_scores_softmax" in scores:
+            probs = scores["val_scores_softmax"]
+            out["pseudo_in_bayes_topk"] = pseudo_label_quality(probs, yv, val_post, k, config["batch_size"])
+    return out
+
+
+def add_diagnostics(rows: list[dict[str, Any]], k: float | None = None) -> list[dict[str, Any]]:
+    """Rows with :func:`run_diagnostics` of their run folders merged in (rows without a folder unchanged)."""
+    return [{**row, **run_diagnostics(row["run"], k)} if "run" in row else row for row in rows]
