@@ -146,7 +146,7 @@ SYNTHETIC_1000 = {  # GPU-sized: as many classes as Pl@ntNet-300K, 200 groups of
     "n_test": 50_000,
 }
 SMOKE_DATA = {"n_train": 2000, "n_val": 1000, "n_test": 1000}
-CPU_SYNTHETIC = {"epochs": 30, "batch_size": 128, "scheduler": "cosine", "weight_decay": 5e-4}
+CPU_SYNTHETIC = {"epochs": 20, "batch_size": 128, "scheduler": "cosine", "weight_decay": 5e-4}
 CPU_FMNIST = {"epochs": 5, "batch_size": 128, "scheduler": "onecycle", "weight_decay": 5e-4}
 SMOKE_RECIPE = {"epochs": 1, "batch_size": 128, "scheduler": "cosine", "weight_decay": 5e-4, "max_batches": 8}
 COLAB_CIFAR = {  # ResNet-18 on a 20k-image subset of CIFAR-100: ~2 min a run on a T4-class GPU
