@@ -88,6 +88,7 @@ class Setting:
     methods: list[str] | None = None  # subset of the experiment's methods (None: all)
     max_seeds: int | None = None  # costly settings run only the first seeds
     lr_grid: list[float] | None = None  # costly settings: a shorter lr grid (same for every method)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # untuned presets: the papers' values
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ CPU_SYNTHETIC = {"epochs": 20, "batch_size": 128, "scheduler": "cosine", "weight
 CPU_FMNIST = {"epochs": 5, "batch_size": 128, "scheduler": "onecycle", "weight_decay": 5e-4}
 SMOKE_RECIPE = {"epochs": 1, "batch_size": 128, "scheduler": "cosine", "weight_decay": 5e-4, "max_batches": 8}
 COLAB_CIFAR = {  # ResNet-18 on a 20k-image subset of CIFAR-100: ~2 min a run on a T4-class GPU
+    "lr": 0.1,
     "model": "resnet18_cifar",
     "epochs": 15,
     "batch_size": 128,
@@ -157,7 +159,7 @@ COLAB_CIFAR = {  # ResNet-18 on a 20k-image subset of CIFAR-100: ~2 min a run on
     "weight_decay": 5e-4,
     "workers": 2,
 }
-COLAB_SYNTHETIC = {"epochs": 20, "batch_size": 512, "scheduler": "cosine", "weight_decay": 5e-4}
+COLAB_SYNTHETIC = {"lr": 0.1, "epochs": 20, "batch_size": 512, "scheduler": "cosine", "weight_decay": 5e-4}
 CIFAR_P1 = {  # DenseNet-BC 40-40, P1 / Berrada recipe
     "model": "densenet_bc_40_40",
     "epochs": 300,
@@ -240,9 +242,9 @@ def _noise_setting(dataset: str, p: float, **kw: Any) -> Setting:
     epochs = kw.get("epochs", 15)
     recipe = dict(CIFAR_P1, lr=0.1) if epochs == 300 else dict(COLAB_CIFAR, epochs=epochs)
     options = {"label_noise": p, **({"train_subset": 20_000} if epochs != 300 else {})}
-    return Setting(
-        {"dataset": "cifar100", "label_noise": p}, "cifar100", options, recipe, [1.0, 5.0], 5.0, "top{k}_micro"
-    )
+    labels = {"dataset": "cifar100", "label_noise": p}
+    paper = {"noised_topk": {"epsilon": 0.2, "n_samples": 10}, "smooth_topk_svm": {"tau": 1.0}}
+    return Setting(labels, "cifar100", options, recipe, [1.0, 5.0], 5.0, "top{k}_micro", defaults=paper)
 
 
 LABEL_NOISE = Experiment(
@@ -269,6 +271,14 @@ P1_LT_METHODS = {
         {"max_margin": [0.0, 0.1, 0.2]},
         lr_per_scale=True,
     ),
+}
+
+
+P1_PLANTNET_VALUES = {  # P1's published command lines for Pl@ntNet-300K
+    "focal": {"gamma": 2.0},
+    "ldam": {"max_margin": 0.2, "scale": 40.0},
+    "noised_topk": {"epsilon": 1.0, "n_samples": 5},
+    "imbalanced_noised_topk": {"epsilon": 0.01, "n_samples": 5, "max_margin": 0.2, "scale": 60.0},
 }
 
 
@@ -305,6 +315,7 @@ LONG_TAIL = Experiment(
                 [1.0, 3.0, 5.0, 10.0],
                 5.0,
                 "top{k}_macro",
+                defaults=P1_PLANTNET_VALUES,
             )
         ],
         colab_note="Pl@ntNet-300K (32 GB) does not fit a free Colab session: a 1,000-class long-tailed synthetic task "
@@ -514,7 +525,7 @@ def expand(
     runs = []
     for setting in spec.settings:
         for method_name, method in _methods_of(experiment, setting).items():
-            point = chosen.get(tuning_key(setting, method_name), method.points(setting.lr_grid or spec.lr_grid)[0])
+            point = chosen.get(tuning_key(setting, method_name)) or _untuned_point(spec, setting, method_name, method)
             setting_seeds = seeds[: setting.max_seeds] if setting.max_seeds else seeds
             for k, seed in itertools.product(_train_ks(setting, method), setting_seeds):
                 for variant, change in (experiment.variants or {"": {}}).items():
@@ -524,6 +535,13 @@ def expand(
                         labels["variant"] = variant
                     runs.append(Run(labels, _config(setting, method, point, k, seed, {**change, **overrides})))
     return runs
+
+
+def _untuned_point(spec: Preset, setting: Setting, name: str, method: Method) -> dict[str, Any]:
+    """Without tuning: the recipe's lr (else the first of the grid) and the setting's paper values
+    for the method's knobs (else the loss's own defaults)."""
+    lr = setting.recipe.get("lr", method.points(setting.lr_grid or spec.lr_grid)[0]["lr"])
+    return {"lr": lr, **setting.defaults.get(name, {})}
 
 
 def runs_of(name: str, preset: str, seeds: list[int], overrides: dict[str, Any] | None = None) -> list[Run]:

@@ -9,10 +9,11 @@ from avgk_lib import experiments as E
 from avgk_lib.models import MODELS, NormedLinear, build_model
 
 
-def test_every_experiment_has_three_presets_with_valid_configs():
-    for name in E.EXPERIMENTS:
-        for preset in E.PRESETS:
-            runs = E.runs_of(name, preset, [0, 1])
+def test_every_experiment_defines_its_presets_with_valid_configs():
+    for name, experiment in E.EXPERIMENTS.items():
+        assert {"smoke", "cpu"} <= set(experiment.presets) <= set(E.PRESETS)
+        for preset in experiment.presets:
+            runs = E.expand(name, preset, [0, 1])
             assert runs, (name, preset)
             for run in runs:
                 run.config.validate()
@@ -21,8 +22,49 @@ def test_every_experiment_has_three_presets_with_valid_configs():
             assert len(fingerprints) == len(runs), f"{name}/{preset}: two runs share a configuration"
 
 
+def test_undefined_preset_raises_with_the_valid_names():
+    with pytest.raises(ValueError, match="valid presets: smoke, cpu"):
+        E.expand("two_head_ablation", "gpu", [0])
+
+
+def test_data_randomness_is_drawn_from_the_seed():
+    for name in ("label_noise", "average_k"):
+        by_seed = {}
+        for run in E.expand(name, "cpu", [0, 3]):
+            options = run.config.dataset_options
+            seeds = [options[k] for k in E.SEEDED_OPTIONS[run.config.dataset]]
+            assert seeds and all(s == run.config.seed for s in seeds)
+            by_seed.setdefault(run.config.seed, run)
+        assert by_seed[0].config.dataset_options != by_seed[3].config.dataset_options
+
+
+def test_tuning_grid_is_the_lr_grid_times_the_method_knobs():
+    method = E.Method("noised_topk", {"n_samples": 5}, {"epsilon": [0.05, 0.2, 1.0]})
+    points = method.points([0.03, 0.1, 0.3])
+    assert len(points) == 9 and {p["epsilon"] for p in points} == {0.05, 0.2, 1.0}
+    assert sorted({p["lr"] for p in points}) == [0.03, 0.1, 0.3]
+    scaled = E.Method("imbalanced_noised_topk", {"scale": 60.0}, {"max_margin": [0.0, 0.2]}, lr_per_scale=True)
+    assert sorted({round(p["lr"] * 60.0, 12) for p in scaled.points([0.03, 0.1])}) == [0.03, 0.1]
+    assert E.Method("cross_entropy").points([0.1, 0.3]) == [{"lr": 0.1}, {"lr": 0.3}]
+
+
+def test_chosen_values_reach_the_configs():
+    setting = E.get_experiment("label_noise").preset("cpu").settings[1]
+    key = E.tuning_key(setting, "noised_topk")
+    runs = E.expand("label_noise", "cpu", [0], chosen={key: {"lr": 0.3, "epsilon": 0.05}})
+    wanted = {**setting.labels, "loss": "noised_topk", "seed": 0, "train_k": None}
+    (run,) = [r for r in runs if r.labels == wanted]
+    assert run.config.lr == 0.3 and run.config.loss_options["epsilon"] == 0.05
+
+
+def test_overrides_change_every_run():
+    runs = E.expand("average_k_long_tail", "smoke", [0], overrides={"epochs": 2, "dataset_options": {"n_val": 500}})
+    assert all(r.config.epochs == 2 and r.config.dataset_options["n_val"] == 500 for r in runs)
+    assert all(r.config.dataset_options["n_classes"] == 100 for r in runs)
+
+
 def test_gpu_presets_use_the_paper_recipes():
-    cifar = E.runs_of("label_noise", "gpu", [0])[0].config
+    cifar = E.expand("label_noise", "gpu", [0])[0].config
     assert (cifar.dataset, cifar.model, cifar.epochs, cifar.batch_size, cifar.lr) == (
         "cifar100",
         "densenet_bc_40_40",
@@ -31,7 +73,7 @@ def test_gpu_presets_use_the_paper_recipes():
         0.1,
     )
     assert cifar.milestones == [151, 226] and cifar.k == 5
-    plant = E.runs_of("long_tail", "gpu", [0])[0].config
+    plant = E.expand("long_tail", "gpu", [0])[0].config
     assert (plant.dataset, plant.model, plant.pretrained, plant.lr, plant.batch_size) == (
         "plantnet300k",
         "resnet50",
@@ -45,20 +87,33 @@ def test_gpu_presets_use_the_paper_recipes():
 def test_run_experiment_caches_and_summarizes(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     logs: list[str] = []
-    rows = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append)
-    assert len(rows) == 2 * len(E.EXPERIMENTS["two_head_ablation"].grid("smoke"))
-    assert all("training" in line for line in logs)
-    again = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append)
-    assert [r["test_avg2_micro"] for r in again] == [r["test_avg2_micro"] for r in rows]
+    rows = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append, chosen={})
+    assert len(rows) == 2 * len(E.EXPERIMENTS["two_head_ablation"].variants)
+    assert not any("cached" in line for line in logs)
+    again = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append, chosen={})
+    assert [r["test_avg3_micro"] for r in again] == [r["test_avg3_micro"] for r in rows]
     assert sum("cached" in line for line in logs) == len(rows)
-    table = E.summarize(rows, by=["variant"], metrics=["test_avg2_micro"])
+    assert {"last_avg3_micro", "softmax_avg3_micro", "multilabel_avg3_micro", "test_top1_mode_share"} <= set(rows[0])
+    table = E.summarize(rows, by=["variant"], metrics=["test_avg3_micro"])
     assert len(table) == len(rows) // 2 and all(t["n_seeds"] == 2 for t in table)
-    first = [r["test_avg2_micro"] for r in rows if r["variant"] == "default"]
-    assert table[0]["test_avg2_micro"] == pytest.approx(sum(first) / 2)
-    path = E.save_reference("two_head_ablation", "smoke", [0, 1], rows, directory=tmp_path)
+    first = [r["test_avg3_micro"] for r in rows if r["variant"] == "default"]
+    assert table[0]["test_avg3_micro"] == pytest.approx(sum(first) / 2)
+    path = E.save_reference("two_head_ablation", "smoke", [0, 1], rows, directory=tmp_path, tuning={"x": 1})
     saved = json.loads(path.read_text())
     assert saved["seeds"] == [0, 1] and "git_commit" in saved["provenance"] and "run" not in saved["rows"][0]
+    assert saved["tuning"] == {"x": 1}
     assert E.load_reference("two_head_ablation", "smoke", directory=tmp_path)["rows"] == saved["rows"]
+
+
+def test_an_unreadable_cached_run_is_trained_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
+    (run,) = E.expand("two_head_ablation", "smoke", [0])[:1]
+    results, folder, cached = E.train_or_load(run.config, progress=False)
+    assert not cached
+    (folder / "results.json").write_text("{")
+    with pytest.warns(UserWarning, match=str(folder)):
+        again, _, cached = E.train_or_load(run.config, progress=False)
+    assert not cached and again["test"] == results["test"]
 
 
 def test_confidence_interval_uses_student_t():
@@ -99,22 +154,3 @@ def test_normed_linear_is_a_cosine_and_detach_stops_the_multilabel_gradient():
     multi.sum().backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.multilabel_head.weight.grad is not None
-
-
-def test_claim_verdicts_follow_the_intervals():
-    from avgk_lib.book.analysis import check_claim, verdict
-
-    assert verdict(0.8, 0.01, 0.7, 0.01) == "supported"
-    assert verdict(0.7, 0.01, 0.8, 0.01) == "contradicted"
-    assert verdict(0.75, 0.05, 0.74, 0.05).startswith("inconclusive")
-    assert verdict(0.75, 0.0, 0.74, 0.0) == "supported (1 seed)"
-    rows = [
-        {"loss": "a", "x": 1, "m": 0.9, "m_ci95": 0.01},
-        {"loss": "b", "x": 1, "m": 0.5, "m_ci95": 0.01},
-        {"loss": "c", "x": 1, "m": 0.95, "m_ci95": 0.01},
-        {"loss": "a", "x": 2, "m": 0.1, "m_ci95": 0.01},
-    ]
-    claim = check_claim(rows, "m", "a", ["b", "c"], {"x": 1})
-    assert claim["rival"] == "c" and claim["verdict"] == "contradicted"
-    assert check_claim(rows, "m", "a", "b", {"x": 1})["verdict"] == "supported"
-    assert check_claim(rows, "m", "a", "b", {"x": 3})["verdict"].startswith("not evaluated")
