@@ -260,3 +260,48 @@ def image_grid(
     fig.suptitle(title or "predicted sets (* = true label; green: covered, red: missed)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def forest_plot(entries: list[dict[str, Any]], *, title: str = "", ax=None):
+    """Paired effects (percentage points) with their 95% intervals, one line per claim and setting;
+    green: supported, red: contradicted, grey: inconclusive."""
+    colours = {"supported": "#1b7837", "contradicted": "#b2182b", "inconclusive": "#7f7f7f"}
+    fig, ax = _ax(ax, figsize=(8.0, 0.45 * max(len(entries), 2) + 1.2))
+    for i, e in enumerate(entries):
+        low, high = e["ci95"]
+        colour = colours.get(e["verdict"], "black")
+        if np.isfinite(low):
+            ax.plot([100 * low, 100 * high], [i, i], color=colour, lw=2.5)
+        ax.plot([100 * e["effect"]], [i], "o", color=colour, ms=7)
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(range(len(entries)))
+    ax.set_yticklabels([f"{e['id']} · {e['dataset']} · K={e['K']:g}" for e in entries], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired effect, percentage points (95% interval)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def val_curves(
+    rows: list[dict[str, Any]], by: str = "loss", *, ylabel: str = "", title: str = "", ax=None, styles=None
+):
+    """Validation curve of the selection metric per epoch (``val_curve`` of each row), mean over
+    the seeds of each ``by`` group with a band of +- one standard deviation."""
+    fig, ax = _ax(ax)
+    groups: dict[Any, list[list[float]]] = {}
+    for row in rows:
+        groups.setdefault(row[by], []).append(row["val_curve"])
+    for name, curves in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        length = min(len(c) for c in curves)
+        values = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        mean, std = values.mean(0), values.std(0)
+        (line,) = ax.plot(epochs, mean, label=f"{name} ({len(curves)} seeds)", **((styles or {}).get(name, {})))
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    return fig

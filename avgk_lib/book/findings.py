@@ -1,0 +1,132 @@
+"""What an experiment chapter states: its setting, tuning, results and findings, as Markdown.
+
+Everything here is computed from rows of :func:`avgk_lib.experiments.run_experiment` (the
+reader's run) or from a committed reference; nothing is typed in by hand. Reference numbers and
+the reader's own numbers are always labelled with their source (preset, seeds, commit).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import experiments as E
+from ..evaluation import k_label
+from .claims import CLAIMS, build_ledger
+
+
+def source_line(reference: dict[str, Any] | None, rows: list[dict[str, Any]], preset: str, seeds) -> str:
+    """Where the numbers come from: the committed reference and this session's run."""
+    own = f"**your run**: preset `{preset}`, seeds {list(seeds)}, {len(rows)} runs"
+    if reference is None:
+        return f"{own}; no committed reference for this preset."
+    prov = reference["provenance"]
+    ref = (
+        f"**committed reference**: preset `{reference['preset']}`, seeds {reference['seeds']}, "
+        f"tuning seed {reference.get('tuning_seed', 'n/a')}, commit `{prov['git_commit'][:8]}`, {prov['device_name']}, "
+        f"{reference['total_wall_seconds'] / 60:.0f} min of training"
+    )
+    return f"{ref}; {own}."
+
+
+def setting_markdown(name: str, preset: str) -> str:
+    """The settings and methods of an experiment at a preset, read from its definition."""
+    experiment = E.get_experiment(name)
+    spec = experiment.preset(preset)
+    lines = ["| setting | data | K | selection metric | epochs | seeds |", "|---|---|---|---|---|---|"]
+    for s in spec.settings:
+        label = ", ".join(f"{k}={v}" for k, v in s.labels.items())
+        data = s.dataset + (f" ({s.options['n_classes']} classes)" if "n_classes" in s.options else "")
+        if s.options.get("imbalance_ratio", 1) > 1:
+            data += f", long tail ratio {s.options['imbalance_ratio']:g}"
+            data += ", balanced val/test" if s.options.get("balanced_eval") else ", val/test long-tailed"
+        ks = ", ".join(f"{k:g}" for k in s.ks)
+        seeds = f"first {s.max_seeds}" if s.max_seeds else "all"
+        lines.append(
+            f"| {label} | {data} | {ks} | `{s.select.format(k=k_label(s.tune_k))}` | {s.recipe['epochs']} | {seeds} |"
+        )
+    lines += ["", "| method | fixed options | tuned knobs (x lr grid) |", "|---|---|---|"]
+    for method_name, m in experiment.methods.items():
+        fixed = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-"
+        knobs = ", ".join(f"{k} in {v}" for k, v in m.grid.items()) or "lr only"
+        if m.lr_per_scale:
+            knobs += " (grid on lr x scale)"
+        lines.append(f"| `{method_name}` | {fixed} | {knobs} |")
+    grid = ", ".join(f"{x:g}" for x in spec.lr_grid)
+    tuned = f"lr grid {{{grid}}}, tuned on validation" if spec.tune and not experiment.tuned_by else "not tuned here"
+    lines += ["", f"Preset `{preset}`: {tuned}. {spec.note}"]
+    return "\n".join(lines)
+
+
+def tuning_markdown(reference: dict[str, Any] | None) -> str:
+    """The tuning of a reference: per setting and method, the grid size, best validation score and choice."""
+    if not reference or not reference.get("tuning"):
+        return "_No tuning recorded for this preset._"
+    lines = ["| setting / method | points | val range | chosen | best val |", "|---|---|---|---|---|"]
+    for key, entry in reference["tuning"].items():
+        values = [p["val"] for p in entry["grid"]]
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["chosen"].items())
+        reused = " (reused)" if "reused_from" in entry else ""
+        lines.append(
+            f"| {key}{reused} | {len(values)} | {min(values):.3f} - {max(values):.3f} | {chosen} | {max(values):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[str, str]) -> str:
+    """Mean and 95% interval over seeds of ``metrics`` (column -> header) per group ``by``."""
+    summary = E.summarize(rows, by=by, metrics=list(metrics))
+    head = "| " + " | ".join(by + list(metrics.values()) + ["seeds"]) + " |"
+    lines = [head, "|" + "---|" * (len(by) + len(metrics) + 1)]
+    for entry in sorted(summary, key=lambda e: tuple(str(e[b]) for b in by)):
+        cells = [str(entry[b]) if entry[b] is not None else "-" for b in by]
+        for m in metrics:
+            value, ci = entry[m], entry[f"{m}_ci95"]
+            cells.append("n/a" if math.isnan(value) else f"{value:.4f} ± {ci:.4f}")
+        lines.append("| " + " | ".join(cells + [str(entry["n_seeds"])]) + " |")
+    return "\n".join(lines)
+
+
+def ledger_for(name: str, reference: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The claims of one experiment evaluated on a reference (or on rows wrapped like one)."""
+    if not reference or not reference.get("rows"):
+        return []
+    return build_ledger({name: reference})
+
+
+def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
+    """One bullet per claim and setting: effect in percentage points, interval, seeds, verdict."""
+    if not entries:
+        return f"_No claim could be evaluated on {source}._"
+    lines = [f"Verdicts on {source} (paired per-seed differences, 95% Student-t interval):", ""]
+    for e in entries:
+        low, high = e["ci95"]
+        ci = f"[{100 * low:+.2f}, {100 * high:+.2f}] pp" if math.isfinite(low) else "no interval (one seed)"
+        versus = f" vs `{e['rival']}`" if e.get("rival") else ""
+        extra = ""
+        if "ours_mean" in e:
+            extra = f" ({e['ours_mean']:.4f} vs {e['rival_mean']:.4f})"
+        if "gain_where" in e:
+            extra = f" (gain where the claim looks: {100 * e['gain_where']:+.2f} pp)"
+        lines.append(
+            f"- **{e['verdict']}**: {e['claim']}: {e['dataset']}, K={e['K']:g}{versus}, `{e['metric']}` "
+            f"{100 * e['effect']:+.2f} pp{extra}, {ci}, {e['n_seeds']} seeds."
+        )
+    return "\n".join(lines)
+
+
+def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str:
+    """Runs whose top-1 prediction is one class for more than ``threshold`` of the test inputs."""
+    flagged = [r for r in rows if r.get("test_top1_mode_share", 0.0) > threshold]
+    worst = max((r.get("test_top1_mode_share", 0.0) for r in rows), default=math.nan)
+    if not flagged:
+        return f"No collapsed run: the largest share of test inputs given the same top-1 class is {worst:.1%}."
+    names = "; ".join(
+        f"{r.get('dataset')}/{r['loss']}/seed {r['seed']}: {r['test_top1_mode_share']:.0%}" for r in flagged
+    )
+    return f"**{len(flagged)} collapsed run(s)** (one class is the top-1 prediction for over half the inputs): {names}."
+
+
+def claim_ids(name: str) -> list[str]:
+    """The ids of the claims tested by an experiment."""
+    return [c.id for c in CLAIMS if c.experiment == name]
