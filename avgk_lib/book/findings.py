@@ -130,3 +130,13 @@ def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str
 def claim_ids(name: str) -> list[str]:
     """The ids of the claims tested by an experiment."""
     return [c.id for c in CLAIMS if c.experiment == name]
+
+
+def preset_note(preset: str) -> str:
+    """A banner for runs below the cpu preset: their numbers are not findings."""
+    if preset == "smoke":
+        return (
+            "```{warning}\nThis page was executed with the **smoke** preset (a few batches of tiny data, for CI): "
+            "numbers labelled *your run* are not findings. The findings come from the committed references.\n```"
+        )
+    return ""
