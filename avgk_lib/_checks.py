@@ -156,7 +156,7 @@ def check_k(
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be finite, got {value}")
     if integer and not value.is_integer():
-        raise ValueError(f"`{name}` must be a whole number (top-K needs an integer K), got {value}")
+        raise ValueError(f"`{name}` must be a whole number, got {value}")
     result: int | float = int(value) if integer else value
     low_ok = result >= minimum if minimum is not None else (result >= 1 if integer else result > 0)
     high = None if n_classes is None else (n_classes - 1 if below_n_classes else n_classes)
@@ -229,7 +229,7 @@ def check_scores(scores: object, name: str = "scores", ndim: int | None = 2) -> 
     if scores.dim() == 0:
         raise ValueError(f"`{name}` must have at least one dimension")
     if scores.numel() == 0:
-        raise ValueError(f"`{name}` is empty (shape {tuple(scores.shape)}): an empty batch has no loss")
+        raise ValueError(f"`{name}` is empty (shape {tuple(scores.shape)})")
     if _VALUE_CHECKS and not all_finite(scores):
         raise ValueError(f"`{name}` contains NaN or infinite values")
     return scores

@@ -269,13 +269,19 @@ class ROLELoss(_Loss):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         logits = check_tensor(logits, "logits")
+        if logits.dim() != 2 or logits.shape[1] != self.n_classes:
+            raise ValueError(f"`logits` must have shape (batch, {self.n_classes}), got {tuple(logits.shape)}")
+        if logits.shape[0] == 0:
+            raise ValueError("`logits` is empty: an empty batch has no loss")
         indices = check_tensor(indices, "indices")
         if indices.dtype in (torch.bool,) or indices.is_floating_point():
             raise TypeError(f"`indices` must be integer sample indices, got dtype {indices.dtype}")
         if indices.dim() != 1 or indices.shape[0] != logits.shape[0]:
             raise ValueError(f"`indices` must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_train):
-            raise ValueError(f"`indices` must lie in [0, {self.n_train - 1}]")
+        if indices.numel():  # always checked: an out-of-range index is a device assert on CUDA
+            lo, hi = (int(v) for v in torch.aminmax(indices.detach()))
+            if lo < 0 or hi >= self.n_train:
+                raise ValueError(f"`indices` must lie in [0, {self.n_train - 1}], got {lo if lo < 0 else hi}")
         rows = self.label_logits[indices.to(self.label_logits.device).long()]
         return F_.role_loss(logits, targets, rows.to(logits.device), self.expected_positives, self.reduction)
 

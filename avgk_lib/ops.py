@@ -33,6 +33,8 @@ LOG_ZERO = -1e30
 def log_zero(dtype: torch.dtype) -> float:
     """:data:`LOG_ZERO` where ``dtype`` can hold it, else a quarter of the most negative finite
     value of ``dtype`` (float16: -16376), so that a sum of two stand-ins never overflows."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
     return max(LOG_ZERO, torch.finfo(dtype).min / 4)
 
 
