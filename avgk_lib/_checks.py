@@ -284,19 +284,19 @@ def check_sets(sets: object, name: str = "sets") -> torch.Tensor:
     return sets
 
 
-def _as_float64_vector(values: object, name: str, device: torch.device | str | None) -> torch.Tensor:
-    """Numbers (tensor, array or sequence) as a float64 tensor, rejecting strings and bools."""
+def _as_float64_vector(values: object, name: str) -> torch.Tensor:
+    """Numbers (tensor, array or sequence) as a float64 tensor, rejecting strings and bools; a
+    tensor stays on its device, anything else lands on the CPU."""
     if isinstance(values, (str, bytes)):
         raise TypeError(f"`{name}` must be a sequence of numbers, got {type(values).__name__}")
     if isinstance(values, torch.Tensor):
         if values.dtype == torch.bool or values.is_complex():
             raise TypeError(f"`{name}` must hold real numbers, got dtype {values.dtype}")
-        return values.detach().to(device=device, dtype=torch.float64)
+        return values.detach().to(dtype=torch.float64)
     try:
-        counts = torch.as_tensor(values, dtype=torch.float64, device=device)
+        return torch.as_tensor(values, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"`{name}` must be a sequence of numbers: {err}") from None
-    return counts
 
 
 def check_counts_vector(
@@ -307,18 +307,21 @@ def check_counts_vector(
     positive: bool = True,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Per-class counts, 1-D, finite, ``> 0`` (``>= 0`` when not ``positive``), as float64;
-    one entry per class when ``n_classes`` is given, at least two otherwise."""
-    counts = _as_float64_vector(values, name, device)
+    """Per-class counts, 1-D, finite, ``> 0`` (``>= 0`` when not ``positive``), as float64 on
+    ``device`` (default: where they are); one entry per class when ``n_classes`` is given, at
+    least two otherwise. The values are read on the host only for CPU data or with the value
+    checks on (counts already on an accelerator are a module buffer validated at construction)."""
+    counts = _as_float64_vector(values, name)
     if counts.dim() != 1 or (n_classes is not None and counts.shape[0] != n_classes):
         want = f"one entry per class ({n_classes})" if n_classes is not None else "one count per class (1-D)"
         raise ValueError(f"`{name}` must have {want}, got shape {tuple(counts.shape)}")
     if n_classes is None and counts.numel() < 2:
         raise ValueError(f"`{name}` must have at least two classes, got shape {tuple(counts.shape)}")
-    bad = (counts <= 0) if positive else (counts < 0)
-    if not bool(torch.isfinite(counts).all()) or bool(bad.any()):
-        raise ValueError(f"`{name}` must be finite and {'> 0' if positive else '>= 0'} for every class")
-    return counts
+    if _VALUE_CHECKS or counts.device.type == "cpu":
+        bad = (counts <= 0) if positive else (counts < 0)
+        if not bool(torch.isfinite(counts).all()) or bool(bad.any()):
+            raise ValueError(f"`{name}` must be finite and {'> 0' if positive else '>= 0'} for every class")
+    return counts if device is None else counts.to(device)
 
 
 def check_class_counts(class_counts: object, n_classes: int, device: torch.device) -> torch.Tensor:

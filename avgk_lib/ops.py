@@ -11,6 +11,8 @@ These are the two numerical kernels behind the losses of :mod:`avgk_lib.function
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -366,12 +368,8 @@ def _log_elementary_symmetric_fast(log_x: torch.Tensor, k: int) -> torch.Tensor:
     tail = log_x.masked_fill(is_head, LOG_ZERO)
     log_r = tail.detach().amax(dim=-1, keepdim=True)
     # e_i(T/r) <= C(n, i): float32 holds it up to about e^88
-    log_binom = (
-        torch.lgamma(torch.tensor(n + 1.0))
-        - torch.lgamma(torch.tensor(k + 1.0))
-        - torch.lgamma(torch.tensor(n - k + 1.0))
-    )
-    tail_dtype = torch.float64 if float(log_binom) > 60 else log_x.dtype
+    log_binom = math.lgamma(n + 1.0) - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0)  # host math, no tensor
+    tail_dtype = torch.float64 if log_binom > 60 else log_x.dtype
     e_tail = _elementary_symmetric((tail.to(tail_dtype) - log_r.to(tail_dtype)).exp(), k)
     tiny = torch.finfo(tail_dtype).tiny
     log_tail = e_tail.clamp_min(tiny).log().to(log_x.dtype)  # (*batch, k+1)

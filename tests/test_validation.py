@@ -257,9 +257,9 @@ def test_conformal_bad_k_reg(k_reg):
 @pytest.mark.parametrize(
     "scores,match",
     [
-        (S, "probabilities"),  # logits: negative entries
+        (S, "probabilities in \\[0, 1\\]"),  # logits: negative entries
         (P * 0.5, "sum to 1"),  # rows do not sum to 1
-        (P.abs() * 3 / 3 + 0.2, "sum to 1"),
+        (P * 0.5 + 0.25, "sum to 1"),  # entries in [0.25, 0.75], rows sum to 0.5 + 1.5
     ],
 )
 @pytest.mark.parametrize("method", ["lac", "aps", "raps"])
@@ -396,3 +396,57 @@ def test_string_options_are_literal_types_listing_their_values():
         AF.focal_loss(S, Y, reduction="MEAN")
     with pytest.raises(ValueError, match=r"\('lac', 'aps', 'raps'\)"):
         C_.class_scores(P, "naive")
+
+
+# ---------------------------------------------------------------------------------------------
+# The hot path: with the value checks off, validation reads nothing back from the device
+# ---------------------------------------------------------------------------------------------
+
+_HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+
+
+def _count_host_reads(fn) -> int:
+    """Number of tensor -> Python conversions (each one a device synchronisation on CUDA)."""
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            calls.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in _HOST_READS:
+            setattr(torch.Tensor, name, counting(name))
+        out = fn()
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.backward()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return len(calls)
+
+
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        ("noised_topk_loss", lambda s, y: AF.noised_topk_loss(s, y, 2)),
+        ("NoisedTopKLoss", lambda s, y: AL.NoisedTopKLoss(2.0)(s, y)),
+        ("topk_hinge_loss", lambda s, y: AF.topk_hinge_loss(s, y, 2)),
+        ("SmoothTopKSVMLoss", lambda s, y: AL.SmoothTopKSVMLoss(2)(s, y)),
+        ("focal_loss", lambda s, y: AF.focal_loss(s, y)),
+        ("assume_negative_loss", lambda s, y: AF.assume_negative_loss(s, y)),
+        ("epr_loss", lambda s, y: AF.epr_loss(s, y, 2.0)),
+        ("TwoHeadLoss", lambda s, y: AL.TwoHeadLoss(2.0)(s, s, y)),
+        ("topk_correct", lambda s, y: M.topk_correct(s.detach(), y, 2)),
+        ("average_k_threshold", lambda s, y: M.average_k_threshold(s.detach(), 2.0)),
+    ],
+)
+def test_no_host_reads_with_value_checks_off(name, fn):
+    s = S.clone().requires_grad_(True)
+    with value_checks(False):
+        assert _count_host_reads(lambda: fn(s, Y)) == 0, name
+    # with the checks on, the data-dependent checks do read (finite scores, target range)
+    assert _count_host_reads(lambda: fn(s, Y)) > 0, name
