@@ -237,13 +237,14 @@ def check_scores(scores: object, name: str = "scores", ndim: int | None = 2) -> 
 
 def check_probabilities(probs: torch.Tensor, name: str = "scores") -> torch.Tensor:
     """Rows of probabilities: entries in [0, 1] and each row summing to 1 (data-dependent: runs
-    only with the value checks on). Tolerance ``1e-3 + C * eps`` on the row sums, in float64."""
+    only with the value checks on). Tolerance ``5e-3 + C * eps`` on the row sums, in float64:
+    softmax outputs stored in half precision (relative rounding 5e-4 per entry) pass."""
     if not _VALUE_CHECKS:
         return probs
     p = probs.detach()
     if bool((p < 0).any()) or bool((p > 1).any()):
         raise ValueError(f"`{name}` must hold probabilities in [0, 1] (softmax outputs, not logits)")
-    tolerance = 1e-3 + probs.shape[-1] * torch.finfo(probs.dtype).eps
+    tolerance = 5e-3 + probs.shape[-1] * torch.finfo(probs.dtype).eps
     if float((p.double().sum(dim=-1) - 1.0).abs().max()) > tolerance:
         raise ValueError(f"`{name}` must hold probabilities: every row must sum to 1 (softmax outputs, not logits)")
     return probs

@@ -450,3 +450,11 @@ def test_no_host_reads_with_value_checks_off(name, fn):
         assert _count_host_reads(lambda: fn(s, Y)) == 0, name
     # with the checks on, the data-dependent checks do read (finite scores, target range)
     assert _count_host_reads(lambda: fn(s, Y)) > 0, name
+
+
+def test_probabilities_stored_in_half_precision_are_accepted():
+    probs = torch.randn(2000, 100, generator=torch.Generator().manual_seed(0)).mul(3).softmax(1)
+    targets = torch.randint(0, 100, (2000,), generator=torch.Generator().manual_seed(1))
+    stored = probs.half().float()  # how train.py saves scores.pt
+    assert C_.calibrate(stored, targets, 0.1, "aps", generator=torch.Generator().manual_seed(2)) > 0
+    assert C_.class_scores(probs.double(), "lac").dtype == torch.float64
