@@ -91,7 +91,12 @@ def class_scores(
 
 
 def _class_scores(
-    probs: torch.Tensor, method: str, lam: float, k_reg: int, randomized: bool, generator: torch.Generator | None
+    probs: torch.Tensor,
+    method: ConformalMethod,
+    lam: float,
+    k_reg: int,
+    randomized: bool,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """:func:`class_scores` on validated arguments."""
     if method == "lac":

@@ -65,7 +65,7 @@ def aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int,
     return _aggregate_hits(correct, targets, n_classes, average)
 
 
-def _aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: str) -> float:
+def _aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: Average) -> float:
     """:func:`aggregate_hits` on validated arguments."""
     if average == "micro":
         return float(correct.double().mean())
