@@ -24,18 +24,50 @@ import math
 import torch
 
 from . import metrics as M
-from ._checks import check_choice, check_scores, check_targets
+from ._checks import (
+    CONFORMAL_METHODS,
+    ConformalMethod,
+    check_bool,
+    check_choice,
+    check_count,
+    check_generator,
+    check_k,
+    check_nonnegative,
+    check_probabilities,
+    check_real,
+    check_scores,
+    check_sets,
+    check_targets,
+    check_unit_interval,
+    value_checks,
+)
 
-METHODS = ("lac", "aps", "raps")
+METHODS = CONFORMAL_METHODS
 
 
 def _uniform(shape, generator, device):
     return torch.rand(shape, generator=generator).to(device)
 
 
+def _check_probs(scores: object) -> torch.Tensor:
+    """``scores``: (n, C) probabilities (rows in [0, 1] summing to 1), finite, non-empty."""
+    return check_probabilities(check_scores(scores, "scores"), "scores")
+
+
+def _check_options(method: object, lam: object, k_reg: object, randomized: object, generator: object) -> dict:
+    """The score options shared by every function here, validated; returned as keywords."""
+    return {
+        "method": check_choice(method, "method", METHODS),
+        "lam": check_nonnegative(lam, "lam"),
+        "k_reg": int(check_k(k_reg, "k_reg", minimum=0)),
+        "randomized": check_bool(randomized, "randomized"),
+        "generator": check_generator(generator),
+    }
+
+
 def class_scores(
-    probs: torch.Tensor,
-    method: str = "lac",
+    scores: torch.Tensor,
+    method: ConformalMethod = "lac",
     *,
     lam: float = 0.01,
     k_reg: int = 5,
@@ -45,9 +77,28 @@ def class_scores(
     r"""Non-conformity :math:`E(x_i, j)` of every class j of every input, shape (n, C).
 
     APS/RAPS sort each row once: the mass above a class is the exclusive cumulative sum of the
-    sorted probabilities (ties are broken by the sort order); one uniform draw per input."""
-    probs = check_scores(probs, "probs")
-    method = check_choice(method, "method", METHODS)
+    sorted probabilities (ties are broken by the sort order); one uniform draw per input.
+
+    Args:
+        scores: (n, C) class probabilities (softmax outputs: rows in [0, 1] summing to 1).
+        method: ``"lac"``, ``"aps"`` or ``"raps"``.
+        lam: RAPS penalty :math:`\lambda \ge 0`. k_reg: RAPS rank from which the penalty
+            applies, an integer ``>= 0``. randomized: APS/RAPS randomisation ``U``.
+        generator: for the uniform draws.
+    """
+    scores = _check_probs(scores)
+    return _class_scores(scores, **_check_options(method, lam, k_reg, randomized, generator))
+
+
+def _class_scores(
+    probs: torch.Tensor,
+    method: ConformalMethod,
+    lam: float,
+    k_reg: int,
+    randomized: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`class_scores` on validated arguments."""
     if method == "lac":
         return 1.0 - probs
     sorted_probs, order = torch.sort(probs, dim=1, descending=True)
@@ -61,74 +112,128 @@ def class_scores(
 
 
 def conformity_scores(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    method: str = "lac",
-    **kwargs,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    method: ConformalMethod = "lac",
+    *,
+    lam: float = 0.01,
+    k_reg: int = 5,
+    randomized: bool = True,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Non-conformity :math:`E(x_i, y_i)` of the given labels, shape (n,) (see :func:`class_scores`)."""
-    probs = check_scores(probs, "probs")
-    labels = check_targets(labels, probs.shape[0], probs.shape[1], "labels")
-    return class_scores(probs, method, **kwargs).gather(1, labels[:, None]).squeeze(1)
+    r"""Non-conformity :math:`E(x_i, y_i)` of the true classes, shape (n,) (see :func:`class_scores`)."""
+    scores = _check_probs(scores)
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    options = _check_options(method, lam, k_reg, randomized, generator)
+    return _class_scores(scores, **options).gather(1, targets[:, None]).squeeze(1)
+
+
+def _check_alpha(alpha: object) -> float:
+    return check_unit_interval(alpha, "alpha")
 
 
 def conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
-    r""":math:`\hat q`: the :math:`\lceil (n+1)(1-\alpha)\rceil`-th smallest score (``inf`` if that exceeds n)."""
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
+    r""":math:`\hat q`: the :math:`\lceil (n+1)(1-\alpha)\rceil`-th smallest of the n conformity
+    ``scores`` (any shape, flattened; ``inf`` if that rank exceeds n). ``0 < alpha < 1``."""
+    alpha = _check_alpha(alpha)
+    scores = check_scores(scores, "scores", ndim=None)
+    return _conformal_quantile(scores, alpha)
+
+
+def _conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
     n = scores.numel()
     rank = math.ceil((n + 1) * (1.0 - alpha))
     if rank > n:
         return math.inf
-    return float(torch.kthvalue(scores.double().flatten().cpu(), rank).values)
+    return float(torch.kthvalue(scores.detach().double().flatten().cpu(), rank).values)
 
 
-def conformal_sets(probs: torch.Tensor, qhat: float, method: str = "lac", **kwargs) -> torch.Tensor:
-    """Bool (n, C) sets :math:`\\{y : E(x, y) \\le \\hat q\\}` (options as in :func:`class_scores`)."""
-    return class_scores(probs, method, **kwargs) <= qhat
+def conformal_sets(
+    scores: torch.Tensor,
+    qhat: float,
+    method: ConformalMethod = "lac",
+    *,
+    lam: float = 0.01,
+    k_reg: int = 5,
+    randomized: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Bool (n, C) sets :math:`\{y : E(x, y) \le \hat q\}` (options as in :func:`class_scores`;
+    ``qhat`` a real number, ``+inf`` allowed)."""
+    qhat = check_real(qhat, "qhat", allow_inf=True)
+    return class_scores(scores, method, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator) <= qhat
 
 
-def calibrate(probs: torch.Tensor, labels: torch.Tensor, alpha: float, method: str = "lac", **kwargs) -> float:
-    """:math:`\\hat q` from calibration probabilities and labels."""
-    return conformal_quantile(conformity_scores(probs, labels, method, **kwargs), alpha)
+def calibrate(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    method: ConformalMethod = "lac",
+    *,
+    lam: float = 0.01,
+    k_reg: int = 5,
+    randomized: bool = True,
+    generator: torch.Generator | None = None,
+) -> float:
+    r""":math:`\hat q` from calibration probabilities ``scores`` and their ``targets``."""
+    alpha = _check_alpha(alpha)
+    e = conformity_scores(scores, targets, method, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
+    return _conformal_quantile(e, alpha)
 
 
 def alpha_for_mean_size(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
     target_size: float,
-    method: str = "lac",
+    method: ConformalMethod = "lac",
     iterations: int = 40,
-    **kwargs,
+    *,
+    lam: float = 0.01,
+    k_reg: int = 5,
+    randomized: bool = True,
 ) -> float:
-    """The miscoverage level whose conformal sets have mean size ``target_size`` on these data
-    (bisection; conformal sets shrink as alpha grows). Used to compare at matched average size."""
+    """The miscoverage level whose conformal sets have mean size ``target_size`` (``0 <
+    target_size <= C``) on these data (bisection, ``iterations >= 1`` steps; conformal sets
+    shrink as alpha grows). Used to compare at matched average size."""
+    scores = _check_probs(scores)
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    target_size = float(check_k(target_size, "target_size", n_classes=scores.shape[1], integer=False))
+    iterations = check_count(iterations, "iterations")
+    options = {"lam": lam, "k_reg": k_reg, "randomized": randomized}
+    _check_options(method, generator=None, **options)
     lo, hi = 1e-4, 1 - 1e-4
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        seed = torch.Generator().manual_seed(0)
-        qhat = calibrate(probs, labels, mid, method, generator=seed, **kwargs)
-        size = float(
-            conformal_sets(probs, qhat, method, generator=torch.Generator().manual_seed(1), **kwargs)
-            .sum(1)
-            .double()
-            .mean()
-        )
-        lo, hi = (mid, hi) if size > target_size else (lo, mid)
+    with value_checks(False):  # validated once above
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            qhat = calibrate(scores, targets, mid, method, generator=torch.Generator().manual_seed(0), **options)
+            sets = conformal_sets(scores, qhat, method, generator=torch.Generator().manual_seed(1), **options)
+            size = float(sets.sum(1).double().mean())
+            lo, hi = (mid, hi) if size > target_size else (lo, mid)
     return 0.5 * (lo + hi)
 
 
-def average_k_for_coverage(probs: torch.Tensor, labels: torch.Tensor, coverage: float, iterations: int = 40) -> float:
-    """The average set size K whose average-K sets reach ``coverage`` on these data (bisection on K)."""
-    lo, hi = 1e-3, float(probs.shape[1])
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        acc = M.average_k_accuracy(probs, labels, M.average_k_threshold(probs, mid))
-        lo, hi = (mid, hi) if acc < coverage else (lo, mid)
+def average_k_for_coverage(scores: torch.Tensor, targets: torch.Tensor, coverage: float, iterations: int = 40) -> float:
+    """The average set size K whose average-K sets reach ``coverage`` (in (0, 1]) on these data
+    (bisection on K, ``iterations >= 1`` steps). ``scores`` may be any scores, not only
+    probabilities: average-K only ranks them."""
+    scores = check_scores(scores, "scores")
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    coverage = check_unit_interval(coverage, "coverage", high_open=False)
+    iterations = check_count(iterations, "iterations")
+    lo, hi = 1e-3, float(scores.shape[1])
+    with value_checks(False):  # validated once above
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            acc = M.average_k_accuracy(scores, targets, M.average_k_threshold(scores, mid))
+            lo, hi = (mid, hi) if acc < coverage else (lo, mid)
     return hi
 
 
-def class_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Coverage of each class present in ``labels`` (NaN for absent classes)."""
-    hits = sets[torch.arange(len(labels)), labels]
-    return M.per_class_accuracy(hits, labels, sets.shape[1])["accuracy"]
+def class_conditional_coverage(sets: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Coverage of each class present in ``targets`` (NaN for absent classes), length C."""
+    sets = check_sets(sets)
+    targets = check_targets(targets, sets.shape[0], sets.shape[1])
+    if targets.numel() == 0:
+        raise ValueError("`targets` is empty: no sample to measure coverage on")
+    hits = sets[torch.arange(len(targets), device=sets.device), targets]
+    return M.per_class_accuracy(hits, targets, sets.shape[1])["accuracy"]

@@ -27,23 +27,28 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import (
+    CLASS_REDUCTIONS,
     REDUCTIONS,
-    check_average_k,
+    RULES,
+    ClassReduction,
+    PseudoLabelRule,
+    Reduction,
     check_choice,
     check_class_counts,
     check_count,
-    check_loss_k,
+    check_k,
     check_nonnegative,
     check_positive,
     check_scores,
     check_targets,
+    check_unit_interval,
     reduce,
 )
 from .ops import (
     LOG_ZERO,
+    _kth_largest,
+    _log_elementary_symmetric_fast,
     _work_dtype,
-    kth_largest,
-    log_elementary_symmetric_fast,
     noised_topk,
     noised_topk_unchecked,
 )
@@ -76,8 +81,20 @@ def _prepare(scores, targets, reduction, name: str = "scores"):
 def _prepare_noised(scores, targets, k, epsilon, n_samples, reduction):
     """:func:`_prepare` plus the arguments shared by the noised losses (k, epsilon, n_samples)."""
     s, y = _prepare(scores, targets, reduction)
-    k = check_loss_k(k, s.shape[1])
+    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
     return s, y, k, check_nonnegative(epsilon, "epsilon"), check_count(n_samples, "n_samples")
+
+
+def _check_device(device: object) -> torch.device:
+    """``None`` (CPU), a :class:`torch.device` or a device string."""
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`device` must be a torch.device, a string or None, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"`device` is not a valid device: {err}") from None
 
 
 def _target_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -98,7 +115,7 @@ def noised_topk_loss(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Balanced stochastic smoothed top-K hinge loss [P1, eq. 6].
 
@@ -126,8 +143,14 @@ def class_margins(class_counts, n_classes: int, max_margin: float, device=None) 
     r"""LDAM margins [Cao19]: :math:`m_j = m_{\max}\, n_j^{-1/4} / \max_i n_i^{-1/4}` (float64).
 
     The rarest class gets ``max_margin``; a class 16 times more frequent gets half of it.
+
+    Args:
+        class_counts: C counts, all > 0. n_classes: C >= 1. max_margin: finite, >= 0.
+        device: where the margins live (default CPU).
     """
-    counts = check_class_counts(class_counts, n_classes, device or torch.device("cpu"))
+    n_classes = check_count(n_classes, "n_classes")
+    max_margin = check_nonnegative(max_margin, "max_margin")
+    counts = check_class_counts(class_counts, n_classes, _check_device(device))
     inv = counts.pow(-0.25)
     return max_margin * inv / inv.max()
 
@@ -144,7 +167,7 @@ def imbalanced_noised_topk_loss(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Imbalanced noised top-K loss with class-dependent margins [P1, eq. 7].
 
@@ -167,7 +190,7 @@ def imbalanced_noised_topk_loss(
     return reduce(F.relu(scale * (margins[y] + smoothed - _target_scores(s, y))), reduction)
 
 
-def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tensor:
+def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reduction: Reduction = "mean") -> torch.Tensor:
     r"""Hard top-K calibrated hinge loss [P1, eq. 3; Yang and Koyejo 2020].
 
     .. math:: \ell(s, y) = \big(1 + s_{[K+1]} - s_y\big)_+
@@ -177,8 +200,8 @@ def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reducti
     :func:`torch.topk` reports.
     """
     s, y = _prepare(scores, targets, reduction)
-    k = check_loss_k(k, s.shape[1])
-    return reduce(F.relu(1.0 + kth_largest(s, k + 1) - _target_scores(s, y)), reduction)
+    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
+    return reduce(F.relu(1.0 + _kth_largest(s, k + 1) - _target_scores(s, y)), reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +215,7 @@ def smooth_topk_svm_loss(
     k: int,
     tau: float = 1.0,
     alpha: float = 1.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Smooth top-k SVM loss of [Berrada18, eq. 12], computed exactly in log space.
 
@@ -222,20 +245,20 @@ def smooth_topk_svm_loss(
         k: ``1 <= k < C``. tau: temperature > 0. alpha: margin >= 0.
     """
     s, y = _prepare(scores, targets, reduction)
-    k = check_loss_k(k, s.shape[1])
+    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
     tau = check_positive(tau, "tau")
     alpha = check_nonnegative(alpha, "alpha")
     # the loss is invariant to adding a constant to every score: centre for range
     z = (s - s.detach().amax(dim=1, keepdim=True)) / (k * tau)
     z_target = _target_scores(z, y)
     others = z.scatter(1, y[:, None], LOG_ZERO)  # x_y = 0: polynomials of the other classes
-    log_e = log_elementary_symmetric_fast(others, k)
+    log_e = _log_elementary_symmetric_fast(others, k)
     margin = log_e[:, k] - log_e[:, k - 1] - z_target
     return reduce(tau * F.softplus(alpha / tau + margin), reduction)
 
 
 def focal_loss(
-    scores: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, reduction: str = "mean"
+    scores: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, reduction: Reduction = "mean"
 ) -> torch.Tensor:
     r"""Focal loss [Lin17]: :math:`\ell(s, y) = -(1 - p_y)^{\gamma} \log p_y`, :math:`p = \mathrm{softmax}(s)`.
 
@@ -253,7 +276,7 @@ def ldam_loss(
     class_counts,
     max_margin: float = 0.5,
     scale: float = 30.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Label-distribution-aware margin loss [Cao19].
 
@@ -276,19 +299,12 @@ def ldam_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_probability(value: float, name: str, upper_open: bool = True) -> float:
-    value = check_nonnegative(value, name)
-    if value >= 1.0 if upper_open else value > 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {value}")
-    return value
-
-
 def assume_negative_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
     negative_weight: float = 1.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Assume-negative binary cross-entropy for single positive labels [Cole21] (AN, AN-LS, WAN).
 
@@ -308,7 +324,7 @@ def assume_negative_loss(
         negative_weight: :math:`\gamma \ge 0`.
     """
     z, y = _prepare(logits, targets, reduction, name="logits")
-    label_smoothing = _check_probability(label_smoothing, "label_smoothing")
+    label_smoothing = check_unit_interval(label_smoothing, "label_smoothing", low_open=False)
     negative_weight = check_nonnegative(negative_weight, "negative_weight")
     positive = F.one_hot(y, z.shape[1]).to(z.dtype)
     target = positive * (1.0 - label_smoothing) + (1.0 - positive) * label_smoothing
@@ -324,7 +340,7 @@ def _expected_positive_penalty(probs: torch.Tensor, expected_positives: float) -
 
 
 def epr_loss(
-    logits: torch.Tensor, targets: torch.Tensor, expected_positives: float, reduction: str = "mean"
+    logits: torch.Tensor, targets: torch.Tensor, expected_positives: float, reduction: Reduction = "mean"
 ) -> torch.Tensor:
     r"""Expected-positive regularization [Cole21, eq. 5].
 
@@ -339,7 +355,7 @@ def epr_loss(
         expected_positives: K, ``0 < K <= C``.
     """
     z, y = _prepare(logits, targets, reduction, name="logits")
-    expected_positives = check_average_k(expected_positives, z.shape[1], "expected_positives")
+    expected_positives = float(check_k(expected_positives, "expected_positives", n_classes=z.shape[1], integer=False))
     positive_term = -F.logsigmoid(_target_scores(z, y))
     penalty = _expected_positive_penalty(torch.sigmoid(z), expected_positives)
     return reduce(positive_term + penalty, reduction)
@@ -350,7 +366,7 @@ def role_loss(
     targets: torch.Tensor,
     label_logits: torch.Tensor,
     expected_positives: float,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Regularized online label estimation, ROLE [Cole21, eq. 6], for one batch.
 
@@ -369,7 +385,7 @@ def role_loss(
     check_scores(label_logits, "label_logits")
     if label_logits.shape != logits.shape:
         raise ValueError(f"`label_logits` must have shape {tuple(logits.shape)}, got {tuple(label_logits.shape)}")
-    expected_positives = check_average_k(expected_positives, z.shape[1], "expected_positives")
+    expected_positives = float(check_k(expected_positives, "expected_positives", n_classes=z.shape[1], integer=False))
     theta = label_logits.to(z.dtype)
     positive = F.one_hot(y, z.shape[1]).bool()
     f = torch.sigmoid(z)
@@ -386,7 +402,9 @@ def role_loss(
     return reduce(0.5 * (model_half + label_half), reduction)
 
 
-def pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k: float, rule: str = "exact") -> torch.Tensor:
+def pseudo_labels(
+    probs: torch.Tensor, targets: torch.Tensor, k: float, rule: PseudoLabelRule = "exact"
+) -> torch.Tensor:
     r"""Pseudo-labels for the multi-label head of the two-head model [P2, sec. 3].
 
     Returns a bool ``(B, C)`` matrix of positives with, on average, ``k`` positives per sample:
@@ -402,15 +420,14 @@ def pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k: float, rule: st
 
     Args:
         probs: softmax-head probabilities (any scores ordered like them work), ``(B, C)``.
-        k: average number of positives, ``1 <= k <= C`` (may be fractional).
+        k: average number of positives, ``1 <= k <= C`` (may be fractional; the true label is
+            always a positive, hence ``k >= 1``).
     """
     probs = check_scores(probs, "probs")
     targets = check_targets(targets, probs.shape[0], probs.shape[1])
     n, n_classes = probs.shape
-    k = check_average_k(k, n_classes)
-    if k < 1:
-        raise ValueError(f"`k` must be >= 1: the true label is always a positive, got {k}")
-    rule = check_choice(rule, "rule", ("exact", "threshold"))
+    k = float(check_k(k, n_classes=n_classes, integer=False, minimum=1))
+    rule = check_choice(rule, "rule", RULES)
     positive = F.one_hot(targets, n_classes).bool()
     flat = probs.detach().reshape(-1)
     if rule == "exact":
@@ -431,10 +448,10 @@ def two_head_loss(
     targets: torch.Tensor,
     k: float,
     weight: float = 1.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     *,
-    rule: str = "exact",
-    class_reduction: str = "mean",
+    rule: PseudoLabelRule = "exact",
+    class_reduction: ClassReduction = "mean",
 ) -> torch.Tensor:
     r"""Two-head loss for average-K classification [P2, eq. 3].
 
@@ -458,8 +475,10 @@ def two_head_loss(
         raise ValueError(
             f"`multilabel_logits` must have the shape of `softmax_logits` {tuple(s.shape)}, got {tuple(m.shape)}"
         )
+    k = float(check_k(k, n_classes=s.shape[1], integer=False, minimum=1))
     weight = check_nonnegative(weight, "weight")
-    class_reduction = check_choice(class_reduction, "class_reduction", ("mean", "sum"))
+    rule = check_choice(rule, "rule", RULES)
+    class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
     with torch.no_grad():
         positives = pseudo_labels(torch.softmax(s, dim=1), y, k, rule=rule)
     ce = F.cross_entropy(s, y, reduction="none")

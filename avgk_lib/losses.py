@@ -17,13 +17,21 @@ from torch import nn
 
 from . import functional as F_
 from ._checks import (
+    CLASS_REDUCTIONS,
     REDUCTIONS,
-    check_average_k,
+    RULES,
+    ClassReduction,
+    PseudoLabelRule,
+    Reduction,
     check_choice,
     check_count,
+    check_counts_vector,
+    check_generator,
+    check_k,
     check_nonnegative,
     check_positive,
     check_tensor,
+    check_unit_interval,
 )
 
 __all__ = [
@@ -41,26 +49,18 @@ __all__ = [
 
 
 def _check_int_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"`k` must be an integer, got {k!r}")
-    if k < 1:
-        raise ValueError(f"`k` must be >= 1, got {k}")
-    return k
+    """Integer K >= 1 (integral floats and NumPy scalars accepted); the bound K < C is checked
+    in ``forward``, when C is known."""
+    return int(check_k(k))
 
 
 def _counts_buffer(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().clone()
-    if counts.dim() != 1 or counts.numel() < 2:
-        raise ValueError(
-            f"`class_counts` must be a 1-D sequence with one count per class, got shape {tuple(counts.shape)}"
-        )
-    if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
-        raise ValueError("`class_counts` must be finite and > 0 for every class")
-    return counts
+    """Per-class training counts (>= 2 classes, all finite and > 0) as a float64 CPU copy."""
+    return check_counts_vector(class_counts, "class_counts", device="cpu").clone()
 
 
 class _Loss(nn.Module):
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
         self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
 
@@ -80,14 +80,14 @@ class NoisedTopKLoss(_Loss):
         k: int,
         epsilon: float = 1.0,
         n_samples: int = 5,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
         self.epsilon = check_nonnegative(epsilon, "epsilon")
         self.n_samples = check_count(n_samples, "n_samples")
-        self._generator = generator
+        self._generator = check_generator(generator)
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.noised_topk_loss(
@@ -107,7 +107,7 @@ class ImbalancedNoisedTopKLoss(_Loss):
         n_samples: int = 5,
         max_margin: float = 0.2,
         scale: float = 60.0,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(reduction)
@@ -117,7 +117,7 @@ class ImbalancedNoisedTopKLoss(_Loss):
         self.max_margin = check_nonnegative(max_margin, "max_margin")
         self.scale = check_positive(scale, "scale")
         self.register_buffer("class_counts", _counts_buffer(class_counts))
-        self._generator = generator
+        self._generator = check_generator(generator)
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.imbalanced_noised_topk_loss(
@@ -137,7 +137,7 @@ class ImbalancedNoisedTopKLoss(_Loss):
 class TopKHingeLoss(_Loss):
     """Hard top-K calibrated hinge loss; see :func:`avgk_lib.functional.topk_hinge_loss`."""
 
-    def __init__(self, k: int, reduction: str = "mean") -> None:
+    def __init__(self, k: int, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
 
@@ -148,7 +148,7 @@ class TopKHingeLoss(_Loss):
 class SmoothTopKSVMLoss(_Loss):
     """Smooth top-k SVM of Berrada et al. (2018); see :func:`avgk_lib.functional.smooth_topk_svm_loss`."""
 
-    def __init__(self, k: int, tau: float = 1.0, alpha: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, k: int, tau: float = 1.0, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
         self.tau = check_positive(tau, "tau")
@@ -161,7 +161,7 @@ class SmoothTopKSVMLoss(_Loss):
 class FocalLoss(_Loss):
     """Focal loss (Lin et al. 2017); see :func:`avgk_lib.functional.focal_loss`."""
 
-    def __init__(self, gamma: float = 2.0, reduction: str = "mean") -> None:
+    def __init__(self, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
         self.gamma = check_nonnegative(gamma, "gamma")
 
@@ -177,7 +177,7 @@ class LDAMLoss(_Loss):
         class_counts: Sequence[float] | torch.Tensor,
         max_margin: float = 0.5,
         scale: float = 30.0,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__(reduction)
         self.max_margin = check_nonnegative(max_margin, "max_margin")
@@ -191,11 +191,11 @@ class LDAMLoss(_Loss):
 class AssumeNegativeLoss(_Loss):
     """AN / AN-LS / WAN (Cole et al. 2021); see :func:`avgk_lib.functional.assume_negative_loss`."""
 
-    def __init__(self, label_smoothing: float = 0.0, negative_weight: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(
+        self, label_smoothing: float = 0.0, negative_weight: float = 1.0, reduction: Reduction = "mean"
+    ) -> None:
         super().__init__(reduction)
-        self.label_smoothing = check_nonnegative(label_smoothing, "label_smoothing")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = check_unit_interval(label_smoothing, "label_smoothing", low_open=False)
         self.negative_weight = check_nonnegative(negative_weight, "negative_weight")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -205,9 +205,9 @@ class AssumeNegativeLoss(_Loss):
 class EPRLoss(_Loss):
     """Expected-positive regularization (Cole et al. 2021); see :func:`avgk_lib.functional.epr_loss`."""
 
-    def __init__(self, expected_positives: float, reduction: str = "mean") -> None:
+    def __init__(self, expected_positives: float, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
-        self.expected_positives = check_positive(expected_positives, "expected_positives")
+        self.expected_positives = float(check_k(expected_positives, "expected_positives", integer=False))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.epr_loss(logits, targets, self.expected_positives, self.reduction)
@@ -238,16 +238,25 @@ class ROLELoss(_Loss):
         n_classes: int,
         expected_positives: float,
         init_probability: float | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
         memory_warning_bytes: int = 1 << 30,
     ) -> None:
         super().__init__(reduction)
         self.n_train = check_count(n_train, "n_train")
         self.n_classes = check_count(n_classes, "n_classes", minimum=2)
-        self.expected_positives = check_average_k(expected_positives, n_classes, "expected_positives")
-        p0 = self.expected_positives / n_classes if init_probability is None else float(init_probability)
-        if not 0.0 < p0 < 1.0:
-            raise ValueError(f"`init_probability` must be in (0, 1), got {p0}")
+        self.expected_positives = float(
+            check_k(expected_positives, "expected_positives", n_classes=self.n_classes, integer=False)
+        )
+        if init_probability is None:
+            p0 = self.expected_positives / self.n_classes
+            if p0 >= 1.0:
+                raise ValueError(
+                    f"`init_probability` defaults to expected_positives / n_classes = {p0}, which must be < 1: pass one"
+                )
+        else:
+            p0 = check_unit_interval(init_probability, "init_probability")
+        memory_warning_bytes = check_count(memory_warning_bytes, "memory_warning_bytes", minimum=0)
+        n_train, n_classes = self.n_train, self.n_classes
         size = 4 * n_train * n_classes
         if size > memory_warning_bytes:
             warnings.warn(
@@ -259,13 +268,20 @@ class ROLELoss(_Loss):
         self.label_logits = nn.Parameter(torch.full((n_train, n_classes), math.log(p0 / (1.0 - p0))))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        logits = check_tensor(logits, "logits")
+        if logits.dim() != 2 or logits.shape[1] != self.n_classes:
+            raise ValueError(f"`logits` must have shape (batch, {self.n_classes}), got {tuple(logits.shape)}")
+        if logits.shape[0] == 0:
+            raise ValueError("`logits` is empty: an empty batch has no loss")
         indices = check_tensor(indices, "indices")
         if indices.dtype in (torch.bool,) or indices.is_floating_point():
             raise TypeError(f"`indices` must be integer sample indices, got dtype {indices.dtype}")
         if indices.dim() != 1 or indices.shape[0] != logits.shape[0]:
             raise ValueError(f"`indices` must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_train):
-            raise ValueError(f"`indices` must lie in [0, {self.n_train - 1}]")
+        if indices.numel():  # always checked: an out-of-range index is a device assert on CUDA
+            lo, hi = (int(v) for v in torch.aminmax(indices.detach()))
+            if lo < 0 or hi >= self.n_train:
+                raise ValueError(f"`indices` must lie in [0, {self.n_train - 1}], got {lo if lo < 0 else hi}")
         rows = self.label_logits[indices.to(self.label_logits.device).long()]
         return F_.role_loss(logits, targets, rows.to(logits.device), self.expected_positives, self.reduction)
 
@@ -283,24 +299,22 @@ class TwoHeadLoss(_Loss):
         self,
         k: float,
         weight: float = 1.0,
-        reduction: str = "mean",
-        rule: str = "exact",
-        class_reduction: str = "mean",
+        reduction: Reduction = "mean",
+        rule: PseudoLabelRule = "exact",
+        class_reduction: ClassReduction = "mean",
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(reduction)
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 1:
-            raise ValueError(f"`k` must be a number >= 1, got {k!r}")
-        self.k = float(k)
+        self.k = float(check_k(k, integer=False, minimum=1))
         self.weight = check_nonnegative(weight, "weight")
-        self.rule = check_choice(rule, "rule", ("exact", "threshold"))
-        self.class_reduction = check_choice(class_reduction, "class_reduction", ("mean", "sum"))
+        self.rule = check_choice(rule, "rule", RULES)
+        self.class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
         self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", minimum=0)
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loss which (0-based) training epoch is starting (for the warm-up)."""
-        self._epoch = int(epoch)
+        self._epoch = check_count(epoch, "epoch", minimum=0)
 
     def forward(
         self, softmax_logits: torch.Tensor, multilabel_logits: torch.Tensor, targets: torch.Tensor

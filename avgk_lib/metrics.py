@@ -20,12 +20,16 @@ import torch
 
 from ._checks import (
     AVERAGES,
-    check_average_k,
+    Average,
     check_choice,
+    check_count,
+    check_counts_vector,
+    check_hits,
+    check_k,
+    check_real,
     check_scores,
+    check_sets,
     check_targets,
-    check_tensor,
-    check_topk_k,
 )
 
 __all__ = [
@@ -43,10 +47,26 @@ __all__ = [
 ]
 
 
-def aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: str = "micro") -> float:
-    """Micro (mean over samples) or macro (mean over the classes present in ``targets``) of a
-    bool per-sample hit vector: lets a caller score several averages from one pass over the scores."""
-    check_choice(average, "average", AVERAGES)
+def aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: Average = "micro") -> float:
+    r"""Micro (mean over samples) or macro (mean over the classes present in ``targets``) of a
+    bool per-sample hit vector: lets a caller score several averages from one pass over the scores.
+
+    .. math:: \text{micro} = \frac1n \sum_i h_i, \qquad
+              \text{macro} = \frac{1}{|\mathcal C|}\sum_{c\in\mathcal C}\frac{\sum_{i: y_i = c} h_i}{\#\{i: y_i = c\}}
+
+    Args:
+        correct: bool ``(n,)`` hits, n >= 1. targets: ``(n,)`` class indices in ``[0, n_classes)``.
+        n_classes: C >= 1. average: ``"micro"`` or ``"macro"``.
+    """
+    correct = check_hits(correct)
+    n_classes = check_count(n_classes, "n_classes")
+    targets = check_targets(targets, correct.shape[0], n_classes)
+    average = check_choice(average, "average", AVERAGES)
+    return _aggregate_hits(correct, targets, n_classes, average)
+
+
+def _aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: Average) -> float:
+    """:func:`aggregate_hits` on validated arguments."""
     if average == "micro":
         return float(correct.double().mean())
     per_class, counts = _per_class(correct, targets, n_classes)
@@ -64,12 +84,12 @@ def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
     r"""Bool ``(n,)``: :math:`\#\{j : s_j > s_y\} < K` (is the true class in the top K)."""
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    k = check_topk_k(k, scores.shape[1])
+    k = int(check_k(k, n_classes=scores.shape[1]))
     target_scores = scores.gather(1, targets[:, None])
     return (scores > target_scores).sum(dim=1) < k
 
 
-def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: str = "micro") -> float:
+def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: Average = "micro") -> float:
     r"""Top-K accuracy :math:`\frac1n\sum_i \mathbb 1[y_i \in \mathrm{top}_K(s_i)]` (micro) or its
     mean over present classes (macro).
 
@@ -78,14 +98,15 @@ def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: 
         >>> topk_accuracy(s, y, 1), topk_accuracy(s, y, 2)
         (0.0, 0.5)
     """
+    average = check_choice(average, "average", AVERAGES)
     correct = topk_correct(scores, targets, k)
-    return aggregate_hits(correct, targets.long(), scores.shape[1], average)
+    return _aggregate_hits(correct, targets.long(), scores.shape[1], average)
 
 
 def topk_sets(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool ``(n, C)``: the K highest-scoring classes of each row (ties broken by :func:`torch.topk`)."""
     scores = check_scores(scores)
-    k = check_topk_k(k, scores.shape[1])
+    k = int(check_k(k, n_classes=scores.shape[1]))
     sets = torch.zeros_like(scores, dtype=torch.bool)
     return sets.scatter_(1, torch.topk(scores, k, dim=1).indices, True)
 
@@ -154,7 +175,7 @@ def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
     """
     scores = check_scores(scores)
     n, n_classes = scores.shape
-    k = check_average_k(k, n_classes)
+    k = float(check_k(k, n_classes=n_classes, integer=False))
     m = int(math.floor(n * k + 0.5))
     flat = scores.detach().reshape(-1)
     if m <= 0:
@@ -167,14 +188,17 @@ def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
 
 
 def _check_threshold(threshold, scores: torch.Tensor) -> torch.Tensor:
+    """A real number (Python, NumPy) or a one-element real tensor; NaN rejected, +-inf allowed
+    (``+inf`` is what :func:`average_k_threshold` returns for empty sets)."""
     if isinstance(threshold, torch.Tensor):
         if threshold.numel() != 1:
             raise ValueError(f"`threshold` must be a scalar, got shape {tuple(threshold.shape)}")
+        if threshold.dtype == torch.bool or threshold.is_complex():
+            raise TypeError(f"`threshold` must be a real number, got dtype {threshold.dtype}")
         if bool(torch.isnan(threshold)):
             raise ValueError("`threshold` is NaN")
         return threshold.reshape(()).to(device=scores.device, dtype=scores.dtype)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise TypeError(f"`threshold` must be a real number or a scalar tensor, got {threshold!r}")
+    threshold = check_real(threshold, "threshold", allow_inf=True)
     return torch.tensor(threshold, dtype=scores.dtype, device=scores.device)
 
 
@@ -185,22 +209,20 @@ def average_k_sets(scores: torch.Tensor, threshold: float | torch.Tensor) -> tor
 
 
 def average_k_accuracy(
-    scores: torch.Tensor, targets: torch.Tensor, threshold: float | torch.Tensor, average: str = "micro"
+    scores: torch.Tensor, targets: torch.Tensor, threshold: float | torch.Tensor, average: Average = "micro"
 ) -> float:
     r"""Average-K accuracy :math:`\frac1n\sum_i \mathbb 1[s_{i y_i} \ge \lambda]` (micro) or its
     mean over present classes (macro)."""
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    average = check_choice(average, "average", AVERAGES)
     correct = scores.gather(1, targets[:, None]).squeeze(1) >= _check_threshold(threshold, scores)
-    return aggregate_hits(correct, targets, scores.shape[1], average)
+    return _aggregate_hits(correct, targets, scores.shape[1], average)
 
 
 def set_sizes(sets: torch.Tensor) -> torch.Tensor:
     """Size of each prediction set, ``(n,)`` long, from a bool ``(n, C)`` matrix."""
-    sets = check_tensor(sets, "sets")
-    if sets.dtype != torch.bool or sets.dim() != 2:
-        raise TypeError(f"`sets` must be a 2-D bool tensor, got {sets.dtype} with shape {tuple(sets.shape)}")
-    return sets.sum(dim=1)
+    return check_sets(sets).sum(dim=1)
 
 
 def set_size_stats(sets: torch.Tensor) -> dict[str, object]:
@@ -225,9 +247,8 @@ def set_size_stats(sets: torch.Tensor) -> dict[str, object]:
 def per_class_accuracy(correct: torch.Tensor, targets: torch.Tensor, n_classes: int) -> dict[str, torch.Tensor]:
     """Per-class breakdown of a bool ``correct`` vector: ``accuracy`` (NaN for absent classes)
     and ``support`` (number of evaluated samples per class), both float64 of length C."""
-    correct = check_tensor(correct, "correct")
-    if correct.dtype != torch.bool or correct.dim() != 1:
-        raise TypeError(f"`correct` must be a 1-D bool tensor, got {correct.dtype} with shape {tuple(correct.shape)}")
+    correct = check_hits(correct)
+    n_classes = check_count(n_classes, "n_classes")
     targets = check_targets(targets, correct.shape[0], n_classes)
     accuracy, support = _per_class(correct, targets, n_classes)
     return {"accuracy": accuracy.cpu(), "support": support.cpu()}
@@ -242,8 +263,13 @@ def accuracy_by_class_frequency(
     Returns ``train_count`` and ``accuracy`` per class (classes absent from the evaluation
     dropped) and ``bin_accuracy`` (macro accuracy of each bin), ``bin_min_count``,
     ``bin_max_count``.
+
+    Args:
+        correct: bool ``(n,)`` hits. targets: ``(n,)`` class indices. train_counts: C training
+            counts, finite and >= 0 (a class may be absent from training). n_bins: >= 1.
     """
-    counts = torch.as_tensor(train_counts, dtype=torch.float64).cpu()
+    counts = check_counts_vector(train_counts, "train_counts", positive=False, device="cpu")
+    n_bins = check_count(n_bins, "n_bins")
     n_classes = counts.numel()
     breakdown = per_class_accuracy(correct, targets, n_classes)
     present = breakdown["support"] > 0

@@ -11,14 +11,33 @@ These are the two numerical kernels behind the losses of :mod:`avgk_lib.function
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_count, check_nonnegative, check_scores, check_tensor
+from ._checks import (
+    all_finite,
+    check_count,
+    check_generator,
+    check_k,
+    check_nonnegative,
+    check_scores,
+    check_tensor,
+    value_checks_on,
+)
 
 # Stand-in for log(0) in the log-space polynomials. Finite so that logsumexp and its gradient
 # never see (-inf) - (-inf); exp(PAD - anything reasonable) is exactly 0 in float32 and float64.
 LOG_ZERO = -1e30
+
+
+def log_zero(dtype: torch.dtype) -> float:
+    """:data:`LOG_ZERO` where ``dtype`` can hold it, else a quarter of the most negative finite
+    value of ``dtype`` (float16: -16376), so that a sum of two stand-ins never overflows."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
+    return max(LOG_ZERO, torch.finfo(dtype).min / 4)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,7 +55,7 @@ class _NoisedKthLargest(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, perturbed: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
-        kth_values, kth_indices = kth_largest_with_index(perturbed, k)
+        kth_values, kth_indices = _kth_largest_with_index(perturbed, k)
         ctx.save_for_backward(kth_indices)
         ctx.x_shape = x.shape
         ctx.x_dtype = x.dtype
@@ -95,11 +114,7 @@ def noised_topk(
         tensor([2.])
     """
     check_scores(x, "x", ndim=None)
-    n_classes = x.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"`k` must be an integer, got {k!r}")
-    if not 1 <= k <= n_classes:
-        raise ValueError(f"`k` must satisfy 1 <= k <= {n_classes} (size of the last dim), got {k}")
+    k = int(check_k(k, n_classes=x.shape[-1]))
     epsilon = check_nonnegative(epsilon, "epsilon")
     n_samples = check_count(n_samples, "n_samples")
     return noised_topk_unchecked(x, k, epsilon, n_samples, noise=noise, generator=generator)
@@ -114,39 +129,61 @@ def noised_topk_unchecked(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S)."""
+    """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S).
+
+    ``noise`` and ``generator`` are still checked here (type, shape, dtype, device; the noise's
+    finiteness with the value checks on), whatever ``epsilon``."""
     work = _work_dtype(x.dtype)
     x_work = x.detach().to(work)
     shape = (n_samples, *x.shape)
+    if noise is not None:
+        _check_noise(noise, shape, x.device)
+    check_generator(generator)
     if epsilon == 0.0:
         perturbed = x_work.unsqueeze(0)
     elif noise is not None:
-        check_tensor(noise, "noise")
-        if tuple(noise.shape) != shape:
-            raise ValueError(f"`noise` must have shape (n_samples, *x.shape) = {shape}, got {tuple(noise.shape)}")
-        if not noise.is_floating_point():
-            raise TypeError(f"`noise` must be floating point, got {noise.dtype}")
-        if noise.device != x.device:
-            raise ValueError(f"`noise` is on {noise.device} but `x` is on {x.device}")
         perturbed = torch.add(x_work, noise.detach().to(work), alpha=epsilon)
     else:
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
         perturbed = torch.randn(shape, generator=generator, dtype=work, device=x.device)
         # one fused pass, in place on the fresh buffer: perturbed = x + epsilon * Z
         torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)
     return _NoisedKthLargest.apply(x, perturbed, k)
 
 
-def kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-th largest value along the last dim and the index :func:`torch.topk` reports for it."""
+def _check_noise(noise: object, shape: tuple[int, ...], device: torch.device) -> None:
+    """``noise`` for :func:`noised_topk`: floating tensor of ``shape`` on ``device``, finite."""
+    noise = check_tensor(noise, "noise")
+    if not noise.is_floating_point():
+        raise TypeError(f"`noise` must be floating point, got {noise.dtype}")
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"`noise` must have shape (n_samples, *x.shape) = {shape}, got {tuple(noise.shape)}")
+    if noise.device != device:
+        raise ValueError(f"`noise` is on {noise.device} but the scores are on {device}")
+    if value_checks_on() and not all_finite(noise):
+        raise ValueError("`noise` contains NaN or infinite values")
+
+
+def _kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values, indices = torch.topk(x, k, dim=-1, sorted=True)
     return values[..., k - 1], indices[..., k - 1]
 
 
-def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Exact k-th largest value along the last dim, :math:`x_{[k]}` (differentiable a.e.)."""
+def _kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(x, k, dim=-1, sorted=True).values[..., k - 1]
+
+
+def kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-th largest value along the last dim and the index :func:`torch.topk` reports for it
+    (``1 <= k <= x.shape[-1]``)."""
+    check_scores(x, "x", ndim=None)
+    return _kth_largest_with_index(x, int(check_k(k, n_classes=x.shape[-1])))
+
+
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Exact k-th largest value along the last dim, :math:`x_{[k]}` (differentiable a.e.;
+    ``1 <= k <= x.shape[-1]``)."""
+    check_scores(x, "x", ndim=None)
+    return _kth_largest(x, int(check_k(k, n_classes=x.shape[-1])))
 
 
 def _anti_diagonal_index(degree: int, new_degree: int, device: torch.device) -> torch.Tensor:
@@ -161,6 +198,21 @@ def _anti_diagonal_index(degree: int, new_degree: int, device: torch.device) -> 
     return torch.where(valid, i * width + j.clamp(0, degree), torch.full_like(j, pad_slot))
 
 
+def _check_log_polynomial_args(log_x: object, k: object) -> int:
+    """``log_x``: floating ``(*batch, n)``, finite (use :func:`log_zero` for log 0); ``0 <= k <= n``."""
+    check_scores(log_x, "log_x", ndim=None)
+    return int(check_k(k, n_classes=log_x.shape[-1], minimum=0))  # type: ignore[union-attr]
+
+
+def _in_work_dtype(fn, log_x: torch.Tensor, k: int) -> torch.Tensor:
+    """Run ``fn`` in float32 for half inputs; stand-ins for log 0 come back as :func:`log_zero`
+    of the input dtype instead of overflowing to -inf."""
+    work = _work_dtype(log_x.dtype)
+    if work == log_x.dtype:
+        return fn(log_x, k)
+    return fn(log_x.to(work), k).clamp_min(log_zero(log_x.dtype)).to(log_x.dtype)
+
+
 def log_elementary_symmetric(log_x: torch.Tensor, k: int) -> torch.Tensor:
     r"""Log elementary symmetric polynomials :math:`\log e_j(e^{u_1},\dots,e^{u_n})`, ``j = 0..k``.
 
@@ -171,18 +223,24 @@ def log_elementary_symmetric(log_x: torch.Tensor, k: int) -> torch.Tensor:
     space (each coefficient a ``logsumexp`` over an anti-diagonal of the outer sum), truncated at
     degree ``k``, halving the number of factors per level (``ceil(log2 n)`` levels, each a few
     batched tensor ops). No subtraction is ever performed, so the result is accurate to a few ulps
-    whatever the spread of ``u``. Entries equal to :data:`LOG_ZERO` act as ``x_i = 0``.
+    whatever the spread of ``u``. Entries equal to :data:`LOG_ZERO` (:func:`log_zero` of the
+    dtype) act as ``x_i = 0``; NaN and infinities are rejected. Half-precision inputs are
+    computed in float32.
 
     Args:
-        log_x: ``(*batch, n)`` log values :math:`u`.
+        log_x: ``(*batch, n)`` log values :math:`u`, finite.
         k: highest degree wanted, ``0 <= k <= n``.
 
     Returns:
         ``(*batch, k + 1)``; entry ``j`` is :math:`\log e_j`.
     """
+    k = _check_log_polynomial_args(log_x, k)
+    return _in_work_dtype(_log_elementary_symmetric, log_x, k)
+
+
+def _log_elementary_symmetric(log_x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`log_elementary_symmetric` without argument checks (float32/float64 ``log_x``)."""
     *batch, n = log_x.shape
-    if not 0 <= k <= n:
-        raise ValueError(f"`k` must satisfy 0 <= k <= {n}, got {k}")
     # factors (1 + x_i t) as coefficient rows [log 1, log x_i]
     poly = torch.stack([torch.zeros_like(log_x), log_x], dim=-1)  # (*batch, n, 2)
     degree = 1
@@ -241,7 +299,20 @@ def elementary_symmetric(x: torch.Tensor, k: int, block: int = 16) -> torch.Tens
     until one is left. Every term is non-negative, so there is no cancellation: the relative
     error is a few ulps per step. The caller keeps values in range (entries in [0, 1] give
     :math:`e_j \le \binom{n}{j}`).
+
+    Args:
+        x: ``(*batch, n)`` finite, non-negative. k: ``0 <= k <= n``. block: block length ``>= 1``.
     """
+    check_scores(x, "x", ndim=None)
+    k = int(check_k(k, n_classes=x.shape[-1], minimum=0))
+    block = check_count(block, "block")
+    if value_checks_on() and bool((x.detach() < 0).any()):
+        raise ValueError("`x` must be non-negative (elementary_symmetric works in linear space)")
+    return _elementary_symmetric(x, k, block)
+
+
+def _elementary_symmetric(x: torch.Tensor, k: int, block: int = 16) -> torch.Tensor:
+    """:func:`elementary_symmetric` without argument checks."""
     *batch, n = x.shape
     n_blocks = -(-n // block)
     if n_blocks * block != n:
@@ -276,26 +347,30 @@ def log_elementary_symmetric_fast(log_x: torch.Tensor, k: int) -> torch.Tensor:
     Tail values that underflow are negligible: every head entry is at least :math:`r`, so a
     subset using an entry :math:`x_t < r \cdot \mathrm{tiny}` is outweighed by at least one subset
     using a head entry instead, by a factor larger than :math:`1/\mathrm{tiny}`.
+
+    Arguments as in :func:`log_elementary_symmetric`.
     """
+    k = _check_log_polynomial_args(log_x, k)
+    return _in_work_dtype(_log_elementary_symmetric_fast, log_x, k)
+
+
+def _log_elementary_symmetric_fast(log_x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`log_elementary_symmetric_fast` without argument checks (float32/float64 ``log_x``)."""
     *batch, n = log_x.shape
     head_size = k + 1
     if n <= 2 * head_size:
-        return log_elementary_symmetric(log_x, k)
+        return _log_elementary_symmetric(log_x, k)
     top = torch.topk(log_x, head_size, dim=-1, sorted=True)
-    log_head = log_elementary_symmetric(top.values, k)  # (*batch, k+1)
+    log_head = _log_elementary_symmetric(top.values, k)  # (*batch, k+1)
     # the tail: every entry but the head, rescaled by its own maximum r (detached: a constant
     # scale that appears on both sides of e_i(T) = r^i e_i(T / r))
     is_head = torch.zeros_like(log_x, dtype=torch.bool).scatter_(-1, top.indices, True)
     tail = log_x.masked_fill(is_head, LOG_ZERO)
     log_r = tail.detach().amax(dim=-1, keepdim=True)
     # e_i(T/r) <= C(n, i): float32 holds it up to about e^88
-    log_binom = (
-        torch.lgamma(torch.tensor(n + 1.0))
-        - torch.lgamma(torch.tensor(k + 1.0))
-        - torch.lgamma(torch.tensor(n - k + 1.0))
-    )
-    tail_dtype = torch.float64 if float(log_binom) > 60 else log_x.dtype
-    e_tail = elementary_symmetric((tail.to(tail_dtype) - log_r.to(tail_dtype)).exp(), k)
+    log_binom = math.lgamma(n + 1.0) - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0)  # host math, no tensor
+    tail_dtype = torch.float64 if log_binom > 60 else log_x.dtype
+    e_tail = _elementary_symmetric((tail.to(tail_dtype) - log_r.to(tail_dtype)).exp(), k)
     tiny = torch.finfo(tail_dtype).tiny
     log_tail = e_tail.clamp_min(tiny).log().to(log_x.dtype)  # (*batch, k+1)
     log_tail = log_tail + torch.arange(k + 1, device=log_x.device, dtype=log_x.dtype) * log_r

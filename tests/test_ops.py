@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from pytopk.noised_topk import _noised_topk as pytopk_noised_topk
 
 from avgk_lib.ops import (
+    LOG_ZERO,
     elementary_symmetric,
     kth_largest,
     log_elementary_symmetric,
     log_elementary_symmetric_fast,
+    log_zero,
     noised_topk,
 )
 from tests.conftest import tie_free_scores
@@ -126,3 +128,38 @@ def test_fast_log_esp_equals_plain_log_space(scale, k):
     torch.testing.assert_close(
         log_elementary_symmetric_fast(u, k), log_elementary_symmetric(u, k), rtol=1e-10, atol=1e-9
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", [log_elementary_symmetric, log_elementary_symmetric_fast])
+def test_half_precision_log_polynomials_do_not_overflow_log_zero(dtype, fn):
+    # fp16 cannot hold LOG_ZERO = -1e30: the stand-in for log 0 is log_zero(dtype), and the
+    # computation runs in float32; entries equal to it act as x_i = 0
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(3, 30, generator=g, dtype=torch.float64)
+    u_half = u.to(dtype)
+    u_half[:, :4] = log_zero(dtype)  # four zeros per row
+    out = fn(u_half, 5)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    expected = log_elementary_symmetric(u_half[:, 4:].double(), 5)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+    # more zeros than the degree allows: e_5 of 2 non-zero entries is 0, reported as log_zero(dtype)
+    few = torch.full((1, 6), log_zero(dtype), dtype=dtype)
+    few[0, :2] = 0.5
+    out = fn(few, 5)
+    assert bool(torch.isfinite(out).all())
+    assert bool((out[0, 3:] < -1e4).all()) and bool((out[0, :3] > -1.0).all())
+    assert log_zero(torch.float32) == LOG_ZERO and log_zero(torch.float64) == LOG_ZERO
+
+
+def test_log_polynomials_reject_non_finite_input_and_bad_degree():
+    u = torch.randn(2, 5)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        v = u.clone()
+        v[0, 1] = bad
+        with pytest.raises(ValueError, match="`log_x`"):
+            log_elementary_symmetric(v, 2)
+    with pytest.raises(ValueError, match="`k`"):
+        log_elementary_symmetric(u, 6)
+    with pytest.raises(ValueError, match="`block`"):
+        elementary_symmetric(u.exp(), 2, block=0)
