@@ -24,7 +24,7 @@ import torch
 
 from .data import LOADERS
 from .models import MODELS
-from .objectives import get_objective
+from .objectives import OBJECTIVES, get_objective
 from .sets import metric_key
 
 # Bump when the content of results.json or of the checkpoints changes meaning: cached runs of an
@@ -159,10 +159,9 @@ def _check_names(cfg: TrainConfig) -> None:
         raise ConfigError("dataset", f"is unknown: {cfg.dataset!r}; valid names: {', '.join(sorted(LOADERS))}")
     if cfg.model != "auto" and cfg.model not in MODELS:
         raise ConfigError("model", f"is unknown: {cfg.model!r}; valid names: auto, {', '.join(MODELS)}")
-    try:
-        spec = get_objective(cfg.loss)
-    except ValueError as err:
-        raise ConfigError("loss", str(err).removeprefix("unknown loss ")) from None
+    if cfg.loss not in OBJECTIVES:
+        raise ConfigError("loss", f"is unknown: {cfg.loss!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
+    spec = get_objective(cfg.loss)
     for name, options in (("loss_options", cfg.loss_options), ("dataset_options", cfg.dataset_options)):
         if not isinstance(options, dict):
             raise ConfigError(name, f"must be a dict, got {type(options).__name__}")
