@@ -434,3 +434,68 @@ def test_stale_tmp_files_are_removed_and_a_corrupt_best_checkpoint_is_refused(tm
     (tmp_path / "results.json").unlink()
     with pytest.raises(CheckpointError, match="best.pt"):
         train(cfg, tmp_path, resume=True, progress=False, log=_quiet)
+
+
+def test_atomic_writer_on_a_full_disk_names_the_file_and_leaves_no_tmp(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from avgk_lib import checkpoint as ckpt
+
+    target = tmp_path / "last.pt"
+    ckpt.atomic_write_bytes(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="no space left on device") as info:
+        ckpt.save_checkpoint({"w": torch.zeros(3)}, target)
+    assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+    assert target.read_bytes() == b"old"  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no tmp file left
+
+
+def test_checksum_catches_a_bit_flip_that_torch_load_accepts(tmp_path):
+    import io
+
+    from avgk_lib import checkpoint as ckpt
+
+    weights = torch.arange(4096, dtype=torch.float32)
+    path = tmp_path / "best.pt"
+    ckpt.save_checkpoint({"model": {"w": weights}, "epoch": 3}, path)
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], weights)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weights[1000:1002].numpy().tobytes())
+    assert at > 0
+    data[at] ^= 0x01  # one bit of one weight
+    path.write_bytes(bytes(data))
+    flipped = torch.load(io.BytesIO(bytes(data)), weights_only=False)  # torch itself does not notice
+    assert not torch.equal(flipped["model"]["w"], weights)
+    with pytest.raises(CheckpointError, match="corrupt .checksum mismatch."):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_of_an_older_format_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"format_version": 1, "epoch": 2}, path)  # what earlier versions wrote
+    with pytest.raises(CheckpointError, match="format version 1"):
+        load_checkpoint(path)
+
+
+def test_content_digest_is_stable_through_save_and_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    from avgk_lib.checkpoint import content_digest, rng_state
+
+    random.seed(1)
+    obj = {"rng": rng_state(), "h": [{"a": 1.5, "b": None}], 3: (torch.ones(2, dtype=torch.bfloat16), np.arange(3))}
+    path = tmp_path / "x.pt"
+    torch.save(obj, path)
+    assert content_digest(torch.load(path, weights_only=False)) == content_digest(obj)
+    changed = {**obj, "h": [{"a": 1.5000001, "b": None}]}
+    assert content_digest(changed) != content_digest(obj)
