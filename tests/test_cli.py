@@ -154,3 +154,17 @@ def test_list_and_quick_train_write_results(capsys, tmp_path):
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["config"]["eval_ks"] == [1.0, 2.0, 5.0]  # K of the loss (5) added
     assert results["config"]["dataset_options"]["n_train"] == 300
+
+
+def test_full_disk_during_a_run_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert "no space left on device" in lines[0] and str(tmp_path / "r") in lines[0]
+    assert not list((tmp_path / "r").glob(".*.tmp*"))
