@@ -184,21 +184,22 @@ def build_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> Run:
     seed_everything(cfg.seed)
     bundle = bundle if bundle is not None else load_dataset(cfg.dataset, **cfg.dataset_options)
     _check_against_data(cfg, bundle)
-    run_facts = {"k": cfg.k, "n_classes": bundle.n_classes, "class_counts": bundle_counts(bundle)}
-    objective = build_objective(
-        cfg.loss, cfg.loss_options, run={**run_facts, "n_train": len(bundle.train)}, eval_head=cfg.eval_head
-    )
-    head = objective.spec.head if cfg.head == "auto" else cfg.head
+    spec = get_objective(cfg.loss)
+    head = spec.head if cfg.head == "auto" else cfg.head
     model_name = cfg.resolved_model()
     model = build_model(
         model_name,
         bundle.n_classes,
         bundle.input_shape,
         head=head,
-        two_head=objective.spec.two_head,
+        two_head=spec.two_head,
         detach_multilabel=cfg.detach_multilabel,
         pretrained=cfg.pretrained,
     ).to(device)
+    # the loss is built after the model, as in earlier versions, so that seeded runs reproduce
+    facts = {"k": cfg.k, "n_classes": bundle.n_classes, "class_counts": bundle_counts(bundle)}
+    facts["n_train"] = len(bundle.train)
+    objective = build_objective(cfg.loss, cfg.loss_options, run=facts, eval_head=cfg.eval_head)
     objective.loss_fn.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     channels_last = channels_last and len(bundle.input_shape) == 3
