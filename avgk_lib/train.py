@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from . import __version__
 from .checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     TrainState,
     atomic_write_json,
@@ -92,6 +93,7 @@ class RunResult:
     provenance: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     test_heads: dict[str, dict[str, float]] | None = None
+    format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -113,6 +115,8 @@ class RunResult:
         required = {"config", "history", "test", "test_last", "summary", "provenance"}
         if not isinstance(data, dict) or not required <= set(data):
             raise ValueError(f"not a run result: missing {sorted(required - set(data or {}))}")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"run result of format {data.get('format_version')}, this avgk_lib reads {FORMAT_VERSION}")
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

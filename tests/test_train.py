@@ -417,6 +417,8 @@ def test_run_result_json_round_trip(tmp_path):
     assert "test_heads" not in results  # single-head model
     with pytest.raises(ValueError, match="missing"):
         RunResult.from_json("{}")
+    with pytest.raises(ValueError, match="format None"):
+        RunResult.from_json(json.dumps({k: v for k, v in results.items() if k != "format_version"}))
     with pytest.raises(ValueError, match="invalid JSON"):
         RunResult.from_json('{"config": ')
 
