@@ -15,7 +15,14 @@ import torch
 from avgk_lib.checkpoint import CheckpointError, load_checkpoint
 from avgk_lib.config import ConfigError
 from avgk_lib.data import TensorSplit, load_dataset
-from avgk_lib.engine import DivergenceGuard, TrainingDiverged, build_run, evaluate_final, progress_bar
+from avgk_lib.engine import (
+    DivergenceGuard,
+    TrainingDiverged,
+    build_run,
+    evaluate_final,
+    progress_bar,
+    train_one_epoch,
+)
 from avgk_lib.evaluation import degeneracy_warnings, top1_mode_share
 from avgk_lib.objectives import OBJECTIVES, build_objective
 from avgk_lib.train import RunResult, TrainConfig, train
@@ -501,3 +508,15 @@ def test_content_digest_is_stable_through_save_and_load(tmp_path):
     assert content_digest(torch.load(path, weights_only=False)) == content_digest(obj)
     changed = {**obj, "h": [{"a": 1.5000001, "b": None}]}
     assert content_digest(changed) != content_digest(obj)
+
+
+def test_nan_outputs_are_divergence_not_bad_input():
+    bundle = load_dataset("synthetic", **TINY)
+    cfg = TrainConfig(dataset="synthetic", dataset_options=TINY, loss="noised_topk", k=2, epochs=1, batch_size=64)
+    run = build_run(cfg, bundle)
+    with torch.no_grad():
+        for p in run.model.parameters():
+            p.fill_(float("nan"))
+    # noised_topk validates its scores (ValueError on NaN): the trainer reports divergence instead
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1: loss nan .*non-finite.*try a lower --lr"):
+        train_one_epoch(run, 0, DivergenceGuard(), progress=False)
