@@ -1,169 +1,127 @@
-"""``python -m avgk_lib``: ``train`` one run, ``run`` a named experiment, ``list``, ``demo``."""
+"""``python -m avgk_lib``: ``train`` one run, ``run`` a named experiment, ``list``, ``demo``.
+
+The ``train`` flags are generated from :class:`~avgk_lib.config.TrainConfig` (one flag per
+field: type, default and help from the field) by :func:`add_config_arguments`; the loss flags
+from the loss signatures and the dataset flags from the loader signatures. Every user mistake
+ends with one line ``error: ...`` naming the flag and exit code 2, before anything trains
+(``--debug`` shows the traceback); a diverged run ends with one line and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
+import errno
 import json
+import re
 import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .objectives import OBJECTIVES
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig, dataset_option_types
+from .objectives import OBJECTIVES, loss_option_types
 
-# loss hyperparameter flags -> loss option names (None = not given: the objective's default)
-LOSS_FLAGS = {
-    "epsilon": float,
-    "n_samples": int,
-    "tau": float,
-    "alpha": float,
-    "gamma": float,
-    "max_margin": float,
-    "scale": float,
-    "label_smoothing": float,
-    "weight": float,
-    "rule": str,
-    "class_reduction": str,
-    "warmup_epochs": int,
-}
-DATASET_FLAGS = {
-    "label_noise": float,
-    "noise_block_size": int,
-    "imbalance_ratio": float,
-    "train_subset": int,
-    "n_classes": int,
-    "ambiguity": float,
-    "n_train": int,
-    "download": bool,
-    "root": str,
-}
+EXIT_USAGE, EXIT_FAILED = 2, 1
+_SKIPPED_FIELDS = ("dataset_options", "loss_options")
 
 
-def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.replace(",", " ").split()]
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line ``error: ...`` (exit 2), no usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.replace(",", " ").split()]
+def flag(name: str) -> str:
+    """``batch_size -> --batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+def _number_list(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} list: {text!r}") from None
 
-    d = TrainConfig()
-    g = p.add_argument_group("run")
-    g.add_argument("--dataset", default=d.dataset, help="synthetic, fashion_mnist, cifar100, plantnet300k")
-    g.add_argument("--model", default=d.model, help="auto, mlp, small_cnn, resnet18_cifar, densenet_bc_40_40, resnet50")
-    g.add_argument("--loss", default=d.loss, help="one of: " + ", ".join(sorted(OBJECTIVES)))
-    g.add_argument("--k", type=float, default=d.k, help="K of the loss (average-K losses accept fractions)")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--out", type=Path, help="run folder (default: $AVGK_CACHE_DIR/runs/<config hash>)")
-    g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adamw"])
-    o.add_argument("--momentum", type=float, default=d.momentum)
-    o.add_argument("--no-nesterov", action="store_true")
-    o.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    o.add_argument("--scheduler", default=d.scheduler, choices=["step", "cosine", "onecycle", "none"])
-    o.add_argument(
-        "--milestones", type=_ints, default=d.milestones, help="epochs where step decay starts, e.g. '151 226'"
-    )
-    o.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
-    o.add_argument("--loss-lr-multiplier", type=float, default=d.loss_lr_multiplier, help="lr factor of ROLE's table")
-    o.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
-    o.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    o.add_argument("--compile", action="store_true", help="torch.compile the model")
-    o.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers (image folders)")
-    o.add_argument("--max-batches", type=int, help="cap training batches per epoch (smoke runs)")
-    e = p.add_argument_group("evaluation and model")
-    e.add_argument("--eval-ks", type=_floats, default=d.eval_ks, help="K values of the metrics, e.g. '1 2 3 5'")
-    e.add_argument("--select-metric", default=d.select_metric, help="validation metric of the best epoch")
-    e.add_argument(
-        "--eval-head", default=d.eval_head, choices=["multilabel", "softmax"], help="two_head: head thresholded"
-    )
-    e.add_argument("--head", default=d.head, choices=["auto", "linear", "cosine"])
-    e.add_argument(
-        "--detach-multilabel", action="store_true", help="two_head: multi-label head does not train the backbone"
-    )
-    e.add_argument(
-        "--pretrained", action="store_true", help="ImageNet weights (resnet50; needs them cached or internet)"
-    )
-    lg = p.add_argument_group("loss hyperparameters (default: the loss's own)")
-    for name, kind in LOSS_FLAGS.items():
-        lg.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
-    dg = p.add_argument_group("dataset options (each dataset accepts its own)")
-    for name, kind in DATASET_FLAGS.items():
-        if kind is bool:
-            dg.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None)
-        else:
-            dg.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
 
 
-def config_from_args(args: argparse.Namespace):
+def _argument(hint: Any, default: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for a field of type ``hint``."""
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is Literal:
+        return {"choices": list(typing.get_args(hint)), "default": default}
+    if hint is bool or (args == [bool]):
+        return {"action": argparse.BooleanOptionalAction, "default": default}
+    if origin is list:
+        return {"type": _number_list(args[0]), "nargs": "+", "default": default}
+    base = args[0] if args and origin is not list else hint
+    return {"type": base, "default": default}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig, skip=_SKIPPED_FIELDS) -> None:
+    """One flag per field of the dataclass ``cls`` (type, default and ``metadata["help"]``)."""
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            kwargs = _argument(hints[f.name], getattr(defaults, f.name))
+            parser.add_argument(flag(f.name), dest=f.name, help=f.metadata.get("help", ""), **kwargs)
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, types: dict[str, type], prefix: str, describe) -> None:
+    for name, kind in types.items():
+        kwargs = _argument(kind, None)
+        kwargs["default"] = None
+        parser.add_argument(flag(name), dest=f"{prefix}{name}", help=describe(name), **kwargs)
+
+
+def _loss_help(name: str) -> str:
+    defaults = [f"{s.name}: {s.defaults[name]}" for s in OBJECTIVES.values() if name in s.options]
+    return "default " + ", ".join(defaults)
+
+
+def _dataset_help(name: str) -> str:
     from .data import LOADERS
-    from .objectives import get_objective
-    from .train import TrainConfig
 
-    get_objective(args.loss)
-    if args.dataset not in LOADERS:
-        raise SystemExit(f"error: unknown dataset {args.dataset!r}; valid names: {', '.join(sorted(LOADERS))}")
-    accepted = inspect.signature(LOADERS[args.dataset]).parameters
-    dataset_options: dict[str, Any] = {}
-    for name in DATASET_FLAGS:
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if name not in accepted:
-            raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to dataset {args.dataset!r}")
-        dataset_options[name] = value
-    loss_options = {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name) is not None}
-    return TrainConfig(
-        dataset=args.dataset,
-        dataset_options=dataset_options,
-        model=args.model,
-        loss=args.loss,
-        k=args.k,
-        loss_options=loss_options,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=not args.no_nesterov,
-        weight_decay=args.weight_decay,
-        scheduler=args.scheduler,
-        milestones=args.milestones,
-        lr_gamma=args.lr_gamma,
-        loss_lr_multiplier=args.loss_lr_multiplier,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        eval_ks=args.eval_ks,
-        select_metric=args.select_metric,
-        eval_head=args.eval_head,
-        head=args.head,
-        detach_multilabel=args.detach_multilabel,
-        pretrained=args.pretrained,
-        workers=args.workers,
-        max_batches=args.max_batches,
-    )
+    return "dataset " + ", ".join(d for d in LOADERS if name in dataset_option_types(d))
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every ``train`` flag: the config's, ``--out``/``--resume``/``--no-progress``, loss and dataset options."""
+    add_config_arguments(parser.add_argument_group("configuration (TrainConfig)"))
+    g = parser.add_argument_group("run folder")
+    g.add_argument("--out", type=Path, help="run folder (default: $AVGK_CACHE_DIR/runs/<config fingerprint>)")
+    g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (also: AVGK_PROGRESS=0)")
+    _add_option_flags(parser.add_argument_group("loss hyperparameters"), loss_option_types(), "loss.", _loss_help)
+    _add_option_flags(parser.add_argument_group("dataset options"), dataset_option_types(), "data.", _dataset_help)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated :class:`TrainConfig` of parsed ``train`` arguments (``ConfigError`` otherwise)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIPPED_FIELDS}
+    for name in ("eval_ks", "milestones"):  # nargs="+" of lists: flatten
+        if values[name] and isinstance(values[name][0], list):
+            values[name] = [x for part in values[name] for x in part]
+    options = {"loss": {}, "data": {}}
+    for dest, value in vars(args).items():
+        prefix, dot, name = dest.partition(".")
+        if dot and prefix in options and value is not None:
+            options[prefix][name] = str(value) if isinstance(value, Path) else value
+    cfg = TrainConfig(**values, loss_options=options["loss"], dataset_options=options["data"])
+    return cfg.validate()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .data import cache_dir
     from .train import train
 
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg = config_from_args(args)
     out = args.out or cache_dir() / "runs" / cfg.fingerprint()
     train(cfg, out, resume=args.resume, progress=not args.no_progress)
     print(f"results: {Path(out) / 'results.json'}")
@@ -171,8 +129,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
+    from .experiments import get_experiment, run_experiment
 
+    get_experiment(args.experiment)
     table = run_experiment(
         args.experiment, args.preset, seeds=args.seeds, progress=not args.no_progress, force=args.force
     )
@@ -181,6 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def table_to_text(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of ``rows`` (floats with 4 decimals)."""
     if not rows:
         return "(no runs)"
     keys = list(rows[0])
@@ -206,31 +166,67 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m avgk_lib", description="top-K and average-K classification")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train one model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_train_arguments(p_train)
-    p_run = sub.add_parser("run", help="run a named experiment (cached by configuration)")
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .experiments import PRESETS
+
+    parser = _Parser(prog="python -m avgk_lib", description="top-K and average-K classification")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_train = sub.add_parser(
+        "train", help="train one model", parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_train_arguments(p_train)
+    p_run = sub.add_parser("run", help="run a named experiment (cached by configuration)", parents=[common])
     p_run.add_argument("experiment")
-    p_run.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    p_run.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p_run.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_run.add_argument("--force", action="store_true", help="retrain even when a cached run exists")
     p_run.add_argument("--json", action="store_true", help="print the table as JSON")
-    p_run.add_argument("--save-reference", action="store_true", help="write results/<experiment>_<preset>.json")
     p_run.add_argument("--no-progress", action="store_true")
-    sub.add_parser("list", help="list losses and experiments")
-    sub.add_parser("demo", help="one-minute tour of the library")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        return _cmd_train(args)
-    if args.command == "run":
-        return _cmd_run(args)
-    if args.command == "list":
-        return _cmd_list(args)
-    from .__main__ import demo
+    sub.add_parser("list", help="list losses and experiments", parents=[common])
+    sub.add_parser("demo", help="one-minute tour of the library", parents=[common])
+    return parser
 
-    return demo()
+
+def _flag_message(err: Exception) -> str:
+    """The error's message with `field` names written as the CLI flags."""
+    if isinstance(err, ConfigError):
+        return f"{flag(err.field)} {err.detail}"
+    return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), str(err))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 failed run, 2 user mistake)."""
+    from .train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    commands = {"train": _cmd_train, "run": _cmd_run, "list": _cmd_list, "demo": _cmd_demo}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:
+        if args.debug:
+            raise
+        hint = "" if isinstance(err, (ConfigError, CheckpointError)) else " (--debug shows the traceback)"
+        print(f"error: {_flag_message(err)}{hint}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        if args.debug or err.errno != errno.ENOSPC:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

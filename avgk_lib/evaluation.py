@@ -1,48 +1,62 @@
-"""Scores of a model on a split, and the metric dictionary reported per epoch and at test time."""
+r"""Scores of a model on a split, the metric dictionary of every epoch and of the test, and the
+degeneracy diagnostics of a finished run.
+
+Metric names come from :func:`avgk_lib.sets.metric_key`: ``top{K}_{micro,macro}`` for integer K
+(<= C), ``avg{K}_{micro,macro,size,threshold}`` for every K. Test metrics add
+``top1_mode_share``: the share of inputs whose top-1 class is the most frequent top-1 class
+(1/C for a balanced, healthy classifier; near 1 when the model predicts one class for all).
+"""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from . import metrics as M
-from .objectives import Objective, to_scores
+from .objectives import Objective
+from .sets import AverageK, k_label, metric_key, set_coverage, set_size
 
+__all__ = [
+    "collect_scores",
+    "degeneracy_warnings",
+    "k_label",
+    "metric_dict",
+    "calibrated_test_metrics",
+    "top1_mode_share",
+]
 
-def k_label(k: float) -> str:
-    """``2.0 -> "2"``, ``1.5 -> "1.5"`` (metric names)."""
-    return str(int(k)) if float(k).is_integer() else f"{k:g}"
+# a run is flagged when one class is the top-1 prediction of more than this share of test inputs
+MODE_SHARE_LIMIT = 0.5
 
 
 @torch.no_grad()
 def collect_scores(
-    model: nn.Module,
-    loader,
-    objective: Objective,
-    loss_fn: nn.Module,
-    eval_head: str = "multilabel",
-    autocast: AbstractContextManager | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class scores (float32) and labels of every sample of ``loader``, in loader order.
+    model: nn.Module, loader, objective: Objective, autocast: AbstractContextManager | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-class scores (float32) of every head (``{"main": s}`` or ``{"softmax": ..,
+    "multilabel": ..}``) and the targets of every sample of ``loader``, in loader order.
 
     Under ``torch.distributed`` each rank scores its shard and the shards are all-gathered, so
     every rank returns the scores of the whole split (needed before calibrating a threshold)."""
     was_training = model.training
     model.eval()
-    scores, labels = [], []
+    scores: dict[str, list[torch.Tensor]] = {head: [] for head in objective.heads}
+    targets = []
     for x, y, _ in loader:
         with autocast or nullcontext():
             outputs = model(x)
-        scores.append(to_scores(outputs, objective, loss_fn, eval_head))
-        labels.append(y)
+        for head, s in objective.head_scores(outputs).items():
+            scores[head].append(s)
+        targets.append(y)
     model.train(was_training)
-    s, y = torch.cat(scores), torch.cat(labels)
+    out, y = {head: torch.cat(parts) for head, parts in scores.items()}, torch.cat(targets)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        s, y = _all_gather_rows(s), _all_gather_rows(y)
-    return s, y
+        out, y = {head: _all_gather_rows(s) for head, s in out.items()}, _all_gather_rows(y)
+    return out, y
 
 
 def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
@@ -65,26 +79,61 @@ def metric_dict(
     ks: list[float],
     thresholds: dict[float, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[float, torch.Tensor]]:
-    """Top-K (integer K) and average-K metrics, micro and macro, for every K in ``ks``.
+    """Top-K (integer K <= C) and average-K metrics, micro and macro, for every K in ``ks``.
 
     ``thresholds`` (per K) calibrated elsewhere are reused (test time); otherwise they are
     calibrated on these scores (validation). Returns the metrics and the thresholds used."""
     out: dict[str, float] = {}
     used: dict[float, torch.Tensor] = {}
     n_classes = scores.shape[1]
-    rows = torch.arange(len(targets), device=targets.device)
     for k in ks:
-        name = k_label(k)
         if float(k).is_integer() and k <= n_classes:
             hits = M.topk_correct(scores, targets, int(k))
-            out[f"top{name}_micro"] = M.aggregate_hits(hits, targets, n_classes, "micro")
-            out[f"top{name}_macro"] = M.aggregate_hits(hits, targets, n_classes, "macro")
-        threshold = thresholds[k] if thresholds is not None else M.average_k_threshold(scores, k)
-        used[k] = threshold
-        sets = M.average_k_sets(scores, threshold)
-        hits = sets[rows, targets.long()]
-        out[f"avg{name}_micro"] = M.aggregate_hits(hits, targets, n_classes, "micro")
-        out[f"avg{name}_macro"] = M.aggregate_hits(hits, targets, n_classes, "macro")
-        out[f"avg{name}_size"] = float(sets.sum(1).double().mean())
-        out[f"avg{name}_threshold"] = float(threshold)
+            for average in ("micro", "macro"):
+                out[metric_key("top", k, average)] = M.aggregate_hits(hits, targets, n_classes, average)
+        predictor = AverageK(k)
+        if thresholds is None:
+            predictor.calibrate(scores, targets)
+        else:
+            predictor.threshold = thresholds[k]
+        used[k] = predictor.threshold
+        sets = predictor.predict(scores)
+        for average in ("micro", "macro"):
+            out[metric_key("avg", k, average)] = set_coverage(sets, targets, average)
+        out[metric_key("avg", k, "size")] = set_size(sets)
+        out[metric_key("avg", k, "threshold")] = float(predictor.threshold)
     return out, used
+
+
+def top1_mode_share(scores: torch.Tensor) -> float:
+    """Share of inputs whose top-1 class is the most frequent top-1 class (collapse diagnostic)."""
+    top1 = scores.argmax(dim=1)
+    return float(torch.bincount(top1, minlength=scores.shape[1]).max()) / max(len(top1), 1)
+
+
+def calibrated_test_metrics(
+    val_scores: torch.Tensor, val_targets: torch.Tensor, test_scores: torch.Tensor, test_targets: torch.Tensor, ks
+) -> dict[str, float]:
+    """Test metrics with average-K thresholds calibrated on validation, plus ``top1_mode_share``."""
+    _, thresholds = metric_dict(val_scores, val_targets, ks)
+    metrics, _ = metric_dict(test_scores, test_targets, ks, thresholds)
+    metrics["top1_mode_share"] = top1_mode_share(test_scores)
+    return metrics
+
+
+def degeneracy_warnings(metrics: dict[str, Any], n_classes: int, ks, label: str) -> list[str]:
+    """Warnings for a degenerate evaluation: one class is the top-1 prediction of more than
+    :data:`MODE_SHARE_LIMIT` of the inputs, or the average-K sets hold every class for every
+    input (mean size C)."""
+    warnings = []
+    share = metrics.get("top1_mode_share")
+    if share is not None and share > MODE_SHARE_LIMIT:
+        warnings.append(
+            f"{label}: one class is the top-1 prediction of {share:.0%} of the test inputs (> "
+            f"{MODE_SHARE_LIMIT:.0%}): the model may have collapsed"
+        )
+    for k in ks:
+        size = metrics.get(metric_key("avg", k, "size"))
+        if size is not None and size >= n_classes:
+            warnings.append(f"{label}: every average-{k_label(k)} set contains all {n_classes} classes")
+    return warnings

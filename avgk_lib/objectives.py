@@ -1,39 +1,37 @@
-"""Named training objectives: which loss, which head(s), and how scores become probabilities.
+"""Training objectives: a loss, the head(s) it needs, and how model outputs become scores.
 
-Each entry of :data:`OBJECTIVES` tells the trainer how to build the loss from a few
-hyperparameters, which head the model needs (linear or cosine, one or two heads), whether the
-loss needs the dataset indices of the batch (ROLE), and how the model's outputs are turned into
-the per-class scores that top-K and average-K metrics threshold:
+:data:`OBJECTIVES` describes each named loss (:class:`ObjectiveSpec`): which loss module it
+builds, which hyperparameters it exposes (their defaults are read from the signatures of the
+:mod:`avgk_lib.functional` function and :mod:`avgk_lib.losses` module, never restated here),
+which head the model needs (linear or cosine, one or two heads), and how outputs become the
+per-class scores that top-K and average-K metrics threshold:
 
-* ``softmax``: softmax of the logits (cross-entropy, top-K losses, P2's softmax head);
+* ``softmax``: softmax of the logits (cross-entropy, top-K losses, P2's softmax head); cosine
+  heads are multiplied by the loss's ``scale`` first, as in their loss;
 * ``sigmoid``: independent sigmoids (multi-label heads: AN, AN-LS, WAN, EPR, ROLE, P2's
   multi-label head). Average-K thresholds these directly, as P2 does.
+
+:func:`build_objective` turns a spec and options into an :class:`Objective`, the object the
+trainer uses: ``objective.loss(outputs, batch)`` and ``objective.scores(outputs)``.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional as AF
 from . import losses as L
 
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    build: Callable[[dict[str, Any]], nn.Module]
-    head: str = "linear"
-    two_head: bool = False
-    needs_indices: bool = False
-    scores: str = "softmax"
-    integer_k: bool = False
-    description: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
+ScoreKind = Literal["softmax", "sigmoid"]
+HeadName = Literal["softmax", "multilabel"]
 
 
 class CrossEntropy(nn.Module):
@@ -47,125 +45,243 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits.float() * self.scale, targets)
 
 
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """Static description of a named objective.
+
+    ``build(options)`` receives the merged options: the tunable ``options`` (defaults from the
+    signatures of ``function`` and ``module``, then ``overrides``, then the user's values) plus
+    the run's ``k``, ``n_classes``, ``class_counts`` and ``n_train``."""
+
+    name: str
+    build: Callable[[dict[str, Any]], nn.Module]
+    function: Callable[..., Any] | None = None
+    module: type[nn.Module] | None = None
+    options: tuple[str, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
+    head: Literal["linear", "cosine"] = "linear"
+    two_head: bool = False
+    needs_indices: bool = False
+    score_kind: ScoreKind = "softmax"
+    integer_k: bool = False
+    description: str = ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Default of every tunable option: the loss signatures, then ``overrides``."""
+        found = {**_signature_defaults(self.module), **_signature_defaults(self.function)}
+        return {name: self.overrides.get(name, found[name]) for name in self.options}
+
+    @property
+    def option_types(self) -> dict[str, type]:
+        """Python type of every tunable option, from the loss signatures' annotations."""
+        hints = {**_signature_types(self.module), **_signature_types(self.function)}
+        return {name: hints[name] for name in self.options}
+
+    @property
+    def scores(self) -> ScoreKind:
+        """Score kind of the main head (name kept from earlier versions)."""
+        return self.score_kind
+
+
+def _callable_of(obj: Any) -> Callable[..., Any] | None:
+    return obj.__init__ if isinstance(obj, type) else obj
+
+
+def _signature_defaults(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    params = inspect.signature(_callable_of(obj)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _signature_types(obj: Any) -> dict[str, type]:
+    if obj is None:
+        return {}
+    out = {}
+    for name, hint in typing.get_type_hints(_callable_of(obj)).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if typing.get_origin(hint) is not Literal and args else hint
+        out[name] = str if typing.get_origin(hint) is Literal else base
+    return out
+
+
 def _int_k(o: dict[str, Any]) -> int:
     k = o["k"]
     if float(k) != int(k):
-        raise ValueError(f"`--k` must be an integer for the top-K loss {o['loss']!r}, got {k}")
+        raise ValueError(f"`k` must be an integer for the top-K loss {o['loss']!r}, got {k}")
     return int(k)
 
 
-OBJECTIVES: dict[str, Objective] = {
-    o.name: o
-    for o in [
-        Objective("cross_entropy", lambda o: CrossEntropy(), description="softmax cross-entropy"),
-        Objective(
-            "noised_topk",
-            lambda o: L.NoisedTopKLoss(_int_k(o), o["epsilon"], o["n_samples"]),
-            integer_k=True,
-            defaults={"epsilon": 1.0, "n_samples": 5},
-            description="P1 balanced noised top-K hinge",
-        ),
-        Objective(
-            "imbalanced_noised_topk",
-            lambda o: L.ImbalancedNoisedTopKLoss(
-                _int_k(o), o["class_counts"], o["epsilon"], o["n_samples"], o["max_margin"], o["scale"]
-            ),
-            head="cosine",
-            integer_k=True,
-            defaults={"epsilon": 0.01, "n_samples": 5, "max_margin": 0.2, "scale": 60.0},
-            description="P1 imbalanced noised top-K (cosine head)",
-        ),
-        Objective(
-            "smooth_topk_svm",
-            lambda o: L.SmoothTopKSVMLoss(_int_k(o), o["tau"], o["alpha"]),
-            integer_k=True,
-            defaults={"tau": 1.0, "alpha": 1.0},
-            description="Berrada et al. smooth top-k SVM",
-        ),
-        Objective("topk_hinge", lambda o: L.TopKHingeLoss(_int_k(o)), integer_k=True, description="hard top-K hinge"),
-        Objective("focal", lambda o: L.FocalLoss(o["gamma"]), defaults={"gamma": 2.0}, description="focal loss"),
-        Objective(
-            "ldam",
-            lambda o: L.LDAMLoss(o["class_counts"], o["max_margin"], o["scale"]),
-            head="cosine",
-            defaults={"max_margin": 0.5, "scale": 30.0},
-            description="LDAM (cosine head)",
-        ),
-        Objective(
-            "assume_negative", lambda o: L.AssumeNegativeLoss(), scores="sigmoid", description="AN (Cole et al.)"
-        ),
-        Objective(
-            "an_ls",
-            lambda o: L.AssumeNegativeLoss(label_smoothing=o["label_smoothing"]),
-            scores="sigmoid",
-            defaults={"label_smoothing": 0.1},
-            description="AN with label smoothing",
-        ),
-        Objective(
-            "wan",
-            lambda o: L.AssumeNegativeLoss(negative_weight=1.0 / (o["n_classes"] - 1)),
-            scores="sigmoid",
-            description="weak AN, negatives weighted 1/(C-1)",
-        ),
-        Objective("epr", lambda o: L.EPRLoss(o["k"]), scores="sigmoid", description="expected-positive regularizer"),
-        Objective(
-            "role",
-            lambda o: L.ROLELoss(o["n_train"], o["n_classes"], o["k"]),
-            scores="sigmoid",
-            needs_indices=True,
-            description="online label estimation (Cole et al.)",
-        ),
-        Objective(
-            "two_head",
-            lambda o: L.TwoHeadLoss(
-                o["k"],
-                o["weight"],
-                rule=o["rule"],
-                class_reduction=o["class_reduction"],
-                warmup_epochs=o.get("warmup_epochs", 0),
-            ),
-            two_head=True,
-            defaults={"weight": 1.0, "rule": "exact", "class_reduction": "mean"},
-            description="P2 two-head loss",
-        ),
-    ]
-}
+def _pick(o: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {n: o[n] for n in names}
 
 
-def get_objective(name: str) -> Objective:
+_SPECS = [
+    ObjectiveSpec("cross_entropy", lambda o: CrossEntropy(), description="softmax cross-entropy"),
+    ObjectiveSpec(
+        "noised_topk",
+        lambda o: L.NoisedTopKLoss(_int_k(o), **_pick(o, "epsilon", "n_samples")),
+        AF.noised_topk_loss,
+        L.NoisedTopKLoss,
+        ("epsilon", "n_samples"),
+        integer_k=True,
+        description="P1 balanced noised top-K hinge",
+    ),
+    ObjectiveSpec(
+        "imbalanced_noised_topk",
+        lambda o: L.ImbalancedNoisedTopKLoss(
+            _int_k(o), o["class_counts"], **_pick(o, "epsilon", "n_samples", "max_margin", "scale")
+        ),
+        AF.imbalanced_noised_topk_loss,
+        L.ImbalancedNoisedTopKLoss,
+        ("epsilon", "n_samples", "max_margin", "scale"),
+        head="cosine",
+        integer_k=True,
+        description="P1 imbalanced noised top-K (cosine head)",
+    ),
+    ObjectiveSpec(
+        "smooth_topk_svm",
+        lambda o: L.SmoothTopKSVMLoss(_int_k(o), **_pick(o, "tau", "alpha")),
+        AF.smooth_topk_svm_loss,
+        L.SmoothTopKSVMLoss,
+        ("tau", "alpha"),
+        integer_k=True,
+        description="Berrada et al. smooth top-k SVM",
+    ),
+    ObjectiveSpec("topk_hinge", lambda o: L.TopKHingeLoss(_int_k(o)), integer_k=True, description="hard top-K hinge"),
+    ObjectiveSpec(
+        "focal", lambda o: L.FocalLoss(o["gamma"]), AF.focal_loss, L.FocalLoss, ("gamma",), description="focal loss"
+    ),
+    ObjectiveSpec(
+        "ldam",
+        lambda o: L.LDAMLoss(o["class_counts"], **_pick(o, "max_margin", "scale")),
+        AF.ldam_loss,
+        L.LDAMLoss,
+        ("max_margin", "scale"),
+        head="cosine",
+        description="LDAM (cosine head)",
+    ),
+    ObjectiveSpec(
+        "assume_negative", lambda o: L.AssumeNegativeLoss(), score_kind="sigmoid", description="AN (Cole et al.)"
+    ),
+    ObjectiveSpec(
+        "an_ls",
+        lambda o: L.AssumeNegativeLoss(label_smoothing=o["label_smoothing"]),
+        AF.assume_negative_loss,
+        L.AssumeNegativeLoss,
+        ("label_smoothing",),
+        overrides={"label_smoothing": 0.1},  # AN-LS is AN with smoothing; 0.1 as in Cole et al. 2021
+        score_kind="sigmoid",
+        description="AN with label smoothing",
+    ),
+    ObjectiveSpec(
+        "wan",
+        lambda o: L.AssumeNegativeLoss(negative_weight=1.0 / (o["n_classes"] - 1)),
+        score_kind="sigmoid",
+        description="weak AN, negatives weighted 1/(C-1)",
+    ),
+    ObjectiveSpec(
+        "epr", lambda o: L.EPRLoss(o["k"]), score_kind="sigmoid", description="expected-positive regularizer"
+    ),
+    ObjectiveSpec(
+        "role",
+        lambda o: L.ROLELoss(o["n_train"], o["n_classes"], o["k"]),
+        score_kind="sigmoid",
+        needs_indices=True,
+        description="online label estimation (Cole et al.)",
+    ),
+    ObjectiveSpec(
+        "two_head",
+        lambda o: L.TwoHeadLoss(o["k"], **_pick(o, "weight", "rule", "class_reduction", "warmup_epochs")),
+        AF.two_head_loss,
+        L.TwoHeadLoss,
+        ("weight", "rule", "class_reduction", "warmup_epochs"),
+        two_head=True,
+        description="P2 two-head loss",
+    ),
+]
+OBJECTIVES: dict[str, ObjectiveSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    """The :class:`ObjectiveSpec` called ``name``; ``ValueError`` listing the valid names otherwise."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name]
 
 
-def build_loss(name: str, options: dict[str, Any]) -> nn.Module:
-    """Build the loss module of objective ``name`` from its defaults updated by ``options``."""
-    objective = get_objective(name)
-    merged = {**objective.defaults, **options, "loss": name}
-    return objective.build(merged)
+def loss_option_types() -> dict[str, type]:
+    """Every tunable loss option of any objective and its type (the CLI's loss flags)."""
+    out: dict[str, type] = {}
+    for spec in OBJECTIVES.values():
+        out.update(spec.option_types)
+    return out
 
 
-def to_scores(outputs, objective: Objective, loss_fn: nn.Module, eval_head: str = "multilabel") -> torch.Tensor:
-    """Per-class scores in [0, 1] used by the metrics, from raw model outputs (float32).
+def check_loss_options(name: str, options: dict[str, Any]) -> None:
+    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use."""
+    spec = get_objective(name)
+    for key in options:
+        if key not in spec.options:
+            accepted = ", ".join(spec.options) or "none"
+            raise ValueError(f"`{key}` is not an option of the loss {name!r} (its options: {accepted})")
 
-    Cosine heads are scaled by the loss's ``scale`` before the softmax, as in their loss."""
-    if objective.two_head:
-        softmax_logits, multilabel_logits = outputs
-        if eval_head == "multilabel":
-            return torch.sigmoid(multilabel_logits.float())
-        if eval_head == "softmax":
-            return torch.softmax(softmax_logits.float(), dim=1)
+
+class Objective:
+    """A built objective: the loss module and how to score outputs.
+
+    ``loss(outputs, batch)`` with ``batch = (x, targets, indices)``; ``scores(outputs, head)``
+    gives the per-class scores in [0, 1] (float32) of one head (``None``: the evaluated head,
+    ``eval_head`` for two-head models); ``head_scores(outputs)`` gives every head's."""
+
+    def __init__(self, spec: ObjectiveSpec, loss_fn: nn.Module, *, eval_head: HeadName, scale: float) -> None:
+        self.spec = spec
+        self.loss_fn = loss_fn
+        self.eval_head = eval_head
+        self.scale = scale
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return ("softmax", "multilabel") if self.spec.two_head else ("main",)
+
+    def loss(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        _, targets, indices = batch
+        if self.spec.two_head:
+            return self.loss_fn(outputs[0], outputs[1], targets)
+        if self.spec.needs_indices:
+            return self.loss_fn(outputs, targets, indices)
+        return self.loss_fn(outputs, targets)
+
+    def head_scores(self, outputs: Any) -> dict[str, torch.Tensor]:
+        if self.spec.two_head:
+            softmax_logits, multilabel_logits = outputs
+            return {
+                "softmax": torch.softmax(softmax_logits.float(), dim=1),
+                "multilabel": torch.sigmoid(multilabel_logits.float()),
+            }
+        logits = outputs.float()
+        if self.spec.score_kind == "sigmoid":
+            return {"main": torch.sigmoid(logits)}
+        return {"main": torch.softmax(logits * self.scale, dim=1)}
+
+    def scores(self, outputs: Any, head: str | None = None) -> torch.Tensor:
+        head = head or (self.eval_head if self.spec.two_head else "main")
+        if head not in self.heads:
+            raise ValueError(f"`head` must be one of {self.heads}, got {head!r}")
+        return self.head_scores(outputs)[head]
+
+
+def build_objective(
+    name: str, options: dict[str, Any], *, run: dict[str, Any], eval_head: HeadName = "multilabel"
+) -> Objective:
+    """Build objective ``name``: its defaults updated by ``options`` (only its own tunable
+    options), plus the ``run`` facts ``k``, ``n_classes``, ``class_counts``, ``n_train``."""
+    spec = get_objective(name)
+    check_loss_options(name, options)
+    if eval_head not in ("multilabel", "softmax"):
         raise ValueError(f"`eval_head` must be 'multilabel' or 'softmax', got {eval_head!r}")
-    logits = outputs.float()
-    if objective.scores == "sigmoid":
-        return torch.sigmoid(logits)
-    scale = float(getattr(loss_fn, "scale", 1.0)) if objective.head == "cosine" else 1.0
-    return torch.softmax(logits * scale, dim=1)
-
-
-def compute_loss(loss_fn: nn.Module, objective: Objective, outputs, targets, indices) -> torch.Tensor:
-    if objective.two_head:
-        return loss_fn(outputs[0], outputs[1], targets)
-    if objective.needs_indices:
-        return loss_fn(outputs, targets, indices)
-    return loss_fn(outputs, targets)
+    merged = {**spec.defaults, **options, **run, "loss": name}
+    loss_fn = spec.build(merged)
+    scale = float(merged["scale"]) if spec.head == "cosine" and "scale" in merged else 1.0
+    return Objective(spec, loss_fn, eval_head=eval_head, scale=scale)

@@ -1,0 +1,273 @@
+"""One training run's configuration: :class:`TrainConfig`, the single schema of the trainer.
+
+Every field carries its help text in ``metadata["help"]``; the CLI's ``train`` flags are
+generated from the fields (:func:`avgk_lib.cli.add_config_arguments`), and the loss
+hyperparameters' defaults come from the loss signatures (:mod:`avgk_lib.objectives`).
+:meth:`TrainConfig.validate` checks every field and returns a new, normalised config (it never
+mutates); :meth:`TrainConfig.fingerprint` is the run-cache key, salted with
+:data:`CACHE_FORMAT_VERSION` so that runs cached by an older format are never reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .data import LOADERS
+from .models import MODELS
+from .objectives import OBJECTIVES, get_objective
+from .sets import metric_key
+
+# Bump when the content of results.json or of the checkpoints changes meaning: cached runs of an
+# older format then get a new fingerprint and are trained again instead of being reused.
+CACHE_FORMAT_VERSION = 2
+
+DEFAULT_MODELS = {
+    "synthetic": "mlp",
+    "fashion_mnist": "small_cnn",
+    "cifar100": "resnet18_cifar",
+    "plantnet300k": "resnet50",
+}
+_SELECT = re.compile(r"^(top|avg)([0-9]+(?:\.[0-9]+)?)_(micro|macro)$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; ``field`` names the :class:`TrainConfig` field (or the
+    dataset/loss option) at fault, e.g. ``"batch_size"`` (the CLI flag ``--batch-size``)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"`{field_name}` {message}")
+        self.field = field_name
+        self.detail = message
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Every field is a CLI flag of ``python -m avgk_lib train``.
+
+    ``milestones`` are the epochs (1-based) from which the step schedule multiplies the learning
+    rate by ``lr_gamma`` (P1's CIFAR recipe: ``[151, 226]``). ``select_metric="auto"`` selects
+    on validation top-K micro accuracy (top-K losses) or average-K micro accuracy (average-K
+    losses) at the loss's K. ``max_batches`` caps the training batches per epoch (smoke runs).
+    """
+
+    dataset: str = _opt("synthetic", "dataset: " + ", ".join(LOADERS))
+    dataset_options: dict[str, Any] = _opt({}, "keyword arguments of the dataset loader")
+    model: str = _opt("auto", "auto (the dataset's default) or one of: " + ", ".join(MODELS))
+    loss: str = _opt("cross_entropy", "training objective (python -m avgk_lib list)")
+    k: float = _opt(5.0, "K of the loss (average-K losses accept fractions, e.g. 1.5)")
+    loss_options: dict[str, Any] = _opt({}, "loss hyperparameters (default: the loss's own)")
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(128, "training batch size (per process under torchrun)")
+    optimizer: Literal["sgd", "adamw"] = _opt("sgd", "optimizer")
+    lr: float = _opt(0.1, "learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(True, "Nesterov momentum (SGD)")
+    weight_decay: float = _opt(1e-4, "weight decay of the weights (not of biases and norms)")
+    scheduler: Literal["step", "cosine", "onecycle", "none"] = _opt("cosine", "learning-rate schedule")
+    milestones: list[int] = _opt([], "epochs where the step schedule decays the lr, e.g. '151 226'")
+    lr_gamma: float = _opt(0.1, "factor of each step decay")
+    loss_lr_multiplier: float = _opt(1.0, "lr factor of the loss's own parameters (ROLE's table)")
+    seed: int = _opt(0, "random seed (initialisation, batches, noise)")
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    amp: Literal["auto", "bf16", "fp16", "off"] = _opt("auto", "mixed precision on CUDA")
+    channels_last: bool | None = _opt(None, "channels_last memory format (default: on CUDA for images)")
+    compile: bool = _opt(False, "torch.compile the model")
+    eval_ks: list[float] = _opt([1.0, 2.0, 3.0, 5.0], "K values of the metrics, e.g. '1 2 3 5'")
+    select_metric: str = _opt("auto", "validation metric of the best epoch, e.g. top5_macro, avg2_micro")
+    eval_head: Literal["multilabel", "softmax"] = _opt("multilabel", "two_head: the head evaluated in `test`")
+    head: Literal["auto", "linear", "cosine"] = _opt("auto", "classification head (auto: the loss's)")
+    detach_multilabel: bool = _opt(False, "two_head: the multi-label head does not train the backbone")
+    pretrained: bool = _opt(False, "ImageNet weights (resnet50; needs them cached or internet)")
+    workers: int = _opt(4, "DataLoader workers (image folders)")
+    max_batches: int | None = _opt(None, "cap of training batches per epoch (smoke runs)")
+    save_scores: bool = _opt(True, "write scores.pt (validation and test scores of the best model)")
+
+    def resolved_model(self) -> str:
+        return DEFAULT_MODELS.get(self.dataset, "mlp") if self.model == "auto" else self.model
+
+    def resolved_select_metric(self) -> str:
+        if self.select_metric != "auto":
+            return self.select_metric
+        kind = "top" if get_objective(self.loss).integer_k else "avg"
+        return metric_key(kind, self.k, "micro")
+
+    def normalized(self) -> TrainConfig:
+        """A copy with ``eval_ks`` as sorted floats including ``k`` (never raises on bad values)."""
+        try:
+            ks = sorted({*(float(k) for k in self.eval_ks), float(self.k)})
+        except (TypeError, ValueError):
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, eval_ks=ks)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result (not the device, the workers or the
+        display), salted with :data:`CACHE_FORMAT_VERSION`; equal for a config and its
+        :meth:`validate` d copy."""
+        keep = {k: v for k, v in dataclasses.asdict(self.normalized()).items() if k not in ("device", "workers")}
+        keep["cache_format_version"] = CACHE_FORMAT_VERSION
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def validate(self) -> TrainConfig:
+        """Check every field; return a new normalised config. Raises :class:`ConfigError`."""
+        _check_names(self)
+        _check_numbers(self)
+        _check_choices(self)
+        _check_lists(self)
+        cfg = self.normalized()
+        _check_select_metric(cfg)
+        return cfg
+
+
+def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value >= high):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigError(name, f"must be finite and {bound}{f' and < {high:g}' if high else ''}, got {value}")
+    return float(value)
+
+
+def _int(cfg: TrainConfig, name: str, low: int, *, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < low:
+        raise ConfigError(name, f"must be >= {low}, got {value}")
+
+
+def _check_names(cfg: TrainConfig) -> None:
+    if cfg.dataset not in LOADERS:
+        raise ConfigError("dataset", f"is unknown: {cfg.dataset!r}; valid names: {', '.join(sorted(LOADERS))}")
+    if cfg.model != "auto" and cfg.model not in MODELS:
+        raise ConfigError("model", f"is unknown: {cfg.model!r}; valid names: auto, {', '.join(MODELS)}")
+    if cfg.loss not in OBJECTIVES:
+        raise ConfigError("loss", f"is unknown: {cfg.loss!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
+    spec = get_objective(cfg.loss)
+    for name, options in (("loss_options", cfg.loss_options), ("dataset_options", cfg.dataset_options)):
+        if not isinstance(options, dict):
+            raise ConfigError(name, f"must be a dict, got {type(options).__name__}")
+    for key in cfg.loss_options:
+        if key not in spec.options:
+            accepted = ", ".join(spec.options) or "none"
+            raise ConfigError(key, f"is not an option of the loss {cfg.loss!r} (its options: {accepted})")
+    _check_dataset_options(cfg.dataset, cfg.dataset_options)
+    k = _real(cfg, "k", 0.0, strict=True)
+    if spec.integer_k and not k.is_integer():
+        raise ConfigError("k", f"must be an integer for the top-K loss {cfg.loss!r}, got {k:g}")
+    if spec.two_head and k < 1:
+        raise ConfigError("k", f"must be >= 1 for the two-head loss (the true label is a positive), got {k:g}")
+
+
+def dataset_option_types(dataset: str | None = None) -> dict[str, type]:
+    """Keyword options of a dataset loader (of every loader when ``dataset`` is None) and their types."""
+    loaders = LOADERS.values() if dataset is None else [LOADERS[dataset]]
+    out: dict[str, type] = {}
+    for loader in loaders:
+        for name, hint in typing.get_type_hints(loader).items():
+            if name != "return":
+                args = [a for a in typing.get_args(hint) if a is not type(None)]
+                out[name] = args[0] if args else hint
+    return out
+
+
+def _is_count(name: str) -> bool:
+    return name.startswith("n_") or name.endswith(("_subset", "_size")) or name in ("dim", "resize", "crop")
+
+
+def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
+    """Known option names, the annotated types, counts >= 1 and seeds >= 0 (each error names the option)."""
+    types = dataset_option_types(dataset)
+    for key, value in options.items():
+        if key not in types:
+            raise ConfigError(key, f"does not apply to dataset {dataset!r} (its options: {', '.join(types)})")
+        kind = types[key]
+        if value is None or kind in (str, Path):
+            continue
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(key, f"must be True or False, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        if kind is float and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        if kind is int and value < (1 if _is_count(key) else 0):
+            raise ConfigError(key, f"must be >= {1 if _is_count(key) else 0}, got {value}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    _int(cfg, "epochs", 1)
+    _int(cfg, "batch_size", 1)
+    _int(cfg, "seed", 0)
+    _int(cfg, "workers", 0)
+    _int(cfg, "max_batches", 1, optional=True)
+    _real(cfg, "lr", 0.0, strict=True)
+    _real(cfg, "momentum", 0.0, high=1.0)
+    _real(cfg, "weight_decay", 0.0)
+    _real(cfg, "lr_gamma", 0.0, strict=True)
+    _real(cfg, "loss_lr_multiplier", 0.0)
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+        if choices and getattr(cfg, name) not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    for name in ("nesterov", "compile", "detach_multilabel", "pretrained", "save_scores"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(name, f"must be True or False, got {getattr(cfg, name)!r}")
+    if cfg.channels_last is not None and not isinstance(cfg.channels_last, bool):
+        raise ConfigError("channels_last", f"must be True, False or None, got {cfg.channels_last!r}")
+    if not isinstance(cfg.device, str):
+        raise ConfigError("device", f"must be a string, got {cfg.device!r}")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise ConfigError("device", f"is not a device name: {cfg.device!r} (auto, cpu, cuda, cuda:1 ...)") from None
+
+
+def _check_lists(cfg: TrainConfig) -> None:
+    if not isinstance(cfg.milestones, (list, tuple)) or not all(
+        isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in cfg.milestones
+    ):
+        raise ConfigError("milestones", f"must be a list of epochs >= 1, got {cfg.milestones!r}")
+    if not isinstance(cfg.eval_ks, (list, tuple)) or not cfg.eval_ks:
+        raise ConfigError("eval_ks", f"must be a non-empty list of K values, got {cfg.eval_ks!r}")
+    for k in cfg.eval_ks:
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+            raise ConfigError("eval_ks", f"must hold finite K values > 0, got {k!r}")
+
+
+def _check_select_metric(cfg: TrainConfig) -> None:
+    if cfg.select_metric == "auto":
+        return
+    match = _SELECT.match(str(cfg.select_metric))
+    if match is None:
+        raise ConfigError("select_metric", f"must be auto or like top5_micro, avg1.5_macro, got {cfg.select_metric!r}")
+    kind, k = match.group(1), float(match.group(2))
+    if k not in cfg.eval_ks or (kind == "top" and not k.is_integer()):
+        raise ConfigError(
+            "select_metric",
+            f"{cfg.select_metric!r} is not computed: its K must be an integer in eval_ks for top-K "
+            f"and in eval_ks for average-K ({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
+        )

@@ -1,0 +1,170 @@
+"""The command line: every user mistake ends with one line ``error: ...`` naming the flag and exit
+code 2 before anything trains; a diverged run ends with one line and exit code 1; ``--debug``
+shows the traceback. Sized tiny (synthetic data, a few hundred samples, one epoch)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avgk_lib.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n-train", "300", "--n-val", "100", "--n-test", "100", "--n-classes", "8", "--dim", "4", "--n-groups", "2"]
+QUICK = ["--dataset", "synthetic", *TINY, "--epochs", "1", "--batch-size", "64", "--no-progress"]
+
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_line_error(code: int, err: str, *words: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--epochs", "0"], ["--epochs", ">= 1"]),
+        (["--epochs", "x"], ["--epochs"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--k", "-1"], ["--k"]),
+        (["--lr", "nan"], ["--lr"]),
+        (["--lr", "0"], ["--lr"]),
+        (["--momentum", "1"], ["--momentum"]),
+        (["--n-train", "0"], ["--n-train", ">= 1"]),
+        (["--model", "nosuch"], ["--model", "valid names"]),
+        (["--device", "foo"], ["--device"]),
+        (["--device", "cuda:7"], ["--device"]),
+        (["--loss", "nosuch"], ["--loss", "valid names", "two_head"]),
+        (["--max-batches", "-1"], ["--max-batches", ">= 1"]),
+        (["--max-batches", "0"], ["--max-batches"]),
+        (["--select-metric", "top7_micro"], ["--select-metric"]),
+        (["--select-metric", "accuracy"], ["--select-metric"]),
+        (["--optimizer", "adam"], ["--optimizer"]),
+        (["--tau", "1"], ["--tau", "cross_entropy"]),
+        (["--eval-ks", "0"], ["--eval-ks"]),
+        (["--eval-ks", "a,b"], ["--eval-ks"]),
+        (["--eval-ks", "9"], ["--eval-ks", "number of classes"]),
+        (["--milestones", "0"], ["--milestones"]),
+        (["--loss", "noised_topk", "--k", "1.5"], ["--k", "integer"]),
+        (["--loss", "noised_topk", "--k", "8"], ["--k", "number of classes"]),
+        (["--loss", "noised_topk", "--k", "2", "--epsilon", "-1"], ["--epsilon"]),
+        (["--loss", "two_head", "--k", "1.5", "--rule", "nosuch"], ["--rule"]),
+        (["--batch-size", "5000"], ["--batch-size", "no full training batch"]),
+    ],
+)
+def test_train_mistakes_end_in_one_line_naming_the_flag(args, words, capsys, tmp_path):
+    code, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "run"), *args], capsys)
+    _assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing trained
+
+
+def test_dataset_option_of_another_dataset_and_unknown_experiment(capsys):
+    _assert_one_line_error(*_cli(["train", "--dataset", "plantnet300k", "--n-train", "10"], capsys)[::2], "--n-train")
+    _assert_one_line_error(*_cli(["run", "nosuch"], capsys)[::2], "nosuch", "valid names")
+    _assert_one_line_error(*_cli(["run", "label_noise", "--preset", "huge"], capsys)[::2], "--preset")
+    _assert_one_line_error(*_cli(["nosuch"], capsys)[::2], "nosuch")
+
+
+def test_out_must_be_a_writable_folder(capsys, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _assert_one_line_error(*_cli(["train", *QUICK, "--out", str(a_file)], capsys)[::2], "--out", "not a folder")
+    unwritable = "/proc/avgk-cannot-write-here"  # not creatable, even by root
+    _assert_one_line_error(*_cli(["train", *QUICK, "--out", unwritable], capsys)[::2], "--out", "writable")
+
+
+def test_existing_runs_resume_and_checkpoint_mistakes(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    code, stdout, _ = _cli(["train", *QUICK, "--out", out, "--resume"], capsys)
+    assert code == 0 and "no checkpoint" in stdout and "starting fresh" in stdout
+    assert (tmp_path / "run" / "results.json").exists()
+    # an existing run without --resume, and a different configuration with --resume
+    _assert_one_line_error(*_cli(["train", *QUICK, "--out", out], capsys)[::2], "exists", "--resume")
+    other = ["train", *QUICK, "--lr", "0.01", "--out", out, "--resume"]
+    _assert_one_line_error(*_cli(other, capsys)[::2], "different configuration")
+    # a garbage, a truncated and a bit-flipped last.pt
+    last = tmp_path / "run" / "last.pt"
+    good = last.read_bytes()
+    for broken, word in [(b"garbage", "unreadable"), (good[: len(good) // 3], "unreadable")]:
+        last.write_bytes(broken)
+        _assert_one_line_error(*_cli(["train", *QUICK, "--out", out, "--resume"], capsys)[::2], "last.pt", word)
+    last.write_bytes(good)
+    code, _, err = _cli(["train", *QUICK, "--out", out, "--resume"], capsys)
+    assert code == 0, err
+
+
+def _subprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "avgk_lib", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "AVGK_PROGRESS": "0"},
+    )
+
+
+def test_subprocess_mistake_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    proc = _subprocess("train", *QUICK, "--epochs", "0", "--out", str(tmp_path / "a"))
+    _assert_one_line_error(proc.returncode, proc.stderr, "--epochs")
+    proc = _subprocess("train", *QUICK, "--epochs", "0", "--out", str(tmp_path / "a"), "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_subprocess_divergence_ends_in_one_line_and_no_results(tmp_path):
+    out = tmp_path / "diverged"
+    proc = _subprocess("train", *QUICK, "--epochs", "2", "--lr", "1e7", "--out", str(out))
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("error: training diverged at epoch ") and "step " in lines[0]
+    assert "loss " in lines[0] and "try a lower --lr" in lines[0]
+    assert not (out / "results.json").exists()
+
+
+def test_help_lists_generated_flags_with_loss_defaults(capsys):
+    code, out, _ = _cli(["train", "--help"], capsys)
+    assert code == 0
+    for text in ("--batch-size", "--no-nesterov", "--eval-head", "--epsilon", "noised_topk: 1.0", "--n-train"):
+        assert text in out
+    assert "--save-reference" not in _cli(["run", "--help"], capsys)[1]
+
+
+def test_list_and_quick_train_write_results(capsys, tmp_path):
+    code, out, _ = _cli(["list"], capsys)
+    assert code == 0 and "two_head" in out
+    code, out, err = _cli(["train", *QUICK, "--eval-ks", "1", "2", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["config"]["eval_ks"] == [1.0, 2.0, 5.0]  # K of the loss (5) added
+    assert results["config"]["dataset_options"]["n_train"] == 300
+
+
+def test_full_disk_during_a_run_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert "no space left on device" in lines[0] and str(tmp_path / "r") in lines[0]
+    assert not list((tmp_path / "r").glob(".*.tmp*"))
