@@ -78,3 +78,14 @@ def test_cost_ratios_from_a_benchmark_row():
     assert r["smooth SVM (ours) / noised"] == 3.0 and r["smooth SVM (difftopk) / noised"] == 5.0
     with pytest.raises(ValueError, match="rows"):
         A.cost_ratios([{"C": 1}])
+
+
+def test_cost_findings_state_the_computed_ranges():
+    base = {"cross_entropy": 1.0, "pytopk_noised": 8.0, "ours_svm": 12.0, "noise_draw": 2.0, "ours_noised": 4.0}
+    rows = [{**base, "C": 10, "K": 1, "difftopk_svm": 20.0}, {**base, "C": 10, "K": 5, "difftopk_svm": 40.0}]
+    text = A.cost_findings(A.cost_ratios(rows), where="a test")
+    assert text[0].startswith("The noised loss costs 4 to 4 times cross-entropy on a test")
+    assert "5.0 to 10.0 times slower" in text[1] and "5.0x at K = 1, 10.0x at K = 5 for C = 10" in text[1]
+    assert "3.0 to 3.0 times the noised loss" in text[2] and "2.0 to 2.0 times ours" in text[2]
+    with pytest.raises(ValueError, match="ratios"):
+        A.cost_findings([])

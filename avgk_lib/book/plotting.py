@@ -334,15 +334,16 @@ def coverage_size_curves(curves: dict[str, dict[str, Sequence[float]]], *, title
 def cost_curves(rows: list[dict[str, Any]], methods: dict[str, str], *, title: str = ""):
     """Milliseconds (log scale) against K, one panel per number of classes C, one line per method."""
     sizes = sorted({r["C"] for r in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(6.0, 4.6 * len(sizes)), 4.6), squeeze=False)
     for ax, n_classes in zip(axes[0], sizes, strict=True):
         part = sorted((r for r in rows if r["C"] == n_classes), key=lambda r: r["K"])
         for key, label in methods.items():
             ax.plot([r["K"] for r in part], [r[key] for r in part], marker="o", ms=4, label=label)
         ax.set_yscale("log")
         ax.set(xlabel="K", ylabel="ms per forward + backward", title=f"C = {n_classes}")
-    axes[0][-1].legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize="small", loc="lower center", ncol=min(3, len(labels)))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.13, 1.0, 1.0))
     return fig
