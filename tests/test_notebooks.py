@@ -4,6 +4,7 @@ import ast
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,23 @@ def test_site_check_reports_overflow_raw_math_cdn_and_missing_captions():
     problems = site.check_report("p", cdn + '<div class="math">', bad)
     assert len(problems) == 6 and any("network" in p for p in problems) and any("caption" in p for p in problems)
     assert site.check_report("p", local, None) == ["p: the in-page check did not run"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_site_check_measures_a_bad_page_in_the_browser(tmp_path):
+    site = _tool("check_site")
+    (tmp_path / "_images").mkdir()
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<html><body><main style="width: 600px">'
+        f'<pre style="white-space: pre; overflow-x: auto">{"x = 1; " * 200}</pre>'
+        '<p>Here is raw math: <span class="math">\\(a + b\\)</span></p>'
+        '<img src="_images/plot.png" alt="plot">'
+        '<figure><img src="_images/ok.png"><figcaption>A caption.</figcaption></figure>'
+        "</main></body></html>"
+    )
+    _, report = site.probe(site._chromium(), page)
+    assert report is not None and report["images"] == 2
+    assert len(report["overflow"]) == 1 and report["overflow"][0].startswith("pre")
+    assert report["untypeset"] == 1 and report["raw_math"] and report["uncaptioned"] == ["image 1"]
+    assert not list(tmp_path.glob(".probe-*"))  # the instrumented copy is removed

@@ -89,7 +89,10 @@ PROBE = r"""
       out.images += 1;
       var fig = img.closest("figure");
       if (!fig || !fig.querySelector("figcaption") || !text(fig.querySelector("figcaption"))) {
-        out.uncaptioned.push(src.split("/").pop());
+        var section = img.closest("section");
+        var heading = section ? section.querySelector("h1, h2, h3") : null;
+        var where = heading ? " under '" + text(heading).replace("#", "") + "'" : "";
+        out.uncaptioned.push("image " + out.images + where);
       }
     });
     var pre = document.createElement("pre");
@@ -173,7 +176,10 @@ def check_report(page: str, page_html: str, report: dict | None) -> list[str]:
     if report["untypeset"]:
         problems.append(f"{page}: {report['untypeset']} math elements not typeset")
     problems += [f"{page}: raw TeX left in the text: {item}" for item in report["raw_math"]]
-    problems += [f"{page}: figure without caption ({name})" for name in report["uncaptioned"]]
+    problems += [
+        f"{page}: figure without caption ({name}; give its cell the metadata mystnb.figure.caption and .name)"
+        for name in report["uncaptioned"]
+    ]
     return problems
 
 
