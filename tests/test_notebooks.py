@@ -1,7 +1,10 @@
 """Notebook hygiene: the conventions every chapter keeps (checked on the committed sources)."""
 
 import ast
+import importlib.util
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,117 @@ def test_cells_are_short_calls_into_the_library(nb):
         assert len(src.splitlines()) <= 25, f"cell too long:\n{src}"
     assert any("avgk_lib" in src for src in code)
     assert sum("NBVAL_CHECK_OUTPUT" in src for src in code) >= (1 if nb.stem[:2] in {"01", "02", "06"} else 0)
+
+
+# --- textbook structure (issue 13); the chapters listed here are checked, the others join when rewritten ---
+TEXTBOOK = [nb for nb in NOTEBOOKS if nb.stem[:2] in {"01", "02", "03", "06", "09"}]
+PLOT_CALL = re.compile(
+    r"\bP\.(lines|scatter_classes|gradient_bars|size_histograms|cost_curves|bar_table|"
+    r"coverage_size_curves|two_panels|summary_plot|heatmap|frequency_scatter)\(|plt\.subplots\("
+)
+
+
+@pytest.mark.parametrize("nb", TEXTBOOK, ids=lambda p: p.stem)
+def test_chapter_has_objectives_prerequisites_summary_and_exercises_with_hidden_solutions(nb):
+    text = "\n".join(_source(c) for c in _cells(nb) if c["cell_type"] == "markdown")
+    assert "Learning objectives" in text and "Prerequisites" in text
+    assert "## Summary" in text and "## Exercises" in text
+    exercises = re.findall(r"\*\*Exercise (\d+)\.\*\*", text)
+    solutions = re.findall(r"```\{admonition\} Solution to exercise (\d+)\n:class: dropdown", text)
+    assert len(exercises) >= 2 and exercises == solutions
+
+
+@pytest.mark.parametrize("nb", TEXTBOOK, ids=lambda p: p.stem)
+def test_every_figure_has_a_numbered_caption_and_the_banner_follows_the_parameters(nb):
+    cells = _cells(nb)
+    assert "D.preset_banner(PRESET)" in _source(cells[3])
+    names = []
+    for cell in cells:
+        if cell["cell_type"] == "code" and PLOT_CALL.search(_source(cell)):
+            figure = cell["metadata"].get("mystnb", {}).get("figure", {})
+            assert len(figure.get("caption", "")) > 40, f"figure cell without a caption:\n{_source(cell)}"
+            names.append(figure["name"])
+    assert names and len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("nb", TEXTBOOK, ids=lambda p: p.stem)
+def test_chapter_shows_library_source_where_a_method_is_introduced(nb):
+    if nb.stem.startswith("03"):
+        pytest.skip("chapter 3 measures code shown in chapter 2")
+    assert any("D.show_source(" in _source(c) for c in _cells(nb) if c["cell_type"] == "code")
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_folds_injected_parameters_into_the_parameters_cell():
+    runner = _tool("run_notebooks")
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["parameters"]},
+                "source": 'PRESET = "cpu"  # which preset\nSEED = 0',
+            },
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["injected-parameters"]},
+                "source": '# Parameters\nPRESET = "smoke"\nEXTRA = [1, 2]\n',
+            },
+            {"cell_type": "code", "metadata": {}, "source": "print(PRESET)"},
+        ]
+    }
+    assert runner.fold_injected_parameters(nb) == {"PRESET": "smoke", "EXTRA": [1, 2]}
+    assert [c["source"] for c in nb["cells"]][1:] == ["print(PRESET)"]
+    params = nb["cells"][0]["source"].splitlines()
+    assert params[0] == 'PRESET = "smoke"  # which preset' and params[1] == "SEED = 0"
+    assert params[2].startswith("EXTRA = [1, 2]")
+    assert runner.fold_injected_parameters(nb) == {}  # nothing injected any more
+    with pytest.raises(ValueError, match="parameters"):
+        runner.fold_injected_parameters(
+            {"cells": [{"cell_type": "code", "source": "A = 1", "metadata": {"tags": ["injected-parameters"]}}]}
+        )
+
+
+def test_site_check_reports_overflow_raw_math_cdn_and_missing_captions():
+    site = _tool("check_site")
+    clean = {"overflow": [], "untypeset": 0, "raw_math": [], "uncaptioned": [], "images": 1, "mathjax": "3.2.2"}
+    local = '<script defer src="_static/mathjax/tex-chtml.js"></script><span class="math">x</span>'
+    assert site.check_report("p", local, clean) == []
+    cdn = '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+    assert site.mathjax_sources(cdn) == ["https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"]
+    bad = {
+        **clean,
+        "overflow": ["pre.x (900 > 600 px): long"],
+        "raw_math": ["$$ near: x"],
+        "uncaptioned": ["a.png"],
+        "untypeset": 2,
+        "mathjax": None,
+    }
+    problems = site.check_report("p", cdn + '<div class="math">', bad)
+    assert len(problems) == 6 and any("network" in p for p in problems) and any("caption" in p for p in problems)
+    assert site.check_report("p", local, None) == ["p: the in-page check did not run"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_site_check_measures_a_bad_page_in_the_browser(tmp_path):
+    site = _tool("check_site")
+    (tmp_path / "_images").mkdir()
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<html><body><main style="width: 600px">'
+        f'<pre style="white-space: pre; overflow-x: auto">{"x = 1; " * 200}</pre>'
+        '<p>Here is raw math: <span class="math">\\(a + b\\)</span></p>'
+        '<img src="_images/plot.png" alt="plot">'
+        '<figure><img src="_images/ok.png"><figcaption>A caption.</figcaption></figure>'
+        "</main></body></html>"
+    )
+    _, report = site.probe(site._chromium(), page)
+    assert report is not None and report["images"] == 2
+    assert len(report["overflow"]) == 1 and report["overflow"][0].startswith("pre")
+    assert report["untypeset"] == 1 and report["raw_math"] and report["uncaptioned"] == ["image 1"]
+    assert not list(tmp_path.glob(".probe-*"))  # the instrumented copy is removed

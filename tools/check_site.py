@@ -3,15 +3,27 @@
     python tools/check_site.py _build/book/_build/html --notebooks _build/book/notebooks \
         --screenshot .ci-artifacts/first_page.png
 
-For each page of the table of contents: the page exists, Chromium renders it, the rendered DOM
-shows no Python traceback or error output, and a notebook page holds at least as many images
-as its executed notebook produced figures and a Colab launch button. Exits non-zero on any failure. Without Chromium it
-exits 0 with a notice, unless ``--require`` (CI) is given.
+For each page of the table of contents:
+
+* the page exists, Chromium renders it, and the rendered DOM shows no Python traceback or error;
+* a notebook page holds at least as many images as its executed notebook produced figures, and
+  a Colab launch button;
+* **no horizontal overflow**: no code block, cell output, table or display equation is wider than
+  the content column (``scrollWidth > clientWidth`` measured in the browser at 1280 px);
+* **math is rendered**: MathJax is loaded from the site itself (no CDN: the book reads offline),
+  every math element was typeset, and no raw ``$$``, ``\\(`` or ``\\[`` is left in the page text;
+* **every figure is captioned**: each image of the page content sits in a ``<figure>`` with a
+  caption.
+
+The measurements run in the page: a copy of it with a small script is opened, the script waits
+for MathJax and writes its findings into the DOM, which ``--dump-dom`` returns. Exits non-zero on
+any failure. Without Chromium it exits 0 with a notice, unless ``--require`` (CI) is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import html as html_lib
 import json
 import re
 import shutil
@@ -33,6 +45,7 @@ FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+WINDOW = "--window-size=1280,1600"
 ERROR_MARKERS = [
     "Traceback (most recent call last)",
     "output traceback",
@@ -40,6 +53,61 @@ ERROR_MARKERS = [
     "Error in cell",
     "Exception: ",
 ]
+PROBE_ID = "avgk-site-probe"
+# Runs in the page once MathJax has typeset it (or at once without MathJax); writes a JSON report.
+PROBE = r"""
+<script>
+(function () {
+  function text(el) { return (el.textContent || "").replace(/\s+/g, " ").trim().slice(0, 90); }
+  function report() {
+    var out = {overflow: [], untypeset: 0, raw_math: [], uncaptioned: [], images: 0, mathjax: null};
+    var main = document.querySelector("main") || document.body;
+    var boxes = "pre, div.highlight, div.cell_output, div.output, div.cell_input, table, " +
+                "div.pst-scrollable-table-container, mjx-container[display='true'], div.math";
+    main.querySelectorAll(boxes).forEach(function (el) {
+      if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) {
+        out.overflow.push(el.tagName.toLowerCase() + "." + (el.className || "").toString().split(" ")[0] +
+                          " (" + el.scrollWidth + " > " + el.clientWidth + " px): " + text(el));
+      }
+    });
+    out.mathjax = window.MathJax && window.MathJax.version ? window.MathJax.version : null;
+    main.querySelectorAll(".math").forEach(function (el) {
+      if (!el.querySelector("mjx-container")) { out.untypeset += 1; }
+    });
+    var clone = main.cloneNode(true);
+    var skip = "pre, code, .highlight, script, style, mjx-container";
+    clone.querySelectorAll(skip).forEach(function (el) { el.remove(); });
+    var body = clone.textContent || "";
+    ["$$", "\\(", "\\[", "\\begin{"].forEach(function (marker) {
+      var at = body.indexOf(marker);
+      if (at < 0) { return; }
+      out.raw_math.push(marker + " near: " + body.slice(Math.max(0, at - 40), at + 40).replace(/\s+/g, " "));
+    });
+    main.querySelectorAll("img").forEach(function (img) {
+      var src = img.getAttribute("src") || "";
+      if (src.indexOf("_images/") < 0) { return; }
+      out.images += 1;
+      var fig = img.closest("figure");
+      if (!fig || !fig.querySelector("figcaption") || !text(fig.querySelector("figcaption"))) {
+        var section = img.closest("section");
+        var heading = section ? section.querySelector("h1, h2, h3") : null;
+        var where = heading ? " under '" + text(heading).replace("#", "") + "'" : "";
+        out.uncaptioned.push("image " + out.images + where);
+      }
+    });
+    var pre = document.createElement("pre");
+    pre.id = "PROBE_ID";
+    pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }
+  window.addEventListener("load", function () {
+    var mj = window.MathJax;
+    if (mj && mj.startup && mj.startup.promise) { mj.startup.promise.then(report, report); }
+    else { setTimeout(report, 200); }
+  });
+})();
+</script>
+""".replace("PROBE_ID", PROBE_ID)
 
 
 def _chromium() -> str | None:
@@ -53,7 +121,7 @@ def _chromium() -> str | None:
 def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+            [binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180
         )
 
 
@@ -76,12 +144,72 @@ def _figures(notebook: Path) -> int:
     )
 
 
+def mathjax_sources(page_html: str) -> list[str]:
+    """The ``src`` of every MathJax script of a page (to check that none comes from a CDN)."""
+    return [m for m in re.findall(r"<script[^>]*src=\"([^\"]+)\"", page_html) if "mathjax" in m.lower()]
+
+
+def probe(binary: str, page: Path) -> tuple[str, dict | None]:
+    """Render ``page`` with the probe script; returns the DOM and the probe's report (None if the
+    probe did not run)."""
+    source = page.read_text()
+    copy = page.with_name(f".probe-{page.name}")
+    copy.write_text(source.replace("</body>", PROBE + "</body>", 1) if "</body>" in source else source + PROBE)
+    try:
+        proc = _run(binary, WINDOW, "--virtual-time-budget=20000", "--dump-dom", copy.resolve().as_uri())
+    finally:
+        copy.unlink(missing_ok=True)
+    match = re.search(rf'<pre id="{PROBE_ID}"[^>]*>(.*?)</pre>', proc.stdout, re.S)
+    return proc.stdout, (json.loads(html_lib.unescape(match.group(1))) if match else None)
+
+
+def check_report(page: str, page_html: str, report: dict | None) -> list[str]:
+    """Problems found by the in-page probe (overflow, math, captions) and in the page source."""
+    if report is None:
+        return [f"{page}: the in-page check did not run"]
+    problems = [f"{page}: horizontal overflow in {item}" for item in report["overflow"]]
+    cdn = [s for s in mathjax_sources(page_html) if s.startswith(("http:", "https:", "//"))]
+    if cdn:
+        problems.append(f"{page}: MathJax comes from the network ({cdn[0]}): the site does not read offline")
+    if 'class="math' in page_html and not report["mathjax"]:
+        problems.append(f"{page}: MathJax did not load")
+    if report["untypeset"]:
+        problems.append(f"{page}: {report['untypeset']} math elements not typeset")
+    problems += [f"{page}: raw TeX left in the text: {item}" for item in report["raw_math"]]
+    problems += [
+        f"{page}: figure without caption ({name}; give its cell the metadata mystnb.figure.caption and .name)"
+        for name in report["uncaptioned"]
+    ]
+    return problems
+
+
+def check_page(binary: str, html_dir: Path, notebooks: Path, page: str) -> list[str]:
+    """Every check of one page of the table of contents."""
+    path = html_dir / f"{page}.html"
+    if not path.exists():
+        return [f"{page}: missing page {path}"]
+    dom, report = probe(binary, path)
+    if "<body" not in dom:
+        return [f"{page}: Chromium could not render it"]
+    problems = [f"{page}: shows an error ({m!r})" for m in ERROR_MARKERS if m in dom]
+    problems += check_report(page, path.read_text(), report)
+    if page.startswith("notebooks/"):
+        expected = _figures(notebooks / f"{Path(page).name}.ipynb")
+        shown = len(re.findall(r"<img [^>]*src=\"[^\"]*_images/", dom))
+        if shown < expected:
+            problems.append(f"{page}: {shown} images rendered, {expected} figures produced")
+        if "colab.research.google.com" not in dom:
+            problems.append(f"{page}: no Colab launch button")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("html", type=Path)
     parser.add_argument("--notebooks", type=Path, required=True, help="folder of the executed notebooks")
     parser.add_argument("--toc", type=Path, default=Path(__file__).resolve().parents[1] / "book" / "_toc.yml")
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--only", nargs="*", default=[], help="check only the pages whose path contains one of these")
     parser.add_argument("--require", action="store_true", help="fail when Chromium is missing (CI)")
     args = parser.parse_args()
     binary = _chromium()
@@ -89,33 +217,15 @@ def main() -> int:
         print("check_site: no Chromium found (apt-get install chromium); browser check skipped")
         return 1 if args.require else 0
     problems = []
-    for page in _pages(args.toc):
-        html = args.html / f"{page}.html"
-        if not html.exists():
-            problems.append(f"{page}: missing page {html}")
-            continue
-        proc = _run(binary, "--dump-dom", html.resolve().as_uri())
-        dom = proc.stdout
-        if proc.returncode != 0 or "<body" not in dom:
-            problems.append(f"{page}: Chromium could not render it ({proc.stderr.strip()[-300:]})")
-            continue
-        for marker in ERROR_MARKERS:
-            if marker in dom:
-                problems.append(f"{page}: shows an error ({marker!r})")
-        if page.startswith("notebooks/"):
-            expected = _figures(args.notebooks / f"{Path(page).name}.ipynb")
-            shown = len(re.findall(r"<img [^>]*src=\"[^\"]*_images/", dom))
-            if shown < expected:
-                problems.append(f"{page}: {shown} images rendered, {expected} figures produced")
-            if "colab.research.google.com" not in dom:
-                problems.append(f"{page}: no Colab launch button")
-            print(f"{page:<45} ok  ({shown} images, {expected} figures)")
-        else:
-            print(f"{page:<45} ok")
+    pages = [p for p in _pages(args.toc) if not args.only or any(o in p for o in args.only)]
+    for page in pages:
+        found = check_page(binary, args.html, args.notebooks, page)
+        problems += found
+        print(f"{page:<45} {'ok' if not found else f'{len(found)} problem(s)'}", flush=True)
     if args.screenshot:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
         first = (args.html / f"{_pages(args.toc)[0]}.html").resolve().as_uri()
-        _run(binary, f"--screenshot={args.screenshot.resolve()}", "--window-size=1280,1600", first)
+        _run(binary, f"--screenshot={args.screenshot.resolve()}", WINDOW, "--virtual-time-budget=10000", first)
         print(f"screenshot: {args.screenshot} ({'written' if args.screenshot.exists() else 'MISSING'})")
         if not args.screenshot.exists():
             problems.append("screenshot of the first page was not written")

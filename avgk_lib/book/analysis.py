@@ -131,6 +131,125 @@ def loss_gradients(
     return out
 
 
+def uncalibrated_topk_hinge(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Per-sample top-K hinge in the form of Lapin et al. (2015) and Berrada et al. (2018),
+    :math:`\big(1 + (s_{\setminus y})_{[K]} - s_y\big)_+`: the true score against the K-th largest
+    of the **other** scores. It equals the calibrated :math:`(1 + s_{[K+1]} - s_y)_+` when y is in
+    the top K and exceeds it otherwise; Yang & Koyejo (2020) show it is not top-K calibrated."""
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or not scores.is_floating_point():
+        raise TypeError("`scores` must be a floating (B, C) tensor")
+    if not isinstance(targets, torch.Tensor) or targets.shape != scores.shape[:1]:
+        raise ValueError("`targets` must be a (B,) tensor of class indices")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < scores.shape[1]:
+        raise ValueError(f"`k` must be an integer in [1, C - 1], got {k!r}")
+    rows = torch.arange(len(targets))
+    own = scores[rows, targets]
+    others = scores.clone()
+    others[rows, targets] = -torch.inf
+    return torch.relu(1.0 + torch.topk(others, k, dim=1).values[:, k - 1] - own)
+
+
+def conditional_risks(posterior: torch.Tensor, candidates: dict[str, torch.Tensor], k: int) -> list[dict[str, Any]]:
+    r"""Conditional risk :math:`\sum_y p_y\,\ell(s, y)` of each candidate score vector ``s`` for one
+    input with class probabilities ``posterior``, under the calibrated top-K hinge
+    :math:`(1 + s_{[K+1]} - s_y)_+` and the uncalibrated form of :func:`uncalibrated_topk_hinge`."""
+    p = torch.as_tensor(posterior, dtype=torch.float64)
+    if p.ndim != 1 or (p < 0).any() or abs(float(p.sum()) - 1.0) > 1e-6:
+        raise ValueError("`posterior` must be one probability vector")
+    if not candidates:
+        raise ValueError("`candidates` is empty")
+    labels = torch.arange(len(p))
+    out = []
+    for name, s in candidates.items():
+        scores = torch.as_tensor(s, dtype=torch.float64).expand(len(p), -1)
+        if scores.shape[1] != len(p):
+            raise ValueError(f"`candidates[{name!r}]` must have {len(p)} entries")
+        calibrated = AF.topk_hinge_loss(scores, labels, k, reduction="none")
+        lapin = uncalibrated_topk_hinge(scores, labels, k)
+        out.append(
+            {
+                "candidate": name,
+                "scores": [float(v) for v in scores[0]],
+                "calibrated risk": float(p @ calibrated),
+                "uncalibrated risk": float(p @ lapin),
+            }
+        )
+    return out
+
+
+def hinge_bias(
+    scores: torch.Tensor,
+    target: int,
+    k: int,
+    epsilon: float,
+    sample_sizes: list[int],
+    repeats: int = 2000,
+    reference_samples: int = 200_000,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    r"""Bias of the Monte Carlo noised hinge: mean over ``repeats`` independent estimates of
+    :math:`(1 + \hat s^{\epsilon}_{[K+1]} - s_y)_+` with M draws, minus the same loss with
+    ``reference_samples`` draws (a proxy of the exact smoothed loss). Jensen's inequality makes
+    it non-negative (the hinge is convex); it shrinks as M grows."""
+    x = scores.detach().double()[None]
+    y = torch.tensor([target])
+    g = torch.Generator().manual_seed(seed)
+    exact = float(AF.noised_topk_loss(x, y, k, epsilon, reference_samples, generator=g))
+    out: dict[str, list[float]] = {"n_samples": [], "bias": [], "stderr": []}
+    batch, ys = x.expand(repeats, -1), y.expand(repeats)
+    for m in sample_sizes:
+        losses = AF.noised_topk_loss(batch, ys, k, epsilon, m, generator=g, reduction="none")
+        out["n_samples"].append(m)
+        out["bias"].append(float(losses.mean()) - exact)
+        out["stderr"].append(float(losses.std() / math.sqrt(repeats)))
+    return out
+
+
+def cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (C, K) row of a loss benchmark: the ratios a reader compares (how many times slower
+    than cross-entropy the noised loss is, how many times faster than the smooth SVMs)."""
+    need = {"C", "K", "cross_entropy", "ours_noised", "pytopk_noised", "ours_svm", "difftopk_svm", "noise_draw"}
+    if not rows or any(not need <= set(r) for r in rows):
+        raise ValueError(f"`rows` must be non-empty benchmark rows with keys {sorted(need)}")
+    return [
+        {
+            "C": r["C"],
+            "K": r["K"],
+            "noised / CE": r["ours_noised"] / r["cross_entropy"],
+            "noise draw share": r["noise_draw"] / r["ours_noised"],
+            "pytopk / noised": r["pytopk_noised"] / r["ours_noised"],
+            "smooth SVM (ours) / noised": r["ours_svm"] / r["ours_noised"],
+            "smooth SVM (difftopk) / noised": r["difftopk_svm"] / r["ours_noised"],
+        }
+        for r in rows
+    ]
+
+
+def cost_findings(ratios: list[dict[str, Any]], where: str = "this CPU") -> list[str]:
+    """Sentences stating what rows of :func:`cost_ratios` show (ranges over C and K, and the
+    growth with K of the smooth SVM's time at the largest C), computed, never typed by hand."""
+    if not ratios:
+        raise ValueError("`ratios` is empty")
+
+    def span(key: str, fmt: str) -> str:
+        values = [r[key] for r in ratios]
+        return f"{format(min(values), fmt)} to {format(max(values), fmt)}"
+
+    c_max = max(r["C"] for r in ratios)
+    growth = ", ".join(
+        f"{r['smooth SVM (difftopk) / noised']:.1f}x at K = {r['K']}"
+        for r in sorted((r for r in ratios if r["C"] == c_max), key=lambda r: r["K"])
+    )
+    return [
+        f"The noised loss costs {span('noised / CE', '.0f')} times cross-entropy on {where}; drawing its noise "
+        f"takes {span('noise draw share', '.0%')} of its time.",
+        f"Berrada's smooth SVM (difftopk) is {span('smooth SVM (difftopk) / noised', '.1f')} times slower than the "
+        f"noised loss, and the gap grows with K: {growth} for C = {c_max}.",
+        f"Our exact smooth SVM is {span('smooth SVM (ours) / noised', '.1f')} times the noised loss, and the P1 "
+        f"authors' noised loss (pytopk) {span('pytopk / noised', '.1f')} times ours.",
+    ]
+
+
 def oracle_accuracy_curves(
     task: SyntheticTask, n: int = 20_000, ks: list[int] | None = None, seed: int = 0
 ) -> dict[str, list[float]]:

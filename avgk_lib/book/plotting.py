@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -139,12 +141,22 @@ def bar_table(
     ax.set(ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)
-    ax.legend(frameon=False, fontsize="small")
+    # beside the axes, never over the bars
+    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return fig
 
 
-def gradient_bars(gradients: dict[str, Sequence[float]], *, target: int | None = None, title: str = "", ax=None):
-    """Gradient of several losses with respect to the scores of one sample, class by class."""
+def gradient_bars(
+    gradients: dict[str, Sequence[float]],
+    *,
+    target: int | None = None,
+    title: str = "",
+    ax=None,
+    ylabel: str = "d loss / d score",
+):
+    """Gradient of several losses (or of an operator: set ``ylabel``) with respect to the scores
+    of one sample, class by class."""
     fig, ax = _ax(ax)
     n = len(next(iter(gradients.values())))
     width = 0.8 / len(gradients)
@@ -153,7 +165,7 @@ def gradient_bars(gradients: dict[str, Sequence[float]], *, target: int | None =
     ax.axhline(0, color="0.3", lw=0.8)
     labels = [f"{j}{' (y)' if j == target else ''}" for j in range(n)]
     ax.set_xticks(np.arange(n), labels)
-    ax.set(xlabel="class (sorted by score)", ylabel="d loss / d score", title=title)
+    ax.set(xlabel="class j (sorted by score)", ylabel=ylabel, title=title)
     ax.legend(frameon=False, fontsize="small")
     return fig
 
@@ -167,16 +179,42 @@ def scatter_classes(
     ax=None,
     cmap: str = "viridis",
     colorbar: str = "",
+    discrete: bool = False,
+    xlabel: str = "input coordinate $x_1$",
+    ylabel: str = "input coordinate $x_2$",
 ):
-    """2-D inputs coloured by class (or by a value such as posterior entropy or set size)."""
-    fig, ax = _ax(ax, figsize=(6.5, 5.0))
+    """2-D inputs coloured by class (with a legend of the classes), or by a value such as the
+    posterior entropy (continuous colour bar) or a set size (``discrete=True``: one colour and one
+    tick per integer value)."""
+    fig, ax = _ax(ax, figsize=(7.5, 5.0))
     if color is None:
-        ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab20", s=6, alpha=0.7)
+        classes = np.unique(labels)
+        palette = plt.get_cmap("tab20")
+        for c in classes:
+            pick = labels == c
+            ax.scatter(x[pick, 0], x[pick, 1], color=palette(int(c) % 20), s=6, alpha=0.7, label=str(c))
+        ax.legend(
+            title="class",
+            frameon=False,
+            fontsize="x-small",
+            markerscale=2.5,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
+    elif discrete:
+        values = np.asarray(color).astype(int)
+        low, high = int(values.min()), int(values.max())
+        bounds = np.arange(low, high + 2) - 0.5
+        colormap = plt.get_cmap(cmap, high - low + 1)
+        norm = matplotlib.colors.BoundaryNorm(bounds, colormap.N)
+        points = ax.scatter(x[:, 0], x[:, 1], c=values, cmap=colormap, norm=norm, s=6, alpha=0.8)
+        fig.colorbar(points, ax=ax, label=colorbar, ticks=np.arange(low, high + 1))
     else:
         points = ax.scatter(x[:, 0], x[:, 1], c=color, cmap=cmap, s=6, alpha=0.8)
         fig.colorbar(points, ax=ax, label=colorbar)
-    ax.set(title=title, xticks=[], yticks=[])
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.set_aspect("equal")
+    fig.tight_layout()
     return fig
 
 
@@ -304,4 +342,52 @@ def val_curves(
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
+
+
+def two_panels(figsize: tuple[float, float] = (11.0, 4.0)):
+    """A figure with two side-by-side axes (e.g. a value and its derivative, never on one axis)."""
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    return fig, axes
+
+
+def coverage_size_curves(curves: dict[str, dict[str, Sequence[float]]], *, title: str = "", ax=None):
+    """Coverage against mean set size, one curve per method. Each method has its own marker and
+    line style, and hollow markers are drawn under filled ones, so curves that coincide (LAC and
+    average-K threshold the same probabilities) stay visible."""
+    fig, ax = _ax(ax)
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for i, (name, curve) in enumerate(curves.items()):
+        hollow = i % 2 == 0
+        ax.plot(
+            curve["size"],
+            curve["coverage"],
+            marker=markers[i % len(markers)],
+            ms=9 if hollow else 5,
+            mfc="none" if hollow else None,
+            mew=1.5,
+            ls="--" if hollow else "-",
+            lw=1.2,
+            label=name,
+            zorder=2 if hollow else 3,
+        )
+    ax.set(xlabel="mean set size (test)", ylabel="coverage = accuracy of the sets (test)", title=title)
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def cost_curves(rows: list[dict[str, Any]], methods: dict[str, str], *, title: str = ""):
+    """Milliseconds (log scale) against K, one panel per number of classes C, one line per method."""
+    sizes = sorted({r["C"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(6.0, 4.6 * len(sizes)), 4.6), squeeze=False)
+    for ax, n_classes in zip(axes[0], sizes, strict=True):
+        part = sorted((r for r in rows if r["C"] == n_classes), key=lambda r: r["K"])
+        for key, label in methods.items():
+            ax.plot([r["K"] for r in part], [r[key] for r in part], marker="o", ms=4, label=label)
+        ax.set_yscale("log")
+        ax.set(xlabel="K", ylabel="ms per forward + backward", title=f"C = {n_classes}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize="small", loc="lower center", ncol=min(3, len(labels)))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0.0, 0.13, 1.0, 1.0))
     return fig

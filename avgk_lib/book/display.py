@@ -1,0 +1,235 @@
+r"""Rich outputs for the book: tables, banners, findings and library source, as HTML and Markdown.
+
+Every helper returns a :class:`Block`, an object that Jupyter (and the book, through MyST-NB)
+renders as HTML when it is the value of a cell, and as Markdown where HTML is not shown.
+Nothing here computes a number: the tables and findings come from :mod:`avgk_lib.book.analysis`
+and the experiments; this module only lays them out so that they fit the page column (no long
+``print`` lines that scroll sideways).
+
+Example:
+    >>> block = table([{"K": 1, "accuracy": 0.51234}], floatfmt=".2f")
+    >>> "<td>0.51</td>" in block.html
+    True
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import inspect
+import math
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("smoke", "cpu", "colab", "gpu")
+SMOKE_TEXT = (
+    "Smoke run: this page was executed with the `smoke` preset (a few batches, seconds of compute) "
+    "to check that its code runs. Its numbers, tables, timings and verdicts are not findings. "
+    'Run the notebook with `PRESET = "cpu"` (or larger) to reproduce the results the text discusses.'
+)
+_VERDICT_CLASSES = {"supported": "tip", "contradicted": "danger", "inconclusive": "warning"}
+
+
+class Block:
+    """A piece of rich output: ``html`` for the book and Jupyter, ``markdown`` as the fallback.
+
+    ``_repr_html_`` and ``_repr_markdown_`` make the object display itself when it is the last
+    expression of a cell (IPython's display protocol)."""
+
+    def __init__(self, html_text: str, markdown_text: str) -> None:
+        if not isinstance(html_text, str) or not isinstance(markdown_text, str):
+            raise TypeError("`html_text` and `markdown_text` must be strings")
+        self.html = html_text
+        self.markdown = markdown_text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown
+
+    def __repr__(self) -> str:
+        return self.markdown
+
+
+def _check_preset(preset: str) -> str:
+    if not isinstance(preset, str):
+        raise TypeError(f"`preset` must be a string, got {type(preset).__name__}")
+    if preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {PRESETS}, got {preset!r}")
+    return preset
+
+
+def is_smoke(preset: str) -> bool:
+    """Whether ``preset`` is the CI smoke preset (whose numbers are not findings)."""
+    return _check_preset(preset) == "smoke"
+
+
+def _inline(text: str) -> str:
+    """HTML of a short text with Markdown-style `code` spans."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def admonition(text: str, *, title: str, kind: str = "note") -> Block:
+    """A boxed note in the theme's admonition style (``kind``: note, tip, warning, danger)."""
+    if kind not in ("note", "tip", "warning", "danger"):
+        raise ValueError(f"`kind` must be note, tip, warning or danger, got {kind!r}")
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise TypeError("`text` and `title` must be strings")
+    body = (
+        f'<div class="admonition {kind} avgk-box" style="border-left: 4px solid #c0392b; padding: 0.2em 0.8em;">'
+        f'<p class="admonition-title">{html.escape(title)}</p><p>{_inline(text)}</p></div>'
+    )
+    return Block(body, f"> **{title}.** {text}")
+
+
+def preset_banner(preset: str) -> Block:
+    """What the numbers of this page are: a warning under the smoke preset, a note otherwise.
+
+    Put it right after the parameters cell: ``preset_banner(PRESET)``."""
+    if is_smoke(preset):
+        return admonition(SMOKE_TEXT, title="Smoke run: numbers are not findings", kind="warning")
+    return admonition(
+        f"This page was executed with the `{preset}` preset; numbers from the committed references are "
+        "labelled as such, the others come from this run.",
+        title=f"Preset: {preset}",
+        kind="note",
+    )
+
+
+def _format(value: Any, floatfmt: str) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else format(value, floatfmt)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(format(v, floatfmt) for v in value) + "]"
+    return str(value)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | Mapping[str, str] | None = None,
+    *,
+    floatfmt: str = ".3f",
+    caption: str = "",
+) -> Block:
+    """Rows of dicts as a table; ``columns`` picks and orders keys (a mapping renames them).
+
+    Floats are formatted with ``floatfmt``; missing keys show as empty cells."""
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+        raise TypeError(f"`rows` must be a sequence of dicts, got {type(rows).__name__}")
+    if not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must hold dicts")
+    if not rows:
+        raise ValueError("`rows` is empty: nothing to tabulate")
+    format(1.0, floatfmt)  # raises ValueError on a bad format spec
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    names = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
+    if not names:
+        raise ValueError("`columns` is empty")
+    cells = [[_format(r.get(c), floatfmt) for c in names] for r in rows]
+    head = "".join(f"<th>{_inline(str(n))}</th>" for n in names.values())
+    body = "".join("<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in row) + "</tr>" for row in cells)
+    cap = f"<caption>{_inline(caption)}</caption>" if caption else ""
+    html_text = f'<table class="table avgk-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    md = ["| " + " | ".join(names.values()) + " |", "|" + "---|" * len(names)]
+    md += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in cells]
+    return Block(html_text, (f"{caption}\n\n" if caption else "") + "\n".join(md))
+
+
+def findings(items: Sequence[str], *, title: str = "What this run shows", preset: str | None = None) -> Block:
+    """A bulleted box of statements computed by the notebook; under the smoke preset the box
+    says that they are not findings."""
+    if isinstance(items, str) or not all(isinstance(i, str) for i in items):
+        raise TypeError("`items` must be a sequence of strings")
+    if not items:
+        raise ValueError("`items` is empty")
+    smoke = preset is not None and is_smoke(preset)
+    heading = f"{title} (smoke run: not findings)" if smoke else title
+    lis = "".join(f"<li>{_inline(i)}</li>" for i in items)
+    kind = "warning" if smoke else "note"
+    title_html = f'<p class="admonition-title">{html.escape(heading)}</p>'
+    html_text = f'<div class="admonition {kind} avgk-box">{title_html}<ul>{lis}</ul></div>'
+    return Block(html_text, f"**{heading}**\n\n" + "\n".join(f"* {i}" for i in items))
+
+
+def verdict_kind(verdict: str) -> str:
+    """Admonition kind of a verdict string: supported -> tip, contradicted -> danger, else warning."""
+    if not isinstance(verdict, str):
+        raise TypeError(f"`verdict` must be a string, got {type(verdict).__name__}")
+    return next((kind for word, kind in _VERDICT_CLASSES.items() if verdict.startswith(word)), "warning")
+
+
+def claims_table(claims: Sequence[Mapping[str, Any]], *, preset: str | None = None) -> Block:
+    """Checked claims (dicts with at least ``claim`` and ``verdict``) as a table; the other keys
+    present (``ours``, ``rival``, ``effect``, ``ci95`` ...) become columns in a stable order."""
+    if isinstance(claims, Mapping) or not all(isinstance(c, Mapping) for c in claims):
+        raise TypeError("`claims` must be a sequence of dicts")
+    if not claims or any("claim" not in c or "verdict" not in c for c in claims):
+        raise ValueError("`claims` must be a non-empty sequence of dicts with 'claim' and 'verdict'")
+    preferred = ["claim", "dataset", "metric", "ours", "rival", "rival_value", "effect", "ci95", "n_seeds"]
+    keys = {k for c in claims for k in c}
+    columns = [k for k in preferred if k in keys] + ["verdict"]
+    caption = "Smoke run: these verdicts are not findings" if preset is not None and is_smoke(preset) else ""
+    return table(claims, columns, floatfmt=".4f", caption=caption)
+
+
+def _strip_docstring(source: str) -> str:
+    """``source`` (one def or class) without the docstrings of its functions and classes."""
+    tree = ast.parse(source)
+    drop: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
+                if isinstance(first.value.value, str) and len(node.body) > 1:
+                    drop.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return "\n".join(line for i, line in enumerate(source.splitlines(), start=1) if i not in drop)
+
+
+def source_of(obj: Callable[..., Any] | type, *, docstring: bool = False) -> tuple[str, str]:
+    """The source code of a library function, method or class and a one-line origin
+    (``module.name, file lines a-b``), read with :mod:`inspect` from the installed package."""
+    target = inspect.unwrap(obj) if callable(obj) else obj
+    if not (inspect.isfunction(target) or inspect.ismethod(target) or inspect.isclass(target)):
+        raise TypeError(f"`obj` must be a function, method or class, got {type(obj).__name__}")
+    lines, start = inspect.getsourcelines(target)
+    source = textwrap.dedent("".join(lines))
+    if not docstring:
+        source = _strip_docstring(source)
+    name = f"{target.__module__}.{target.__qualname__}"
+    path = Path(inspect.getsourcefile(target) or "?")
+    parts = (
+        path.parts[len(path.parts) - 1 - path.parts[::-1].index("avgk_lib") :]
+        if "avgk_lib" in path.parts
+        else path.parts[-1:]
+    )
+    origin = f"{name} ({'/'.join(parts)}, lines {start}-{start + len(lines) - 1})"
+    return source.rstrip() + "\n", origin
+
+
+def show_source(*objs: Callable[..., Any] | type, docstring: bool = False) -> Block:
+    """The library's own code of one or more functions/classes, highlighted (docstrings dropped
+    unless ``docstring=True``), each headed by where it lives. The book shows this instead of a
+    copy, so the text cannot drift from the code that runs."""
+    if not objs:
+        raise ValueError("`objs`: give at least one function or class")
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    html_parts, md_parts = [], []
+    for obj in objs:
+        source, origin = source_of(obj, docstring=docstring)
+        code = highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", nowrap=False))
+        html_parts.append(
+            f'<div class="avgk-source"><p class="avgk-source-origin">Source: <code>{html.escape(origin)}</code></p>'
+            f'<div class="highlight-python notranslate">{code}</div></div>'
+        )
+        md_parts.append(f"Source: `{origin}`\n\n```python\n{source}```")
+    return Block("".join(html_parts), "\n\n".join(md_parts))

@@ -1,0 +1,91 @@
+"""Analyses behind chapters 2 and 3 of the book, against hand-computed values."""
+
+import pytest
+import torch
+
+from avgk_lib.book import analysis as A
+
+
+def test_uncalibrated_hinge_matches_the_brute_force_definition():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 7, (50,), generator=g)
+    for k in (1, 3):
+        got = A.uncalibrated_topk_hinge(scores, targets, k)
+        for i in range(50):
+            others = sorted((float(v) for j, v in enumerate(scores[i]) if j != targets[i]), reverse=True)
+            assert got[i] == pytest.approx(max(0.0, 1 + others[k - 1] - float(scores[i, targets[i]])))
+
+
+def test_the_two_hinges_agree_inside_the_top_k_and_differ_outside():
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
+    from avgk_lib import functional as AF
+
+    for y, same in ((0, True), (1, True), (2, False), (3, False)):
+        t = torch.tensor([y])
+        a = float(A.uncalibrated_topk_hinge(scores, t, 2))
+        b = float(AF.topk_hinge_loss(scores, t, 2))
+        assert (a == b) is same and a >= b
+
+
+def test_conditional_risks_show_the_crammer_singer_failure():
+    # K = 1, p = (0.4, 0.3, 0.3): hand-computed risks. Uncalibrated: s=(1,0,0) costs
+    # 0.4*0 + 0.6*2 = 1.2 > 1 = risk of s = 0; calibrated: 0.4*0 + 0.6*1 = 0.6 < 1.
+    rows = A.conditional_risks(
+        torch.tensor([0.4, 0.3, 0.3]), {"zero": torch.zeros(3), "top": torch.tensor([1.0, 0.0, 0.0])}, k=1
+    )
+    by = {r["candidate"]: r for r in rows}
+    assert by["zero"]["calibrated risk"] == pytest.approx(1.0)
+    assert by["zero"]["uncalibrated risk"] == pytest.approx(1.0)
+    assert by["top"]["calibrated risk"] == pytest.approx(0.6)
+    assert by["top"]["uncalibrated risk"] == pytest.approx(1.2)
+
+
+def test_conditional_risks_validate():
+    with pytest.raises(ValueError, match="posterior"):
+        A.conditional_risks(torch.tensor([0.5, 0.6]), {"a": torch.zeros(2)}, 1)
+    with pytest.raises(ValueError, match="candidates"):
+        A.conditional_risks(torch.tensor([0.5, 0.5]), {"a": torch.zeros(3)}, 1)
+    with pytest.raises(ValueError, match="k"):
+        A.uncalibrated_topk_hinge(torch.zeros(2, 3), torch.tensor([0, 1]), 3)
+
+
+def test_monte_carlo_hinge_is_biased_upwards_and_the_bias_shrinks():
+    scores = torch.tensor([2.0, 1.6, 1.5, 0.4, 0.2, -0.5])
+    out = A.hinge_bias(scores, target=3, k=2, epsilon=0.5, sample_sizes=[1, 50], repeats=4000)
+    # true class far below the 3rd place: the hinge is active for every draw, so it is linear
+    # there and the bias is pure Monte Carlo error; with the true class near the hinge's kink
+    # (target 0 of [2.6, 1.6, ...]) Jensen's inequality makes the M = 1 estimate clearly too high.
+    assert abs(out["bias"][0]) < 4 * out["stderr"][0] + 0.01
+    near = A.hinge_bias(torch.tensor([2.6, 1.6, 1.5, 0.4]), target=0, k=1, epsilon=1.0, sample_sizes=[1, 100])
+    assert near["bias"][0] > 4 * near["stderr"][0]
+    assert abs(near["bias"][1]) < near["bias"][0] / 5
+
+
+def test_cost_ratios_from_a_benchmark_row():
+    row = {
+        "C": 10,
+        "K": 1,
+        "cross_entropy": 1.0,
+        "ours_noised": 4.0,
+        "pytopk_noised": 8.0,
+        "ours_svm": 12.0,
+        "difftopk_svm": 20.0,
+        "noise_draw": 2.0,
+    }
+    (r,) = A.cost_ratios([row])
+    assert r["noised / CE"] == 4.0 and r["noise draw share"] == 0.5 and r["pytopk / noised"] == 2.0
+    assert r["smooth SVM (ours) / noised"] == 3.0 and r["smooth SVM (difftopk) / noised"] == 5.0
+    with pytest.raises(ValueError, match="rows"):
+        A.cost_ratios([{"C": 1}])
+
+
+def test_cost_findings_state_the_computed_ranges():
+    base = {"cross_entropy": 1.0, "pytopk_noised": 8.0, "ours_svm": 12.0, "noise_draw": 2.0, "ours_noised": 4.0}
+    rows = [{**base, "C": 10, "K": 1, "difftopk_svm": 20.0}, {**base, "C": 10, "K": 5, "difftopk_svm": 40.0}]
+    text = A.cost_findings(A.cost_ratios(rows), where="a test")
+    assert text[0].startswith("The noised loss costs 4 to 4 times cross-entropy on a test")
+    assert "5.0 to 10.0 times slower" in text[1] and "5.0x at K = 1, 10.0x at K = 5 for C = 10" in text[1]
+    assert "3.0 to 3.0 times the noised loss" in text[2] and "2.0 to 2.0 times ours" in text[2]
+    with pytest.raises(ValueError, match="ratios"):
+        A.cost_findings([])

@@ -1,0 +1,145 @@
+"""The book's display helpers: tables, banners, findings and library source as HTML/Markdown."""
+
+import html.parser
+import inspect
+
+import pytest
+
+from avgk_lib import metrics, ops
+from avgk_lib.book import display as D
+
+
+class _Collector(html.parser.HTMLParser):
+    """Well-formedness oracle: the standard library's parser, counting open/close tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.cells, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.stack and self.stack[-1] in ("td", "th"):
+            self.cells.append(data)
+
+
+def _parse(text):
+    p = _Collector()
+    p.feed(text)
+    p.close()
+    assert p.stack == [], f"unclosed tags {p.stack}"
+    return p
+
+
+def test_table_formats_floats_orders_columns_and_escapes():
+    rows = [{"method": "a<b", "acc": 0.123456, "n": 3}, {"method": "c", "acc": float("nan")}]
+    block = D.table(rows, {"method": "loss", "acc": "accuracy", "n": "seeds"}, floatfmt=".2f", caption="T")
+    p = _parse(block.html)
+    assert p.cells == ["loss", "accuracy", "seeds", "a<b", "0.12", "3", "c", "nan"]
+    assert "a&lt;b" in block.html
+    lines = block.markdown.splitlines()
+    assert lines[0] == "T" and lines[2] == "| loss | accuracy | seeds |"
+    assert lines[-1] == "| c | nan |  |"
+
+
+def test_table_infers_columns_and_formats_float_lists():
+    block = D.table([{"x": 1, "ci": [0.1, 0.25]}], floatfmt=".1f")
+    assert _parse(block.html).cells == ["x", "ci", "1", "[0.1, 0.2]"]
+
+
+@pytest.mark.parametrize(
+    "rows, exc",
+    [([], ValueError), ({"a": 1}, TypeError), ([1, 2], TypeError), ("abc", TypeError)],
+)
+def test_table_rejects_bad_rows(rows, exc):
+    with pytest.raises(exc, match="rows"):
+        D.table(rows)
+
+
+def test_table_rejects_bad_format_and_columns():
+    with pytest.raises(ValueError):
+        D.table([{"a": 1.0}], floatfmt="!!")
+    with pytest.raises(ValueError, match="columns"):
+        D.table([{"a": 1.0}], [])
+
+
+def test_smoke_banner_says_numbers_are_not_findings_and_others_do_not():
+    smoke = D.preset_banner("smoke")
+    assert "not findings" in smoke.html and "warning" in smoke.html
+    _parse(smoke.html)
+    cpu = D.preset_banner("cpu")
+    assert "not findings" not in cpu.html and "cpu" in cpu.html
+    assert D.is_smoke("smoke") and not D.is_smoke("gpu")
+
+
+@pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])
+def test_presets_are_validated(bad, exc):
+    with pytest.raises(exc, match="preset"):
+        D.preset_banner(bad)
+
+
+def test_findings_box_is_relabelled_under_smoke():
+    block = D.findings(["gain `+0.01`", "x < y"], preset="smoke")
+    p = _parse(block.html)
+    assert "smoke run: not findings" in "".join(p.text)
+    assert "<code>+0.01</code>" in block.html and "x &lt; y" in block.html
+    assert "not findings" not in D.findings(["a"], preset="cpu").html
+    with pytest.raises(TypeError, match="items"):
+        D.findings("a single string")
+    with pytest.raises(ValueError, match="items"):
+        D.findings([])
+
+
+def test_claims_table_puts_verdict_last_and_checks_keys():
+    claims = [
+        {"claim": "A beats B", "ours": 0.5, "rival": "B", "rival_value": 0.4, "verdict": "supported"},
+        {"claim": "C beats D", "verdict": "not evaluated (missing runs)"},
+    ]
+    block = D.claims_table(claims, preset="smoke")
+    cells = _parse(block.html).cells
+    assert cells[:5] == ["claim", "ours", "rival", "rival_value", "verdict"]
+    assert "0.5000" in cells and "Smoke run" in block.html
+    with pytest.raises(ValueError, match="claims"):
+        D.claims_table([{"claim": "x"}])
+    assert D.verdict_kind("supported") == "tip" and D.verdict_kind("contradicted (1 seed)") == "danger"
+    assert D.verdict_kind("inconclusive (95% intervals overlap)") == "warning"
+
+
+def test_show_source_is_the_library_code_itself_without_docstrings():
+    block = D.show_source(ops.noised_topk_unchecked)
+    source, origin = D.source_of(ops.noised_topk_unchecked)
+    real = inspect.getsource(ops.noised_topk_unchecked)
+    # every code line shown is a line of the real source, and the body's statements are all there
+    assert all(line in real for line in source.splitlines())
+    assert "torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)" in source
+    assert '"""' not in source and '"""' in real
+    assert origin.startswith("avgk_lib.ops.noised_topk_unchecked (avgk_lib/ops.py, lines ")
+    assert "highlight" in block.html and "```python" in block.markdown
+    _parse(block.html)
+
+
+def test_show_source_of_a_class_and_several_objects():
+    block = D.show_source(ops._NoisedKthLargest, metrics.average_k_threshold)
+    assert "def backward" in block.markdown and "scatter_add_" in block.markdown
+    assert block.html.count("avgk-source-origin") == 2
+    with_doc, _ = D.source_of(metrics.average_k_threshold, docstring=True)
+    without, _ = D.source_of(metrics.average_k_threshold)
+    assert len(without) < len(with_doc)
+
+
+def test_show_source_rejects_non_code():
+    with pytest.raises(TypeError, match="obj"):
+        D.show_source(42)
+    with pytest.raises(ValueError, match="objs"):
+        D.show_source()
+
+
+def test_admonition_validates_kind():
+    with pytest.raises(ValueError, match="kind"):
+        D.admonition("x", title="t", kind="loud")
