@@ -121,6 +121,17 @@ def calibrated_test_metrics(
     return metrics
 
 
+def degenerate_sets(metrics: dict[str, Any], k: float, factor: float = 1.5) -> bool:
+    """Whether the average-K sets of the run's K are degenerate: mean size above ``factor`` K.
+
+    Scores tied at the threshold (saturated sigmoids, underflowed probabilities) put every tied
+    class in every set, and a tie also counts as a top-K hit (optimistic rank), so such an epoch
+    can score a perfect accuracy. The trainer never selects it as the best epoch, and tuning never
+    chooses it."""
+    size = metrics.get(metric_key("avg", k, "size"))
+    return size is not None and size > factor * float(k)
+
+
 def degeneracy_warnings(metrics: dict[str, Any], n_classes: int, ks, label: str) -> list[str]:
     """Warnings for a degenerate evaluation: one class is the top-1 prediction of more than
     :data:`MODE_SHARE_LIMIT` of the inputs, or the average-K sets hold every class for every

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import cache_dir
-from .evaluation import k_label
+from .evaluation import degenerate_sets, k_label
 from .references import load_json_reference, reference_dir
 from .train import TrainConfig, provenance, train
 
@@ -711,6 +711,9 @@ def tune(
                 config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
                 results, _, cached = train_or_load(config, progress=progress, log=log)
                 value = results["summary"]["best_val"]
+                best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
+                if degenerate_sets(best, setting.tune_k):
+                    value = -math.inf  # tied scores: never chosen
                 log(f"tune {name}/{tuning_key(setting, method_name)} {point}: val {value:.4f}{' (cached)' * cached}")
                 return {**point, "val": value, "best_epoch": results["summary"]["best_epoch"]}
 

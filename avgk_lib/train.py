@@ -67,7 +67,7 @@ from .engine import (
     train_one_epoch,
     validation_metrics,
 )
-from .evaluation import degeneracy_warnings
+from .evaluation import degeneracy_warnings, degenerate_sets
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -226,9 +226,10 @@ def _fit(run: Run, out: Path | None, progress: _Progress, start: int, show: bool
         progress.history.append(
             {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "seconds": seconds, "val": val}
         )
-        improved = val[select] > progress.best_value
+        value = -math.inf if degenerate_sets(val, cfg.k) else val[select]
+        improved = value > progress.best_value or progress.best_epoch == 0
         if improved:
-            progress.best_value, progress.best_epoch = val[select], epoch + 1
+            progress.best_value, progress.best_epoch = value, epoch + 1
         if run.is_main:
             log(
                 f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {select} {val[select]:.4f}"
