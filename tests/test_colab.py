@@ -1,5 +1,8 @@
 """Colab helpers, tested off Colab with a fake ``google.colab`` module (no Drive, no network)."""
 
+import importlib.util
+import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -8,6 +11,8 @@ import pytest
 
 from avgk_lib import colab
 from avgk_lib.data import cache_dir, data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -84,3 +89,57 @@ def test_use_drive_rejects_bad_arguments(clean_env, tmp_path, kwargs, error, nam
     with pytest.raises(error, match=name):
         colab.use_drive(**kwargs)
     assert str(cache_dir()) == "/untouched/AVGK_CACHE_DIR"
+
+
+# ------------------------------------------------------------------ the repository URL in one place
+
+
+def _load_set_repo_url():
+    spec = importlib.util.spec_from_file_location("set_repo_url", ROOT / "tools" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _copy_book_sources(root: Path) -> None:
+    """The files that spell the URL, copied out of the checkout (no git there: the fallback file list)."""
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copytree(ROOT / "book", root / "book")
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy2(nb, root / "notebooks" / nb.name)
+
+
+def test_set_repo_url_rewrites_config_badges_install_cells_and_docs(tmp_path, capsys):
+    tool = _load_set_repo_url()
+    _copy_book_sources(tmp_path)
+    old = tool.current_url(tmp_path)
+    assert old == tool.current_url(ROOT) and tool.URL_PATTERN.fullmatch(old)
+    old_slug = old.removeprefix("https://github.com/")
+    new = "https://github.com/someone/avgk-fork"
+    assert tool.main([new, "--root", str(tmp_path), "--dry-run"]) == 0
+    assert tool.current_url(tmp_path) == old  # a dry run writes nothing
+    assert tool.main([new + "/", "--root", str(tmp_path)]) == 0
+    assert tool.current_url(tmp_path) == new
+    for nb in sorted((tmp_path / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]  # still valid JSON
+        title, boot = "".join(cells[0]["source"]), "".join(cells[1]["source"])
+        assert f"colab.research.google.com/github/someone/avgk-fork/blob/main/notebooks/{nb.name}" in title
+        assert f"git+{new}" in boot
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix in {".md", ".yml", ".ipynb"}:
+            text = path.read_text()
+            assert old not in text and f"github/{old_slug}/" not in text, path
+    assert new in (tmp_path / "book" / "how_to_run.md").read_text()
+    capsys.readouterr()
+    assert tool.main([new, "--root", str(tmp_path)]) == 0  # idempotent
+    assert "nothing to change" in capsys.readouterr().out
+
+
+def test_set_repo_url_rejects_a_non_github_url(tmp_path, capsys):
+    tool = _load_set_repo_url()
+    _copy_book_sources(tmp_path)
+    assert tool.main(["https://example.com/x", "--root", str(tmp_path)]) == 2
+    assert "OWNER/NAME" in capsys.readouterr().err
+    (tmp_path / "book" / "_config.yml").write_text("title: x\n")
+    assert tool.main(["https://github.com/a/b", "--root", str(tmp_path)]) == 2
+    assert "repository" in capsys.readouterr().err
