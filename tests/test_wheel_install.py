@@ -130,3 +130,45 @@ def test_an_experiment_chapter_runs_from_the_wheel_outside_the_repository(tmp_pa
     assert Path(found["file"]).resolve().is_relative_to(wheel_target.resolve()), found["file"]
     assert found["reference"] is True
     assert not any("none committed" in text for text in outputs)
+
+
+# ------------------------------------------------------------- references and benchmarks: provenance
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_write_reference_adds_the_provenance_of_the_training_references(tmp_path):
+    import torch
+
+    from avgk_lib.references import reference_dir, write_reference
+    from avgk_lib.train import provenance
+
+    path = write_reference("bench_x_cpu", {"benchmark": "x", "rows": [1, 2]}, device="cpu", directory=tmp_path)
+    assert path == tmp_path / "bench_x_cpu.json" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    written = json.loads(path.read_text())
+    assert written["benchmark"] == "x" and written["rows"] == [1, 2] and written["created"]
+    assert written["provenance"] == provenance(torch.device("cpu"), 1)  # same block, same function
+    assert reference_dir() == ROOT / "avgk_lib" / "reference_results"  # the default: the package's folder
+    for stem in ("", "a/b", "x.json"):
+        with pytest.raises(ValueError, match="stem"):
+            write_reference(stem, {}, device="cpu", directory=tmp_path)
+    with pytest.raises(TypeError, match="payload"):
+        write_reference("x", [1], device="cpu", directory=tmp_path)
+    with pytest.raises(ValueError, match="provenance"):
+        write_reference("x", {"provenance": {}}, device="cpu", directory=tmp_path)
+
+
+@pytest.mark.slow
+def test_loss_benchmark_json_carries_provenance(tmp_path):
+    bench = _load_script(ROOT / "benchmarks" / "bench_losses.py")
+    out = tmp_path / "bench_losses_cpu.json"
+    assert bench.main(["--min-run-time", "0.001", "--batch", "8", "--skip-calibration", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "bench_losses" and written["losses"]
+    assert {"git_commit", "torch", "device_name"} <= set(written["provenance"])
+    assert written["provenance"]["device"] == "cpu" and written["settings"]["batch"] == 8
