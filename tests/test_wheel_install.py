@@ -39,15 +39,32 @@ def _pip(*args: str, cwd: Path) -> None:
     assert result.returncode == 0, f"pip {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
 
 
+def _copy_checkout(source: Path) -> None:
+    """What ``pip install git+URL`` builds from: the files git knows (tracked, or new and not ignored)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split("\0")
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (e.g. an sdist): the package itself
+        listed = [str(p.relative_to(ROOT)) for p in (ROOT / "avgk_lib").rglob("*") if "__pycache__" not in p.parts]
+        listed += ["pyproject.toml", "README.md"]
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+
+
 @pytest.fixture(scope="module")
 def wheel_target(tmp_path_factory) -> Path:
     """A folder holding ``avgk_lib`` installed (not editable) from a freshly built wheel."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "avgk_lib", source / "avgk_lib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _copy_checkout(source)
     # without setuptools in this interpreter pip fetches it into an isolated build environment
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     _pip("wheel", "--no-deps", *isolation, "--wheel-dir", str(base / "dist"), str(source), cwd=base)

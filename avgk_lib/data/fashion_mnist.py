@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -154,9 +155,12 @@ def download_fashion_mnist(root: Path) -> None:
 def _materialise(source: Path, target: Path) -> None:
     """Write the decompressed copy of ``source`` at ``target`` atomically (torchvision's layout)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(_read_bytes(source))
-    tmp.replace(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(_read_bytes(source))
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def locate_raw_files(root: Path | None = None, download: bool | None = None) -> dict[str, Path]:
