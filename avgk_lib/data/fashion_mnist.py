@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 
-from .base import OFFLINE_ENV, DatasetBundle, TensorSplit, class_counts, data_dir, resolve_download, split_indices
+from . import base
+from .base import DatasetBundle, TensorSplit, class_counts, data_dir, split_indices
 from .corruption import block_label_noise, long_tail_subsample
 
+IMAGE_SHAPE = (28, 28)
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -42,7 +44,6 @@ FILES = {
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = (0.2860,), (0.3530,)
-IMAGE_SHAPE = (28, 28)
 
 
 def read_idx(path: Path | str) -> torch.Tensor:
@@ -131,7 +132,7 @@ def _find(name: str, raw: Path) -> Path | None:
 def _missing_message(raw: Path, why: str) -> str:
     names = ", ".join(FILES.values())
     return (
-        f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}, and {why}. Get it with one of: unset {OFFLINE_ENV} "
+        f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}, and {why}. Get it with one of: unset {base.OFFLINE_ENV} "
         f"(or pass download=True) and torchvision downloads it there (about 30 MB); `apt-get install "
         f"dataset-fashion-mnist`; or copy the four idx files ({names}, plain or .gz) into {raw}."
     )
@@ -170,13 +171,13 @@ def locate_raw_files(root: Path | None = None, download: bool | None = None) -> 
     folder, the environment variable and how to get the data."""
     if root is not None and not isinstance(root, (str, Path)):
         raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
-    allowed = resolve_download(download)
+    allowed = base.resolve_download(download)
     root = Path(root).expanduser() if root is not None else data_dir()
     raw = root / "FashionMNIST" / "raw"
     found = {key: _find(name, raw) for key, name in FILES.items()}
     if any(p is None for p in found.values()):
         if not allowed:
-            why = "downloads are off" + (f" ({OFFLINE_ENV} is set)" if download is None else " (download=False)")
+            why = "downloads are off" + (f" ({base.OFFLINE_ENV} is set)" if download is None else " (download=False)")
             raise FileNotFoundError(_missing_message(raw, why))
         download_fashion_mnist(root)
         found = {key: _find(name, raw) for key, name in FILES.items()}
