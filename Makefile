@@ -5,6 +5,8 @@
 #   make demo        - a one-minute tour of the library on synthetic data
 #   make bench       - the loss / calibration benchmark (prints a table)
 #   make references  - recompute the committed reference results (avgk_lib/reference_results/*.json, 3 seeds; about 2 h on 2 cores)
+#   make wheel-test  - build the wheel, install it outside the repository and run a chapter from there (part of `make unit`)
+#   make set-repo-url URL=https://github.com/OWNER/NAME - point the book, badges and install cells at another repository
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +19,7 @@ PRESET ?= cpu
 STAGE := _build/book
 HTML := $(STAGE)/_build/html
 
-.PHONY: setup book test unit book-check lint demo bench references clean
+.PHONY: setup book test unit book-check lint demo bench references wheel-test set-repo-url clean
 
 setup: $(STAMP)
 
@@ -56,6 +58,13 @@ bench: $(STAMP)
 
 references: $(STAMP)
 	$(BIN)/python tools/reference_runs.py --preset cpu --seeds 0 1 2
+
+wheel-test: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_wheel_install.py
+
+set-repo-url:
+	@test -n "$(URL)" || { echo "usage: make set-repo-url URL=https://github.com/OWNER/NAME" >&2; exit 2; }
+	$(PYTHON) tools/set_repo_url.py "$(URL)"
 
 clean:
 	rm -rf $(VENV) _build .pytest_cache

@@ -10,6 +10,10 @@ Both loops train the same SmallCNN with cross-entropy, SGD, batch 128 and the sa
 
 ``--full`` also runs the cpu-preset recipe (5 epochs, one-cycle) through ``avgk_lib.train`` and
 reports the test top-1 accuracy and the training time.
+
+The results are written with the provenance block of every reference (git commit, versions,
+device) to ``avgk_lib/reference_results/bench_fmnist_pipeline_cpu.json`` unless ``--json`` names
+another file or ``--no-json`` is given.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from avgk_lib.references import reference_dir, write_reference
 
 
 def _train_steps(model, batches, n_batches: int) -> float:
@@ -38,11 +45,13 @@ def _train_steps(model, batches, n_batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=150)
     parser.add_argument("--full", action="store_true", help="also train the cpu preset to completion")
-    args = parser.parse_args()
+    parser.add_argument("--json", help="write the results here (default: the package's reference_results folder)")
+    parser.add_argument("--no-json", action="store_true", help="print only")
+    args = parser.parse_args(argv)
     import torchvision
     from torchvision import transforms as T
 
@@ -58,7 +67,7 @@ def main() -> int:
     root = tempfile.mkdtemp()
     from avgk_lib.data.fashion_mnist import locate_raw_files
 
-    locate_raw_files(root=__import__("pathlib").Path(root))
+    locate_raw_files(root=Path(root))
     transform = T.Compose(
         [T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(bundle.mean, bundle.std)]
     )
@@ -72,6 +81,13 @@ def main() -> int:
     print(f"ours (in-memory, batched augmentation): {ours:8.0f} images/s")
     print(f"plain torchvision DataLoader (2 workers): {plain:8.0f} images/s")
     print(f"ratio ours / plain: {ours / plain:.2f}x")
+    payload = {
+        "benchmark": "bench_fmnist_pipeline",
+        "settings": {"batches": args.batches, "batch": 128, "model": "small_cnn", "plain_workers": 2},
+        "ours_images_per_s": ours,
+        "plain_images_per_s": plain,
+        "ratio": ours / plain,
+    }
     if args.full:
         from avgk_lib.experiments import _cpu_recipe
         from avgk_lib.train import TrainConfig, train
@@ -91,6 +107,10 @@ def main() -> int:
             f"{cfg.epochs} epochs, {train_seconds:.0f} s of training+validation "
             f"({len(bundle.train) * cfg.epochs / train_seconds:.0f} images/s overall)"
         )
+        payload["full"] = {"test_top1": results["test"]["top1_micro"], "train_seconds": train_seconds}
+    if not args.no_json:
+        path = Path(args.json) if args.json else reference_dir() / f"bench_fmnist_pipeline_{device.type}.json"
+        print(f"wrote {write_reference(path.stem, payload, device=device, directory=path.parent)}")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Loss and calibration speed against the peers, in one run (ratios, not absolute claims).
 
-    python benchmarks/bench_losses.py [--device cuda] [--json avgk_lib/reference_results/bench_losses_cpu.json]
+    python benchmarks/bench_losses.py [--device cuda] [--json PATH | --no-json]
+
+The results are written, with the provenance block of every reference (git commit, versions,
+device), to ``avgk_lib/reference_results/bench_losses_<cpu|cuda>.json`` unless ``--json`` names
+another file or ``--no-json`` is given.
 
 Forward + backward of one batch (B=128 by default, float32) for
   ours: noised_topk_loss, smooth_topk_svm_loss, topk_hinge_loss
@@ -14,16 +18,15 @@ torch.sort. Times are medians of torch.utils.benchmark's blocked_autorange.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-import avgk_lib
 from avgk_lib.book.benchmarking import HEADER, bench_calibration, bench_losses
+from avgk_lib.references import reference_dir, write_reference
 
 warnings.filterwarnings("ignore")
 
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--n-samples", type=int, default=5)
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--json", help="write the results here (default: the package's reference_results folder)")
+    parser.add_argument("--no-json", action="store_true", help="print only")
     parser.add_argument("--skip-calibration", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -54,22 +58,20 @@ def main(argv: list[str] | None = None) -> int:
             f"-> {calibration['speedup']:.1f}x; selected {calibration['selected']} of target "
             f"{calibration['target_selected']}"
         )
-    if args.json:
+    if not args.no_json:
         payload = {
             "benchmark": "bench_losses",
+            # read by chapter 3 (the same facts are in "provenance")
             "device": str(device),
             "device_name": name,
             "torch": torch.__version__,
-            "avgk_lib": avgk_lib.__version__,
-            "threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": {"batch": args.batch, "n_samples": args.n_samples, "min_run_time": args.min_run_time},
             "losses": rows,
             "calibration": calibration,
         }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=1)
-        print(f"wrote {args.json}")
+        path = Path(args.json) if args.json else reference_dir() / f"bench_losses_{device.type}.json"
+        print(f"wrote {write_reference(path.stem, payload, device=device, directory=path.parent)}")
     return 0
 
 

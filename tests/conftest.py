@@ -1,5 +1,15 @@
+import os
+
 import pytest
 import torch
+
+# Nothing downloads during the tests: loaders raise FileNotFoundError for a missing dataset (tests
+# that exercise the download path unset it and monkeypatch torchvision's downloader).
+os.environ["AVGK_OFFLINE"] = "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds or runs something end to end (tens of seconds); runs in CI")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,10 @@
 """Dataset loaders on real (Debian Fashion-MNIST) and fake-but-real-format data, and the oracle."""
 
+import gzip
 import json
+import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from avgk_lib.data import cifar100 as cifar_module
+from avgk_lib.data import fashion_mnist as fm
 from avgk_lib.data import load_dataset, make_loader
 from avgk_lib.data.corruption import block_label_noise, long_tail_subsample
 from avgk_lib.data.fashion_mnist import DEBIAN_DIR
@@ -114,6 +119,202 @@ def test_fashion_mnist_variants_keep_val_and_test_clean_and_balanced(tmp_path):
     assert torch.equal(tail.val.y, clean.val.y)
 
 
+# ------------------------------------------------- Fashion-MNIST files in the idx format, download
+
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The idx encoding (written independently of the reader): 0, 0, 0x08 (ubyte), ndim, big-endian dims."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def fake_fmnist_arrays(n_train: int = 120, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": np.arange(n_train, dtype=np.uint8) % 10,
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+
+
+def write_fmnist(folder: Path, arrays: dict[str, np.ndarray], gz: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, array in arrays.items():
+        data = idx_bytes(array)
+        if gz:
+            (folder / f"{IDX_NAMES[key]}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / IDX_NAMES[key]).write_bytes(data)
+
+
+@pytest.fixture
+def no_debian(tmp_path, monkeypatch):
+    """Pretend Debian's dataset-fashion-mnist is not installed."""
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian-package")
+
+
+@pytest.fixture
+def fake_fmnist_download(monkeypatch):
+    """Replace the network step of torchvision's FashionMNIST.download: the archive "downloaded" from a
+    mirror is a gzipped idx file in the real format, extracted as torchvision's extractor does."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    arrays = fake_fmnist_arrays()
+    by_name = {f"{name}.gz": key for key, name in IDX_NAMES.items()}
+    calls: list[str] = []
+
+    def download_and_extract_archive(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append(url)
+        archive = Path(download_root) / filename
+        archive.write_bytes(gzip.compress(idx_bytes(arrays[by_name[filename]])))
+        archive.with_suffix("").write_bytes(gzip.decompress(archive.read_bytes()))
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", download_and_extract_archive)
+    return arrays, calls
+
+
+def test_read_idx_agrees_with_torchvision_reader(tmp_path):
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    arrays = fake_fmnist_arrays(n_train=7, n_test=3)
+    write_fmnist(tmp_path, arrays, gz=False)
+    images, labels = tmp_path / IDX_NAMES["train_images"], tmp_path / IDX_NAMES["train_labels"]
+    assert torch.equal(fm.read_idx(images), read_image_file(str(images)))
+    assert torch.equal(fm.read_idx(labels), read_label_file(str(labels)).to(torch.uint8))
+    gz = tmp_path / "gz"
+    write_fmnist(gz, arrays, gz=True)
+    assert torch.equal(fm.read_idx(gz / f"{IDX_NAMES['train_images']}.gz"), fm.read_idx(images))
+
+
+def test_fashion_mnist_downloads_to_torchvision_layout(tmp_path, monkeypatch, no_debian, fake_fmnist_download):
+    import torchvision
+
+    arrays, calls = fake_fmnist_download
+    monkeypatch.delenv("AVGK_OFFLINE", raising=False)
+    paths = fm.locate_raw_files(tmp_path)  # download=None: online -> downloads
+    assert len(calls) == 4 and all(p.parent == tmp_path / "FashionMNIST" / "raw" for p in paths.values())
+    for key, array in arrays.items():
+        assert np.array_equal(fm.read_idx(paths[key]).numpy(), array)
+    # torchvision reads the same folder without downloading again, and so do we
+    reference = torchvision.datasets.FashionMNIST(str(tmp_path), train=False, download=False)
+    bundle = load_dataset("fashion_mnist", root=tmp_path, n_val=20, download=True)
+    assert len(calls) == 4
+    assert torch.equal(bundle.test.x.squeeze(1), reference.data) and torch.equal(bundle.test.y, reference.targets)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (100, 20, 30)
+
+
+def test_fashion_mnist_offline_names_folder_env_var_and_remedies(tmp_path, no_debian, fake_fmnist_download):
+    _, calls = fake_fmnist_download
+    with pytest.raises(FileNotFoundError) as info:
+        fm.locate_raw_files(tmp_path)  # AVGK_OFFLINE=1 in the test session
+    message = str(info.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "AVGK_OFFLINE" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "download=True" in message
+    assert calls == []
+
+
+def test_fashion_mnist_download_false_wins_over_online(tmp_path, monkeypatch, no_debian, fake_fmnist_download):
+    monkeypatch.delenv("AVGK_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        fm.locate_raw_files(tmp_path, download=False)
+    assert fake_fmnist_download[1] == []
+    with pytest.raises(TypeError, match="download"):
+        fm.locate_raw_files(tmp_path, download="yes")
+
+
+def test_fashion_mnist_failed_download_names_the_folder(tmp_path, monkeypatch, no_debian):
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist as tv_mnist
+
+    def unreachable(url, download_root, filename=None, md5=None, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", unreachable)
+    with pytest.raises(RuntimeError, match=re.escape(str(tmp_path / "FashionMNIST" / "raw"))):
+        fm.locate_raw_files(tmp_path, download=True)
+
+
+def test_debian_files_are_used_before_any_download(tmp_path, monkeypatch, fake_fmnist_download):
+    arrays = fake_fmnist_arrays(seed=5)
+    debian = tmp_path / "debian"
+    write_fmnist(debian, arrays, gz=True)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", debian)
+    monkeypatch.delenv("AVGK_OFFLINE", raising=False)
+    paths = fm.locate_raw_files(tmp_path / "data")
+    assert fake_fmnist_download[1] == []  # torchvision would re-download (checksums of recompressed .gz differ)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    for key, name in IDX_NAMES.items():  # decompressed copies where torchvision expects them
+        assert paths[key] == raw / name and np.array_equal(fm.read_idx(raw / name).numpy(), arrays[key])
+
+
+def _corrupt(kind: str, raw: Path) -> Path:
+    """Damage one file of a valid raw folder; return the damaged file."""
+    labels, images = raw / IDX_NAMES["train_labels"], raw / IDX_NAMES["train_images"]
+    if kind == "empty":
+        labels.write_bytes(b"")
+        return labels
+    if kind == "short header":
+        labels.write_bytes(bytes([0, 0, 8, 1, 0, 0]))
+        return labels
+    if kind == "bad magic":
+        labels.write_bytes(bytes([0, 0, 0x0D, 1]) + labels.read_bytes()[4:])
+        return labels
+    if kind == "truncated":
+        images.write_bytes(images.read_bytes()[:-100])
+        return images
+    if kind == "label 200":
+        data = bytearray(labels.read_bytes())
+        data[8 + 3] = 200
+        labels.write_bytes(bytes(data))
+        return labels
+    if kind == "count mismatch":
+        labels.write_bytes(idx_bytes(np.zeros(119, dtype=np.uint8)))
+        return labels
+    if kind == "not 28x28":
+        images.write_bytes(idx_bytes(np.zeros((120, 27, 28), dtype=np.uint8)))
+        return images
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "short header", "bad magic", "truncated", "label 200", "count mismatch", "not 28x28"]
+)
+def test_bad_idx_files_raise_naming_the_file(tmp_path, no_debian, kind):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_fmnist(raw, fake_fmnist_arrays(), gz=False)
+    bad = _corrupt(kind, raw)
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        fm.locate_raw_files(tmp_path)
+
+
+def test_corrupt_gz_names_the_file(tmp_path, no_debian):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_fmnist(raw, fake_fmnist_arrays(), gz=True)
+    bad = raw / f"{IDX_NAMES['test_labels']}.gz"
+    bad.write_bytes(bad.read_bytes()[:-12])  # cut the gzip trailer and some data: EOFError inside gzip
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*corrupt gzip"):
+        fm.locate_raw_files(tmp_path)
+    bad.write_bytes(b"not a gzip archive at all")
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        fm.locate_raw_files(tmp_path)
+
+
+def test_read_idx_rejects_missing_file_and_bad_argument(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-idx1-ubyte"):
+        fm.read_idx(tmp_path / "nothing-idx1-ubyte")
+    with pytest.raises(TypeError, match="path"):
+        fm.read_idx(3)
+
+
 # ---------------------------------------------------------------------------- CIFAR-100 fake
 
 
@@ -199,6 +400,79 @@ def test_cifar100_missing_folder_is_a_clear_error(tmp_path):
         load_dataset("cifar100", root=tmp_path)
 
 
+def test_cifar100_downloads_through_torchvision_when_absent(tmp_path, monkeypatch):
+    """torchvision's CIFAR100.download runs for real; only its network step (download + extract) is
+    replaced by writing the official layout, and its md5 check by an existence check."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    calls = []
+
+    def download_and_extract_archive(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, filename))
+        write_fake_cifar100(Path(download_root))
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", download_and_extract_archive)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.delenv("AVGK_OFFLINE", raising=False)
+    bundle = load_dataset("cifar100", root=tmp_path, n_val=40)  # download=None: online -> downloads
+    assert calls == [(tv_cifar.CIFAR100.url, "cifar-100-python.tar.gz")]
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (160, 40, 50)
+    load_dataset("cifar100", root=tmp_path, n_val=40)
+    assert len(calls) == 1  # present now: no second download
+
+
+def test_cifar100_offline_names_folder_and_env_var(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("cifar100", root=tmp_path)
+    assert str(tmp_path / "cifar-100-python") in str(info.value) and "AVGK_OFFLINE" in str(info.value)
+
+
+def _damage_cifar(kind: str, folder: Path) -> Path:
+    train = folder / "train"
+    if kind == "not a pickle":
+        train.write_bytes(b"this is not a pickle")
+        return train
+    if kind == "truncated":
+        train.write_bytes(train.read_bytes()[:1000])
+        return train
+    d = pickle.loads((folder / "train").read_bytes(), encoding="bytes")
+    if kind == "label 100":
+        d[b"fine_labels"][3] = 100
+    elif kind == "no labels":
+        del d[b"fine_labels"]
+    elif kind == "short rows":
+        d[b"data"] = d[b"data"][:, :3000]
+    elif kind == "meta":
+        meta = pickle.loads((folder / "meta").read_bytes(), encoding="bytes")
+        meta[b"fine_label_names"] = meta[b"fine_label_names"][:99]
+        _dump_py2(meta, folder / "meta")
+        return folder / "meta"
+    _dump_py2(d, train)
+    return train
+
+
+@pytest.mark.parametrize("kind", ["not a pickle", "truncated", "label 100", "no labels", "short rows", "meta"])
+def test_damaged_cifar100_files_raise_naming_the_file(tmp_path, kind):
+    write_fake_cifar100(tmp_path)
+    bad = _damage_cifar(kind, tmp_path / "cifar-100-python")
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        load_dataset("cifar100", root=tmp_path, n_val=40)
+
+
+def test_cifar100_missing_file_and_bad_options(tmp_path):
+    write_fake_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python" / "meta").unlink()
+    with pytest.raises(FileNotFoundError, match="missing meta"):
+        load_dataset("cifar100", root=tmp_path)
+    write_fake_cifar100(tmp_path / "b")
+    with pytest.raises(ValueError, match="n_val"):
+        load_dataset("cifar100", root=tmp_path / "b", n_val=200)
+    with pytest.raises(ValueError, match="label_noise"):
+        load_dataset("cifar100", root=tmp_path / "b", n_val=40, label_noise=1.5)
+    with pytest.raises(TypeError, match="download"):
+        cifar_module.locate_cifar100(tmp_path / "b", download=1)
+
+
 # ---------------------------------------------------------------------------- Pl@ntNet-300K fake
 
 
@@ -242,6 +516,71 @@ def test_plantnet_loader_on_a_fake_v1_1_tree(tmp_path):
 def test_plantnet_missing_folder_says_where_to_get_v1_1(tmp_path):
     with pytest.raises(FileNotFoundError, match="5645731"):
         load_dataset("plantnet300k", root=tmp_path)
+
+
+def test_plantnet_subset_keeps_the_head_to_tail_profile(tmp_path):
+    names = write_fake_plantnet(tmp_path)
+    # training counts: 1355868 -> 5, 1355932 -> 3, 1363227 -> 1; two classes at evenly spaced ranks: 1st and 3rd
+    bundle = load_dataset("plantnet300k", root=tmp_path, resize=32, crop=24, max_classes=2)
+    assert bundle.extra["species_ids"] == ["1355868", "1363227"] and bundle.n_classes == 2
+    assert bundle.class_names == [names["1355868"], names["1363227"]]
+    assert bundle.train_counts == [5, 1]
+    assert sorted(bundle.val.targets.tolist()) == [0, 0] and sorted(bundle.test.targets.tolist()) == [0, 1, 1]
+    capped = load_dataset("plantnet300k", root=tmp_path, resize=32, crop=24, max_per_class=2)
+    assert capped.train_counts == [2, 2, 1] and len(capped.val) == 3 and len(capped.test) == 3
+    first = sorted((tmp_path / "images" / "train" / "1355868").iterdir())[:2]
+    assert [p for p, label in capped.train.samples if label == 0] == first
+    assert load_dataset("plantnet300k", root=tmp_path, max_classes=1).extra["species_ids"] == ["1355868"]
+    assert load_dataset("plantnet300k", root=tmp_path, max_classes=50).n_classes == 3
+
+
+def test_plantnet_missing_data_message_gives_size_record_layout_and_colab_route(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("plantnet300k", root=tmp_path)
+    message = str(info.value)
+    for needle in (str(tmp_path), "32 GB", "5645731", "version 1.1", "images/train", "Colab", "max_classes"):
+        assert needle in message, needle
+
+
+@pytest.mark.parametrize("kind", ["no val folder", "bad json", "json list", "unknown species", "bad image"])
+def test_plantnet_folder_errors_name_the_folder_or_file(tmp_path, kind):
+    write_fake_plantnet(tmp_path)
+    names = tmp_path / "plantnet300K_species_id_2_name.json"
+    if kind == "no val folder":
+        bad, error = tmp_path / "images" / "val", FileNotFoundError
+        for f in bad.rglob("*.jpg"):
+            f.unlink()
+        for d in sorted(bad.rglob("*"), reverse=True):
+            d.rmdir()
+        bad.rmdir()
+    elif kind == "bad json":
+        bad, error = names, ValueError
+        names.write_text("{not json")
+    elif kind == "json list":
+        bad, error = names, ValueError
+        names.write_text("[1, 2]")
+    elif kind == "unknown species":
+        bad, error = tmp_path / "images" / "test" / "999", ValueError
+        bad.mkdir()
+    else:
+        bad, error = tmp_path / "images" / "train" / "1355868" / "0000.jpg", ValueError
+        bad.write_bytes(b"not a jpeg")
+        bundle = load_dataset("plantnet300k", root=tmp_path, resize=32, crop=24)
+        with pytest.raises(error, match=re.escape(str(bad))):
+            bundle.train[0]
+        return
+    with pytest.raises(error, match=re.escape(str(bad))):
+        load_dataset("plantnet300k", root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [({"max_classes": 0}, "max_classes"), ({"max_per_class": 1.5}, "max_per_class"), ({"crop": 300}, "crop")],
+)
+def test_plantnet_bad_options_name_the_argument(tmp_path, options, name):
+    write_fake_plantnet(tmp_path)
+    with pytest.raises(ValueError, match=name):
+        load_dataset("plantnet300k", root=tmp_path, **options)
 
 
 def test_unknown_dataset_lists_valid_names():

@@ -9,6 +9,24 @@ from typing import Any
 
 import torch
 
+OFFLINE_ENV = "AVGK_OFFLINE"
+
+
+def offline() -> bool:
+    """True when ``$AVGK_OFFLINE`` is set to ``1``/``true``/``yes`` (CI and the test suite set it): loaders
+    then never download and a missing dataset raises :class:`FileNotFoundError` instead."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_download(download: bool | None) -> bool:
+    """The ``download`` argument of a loader: ``None`` (the default) means "download when absent unless
+    ``$AVGK_OFFLINE`` is set"; ``True``/``False`` force it either way."""
+    if download is None:
+        return not offline()
+    if not isinstance(download, bool):
+        raise TypeError(f"`download` must be True, False or None, got {download!r}")
+    return download
+
 
 def data_dir() -> Path:
     """Root of datasets: ``$AVGK_DATA_DIR``, default ``~/.cache/avgk/data``."""

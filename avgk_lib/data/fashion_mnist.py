@@ -1,26 +1,40 @@
 """Fashion-MNIST (Xiao et al. 2017): 10 classes of 28x28 grey clothing images.
 
-Where the files come from, in order: ``$AVGK_DATA_DIR/FashionMNIST/raw`` (idx files, plain or
-.gz), Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then
-torchvision's download when ``download=True``. Debian's .gz files are recompressed, so
-torchvision's archive checksums fail on them although the decompressed idx files are the
-standard ones: we read the idx format directly and write the decompressed files where
-torchvision expects them, so ``torchvision.datasets.FashionMNIST(root, download=False)`` works
-afterwards too.
+Where the files come from, in order:
+
+1. ``root/FashionMNIST/raw`` (``root`` defaults to ``$AVGK_DATA_DIR``): the idx files, plain or
+   ``.gz``, in torchvision's on-disk layout;
+2. Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+3. torchvision's download into ``root/FashionMNIST/raw`` (about 30 MB), when ``download`` is
+   ``True``, or ``None`` (the default) and ``$AVGK_OFFLINE`` is not set.
+
+Debian's .gz files are recompressed, so torchvision's archive checksums fail on them although the
+decompressed idx files are the standard ones: we read the idx format directly and write the
+decompressed files where torchvision expects them, so ``torchvision.datasets.FashionMNIST(root,
+download=False)`` works afterwards too.
+
+The idx format (LeCun et al.): a 4-byte header ``0x00 0x00 <type> <ndim>`` (type ``0x08`` =
+unsigned bytes), ``ndim`` big-endian uint32 dimensions, then ``prod(dims)`` bytes. Every file is
+checked (header, dimensions, payload length, 28x28 images, as many labels as images, labels in
+0..9) and a bad file raises :class:`ValueError` naming it.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import os
 import struct
+import zlib
 from pathlib import Path
 
 import torch
 
+from . import base
 from .base import DatasetBundle, TensorSplit, class_counts, data_dir, split_indices
 from .corruption import block_label_noise, group_label_noise, long_tail_subsample
 
+IMAGE_SHAPE = (28, 28)
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -35,61 +49,152 @@ MEAN, STD = (0.2860,), (0.3530,)
 SEMANTIC_GROUPS = [0, 2, 0, 3, 0, 1, 0, 1, 4, 1]
 
 
+def read_idx(path: Path | str) -> torch.Tensor:
+    """Read an idx file (optionally gzipped) of unsigned bytes into a uint8 tensor of its dimensions.
+
+    Cached per process and per file version (path, size, modification time): notebooks train many
+    models on the same files; callers never modify the result in place. Raises
+    :class:`FileNotFoundError` for a missing file and :class:`ValueError` naming the file when it is
+    empty, not idx, truncated or a corrupt gzip archive.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "labels-idx1-ubyte"
+    >>> _ = f.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 0, 9]))
+    >>> read_idx(f).tolist()
+    [7, 0, 9]
+    """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"`path` must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"idx file {path} does not exist")
+    stat = path.stat()
+    return _read_idx_cached(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
 @functools.lru_cache(maxsize=8)
-def read_idx(path: Path) -> torch.Tensor:
-    """Read an idx file (optionally gzipped) of unsigned bytes into a uint8 tensor (cached per
-    process: notebooks train many models on the same files; callers never modify it in place)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+def _read_idx_cached(path: Path, size: int, mtime_ns: int) -> torch.Tensor:
+    del size, mtime_ns  # part of the cache key only: a rewritten file is read again
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise ValueError(f"{path} is {'empty' if not data else 'too short'}: an idx file starts with a 4-byte header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    if zero != 0 or dtype_code != 0x08 or ndim == 0:
+        raise ValueError(
+            f"{path} is not an idx file of unsigned bytes (header {data[:4].hex()}, expected 000008 then ndim >= 1)"
+        )
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header announces {ndim} dimensions but ends early")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     payload = data[4 + 4 * ndim :]
     expected = 1
     for s in shape:
         expected *= s
+    if expected == 0:
+        raise ValueError(f"{path} holds no data (dimensions {shape})")
     if len(payload) != expected:
-        raise ValueError(f"{path} is truncated: {len(payload)} bytes for shape {shape}")
+        problem = "truncated" if len(payload) < expected else "longer than its header says"
+        raise ValueError(f"{path} is {problem}: {len(payload)} data bytes for dimensions {shape} ({expected} bytes)")
     return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(shape)
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it ends in ``.gz``; a corrupt archive names the file."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is a corrupt gzip archive ({err}); delete it and get the file again") from err
+
+
+def check_idx_pair(images_path: Path, labels_path: Path, n_classes: int = 10) -> None:
+    """Check that an image file and a label file belong together: images ``(N, 28, 28)``, labels
+    ``(N,)`` with values in ``0..n_classes-1``. Raises :class:`ValueError` naming the bad file."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise ValueError(f"{images_path} holds dimensions {tuple(images.shape)}, expected (N, 28, 28) images")
+    if labels.dim() != 1:
+        raise ValueError(f"{labels_path} holds dimensions {tuple(labels.shape)}, expected (N,) labels")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{labels_path} holds {labels.shape[0]} labels for {images.shape[0]} images in {images_path}")
+    top = int(labels.max())
+    if top >= n_classes:
+        raise ValueError(f"{labels_path} holds label {top}, outside 0..{n_classes - 1} ({n_classes} classes)")
+
+
 def _find(name: str, raw: Path) -> Path | None:
+    """The first existing copy of idx file ``name``: in ``raw`` (plain, then .gz), then Debian's."""
     for candidate in (raw / name, raw / f"{name}.gz", DEBIAN_DIR / f"{name}.gz", DEBIAN_DIR / name):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
     return None
 
 
-def locate_raw_files(root: Path | None = None, download: bool = False) -> dict[str, Path]:
-    """Paths of the four idx files, materialising decompressed copies under ``root/FashionMNIST/raw``."""
-    root = Path(root) if root is not None else data_dir()
+def _missing_message(raw: Path, why: str) -> str:
+    names = ", ".join(FILES.values())
+    return (
+        f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}, and {why}. Get it with one of: unset {base.OFFLINE_ENV} "
+        f"(or pass download=True) and torchvision downloads it there (about 30 MB); `apt-get install "
+        f"dataset-fashion-mnist`; or copy the four idx files ({names}, plain or .gz) into {raw}."
+    )
+
+
+def download_fashion_mnist(root: Path) -> None:
+    """Download Fashion-MNIST with torchvision into ``root/FashionMNIST/raw`` (its own layout and
+    checksums); a network failure raises :class:`RuntimeError` naming the folder."""
+    import torchvision
+
+    try:
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        raise RuntimeError(
+            f"downloading Fashion-MNIST into {root / 'FashionMNIST' / 'raw'} failed ({err}). "
+            + _missing_message(root / "FashionMNIST" / "raw", "the download did not work")
+        ) from err
+
+
+def _materialise(source: Path, target: Path) -> None:
+    """Write the decompressed copy of ``source`` at ``target`` atomically (torchvision's layout)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(_read_bytes(source))
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def locate_raw_files(root: Path | None = None, download: bool | None = None) -> dict[str, Path]:
+    """Paths of the four checked idx files, materialising decompressed copies under
+    ``root/FashionMNIST/raw``. ``download``: ``None`` = download when absent unless ``$AVGK_OFFLINE``
+    is set; ``True``/``False`` force it. Missing files raise one :class:`FileNotFoundError` naming the
+    folder, the environment variable and how to get the data."""
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
+    allowed = base.resolve_download(download)
+    root = Path(root).expanduser() if root is not None else data_dir()
     raw = root / "FashionMNIST" / "raw"
     found = {key: _find(name, raw) for key, name in FILES.items()}
     if any(p is None for p in found.values()):
-        if not download:
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}. Install Debian's package "
-                "(`apt-get install dataset-fashion-mnist`), put the idx files in that folder, or pass download=True."
-            )
-        import torchvision
-
-        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        if not allowed:
+            why = "downloads are off" + (f" ({base.OFFLINE_ENV} is set)" if download is None else " (download=False)")
+            raise FileNotFoundError(_missing_message(raw, why))
+        download_fashion_mnist(root)
         found = {key: _find(name, raw) for key, name in FILES.items()}
+        if any(p is None for p in found.values()):
+            raise FileNotFoundError(_missing_message(raw, "torchvision's download did not write them"))
     paths: dict[str, Path] = {}
     for key, path in found.items():
         assert path is not None
         target = raw / FILES[key]
         if path != target and not target.exists():
-            raw.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rb") as src, open(tmp, "wb") as dst:
-                dst.write(src.read())
-            tmp.replace(target)
+            _materialise(path, target)
         paths[key] = target if target.exists() else path
+    check_idx_pair(paths["train_images"], paths["train_labels"])
+    check_idx_pair(paths["test_images"], paths["test_labels"])
     return paths
 
 

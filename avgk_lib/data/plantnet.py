@@ -1,12 +1,24 @@
 """Pl@ntNet-300K v1.1 (Garcin et al. 2021): 306,146 plant images of 1,081 species.
 
-Get version 1.1 of Zenodo record 5645731 (about 32 GB; not v1.0, whose metadata is wrong, and
-not the 1,000-class "v2"). Expected layout under ``root`` (or ``$AVGK_DATA_DIR/plantnet_300K``)::
+**The library never downloads it.** Get version 1.1 of Zenodo record 5645731 (about 32 GB; not
+v1.0, whose metadata is wrong, and not the 1,000-class "v2"). Expected layout under ``root``
+(default ``$AVGK_DATA_DIR/plantnet_300K``)::
 
     plantnet300K_species_id_2_name.json
     images/train/<species_id>/<image>.jpg     (243,916 images)
     images/val/<species_id>/...               (31,118)
     images/test/<species_id>/...              (31,112)
+
+On Colab a free Google Drive (15 GB) cannot hold it: download the zip to the runtime's local disk
+(``/content``, lost at disconnect) or keep it on a paid Drive and mount it with
+:func:`avgk_lib.colab.use_drive`. The images of a few species can be extracted alone
+(``unzip plantnet_300K.zip 'plantnet_300K/images/*/1355932/*'`` plus the JSON file).
+
+Subset route (one free GPU session): ``max_classes`` keeps that many species, taken at evenly
+spaced ranks of the training-count ranking (most to least frequent), so the subset keeps the
+head-to-tail profile of the full data; ``max_per_class`` caps the *training* images of each kept
+species (the first ones in sorted file order). Validation and test keep every image of the kept
+species. Class indices are the ranks of the kept species ids among themselves.
 
 The class index of a species is its rank among the sorted species ids, the same for every
 split, even when a rare species has no image in validation or test. Transforms follow P1:
@@ -19,7 +31,7 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .base import DatasetBundle, data_dir
@@ -28,24 +40,44 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NAMES_FILE = "plantnet300K_species_id_2_name.json"
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
+SPLITS = ("train", "val", "test")
 WHERE = (
-    "Download Pl@ntNet-300K version 1.1 from Zenodo record 5645731 (https://zenodo.org/records/5645731, "
-    "about 32 GB), unzip it and pass its folder (the one holding images/ and "
-    f"{NAMES_FILE}) as root or set AVGK_DATA_DIR."
+    "The library never downloads it: get Pl@ntNet-300K version 1.1 from Zenodo record 5645731 "
+    "(https://zenodo.org/records/5645731, about 32 GB zipped), unzip it and pass its folder (the one holding "
+    f"images/train, images/val, images/test and {NAMES_FILE}) as root, or put it at $AVGK_DATA_DIR/plantnet_300K. "
+    "On Colab: unzip it on the local disk (/content) or on a mounted Drive (avgk_lib.colab.use_drive()); "
+    "max_classes / max_per_class train on a subset. See book/how_to_run.md."
 )
 
 
-class ImageFolderSplit(Dataset):
-    """``(image, label)`` pairs of one split, labels from a fixed species-to-index map."""
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
-    def __init__(self, folder: Path, class_index: dict[str, int], transform=None) -> None:
+
+class ImageFolderSplit(Dataset):
+    """``(image, label)`` pairs of one split, labels from a fixed species-to-index map.
+
+    ``known`` (default: the keys of ``class_index``) are the species a folder may name; species
+    known but absent from ``class_index`` are skipped (a subset). ``max_per_class`` keeps the first
+    images of each species in sorted file order."""
+
+    def __init__(
+        self,
+        folder: Path,
+        class_index: dict[str, int],
+        transform=None,
+        *,
+        known: set[str] | None = None,
+        max_per_class: int | None = None,
+    ) -> None:
+        known = set(class_index) if known is None else known
         self.samples: list[tuple[Path, int]] = []
         for species in sorted(p.name for p in folder.iterdir() if p.is_dir()):
-            if species not in class_index:
-                raise ValueError(f"species folder {folder / species} is not in the species list")
-            for image in sorted((folder / species).iterdir()):
-                if image.suffix.lower() in EXTENSIONS:
-                    self.samples.append((image, class_index[species]))
+            if species not in known:
+                raise ValueError(f"species folder {folder / species} is not in the species list ({NAMES_FILE})")
+            if species in class_index:
+                images = _list_images(folder / species)[:max_per_class]
+                self.samples.extend((image, class_index[species]) for image in images)
         self.targets = torch.tensor([label for _, label in self.samples], dtype=torch.long)
         self.transform = transform
 
@@ -54,8 +86,11 @@ class ImageFolderSplit(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path} ({err})") from err
         return (self.transform(image) if self.transform else image), label
 
 
@@ -66,24 +101,80 @@ def plantnet_transforms(train: bool, resize: int = 256, crop: int = 224):
     return T.Compose([T.Resize(resize), crop_t, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def load_plantnet300k(*, root: Path | None = None, resize: int = 256, crop: int = 224) -> DatasetBundle:
-    """Pl@ntNet-300K v1.1 as three image-folder datasets (read by DataLoader workers)."""
-    root = Path(root) if root is not None else data_dir() / "plantnet_300K"
-    names_file = root / NAMES_FILE
+def read_species_names(root: Path) -> dict[str, str]:
+    """The species-id-to-name map of ``root/plantnet300K_species_id_2_name.json`` (checked)."""
+    path = root / NAMES_FILE
+    try:
+        names = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); unzip it again from Zenodo record 5645731") from err
+    if not isinstance(names, dict) or not names or not all(isinstance(v, str) for v in names.values()):
+        raise ValueError(f"{path} must map species ids to names (a non-empty JSON object of strings)")
+    return names
+
+
+def select_species(species: list[str], train_folder: Path, max_classes: int | None) -> list[str]:
+    """``max_classes`` species at evenly spaced ranks of the training-count ranking (ties: by id),
+    returned sorted by id; every species when ``max_classes`` is None or not smaller."""
+    if max_classes is None or max_classes >= len(species):
+        return list(species)
+    counts = {s: len(_list_images(train_folder / s)) if (train_folder / s).is_dir() else 0 for s in species}
+    ranked = sorted(species, key=lambda s: (-counts[s], s))
+    if max_classes == 1:
+        return [ranked[0]]
+    step = (len(ranked) - 1) / (max_classes - 1)
+    return sorted(ranked[round(i * step)] for i in range(max_classes))
+
+
+def _check_options(resize: int, crop: int, max_classes: int | None, max_per_class: int | None) -> None:
+    for name, value in (("resize", resize), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    if crop > resize:
+        raise ValueError(f"`crop` ({crop}) must not exceed `resize` ({resize})")
+    for name, value in (("max_classes", max_classes), ("max_per_class", max_per_class)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{name}` must be None or a positive int, got {value!r}")
+
+
+def load_plantnet300k(
+    *,
+    root: Path | None = None,
+    resize: int = 256,
+    crop: int = 224,
+    max_classes: int | None = None,
+    max_per_class: int | None = None,
+) -> DatasetBundle:
+    """Pl@ntNet-300K v1.1 as three image-folder datasets (read by DataLoader workers).
+
+    ``max_classes`` / ``max_per_class`` select a subset (see the module docstring). A missing or
+    incomplete folder raises :class:`FileNotFoundError` naming it, with the size, the Zenodo
+    record and the expected layout."""
+    _check_options(resize, crop, max_classes, max_per_class)
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
+    root = Path(root).expanduser() if root is not None else data_dir() / "plantnet_300K"
     images = root / "images"
-    if not names_file.exists() or not (images / "train").is_dir():
-        raise FileNotFoundError(f"Pl@ntNet-300K not found in {root}. {WHERE}")
-    with open(names_file) as fh:
-        id_to_name = json.load(fh)
-    species = sorted(id_to_name)
-    class_index = {s: i for i, s in enumerate(species)}
-    splits = {}
-    for split in ("train", "val", "test"):
+    if not (root / NAMES_FILE).is_file():
+        raise FileNotFoundError(f"Pl@ntNet-300K not found in {root}: no {NAMES_FILE}. {WHERE}")
+    for split in SPLITS:
         if not (images / split).is_dir():
-            raise FileNotFoundError(f"missing split folder {images / split}. {WHERE}")
-        splits[split] = ImageFolderSplit(
-            images / split, class_index, plantnet_transforms(split == "train", resize, crop)
+            raise FileNotFoundError(f"Pl@ntNet-300K in {root} is incomplete: missing folder {images / split}. {WHERE}")
+    id_to_name = read_species_names(root)
+    species = select_species(sorted(id_to_name), images / "train", max_classes)
+    class_index = {s: i for i, s in enumerate(species)}
+    splits = {
+        split: ImageFolderSplit(
+            images / split,
+            class_index,
+            plantnet_transforms(split == "train", resize, crop),
+            known=set(id_to_name),
+            max_per_class=max_per_class if split == "train" else None,
         )
+        for split in SPLITS
+    }
+    if len(splits["train"]) == 0:
+        raise ValueError(f"no training image ({', '.join(sorted(EXTENSIONS))}) under {images / 'train'}")
     counts = torch.bincount(splits["train"].targets, minlength=len(species)).tolist()
     return DatasetBundle(
         name="plantnet300k",
@@ -96,5 +187,5 @@ def load_plantnet300k(*, root: Path | None = None, resize: int = 256, crop: int 
         train_counts=counts,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        extra={"species_ids": species},
+        extra={"species_ids": species, "max_classes": max_classes, "max_per_class": max_per_class},
     )

@@ -1,0 +1,145 @@
+"""Colab helpers, tested off Colab with a fake ``google.colab`` module (no Drive, no network)."""
+
+import importlib.util
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from avgk_lib import colab
+from avgk_lib.data import cache_dir, data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """use_drive sets these variables: register them so that monkeypatch restores them afterwards."""
+    for name in ("AVGK_CACHE_DIR", "AVGK_DATA_DIR"):
+        monkeypatch.setenv(name, f"/untouched/{name}")
+
+
+@pytest.fixture
+def fake_colab(monkeypatch, tmp_path):
+    """A ``google.colab`` whose ``drive.mount`` records the call and creates ``<mount>/MyDrive``."""
+    mounts: list[str] = []
+
+    def mount(where: str) -> None:
+        mounts.append(where)
+        (Path(where) / "MyDrive").mkdir(parents=True)
+
+    module = types.ModuleType("google.colab")
+    module.drive = types.SimpleNamespace(mount=mount)
+    monkeypatch.setitem(sys.modules, "google.colab", module)
+    return tmp_path / "drive", mounts
+
+
+def test_in_colab_follows_the_google_colab_module(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert colab.in_colab() is False
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert colab.in_colab() is True
+
+
+def test_use_drive_on_colab_mounts_once_and_points_the_library_there(clean_env, fake_colab):
+    mount_point, mounts = fake_colab
+    folder = mount_point / "MyDrive" / "avgk"
+    chosen = colab.use_drive(folder, mount_point=mount_point)
+    assert mounts == [str(mount_point)]
+    assert chosen == {"AVGK_CACHE_DIR": folder / "cache", "AVGK_DATA_DIR": folder / "data"}
+    assert cache_dir() == folder / "cache" and data_dir() == folder / "data"
+    assert (folder / "cache").is_dir() and (folder / "data").is_dir()
+    colab.use_drive(folder, mount_point=mount_point)  # already mounted (a second run of the cell)
+    assert mounts == [str(mount_point)]
+
+
+def test_use_drive_can_leave_the_data_on_local_disk(clean_env, fake_colab):
+    mount_point, _ = fake_colab
+    chosen = colab.use_drive(mount_point / "MyDrive" / "runs", mount_point=mount_point, data=False)
+    assert list(chosen) == ["AVGK_CACHE_DIR"]
+    assert str(data_dir()) == "/untouched/AVGK_DATA_DIR"
+    assert cache_dir() == mount_point / "MyDrive" / "runs" / "cache"
+
+
+def test_use_drive_off_colab(clean_env, monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    with pytest.raises(RuntimeError, match="only be mounted on Colab"):
+        colab.use_drive(tmp_path / "drive" / "MyDrive" / "avgk", mount_point=tmp_path / "drive")
+    assert str(cache_dir()) == "/untouched/AVGK_CACHE_DIR"
+    # a local folder is simply used: the same notebook runs off Colab
+    colab.use_drive(tmp_path / "local", mount_point=tmp_path / "drive")
+    assert cache_dir() == tmp_path / "local" / "cache" and data_dir() == tmp_path / "local" / "data"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        ({"path": 3}, TypeError, "path"),
+        ({"path": ""}, TypeError, "path"),
+        ({"mount_point": None}, TypeError, "mount_point"),
+        ({"data": "yes"}, TypeError, "data"),
+        ({"data": False, "cache": False}, ValueError, "cache"),
+    ],
+)
+def test_use_drive_rejects_bad_arguments(clean_env, tmp_path, kwargs, error, name):
+    kwargs = {"path": tmp_path / "x", **kwargs}
+    with pytest.raises(error, match=name):
+        colab.use_drive(**kwargs)
+    assert str(cache_dir()) == "/untouched/AVGK_CACHE_DIR"
+
+
+# ------------------------------------------------------------------ the repository URL in one place
+
+
+def _load_set_repo_url():
+    spec = importlib.util.spec_from_file_location("set_repo_url", ROOT / "tools" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _copy_book_sources(root: Path) -> None:
+    """The files that spell the URL, copied out of the checkout (no git there: the fallback file list)."""
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copytree(ROOT / "book", root / "book")
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy2(nb, root / "notebooks" / nb.name)
+
+
+def test_set_repo_url_rewrites_config_badges_install_cells_and_docs(tmp_path, capsys):
+    tool = _load_set_repo_url()
+    _copy_book_sources(tmp_path)
+    old = tool.current_url(tmp_path)
+    assert old == tool.current_url(ROOT) and tool.URL_PATTERN.fullmatch(old)
+    old_slug = old.removeprefix("https://github.com/")
+    new = "https://github.com/someone/avgk-fork"
+    assert tool.main([new, "--root", str(tmp_path), "--dry-run"]) == 0
+    assert tool.current_url(tmp_path) == old  # a dry run writes nothing
+    assert tool.main([new + "/", "--root", str(tmp_path)]) == 0
+    assert tool.current_url(tmp_path) == new
+    for nb in sorted((tmp_path / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]  # still valid JSON
+        title, boot = "".join(cells[0]["source"]), "".join(cells[1]["source"])
+        assert f"colab.research.google.com/github/someone/avgk-fork/blob/main/notebooks/{nb.name}" in title
+        assert f"git+{new}" in boot
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix in {".md", ".yml", ".ipynb"}:
+            text = path.read_text()
+            assert old not in text and f"github/{old_slug}/" not in text, path
+    assert new in (tmp_path / "book" / "how_to_run.md").read_text()
+    capsys.readouterr()
+    assert tool.main([new, "--root", str(tmp_path)]) == 0  # idempotent
+    assert "nothing to change" in capsys.readouterr().out
+
+
+def test_set_repo_url_rejects_a_non_github_url(tmp_path, capsys):
+    tool = _load_set_repo_url()
+    _copy_book_sources(tmp_path)
+    assert tool.main(["https://example.com/x", "--root", str(tmp_path)]) == 2
+    assert "OWNER/NAME" in capsys.readouterr().err
+    (tmp_path / "book" / "_config.yml").write_text("title: x\n")
+    assert tool.main(["https://github.com/a/b", "--root", str(tmp_path)]) == 2
+    assert "repository" in capsys.readouterr().err
