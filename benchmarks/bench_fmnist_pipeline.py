@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": ours / plain,
     }
     if args.full:
-        from avgk_lib.experiments import _cpu_recipe
+        from avgk_lib.experiments import CPU_FMNIST
         from avgk_lib.train import TrainConfig, train
 
         cfg = TrainConfig(
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             k=2,
             eval_ks=[1.0, 2.0],
             select_metric="top1_micro",
-            **_cpu_recipe("cpu", "fashion_mnist", cpu_epochs=5),
+            lr=0.05,
+            **CPU_FMNIST,
         )
         results = train(cfg, None, progress=False, bundle=bundle, log=print)
         train_seconds = sum(h["seconds"] for h in results["history"])

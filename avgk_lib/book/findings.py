@@ -132,11 +132,28 @@ def claim_ids(name: str) -> list[str]:
     return [c.id for c in CLAIMS if c.experiment == name]
 
 
-def preset_note(preset: str) -> str:
-    """A banner for runs below the cpu preset: their numbers are not findings."""
-    if preset == "smoke":
-        return (
-            "```{warning}\nThis page was executed with the **smoke** preset (a few batches of tiny data, for CI): "
-            "numbers labelled *your run* are not findings. The findings come from the committed references.\n```"
-        )
-    return ""
+def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: list[float]) -> str:
+    """Bayes oracle against softmax thresholding and the two-head loss (both heads), with the
+    share of pseudo-positives inside the Bayes top-ceil(K), on a synthetic setting of ``name``."""
+    from .analysis import synthetic_oracle
+
+    part = [r for r in rows if r.get("dataset") == dataset]
+    if not part:
+        return f"_No run on {dataset}._"
+    run = next(r for r in E.expand(name, "cpu", [0]) if r.labels["dataset"] == dataset)
+    oracle = synthetic_oracle(run.config.dataset_options, ks)
+    lines = [
+        "| K | Bayes oracle | softmax thresholding | two-head, multi-label head | two-head, softmax head "
+        "| pseudo-positives in Bayes top-K |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in ks:
+        name_k = k_label(k)
+        ce = E.summarize([r for r in part if r["loss"] == "cross_entropy"], ["loss"], [f"test_avg{name_k}_micro"])
+        metrics = [f"test_avg{name_k}_micro", f"softmax_avg{name_k}_micro", "pseudo_in_bayes_topk"]
+        th = E.summarize([r for r in part if r["loss"] == "two_head" and r["train_k"] == k], ["loss"], metrics)
+        if not ce or not th:
+            continue
+        cells = [oracle[k], ce[0][metrics[0]], *(th[0][m] for m in metrics)]
+        lines.append(f"| {k:g} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+    return "\n".join(lines)

@@ -210,7 +210,7 @@ def load_fashion_mnist(
     test_subset: int | None = None,
     split_seed: int = 0,
     noise_seed: int = 0,
-    download: bool = False,
+    download: bool | None = None,
     augment: str | None = "crop_flip",
 ) -> DatasetBundle:
     """Fashion-MNIST with clean, balanced validation (from the official train set) and test splits.
