@@ -24,8 +24,8 @@ def _source(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
-def test_there_are_nine_chapters_and_the_toc_lists_them_all():
-    assert len(NOTEBOOKS) == 9
+def test_there_are_nine_chapters_a_ledger_and_the_toc_lists_them_all():
+    assert len(NOTEBOOKS) == 10
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert [f for f in files if f.startswith("notebooks/")] == [f"notebooks/{nb.stem}" for nb in NOTEBOOKS]

@@ -287,8 +287,10 @@ def average_k_gain_vs_ambiguity(
 
 def load_run_scores(run: str | Path) -> dict[str, torch.Tensor]:
     """Validation and test scores (float32) and labels saved by a finished run (``scores.pt``)."""
-    data = torch.load(Path(run) / "scores.pt", map_location="cpu", weights_only=False)
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
+    from ..checkpoint import load_checkpoint
+
+    data = load_checkpoint(Path(run) / "scores.pt")  # verifies the format version and checksum
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
 def run_sets(run: str | Path, k: float, kind: str = "average_k") -> dict[str, torch.Tensor]:
@@ -436,52 +438,3 @@ def conformal_comparison(
         "target_size": target_size,
         "k_for_coverage": k_cov,
     }
-
-
-def verdict(a: float, a_ci: float, b: float, b_ci: float) -> str:
-    """``supported`` when a > b and the 95% intervals do not overlap, ``contradicted`` when
-    b > a and they do not overlap, ``inconclusive`` otherwise (single seeds: the sign alone,
-    marked as such)."""
-    if a_ci == 0.0 and b_ci == 0.0:
-        return "supported (1 seed)" if a > b else "contradicted (1 seed)" if a < b else "tied (1 seed)"
-    if a - a_ci > b + b_ci:
-        return "supported"
-    if b - b_ci > a + a_ci:
-        return "contradicted"
-    return "inconclusive (95% intervals overlap)"
-
-
-def check_claim(
-    summary: list[dict[str, Any]],
-    metric: str,
-    better: str,
-    than: str | list[str],
-    where: dict[str, Any],
-    by: str = "loss",
-    text: str = "",
-) -> dict[str, Any]:
-    """Test "``better`` beats ``than`` on ``metric``" on rows of :func:`avgk_lib.experiments.summarize`
-    restricted to ``where``; with several rivals, against the best of them."""
-    rows = [r for r in summary if all(r.get(k) == v for k, v in where.items())]
-    mine = next((r for r in rows if r[by] == better), None)
-    rivals = [r for r in rows if r[by] in ([than] if isinstance(than, str) else than)]
-    if mine is None or not rivals:
-        return {"claim": text, "verdict": "not evaluated (missing runs)"}
-    best = max(rivals, key=lambda r: r[metric])
-    ci = f"{metric}_ci95"
-    return {
-        "claim": text or f"{better} > {best[by]} on {metric} ({where})",
-        "ours": mine[metric],
-        "rival": best[by],
-        "rival_value": best[metric],
-        "verdict": verdict(mine[metric], mine.get(ci, 0.0), best[metric], best.get(ci, 0.0)),
-    }
-
-
-def print_claims(claims: list[dict[str, Any]]) -> None:
-    """One line per claim: the numbers compared and the verdict."""
-    for c in claims:
-        if "ours" in c:
-            print(f"- {c['claim']}: {c['ours']:.4f} vs {c['rival']} {c['rival_value']:.4f} -> {c['verdict']}")
-        else:
-            print(f"- {c['claim']}: {c['verdict']}")

@@ -280,3 +280,15 @@ def ledger_markdown(ledger: list[dict[str, Any]]) -> str:
             f"| {ci} | {e['n_seeds']} | **{e['verdict']}** |"
         )
     return "\n".join(lines)
+
+
+def verdict_counts(ledger: list[dict[str, Any]]) -> str:
+    """One Markdown line per paper: how many entries are supported, contradicted, inconclusive."""
+    if not ledger:
+        return "_The ledger is empty._"
+    lines = []
+    for paper in sorted({e["paper"] for e in ledger}):
+        mine = [e for e in ledger if e["paper"] == paper]
+        counts = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
+        lines.append(f"- **{paper}**: {len(mine)} entries: {counts}.")
+    return "\n".join(lines)

@@ -37,9 +37,9 @@ def _posteriors(options_json: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _load(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    results = json.loads((folder / "results.json").read_text())
-    scores = torch.load(folder / "scores.pt", map_location="cpu", weights_only=True)
-    return results, {k: (v.float() if v.is_floating_point() else v) for k, v in scores.items()}
+    from .analysis import load_run_scores
+
+    return json.loads((folder / "results.json").read_text()), load_run_scores(folder)
 
 
 def _hits(val: torch.Tensor, test: torch.Tensor, targets: torch.Tensor, k: float) -> torch.Tensor:
