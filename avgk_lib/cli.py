@@ -143,7 +143,8 @@ def table_to_text(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of ``rows`` (floats with 4 decimals)."""
     if not rows:
         return "(no runs)"
-    keys = list(rows[0])
+    hidden = ("last_", "softmax_", "multilabel_", "opt_")
+    keys = [k for k, v in rows[0].items() if not isinstance(v, list | dict) and not k.startswith(hidden)]
     widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     lines += ["  ".join(_fmt(r.get(k)).ljust(widths[k]) for k in keys) for r in rows]
@@ -160,9 +161,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("losses:")
     for name, objective in sorted(OBJECTIVES.items()):
         print(f"  {name:<24} {objective.description}")
-    print("experiments (python -m avgk_lib run NAME --preset smoke|cpu|gpu):")
+    print("experiments (python -m avgk_lib run NAME --preset PRESET):")
     for name, experiment in EXPERIMENTS.items():
         print(f"  {name:<24} {experiment.description}")
+        for preset, spec in experiment.presets.items():
+            print(f"  {'':<24}   {preset:<6} {len(spec.settings)} setting(s){': ' + spec.note if spec.note else ''}")
     return 0
 
 
