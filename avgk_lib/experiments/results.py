@@ -1,0 +1,83 @@
+"""Reference files (committed results with tuning and provenance) and summaries over seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..references import load_json_reference, reference_dir
+from ..train import provenance
+from .spec import TUNING_SEED
+
+RESULTS_DIR = reference_dir()
+
+
+def save_reference(
+    name: str,
+    preset: str,
+    seeds: list[int],
+    rows: list[dict[str, Any]],
+    directory: Path = RESULTS_DIR,
+    tuning: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<name>_<preset>.json``: the rows (without local paths), the tuning and provenance."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}_{preset}.json"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    payload = {
+        "experiment": name,
+        "preset": preset,
+        "seeds": list(seeds),
+        "tuning_seed": TUNING_SEED,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "provenance": provenance(device, 1),
+        "total_wall_seconds": sum(r["wall_seconds"] for r in rows),
+        "tuning": tuning or {},
+        "rows": [{k: v for k, v in r.items() if k != "run"} for r in rows],
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_reference(name: str, preset: str = "cpu", directory: Path = RESULTS_DIR) -> dict[str, Any] | None:
+    """The committed reference results of an experiment, or ``None`` when there are none."""
+    if directory is not RESULTS_DIR:
+        path = Path(directory) / f"{name}_{preset}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+    return load_json_reference(f"{name}_{preset}")
+
+
+def summarize(rows: list[dict[str, Any]], by: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Mean and 95% confidence half-width (Student t over seeds) of ``metrics`` per group ``by``."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = dict(zip(by, key, strict=True))
+        entry["n_seeds"] = len(members)
+        for m in metrics:
+            values = [r[m] for r in members if m in r and r[m] is not None]
+            mean = sum(values) / len(values) if values else math.nan
+            entry[m] = mean
+            entry[f"{m}_ci95"] = _t95(len(values)) * _std(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95% Student t quantile with n - 1 degrees of freedom (exact to 3 decimals to n = 31)."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145]
+    return table[n - 2] if 2 <= n < len(table) + 2 else 2.0 + 2.5 / max(n - 1, 1)

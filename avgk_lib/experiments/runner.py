@@ -1,0 +1,125 @@
+"""Training (or reloading) the runs of an experiment, one table row per run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..data import cache_dir
+from ..train import train
+from .grid import chosen_from_reference, expand
+from .spec import Run
+
+
+def run_dir(config: TrainConfig) -> Path:
+    return cache_dir() / "runs" / config.fingerprint()
+
+
+def _cached_results(folder: Path) -> dict[str, Any] | None:
+    """A finished run's results, or None (missing, unreadable or incomplete: re-run with a warning)."""
+    done = folder / "results.json"
+    if not done.exists():
+        return None
+    try:
+        results = json.loads(done.read_text())
+        results["test"], results["summary"]["best_epoch"]  # noqa: B018 (the keys rows need)
+        return results
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(f"ignoring the unreadable cached run in {folder} ({error}); training it again", stacklevel=3)
+        done.unlink(missing_ok=True)
+        return None
+
+
+def train_or_load(
+    config: TrainConfig, *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
+) -> tuple[dict[str, Any], Path, bool]:
+    """(results, folder, cached) of one run: reloaded when finished, resumed when interrupted."""
+    folder = run_dir(config)
+    if force and folder.exists():
+        for f in ("last.pt", "best.pt", "results.json", "scores.pt"):
+            (folder / f).unlink(missing_ok=True)
+    results = _cached_results(folder)
+    if results is not None:
+        return results, folder, True
+    resume = (folder / "last.pt").exists()
+    results = train(config, folder, resume=resume, progress=progress, log=lambda *_: None)
+    return results, folder, False
+
+
+def run_experiment(
+    name: str,
+    preset: str = "cpu",
+    seeds: list[int] | tuple[int, ...] = (0,),
+    *,
+    progress: bool = True,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    chosen: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train (or reload) every run of an experiment; one row per run and seed (see :func:`run_row`).
+
+    Hyperparameters: ``chosen`` (e.g. from :func:`tune`), else the tuned values committed in the
+    experiment's reference for this preset, else each method's first grid point (logged).
+    ``device`` does not change a run's identity: a run cached on a GPU is reused on a CPU."""
+    if chosen is None:
+        chosen = chosen_from_reference(name, preset)
+        if not chosen:
+            log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
+    runs = expand(name, preset, list(seeds), chosen, {**(overrides or {}), "device": device})
+    rows = []
+    started = time.time()
+    for i, run in enumerate(runs):
+        results, folder, cached = train_or_load(run.config, force=force, progress=progress, log=log)
+        row = run_row(run, results, folder)
+        rows.append(row)
+        log(_row_line(i, len(runs), run, row, cached, time.time() - started))
+    return rows
+
+
+def _row_line(i: int, n: int, run: Run, row: dict[str, Any], cached: bool, elapsed: float) -> str:
+    select = run.config.select_metric
+    labels = ", ".join(f"{k}={v}" for k, v in run.labels.items() if v is not None)
+    status = "cached" if cached else f"{row['wall_seconds']:.0f}s"
+    test = row.get("test_" + select, math.nan)
+    return (
+        f"[{i + 1}/{n}] {labels}: val {select} {row['best_val']:.4f}, test {test:.4f} ({status}; {elapsed:.0f}s so far)"
+    )
+
+
+def run_row(run: Run, results: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A table row: the run's labels, its hyperparameters, test metrics of the best-validation
+    checkpoint (``test_*``) and of the last epoch (``last_*``), per-head metrics of two-head models
+    (``softmax_*``, ``multilabel_*``), the validation curve of the selection metric, collapse flags
+    and the run folder."""
+    select = run.config.select_metric
+    row = {
+        **run.labels,
+        "lr": run.config.lr,
+        **{f"opt_{k}": v for k, v in run.config.loss_options.items()},
+        **_prefixed("test_", results["test"]),
+        **_prefixed("last_", results.get("test_last", {})),
+        "best_epoch": results["summary"]["best_epoch"],
+        "best_val": results["summary"]["best_val"],
+        "val_curve": [epoch["val"][select] for epoch in results["history"]],
+        "warnings": results.get("warnings", []),
+        "wall_seconds": results["provenance"]["wall_seconds"],
+        "run": str(folder),
+    }
+    for head, metrics in results.get("test_heads", {}).items():
+        row.update(_prefixed(f"{head}_", metrics))
+    return row
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items() if not k.endswith("_threshold")}
+
+
+# ------------------------------------------------------------------------------ tuning
