@@ -40,13 +40,8 @@ def tune(
 
             def score(point: dict[str, Any], setting=setting, method=method, method_name=method_name) -> dict:
                 config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
-                results, _, cached = train_or_load(config, progress=progress, log=log)
-                value = results["summary"]["best_val"]
-                best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
-                if degenerate_sets(best, setting.tune_k):
-                    value = -math.inf  # tied scores: never chosen
-                log(f"tune {name}/{tuning_key(setting, method_name)} {point}: val {value:.4f}{' (cached)' * cached}")
-                return {**point, "val": value, "best_epoch": results["summary"]["best_epoch"]}
+                label = f"{name}/{tuning_key(setting, method_name)} {point}"
+                return {**point, **_score(config, setting.tune_k, label, log)}
 
             entry = _bracketing_search(method, list(setting.lr_grid or spec.lr_grid), score)
             entry["metric"] = setting.select.format(k=k_label(setting.tune_k))
@@ -61,6 +56,22 @@ def tune(
 
 
 MAX_EXTENSIONS = 2
+
+
+def _score(config, k: float, label: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Validation score of one grid point: its best epoch's selection metric; ``-inf`` when its
+    sets are degenerate (tied scores) or the run diverged (a grid point too large for the loss)."""
+    try:
+        results, _, cached = train_or_load(config, progress=False, log=log)
+    except FloatingPointError as error:  # TrainingDiverged: the point is out of the loss's range
+        log(f"tune {label}: diverged ({str(error).splitlines()[0][:120]})")
+        return {"val": -math.inf, "best_epoch": 0, "diverged": True}
+    value = results["summary"]["best_val"]
+    best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
+    if degenerate_sets(best, k):
+        value = -math.inf  # tied scores: never chosen
+    log(f"tune {label}: val {value:.4f}{' (cached)' * cached}")
+    return {"val": value, "best_epoch": results["summary"]["best_epoch"], **({"cached": True} if cached else {})}
 
 
 def _bracketing_search(method: Method, lr_grid: list[float], score: Callable[[dict], dict]) -> dict[str, Any]:
@@ -78,7 +89,7 @@ def _bracketing_search(method: Method, lr_grid: list[float], score: Callable[[di
     return {
         "grid": scored,
         "lr_grid": tried,
-        "chosen": {k: v for k, v in best.items() if k not in ("val", "best_epoch")},
+        "chosen": {k: v for k, v in best.items() if k not in ("val", "best_epoch", "diverged", "cached")},
     }
 
 
