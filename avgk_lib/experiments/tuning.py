@@ -63,7 +63,9 @@ def _score(config, k: float, label: str, log: Callable[[str], None]) -> dict[str
     sets are degenerate (tied scores) or the run diverged (a grid point too large for the loss)."""
     try:
         results, _, cached = train_or_load(config, progress=False, log=log)
-    except FloatingPointError as error:  # TrainingDiverged: the point is out of the loss's range
+    except (FloatingPointError, ValueError) as error:  # TrainingDiverged: the point is out of the loss's range
+        if isinstance(error, ValueError) and "NaN" not in str(error) and "inf" not in str(error):
+            raise
         log(f"tune {label}: diverged ({str(error).splitlines()[0][:120]})")
         return {"val": -math.inf, "best_epoch": 0, "diverged": True}
     value = results["summary"]["best_val"]
