@@ -82,7 +82,10 @@ def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[st
         cells = [str(entry[b]) if entry[b] is not None else "-" for b in by]
         for m in metrics:
             value, ci = entry[m], entry[f"{m}_ci95"]
-            cells.append("n/a" if math.isnan(value) else f"{value:.4f} ± {ci:.4f}")
+            if math.isnan(value):
+                cells.append("n/a")
+            else:
+                cells.append(f"{value:.4f} ± {ci:.4f}" if entry["n_seeds"] > 1 else f"{value:.4f}")
         lines.append("| " + " | ".join(cells + [str(entry["n_seeds"])]) + " |")
     return "\n".join(lines)
 
@@ -110,7 +113,7 @@ def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
             extra = f" (gain where the claim looks: {100 * e['gain_where']:+.2f} pp)"
         lines.append(
             f"- **{e['verdict']}**: {e['claim']}: {e['dataset']}, K={e['K']:g}{versus}, `{e['metric']}` "
-            f"{100 * e['effect']:+.2f} pp{extra}, {ci}, {e['n_seeds']} seeds."
+            f"{100 * e['effect']:+.2f} pp{extra}, {ci}, {e['n_seeds']} seed{'s' * (e['n_seeds'] != 1)}."
         )
     return "\n".join(lines)
 
