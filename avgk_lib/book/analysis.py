@@ -438,3 +438,23 @@ def conformal_comparison(
         "target_size": target_size,
         "k_for_coverage": k_cov,
     }
+
+
+def by_entropy_table(runs: dict[str, str | Path], k: float, n_bins: int = 5) -> dict[str, list[float]]:
+    """Average-K accuracy and mean set size of finished synthetic runs in ``n_bins`` equal-count bins
+    of the *Bayes* posterior entropy of their test inputs (columns ``entropy`` (bin centre),
+    ``<name> accuracy`` and ``<name> size`` per run name). The runs must share one dataset."""
+    from ..data import load_dataset
+
+    if not runs:
+        raise ValueError("`runs` must name at least one finished run")
+    options = run_results(next(iter(runs.values())))["config"]["dataset_options"]
+    bundle = load_dataset("synthetic", **options)
+    entropy = bundle.extra["task"].bayes_entropy(bundle.extra["test_posterior"])
+    table: dict[str, list[float]] = {}
+    for name, run in runs.items():
+        sets = run_sets(run, k)
+        groups = by_quantile(entropy, sets["hit"], sets["size"], n_bins=n_bins)
+        table.setdefault("entropy", [(lo + hi) / 2 for lo, hi in zip(groups["low"], groups["high"], strict=True)])
+        table[f"{name} accuracy"], table[f"{name} size"] = groups["accuracy"], groups["mean_size"]
+    return table
