@@ -158,7 +158,9 @@ def test_smooth_svm_equals_difftopk_value_and_gradient(k):
         # difftopk 0.2.0's k=1 backward is wrong (non-target entries off by about 1/B); our
         # gradient is checked against central finite differences instead
         assert (ours[1] - ref[1]).abs().max() > 1e-3
-        torch.testing.assert_close(ours[1], _finite_difference_grad(lambda x: AF.smooth_topk_svm_loss(x, y, k), s))
+        few, y_few = s[:4], y[:4]  # finite differences on 4 rows: 800 evaluations instead of 6,400
+        mine = _grad(lambda x: AF.smooth_topk_svm_loss(x, y_few, k), few)[1]
+        torch.testing.assert_close(mine, _finite_difference_grad(lambda x: AF.smooth_topk_svm_loss(x, y_few, k), few))
     else:
         torch.testing.assert_close(ours[1], ref[1], rtol=1e-6, atol=1e-9)
 
