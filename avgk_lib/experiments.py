@@ -711,6 +711,9 @@ def tune(
                 config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
                 results, _, cached = train_or_load(config, progress=progress, log=log)
                 value = results["summary"]["best_val"]
+                best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
+                if best.get(f"avg{k_label(setting.tune_k)}_size", 0.0) > 1.5 * setting.tune_k:
+                    value = -math.inf  # degenerate sets (ties): never chosen
                 log(f"tune {name}/{tuning_key(setting, method_name)} {point}: val {value:.4f}{' (cached)' * cached}")
                 return {**point, "val": value, "best_epoch": results["summary"]["best_epoch"]}
 

@@ -397,9 +397,10 @@ def train(
                 "val": val_metrics,
             }
         )
-        improved = val_metrics[select] > best_value
+        value = -math.inf if degenerate_sets(val_metrics, cfg.k) else val_metrics[select]
+        improved = value > best_value or best_epoch == 0
         if improved:
-            best_value, best_epoch = val_metrics[select], epoch + 1
+            best_value, best_epoch = value, epoch + 1
         if is_main:
             log(
                 f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {select} {val_metrics[select]:.4f}"
@@ -527,6 +528,13 @@ def degeneracy_warnings(metrics: dict[str, float], eval_ks: list[float]) -> list
     if metrics.get("top1_mode_share", 0.0) > 0.5:
         out.append(f"collapse: one class is the top-1 prediction for {metrics['top1_mode_share']:.0%} of test inputs")
     return out
+
+
+def degenerate_sets(metrics: dict[str, float], k: float) -> bool:
+    """Average-K sets of the run's K are degenerate when their mean size exceeds 1.5 K: scores tied
+    at the threshold (e.g. saturated sigmoids) put every tied class in every set, and a tie also
+    counts as a top-K hit. Such an epoch is never selected as the best one."""
+    return metrics.get(f"avg{k_label(k)}_size", 0.0) > 1.5 * float(k)
 
 
 def bundle_counts(bundle: DatasetBundle) -> list[int]:
