@@ -709,7 +709,11 @@ def tune(
 
             def score(point: dict[str, Any], setting=setting, method=method, method_name=method_name) -> dict:
                 config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
-                results, _, cached = train_or_load(config, progress=progress, log=log)
+                try:
+                    results, _, cached = train_or_load(config, progress=progress, log=log)
+                except FloatingPointError as error:  # diverged: the point is out of the loss's range
+                    log(f"tune {name}/{tuning_key(setting, method_name)} {point}: diverged ({error})")
+                    return {**point, "val": -math.inf, "best_epoch": 0, "diverged": True}
                 value = results["summary"]["best_val"]
                 best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
                 if best.get(f"avg{k_label(setting.tune_k)}_size", 0.0) > 1.5 * setting.tune_k:
@@ -747,7 +751,7 @@ def _bracketing_search(method: Method, lr_grid: list[float], score: Callable[[di
     return {
         "grid": scored,
         "lr_grid": tried,
-        "chosen": {k: v for k, v in best.items() if k not in ("val", "best_epoch")},
+        "chosen": {k: v for k, v in best.items() if k not in ("val", "best_epoch", "diverged")},
     }
 
 
