@@ -711,7 +711,9 @@ def tune(
                 config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
                 try:
                     results, _, cached = train_or_load(config, progress=progress, log=log)
-                except FloatingPointError as error:  # diverged: the point is out of the loss's range
+                except (FloatingPointError, ValueError) as error:  # diverged: the point is out of the loss's range
+                    if isinstance(error, ValueError) and "NaN" not in str(error) and "inf" not in str(error):
+                        raise
                     log(f"tune {name}/{tuning_key(setting, method_name)} {point}: diverged ({error})")
                     return {**point, "val": -math.inf, "best_epoch": 0, "diverged": True}
                 value = results["summary"]["best_val"]
