@@ -430,7 +430,7 @@ TWO_HEAD_ABLATION = Experiment(
         "default": {},
         "eval softmax head": {"eval_head": "softmax"},
         "threshold rule": {"loss_options": {"rule": "threshold"}},
-        "sum over classes": {"loss_options": {"class_reduction": "sum"}},
+        "weight 1 (untuned)": {"loss_options": {"weight": 1.0}},
         "detached multi-label head": {"detach_multilabel": True},
         "warm-up 5 epochs": {"loss_options": {"warmup_epochs": 5}},
     },
