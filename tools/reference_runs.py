@@ -28,7 +28,9 @@ def log(message: str) -> None:
 
 
 def write_ledger(preset: str) -> None:
-    references = {name: ref for name in EXPERIMENTS if (ref := load_reference(name, preset)) and ref["rows"]}
+    references = {  # references of the current format only (with their tuning), with runs
+        name: ref for name in EXPERIMENTS if (ref := load_reference(name, preset)) and ref["rows"] and "tuning" in ref
+    }
     ledger = build_ledger(references)
     path = RESULTS_DIR / "claims.json"
     payload = {"preset": preset, "experiments": sorted(references), "claims": ledger}
