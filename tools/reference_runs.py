@@ -15,11 +15,11 @@ missing.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from avgk_lib.book.claims import build_ledger
 from avgk_lib.book.diagnostics import add_diagnostics
+from avgk_lib.checkpoint import atomic_write_json
 from avgk_lib.experiments import EXPERIMENTS, RESULTS_DIR, load_reference, run_experiment, save_reference, tune
 
 
@@ -34,9 +34,7 @@ def write_ledger(preset: str) -> None:
     ledger = build_ledger(references)
     path = RESULTS_DIR / "claims.json"
     payload = {"preset": preset, "experiments": sorted(references), "claims": ledger}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, payload)
     log(f"wrote {path} ({len(ledger)} entries)")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import experiments as E
 from ..evaluation import k_label
-from .claims import CLAIMS, build_ledger
+from .claims import build_ledger
 
 
 def source_line(reference: dict[str, Any] | None, rows: list[dict[str, Any]], preset: str, seeds) -> str:
@@ -128,11 +128,6 @@ def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str
         f"{r.get('dataset')}/{r['loss']}/seed {r['seed']}: {r['test_top1_mode_share']:.0%}" for r in flagged
     )
     return f"**{len(flagged)} collapsed run(s)** (one class is the top-1 prediction for over half the inputs): {names}."
-
-
-def claim_ids(name: str) -> list[str]:
-    """The ids of the claims tested by an experiment."""
-    return [c.id for c in CLAIMS if c.experiment == name]
 
 
 def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: list[float]) -> str:

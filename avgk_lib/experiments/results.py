@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import atomic_write_json
 from ..references import load_json_reference, reference_dir
 from ..train import provenance
 from .spec import TUNING_SEED
@@ -40,9 +41,7 @@ def save_reference(
         "tuning": tuning or {},
         "rows": [{k: v for k, v in r.items() if k != "run"} for r in rows],
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, payload)
     return path
 
 

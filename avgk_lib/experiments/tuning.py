@@ -34,7 +34,7 @@ def tune(
     if experiment.tuned_by or not spec.tune:
         return out
     for setting in spec.settings:
-        if _has_unbalanced_twin(spec, setting):
+        if _unbalanced_twin(spec, setting) is not None:
             continue  # the balanced-test variant reuses the choices of its long-tailed twin
         for method_name, method in _methods_of(experiment, setting).items():
 
@@ -119,10 +119,3 @@ def _unbalanced_twin(spec: Preset, setting: Setting) -> Setting | None:
         return None
     options = {k: v for k, v in setting.options.items() if k != "balanced_eval"}
     return next((s for s in spec.settings if s.options == options and s is not setting), None)
-
-
-def _has_unbalanced_twin(spec: Preset, setting: Setting) -> bool:
-    return _unbalanced_twin(spec, setting) is not None
-
-
-# ------------------------------------------------------------------------------ references
