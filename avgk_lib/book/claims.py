@@ -267,16 +267,19 @@ def build_ledger(references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ledger_markdown(ledger: list[dict[str, Any]]) -> str:
-    """The ledger as a Markdown table (effect and interval in percentage points)."""
-    lines = [
-        "| id | claim | dataset | K | metric | effect (pp) | 95% CI (pp) | seeds | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+    """The ledger as Markdown: one table of the claims (id -> text), one of the entries (effect and
+    interval in percentage points), so that neither is too wide for a page."""
+    claims = {e["id"]: e["claim"] for e in ledger}
+    lines = ["| id | claim |", "|---|---|", *(f"| {i} | {text} |" for i, text in claims.items()), ""]
+    lines += [
+        "| id | dataset | K | metric | effect (pp) | 95% CI (pp) | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in ledger:
         low, high = e["ci95"]
         ci = f"[{100 * low:+.2f}, {100 * high:+.2f}]" if math.isfinite(low) else "n/a"
         lines.append(
-            f"| {e['id']} | {e['claim']} | {e['dataset']} | {e['K']:g} | `{e['metric']}` | {100 * e['effect']:+.2f} "
+            f"| {e['id']} | {e['dataset']} | {e['K']:g} | `{e['metric']}` | {100 * e['effect']:+.2f} "
             f"| {ci} | {e['n_seeds']} | **{e['verdict']}** |"
         )
     return "\n".join(lines)
