@@ -11,7 +11,7 @@
   Loading checks the format, the checksum and the configuration fingerprint and raises
   :class:`CheckpointError` naming the file: a bit flip is caught, never trained on.
 * :class:`TrainState`: what ``last.pt`` holds, so a killed run resumes bit-exactly.
-* :func:`remove_stale_tmp`: temporary files left by killed writers are removed when a run starts.
+* temporary files left by killed writers are removed by :meth:`avgk_lib.rundir.RunDir.claim`.
 """
 
 from __future__ import annotations
@@ -72,17 +72,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """:func:`atomic_write_bytes` of ``json.dumps(obj, indent=1)``."""
     atomic_write_text(path, json.dumps(obj, indent=1))
-
-
-def remove_stale_tmp(folder: str | Path) -> list[Path]:
-    """Remove the ``.*.tmp*`` files that killed writers left in ``folder``; return them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.glob(".*.tmp*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,11 +136,6 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
-    """Alias of :func:`save_checkpoint` (the name of earlier versions)."""
-    save_checkpoint(obj, path)
 
 
 def _version(state: dict[str, Any]) -> int | None:

@@ -27,18 +27,19 @@ from .config import ConfigError, TrainConfig
 from .data import DatasetBundle, load_dataset, make_loader
 from .evaluation import calibrated_test_metrics, collect_scores, metric_dict
 from .models import build_model
-from .objectives import Objective, build_objective, get_objective
+from .objectives import Objective, build_objective
+from .runspec import RunSpec
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became non-finite or exploded (see :class:`DivergenceGuard`)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything one training run is made of (built by :func:`build_run`)."""
 
-    cfg: TrainConfig
+    spec: RunSpec
     bundle: DatasetBundle
     device: torch.device
     rank: int
@@ -56,8 +57,18 @@ class Run:
     val_loader: Any
     test_loader: Any
     steps_per_epoch: int
-    model_name: str
-    head: str
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.spec.config
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.model
+
+    @property
+    def head(self) -> str:
+        return self.spec.head
 
     @property
     def is_main(self) -> bool:
@@ -143,10 +154,10 @@ def bundle_counts(bundle: DatasetBundle) -> list[int]:
     return [max(1, int(c)) for c in bundle.train_counts]
 
 
-def _check_against_data(cfg: TrainConfig, bundle: DatasetBundle) -> None:
+def _check_against_data(spec: RunSpec, bundle: DatasetBundle) -> None:
     """The checks that need the number of classes and samples."""
-    c = bundle.n_classes
-    if cfg.k >= c if get_objective(cfg.loss).integer_k else cfg.k > c:
+    cfg, c = spec.config, bundle.n_classes
+    if cfg.k >= c if spec.integer_k else cfg.k > c:
         raise ConfigError(
             "k", f"must be < the number of classes ({c}) for a top-K loss, <= it otherwise; got {cfg.k:g}"
         )
@@ -174,32 +185,29 @@ def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shar
     )
 
 
-def build_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> Run:
-    """Validate ``cfg``, set up the process group and device, seed, load the data (unless
-    ``bundle`` is given) and build model, objective, loaders, optimizer and scheduler.
-    Every configuration mistake raises :class:`~avgk_lib.config.ConfigError` here, before training."""
-    cfg = cfg.validate()
+def build_run(spec: RunSpec | TrainConfig, bundle: DatasetBundle | None = None) -> Run:
+    """Set up the process group and device, seed, load the data (unless ``bundle`` is given)
+    and build model, objective, loaders, optimizer and scheduler for a resolved run (a
+    :class:`TrainConfig` is resolved first). Every configuration mistake raises
+    :class:`~avgk_lib.config.ConfigError` here, before training."""
+    spec = RunSpec.resolve(spec)
+    cfg = spec.config
     rank, world, local_rank = distributed()
     device = resolve_device(cfg.device, local_rank)
     seed_everything(cfg.seed)
     bundle = bundle if bundle is not None else load_dataset(cfg.dataset, **cfg.dataset_options)
-    _check_against_data(cfg, bundle)
-    spec = get_objective(cfg.loss)
-    head = spec.head if cfg.head == "auto" else cfg.head
-    model_name = cfg.resolved_model()
+    _check_against_data(spec, bundle)
     model = build_model(
-        model_name,
+        spec.model,
         bundle.n_classes,
         bundle.input_shape,
-        head=head,
+        head=spec.head,
         two_head=spec.two_head,
         detach_multilabel=cfg.detach_multilabel,
         pretrained=cfg.pretrained,
     ).to(device)
     # the loss is built after the model, as in earlier versions, so that seeded runs reproduce
-    facts = {"k": cfg.k, "n_classes": bundle.n_classes, "class_counts": bundle_counts(bundle)}
-    facts["n_train"] = len(bundle.train)
-    objective = build_objective(cfg.loss, cfg.loss_options, run=facts, eval_head=cfg.eval_head)
+    objective = build_objective(spec, run=run_facts(spec, bundle))
     objective.loss_fn.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     channels_last = channels_last and len(bundle.input_shape) == 3
@@ -217,29 +225,32 @@ def build_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> Run:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    forward_model = torch.compile(wrapped) if cfg.compile else wrapped
     return Run(
-        cfg,
-        bundle,
-        device,
-        rank,
-        world,
-        model,
-        forward_model,
-        objective,
-        optimizer,
-        scheduler,
-        unit,
-        scaler,
-        autocast,
-        amp_mode,
-        train_loader,
-        val_loader,
-        test_loader,
-        steps,
-        model_name,
-        head,
+        spec=spec,
+        bundle=bundle,
+        device=device,
+        rank=rank,
+        world=world,
+        model=model,
+        forward_model=torch.compile(wrapped) if cfg.compile else wrapped,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule_unit=unit,
+        scaler=scaler,
+        autocast=autocast,
+        amp_mode=amp_mode,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        steps_per_epoch=steps,
     )
+
+
+def run_facts(spec: RunSpec, bundle: DatasetBundle) -> dict[str, Any]:
+    """What a loss may need to know about the data: K, classes, class counts, training size."""
+    counts = bundle_counts(bundle)
+    return {"k": spec.k, "n_classes": bundle.n_classes, "class_counts": counts, "n_train": len(bundle.train)}
 
 
 class DivergenceGuard:
@@ -369,8 +380,7 @@ def evaluate(run: Run, split: str = "val") -> tuple[dict[str, torch.Tensor], tor
 def validation_metrics(run: Run) -> dict[str, float]:
     """Validation metrics of the evaluated head (thresholds calibrated on validation)."""
     scores, targets = evaluate(run, "val")
-    head = run.cfg.eval_head if run.objective.spec.two_head else "main"
-    return metric_dict(scores[head], targets, run.cfg.eval_ks)[0]
+    return metric_dict(scores[run.spec.eval_head], targets, run.cfg.eval_ks)[0]
 
 
 def evaluate_final(run: Run) -> dict[str, Any]:
@@ -381,6 +391,30 @@ def evaluate_final(run: Run) -> dict[str, Any]:
     test, test_targets = evaluate(run, "test")
     heads = {
         head: calibrated_test_metrics(val[head], val_targets, test[head], test_targets, run.cfg.eval_ks)
-        for head in run.objective.heads
+        for head in run.spec.heads
     }
     return {"heads": heads, "val": val, "test": test, "val_targets": val_targets, "test_targets": test_targets}
+
+
+def train_fit(run: Run) -> dict[str, float | None] | None:
+    """How well the current weights fit the training labels, on data with injected label noise
+    (a training split that keeps its ``clean_y``; single process only), else ``None``:
+    top-1 accuracy on the noisy labels the model is trained on (``noisy_acc``), on the clean
+    labels (``clean_acc``), and on the noisy labels of the flipped samples only (``flipped_acc``,
+    the memorisation of label noise; None when no label was flipped)."""
+    split = run.bundle.train
+    clean = getattr(split, "clean_y", None)
+    if clean is None or run.world > 1:
+        return None
+    loader = make_loader(run.bundle, "train", max(run.cfg.batch_size, 256), run.device, train=False)
+    scores, noisy = collect_scores(run.model, loader, run.objective, run.autocast())
+    predicted = scores[run.spec.eval_head].argmax(dim=1)
+    clean = clean.to(predicted.device)
+    flipped = noisy != clean
+    hit = predicted == noisy
+    return {
+        "noisy_acc": float(hit.float().mean()),
+        "clean_acc": float((predicted == clean).float().mean()),
+        "flipped_acc": float(hit[flipped].float().mean()) if bool(flipped.any()) else None,
+        "flipped_share": float(flipped.float().mean()),
+    }

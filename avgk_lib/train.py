@@ -25,36 +25,18 @@ single-process runs only (rank 0's RNG state is the one checkpointed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import platform
-import subprocess
-import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from . import __version__
-from .checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    TrainState,
-    atomic_write_json,
-    load_checkpoint,
-    load_train_state,
-    remove_stale_tmp,
-    rng_state,
-    save_checkpoint,
-    save_train_state,
-    set_rng_state,
-)
-from .config import DEFAULT_MODELS, ConfigError, TrainConfig
+from .checkpoint import TrainState, rng_state, set_rng_state
+from .config import DEFAULT_MODELS, TrainConfig
 from .data import DatasetBundle
 from .engine import (
     DivergenceGuard,
@@ -64,14 +46,19 @@ from .engine import (
     bundle_counts,
     evaluate_final,
     resolve_device,
+    train_fit,
     train_one_epoch,
     validation_metrics,
 )
 from .evaluation import degeneracy_warnings, degenerate_sets
+from .rundir import RunDir, RunResult, provenance
+from .runspec import RunSpec
 
 __all__ = [
     "DEFAULT_MODELS",
+    "RunInterrupted",
     "RunResult",
+    "RunSpec",
     "TrainConfig",
     "TrainingDiverged",
     "bundle_counts",
@@ -81,100 +68,25 @@ __all__ = [
 ]
 
 
-@dataclass
-class RunResult:
-    """What a finished run reports (``results.json``)."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says at which epoch and how to resume (``last.pt`` holds every
+    finished epoch)."""
 
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    test: dict[str, float]
-    test_last: dict[str, float]
-    summary: dict[str, Any]
-    provenance: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    test_heads: dict[str, dict[str, float]] | None = None
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if self.test_heads is None:
-            del out["test_heads"]
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunResult:
-        """Parse :meth:`to_json`'s output; ``ValueError`` when it is not a complete result."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not a run result: invalid JSON ({err})") from None
-        names = {f.name for f in dataclasses.fields(cls)}
-        required = {"config", "history", "test", "test_last", "summary", "provenance"}
-        if not isinstance(data, dict) or not required <= set(data):
-            raise ValueError(f"not a run result: missing {sorted(required - set(data or {}))}")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"run result of format {data.get('format_version')}, this avgk_lib reads {FORMAT_VERSION}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def __init__(self, epoch: int, folder: Path | None) -> None:
+        where = f"; resume with --resume (--out {folder})" if folder is not None else " (nothing was saved: no --out)"
+        super().__init__(f"interrupted during epoch {epoch + 1}{where}")
+        self.epoch = epoch
+        self.folder = folder
 
 
-def provenance(device: torch.device, world: int) -> dict[str, Any]:
-    """Where and with what a run was made: commit, versions, device, world size, host."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    import numpy
-    import torchvision
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "git_commit": commit or "unknown",
-        "avgk_lib": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
-        "device": str(device),
-        "device_name": name,
-        "cpu_threads": torch.get_num_threads(),
-        "world_size": world,
-        "hostname": platform.node(),
-    }
-
-
-def prepare_out(out: Path, resume: bool) -> None:
-    """Check the run folder before anything trains: a writable folder, no checkpoint unless
-    resuming; remove temporary files that killed writers left. Raises ``ConfigError("out")``
-    or :class:`CheckpointError`."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check.tmp"):
-            pass
-    except OSError as err:
-        raise ConfigError("out", f"{out} is not a writable folder ({err.strerror or err})") from None
-    if (out / "last.pt").exists() and not resume:
-        raise CheckpointError(
-            f"{out / 'last.pt'} exists: pass resume=True (--resume) to continue it, or use another folder"
-        )
-    remove_stale_tmp(out)
-
-
-def _initial_state(cfg: TrainConfig, out: Path | None, resume: bool, log) -> TrainState | None:
+def _initial_state(spec: RunSpec, folder: RunDir | None, resume: bool, log) -> TrainState | None:
     """The checkpoint to resume from (verified), or ``None`` for a fresh start."""
-    if out is None or not resume:
+    if folder is None or not resume:
         return None
-    last = out / "last.pt"
-    if not last.exists():
-        log(f"--resume: no checkpoint in {out}, starting fresh")
+    if not folder.last.exists():
+        log(f"--resume: no checkpoint in {folder.path}, starting fresh")
         return None
-    return load_train_state(last, cfg.fingerprint())
+    return folder.load_state(spec.fingerprint)
 
 
 def _restore(run: Run, state: TrainState) -> None:
@@ -188,7 +100,7 @@ def _restore(run: Run, state: TrainState) -> None:
     set_rng_state(state.rng)
 
 
-def _snapshot(run: Run, epoch: int, history, best_value: float, best_epoch: int) -> TrainState:
+def _snapshot(run: Run, epoch: int, book: Progress) -> TrainState:
     return TrainState(
         epoch=epoch,
         model=run.model.state_dict(),
@@ -197,124 +109,152 @@ def _snapshot(run: Run, epoch: int, history, best_value: float, best_epoch: int)
         scheduler=run.scheduler.state_dict() if run.scheduler else None,
         scaler=run.scaler.state_dict() if run.scaler else None,
         rng=rng_state(),
-        history=history,
-        best_value=best_value,
-        best_epoch=best_epoch,
+        history=book.history,
+        best_value=book.best_value,
+        best_epoch=book.best_epoch,
     )
 
 
 @dataclass
-class _Progress:
+class Progress:
+    """The run's record so far: per-epoch history and the best epoch (1-based; 0 before any)."""
+
     history: list[dict[str, Any]]
-    best_value: float
-    best_epoch: int
+    best_value: float = -math.inf
+    best_epoch: int = 0
     best_weights: dict[str, Any] | None = None  # in-memory runs only
 
+    def record(self, entry: dict[str, Any], value: float) -> bool:
+        """Append an epoch's entry; ``True`` when it is the new best (the first epoch always is)."""
+        self.history.append(entry)
+        improved = value > self.best_value or self.best_epoch == 0
+        if improved:
+            self.best_value, self.best_epoch = value, entry["epoch"]
+        return improved
 
-def _fit(run: Run, out: Path | None, progress: _Progress, start: int, show: bool, log) -> None:
-    """Train epochs ``start..epochs-1``: validate, track the best, checkpoint."""
-    cfg, select, fingerprint = run.cfg, run.cfg.resolved_select_metric(), run.cfg.fingerprint()
-    reference = progress.history[0]["train_loss"] if progress.history else None
+
+def epoch_entry(run: Run, epoch: int, train_loss: float, seconds: float, val: dict[str, float]) -> dict[str, Any]:
+    """One epoch of the history: loss, lr, time, validation metrics and, on data with injected
+    label noise, ``train_fit`` (how well the model fits the noisy, clean and flipped labels)."""
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
+    entry.update(seconds=seconds, val=val)
+    fit = train_fit(run)
+    if fit is not None:
+        entry["train_fit"] = fit
+    return entry
+
+
+def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progress: bool, log) -> None:
+    """Train epochs ``start..epochs-1``: validate, track the best, checkpoint ``best.pt`` and
+    ``last.pt`` (rank 0) after every epoch."""
+    spec, cfg = run.spec, run.cfg
+    reference = book.history[0]["train_loss"] if book.history else None
     guard = DivergenceGuard(reference, 1 if run.device.type == "cpu" else 50, run.world)
     for epoch in range(start, cfg.epochs):
         began = time.time()
-        train_loss = train_one_epoch(run, epoch, guard, show)
-        guard.reference = progress.history[0]["train_loss"] if progress.history else train_loss
+        try:
+            train_loss = train_one_epoch(run, epoch, guard, show_progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch, folder.path if folder else None) from None
+        guard.reference = book.history[0]["train_loss"] if book.history else train_loss
         val = validation_metrics(run)
-        seconds = time.time() - began
-        lr = run.optimizer.param_groups[0]["lr"]
-        progress.history.append(
-            {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "seconds": seconds, "val": val}
-        )
-        value = -math.inf if degenerate_sets(val, cfg.k) else val[select]
-        improved = value > progress.best_value or progress.best_epoch == 0
-        if improved:
-            progress.best_value, progress.best_epoch = value, epoch + 1
+        value = -math.inf if degenerate_sets(val, cfg.k) else val[spec.select]
+        improved = book.record(epoch_entry(run, epoch, train_loss, time.time() - began, val), value)
         if run.is_main:
             log(
-                f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {select} {val[select]:.4f}"
-                f"{' *' if improved else ''}  ({seconds:.1f}s)"
+                f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {spec.select} {val[spec.select]:.4f}"
+                f"{' *' if improved else ''}  ({book.history[-1]['seconds']:.1f}s)"
             )
-        if out is not None and run.is_main:
+        if folder is not None and run.is_main:
             if improved:
-                best = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
-                save_checkpoint({**best, "fingerprint": fingerprint}, out / "best.pt")
-            state = _snapshot(run, epoch + 1, progress.history, progress.best_value, progress.best_epoch)
-            save_train_state(out / "last.pt", state, fingerprint, dataclasses.asdict(cfg))
-        elif out is None and improved:
-            progress.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+                weights = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
+                folder.save_best(weights, spec.fingerprint)
+            folder.save_state(_snapshot(run, epoch + 1, book), spec.fingerprint, dataclasses.asdict(cfg))
+        elif folder is None and improved:
+            book.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         if run.world > 1:
             dist.barrier()
 
 
-def _load_best(run: Run, out: Path | None, progress: _Progress) -> None:
-    if out is None:
-        run.model.load_state_dict(progress.best_weights)
+def _load_best(run: Run, folder: RunDir | None, book: Progress) -> None:
+    if folder is None:
+        run.model.load_state_dict(book.best_weights)
         return
     if run.world > 1:
         dist.barrier()
-    best = load_checkpoint(out / "best.pt", run.cfg.fingerprint())
-    run.model.load_state_dict(best["model"])
+    run.model.load_state_dict(folder.load_best(run.spec.fingerprint)["model"])
 
 
-def _final_evaluations(run: Run, out: Path | None, progress: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+def final_evaluations(run: Run, folder: RunDir | None, book: Progress) -> tuple[dict[str, Any], dict[str, Any]]:
     """(best, last): :func:`~avgk_lib.engine.evaluate_final` of the best and of the last epoch."""
     last = evaluate_final(run)
-    if progress.best_epoch == len(progress.history) == run.cfg.epochs:
+    if book.best_epoch == len(book.history) == run.cfg.epochs:
         return last, last
-    _load_best(run, out, progress)
+    _load_best(run, folder, book)
     return evaluate_final(run), last
 
 
-def _save_scores(run: Run, out: Path, best: dict[str, Any]) -> None:
-    head = run.cfg.eval_head if run.objective.spec.two_head else "main"
+def saved_scores(spec: RunSpec, best: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What ``scores.pt`` holds: half-precision validation and test scores of the evaluated head
+    (and of every head of a two-head model) with the targets."""
     scores = {
-        "val_scores": best["val"][head].half().cpu(),
+        "val_scores": best["val"][spec.eval_head].half().cpu(),
         "val_targets": best["val_targets"].cpu(),
-        "test_scores": best["test"][head].half().cpu(),
+        "test_scores": best["test"][spec.eval_head].half().cpu(),
         "test_targets": best["test_targets"].cpu(),
     }
-    if run.objective.spec.two_head:
-        for h in run.objective.heads:
+    if spec.two_head:
+        for h in spec.heads:
             scores[f"val_scores_{h}"] = best["val"][h].half().cpu()
             scores[f"test_scores_{h}"] = best["test"][h].half().cpu()
-    save_checkpoint(scores, out / "scores.pt")
+    return scores
 
 
-def _result(run: Run, progress: _Progress, best, last, started: float) -> RunResult:
-    cfg, head = run.cfg, run.cfg.eval_head if run.objective.spec.two_head else "main"
-    two_head = run.objective.spec.two_head
+def run_result(run: Run, book: Progress, best, last, started: float) -> RunResult:
+    """The :class:`RunResult` of a finished run."""
+    spec, cfg = run.spec, run.cfg
     warnings = []
     for label, evaluation in (("best epoch", best), ("last epoch", last)):
-        warnings += degeneracy_warnings(evaluation["heads"][head], run.bundle.n_classes, cfg.eval_ks, label)
+        warnings += degeneracy_warnings(evaluation["heads"][spec.eval_head], run.bundle.n_classes, cfg.eval_ks, label)
     finished = time.time()
     summary = {
-        "best_epoch": progress.best_epoch,
-        "select_metric": cfg.resolved_select_metric(),
-        "best_val": progress.best_value,
-        "model": run.model_name,
-        "head": run.head,
+        "best_epoch": book.best_epoch,
+        "select_metric": spec.select,
+        "best_val": book.best_value,
+        "model": spec.model,
+        "head": spec.head,
         "amp": run.amp_mode,
-        "fingerprint": cfg.fingerprint(),
+        "fingerprint": spec.fingerprint,
         "train_samples": len(run.bundle.train),
         "class_counts": bundle_counts(run.bundle),
     }
-    times = {
-        "seed": cfg.seed,
-        "start_time": _iso(started),
-        "end_time": _iso(finished),
-        "wall_seconds": finished - started,
-    }
+    times = {"seed": cfg.seed, "start_time": _iso(started), "end_time": _iso(finished)}
+    times["wall_seconds"] = finished - started
     return RunResult(
         config=dataclasses.asdict(cfg),
-        history=progress.history,
-        test=best["heads"][head],
-        test_last=last["heads"][head],
+        history=book.history,
+        test=best["heads"][spec.eval_head],
+        test_last=last["heads"][spec.eval_head],
         summary=summary,
         provenance={**provenance(run.device, run.world), **times},
         warnings=warnings,
-        test_heads=best["heads"] if two_head else None,
+        test_heads=best["heads"] if spec.two_head else None,
     )
+
+
+def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log) -> RunResult:
+    """Test the best and the last epoch, write ``scores.pt`` and ``results.json`` (rank 0)."""
+    best, last = final_evaluations(run, folder, book)
+    result = run_result(run, book, best, last, started)
+    if run.is_main:
+        for line in result.warnings:
+            log(f"warning: {line}")
+        if folder is not None:
+            if run.cfg.save_scores:
+                folder.save_scores(saved_scores(run.spec, best))
+            folder.write_result(result)
+        log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items() if "threshold" not in k))
+    return result
 
 
 def train(
@@ -330,48 +270,51 @@ def train(
     results dict (:meth:`RunResult.to_dict`).
 
     Args:
-        out: folder for ``last.pt``, ``best.pt``, ``results.json`` (and ``scores.pt``); ``None``
-            keeps everything in memory (no checkpoints).
+        out: folder for ``last.pt``, ``best.pt``, ``results.json`` (and ``scores.pt``), owned by
+            this run while it trains (:class:`~avgk_lib.rundir.RunDir`); ``None`` keeps
+            everything in memory (no checkpoints).
         resume: continue from ``out/last.pt`` (a fresh start, said in the log, when there is
             none). Without it, an existing checkpoint in ``out`` is an error (never overwritten).
+        progress: show a progress bar per epoch (also off with ``AVGK_PROGRESS=0``).
         bundle: an already loaded dataset (otherwise ``load_dataset(cfg.dataset, **cfg.dataset_options)``).
 
     Raises:
         ConfigError: a bad configuration or ``out`` folder (before anything trains).
+        RunDirError: ``out`` is in use by another live run, or holds a run of another configuration.
         CheckpointError: an existing, corrupt or foreign checkpoint in ``out``.
         TrainingDiverged: the loss became non-finite or exploded (no results are written).
+        RunInterrupted: Ctrl-C (a ``KeyboardInterrupt``; ``last.pt`` holds every finished epoch).
     """
     started = time.time()
-    cfg = cfg.validate()
-    out = Path(out) if out is not None else None
-    if out is not None and os.environ.get("RANK", "0") == "0":
-        prepare_out(out, resume)
-    state = _initial_state(cfg, out, resume, log)
-    run = build_run(cfg, bundle)
-    book = _Progress([], -math.inf, 0)
-    if state is not None:
-        _restore(run, state)
-        book = _Progress(state.history, state.best_value, state.best_epoch)
+    spec = RunSpec.resolve(cfg)
+    folder = RunDir(out) if out is not None else None
+    owner = folder is not None and os.environ.get("RANK", "0") == "0"
+    if owner:
+        folder.claim(spec.fingerprint, dataclasses.asdict(spec.config), resume=resume)
+    try:
+        state = _initial_state(spec, folder, resume, log)
+        run = build_run(spec, bundle)
+        book = Progress([])
+        if state is not None:
+            _restore(run, state)
+            book = Progress(state.history, state.best_value, state.best_epoch)
+            if run.is_main:
+                log(f"resumed from {folder.last} after epoch {state.epoch}")
         if run.is_main:
-            log(f"resumed from {out / 'last.pt'} after epoch {state.epoch}")
-    if run.is_main:
-        heads = ", two heads" if run.objective.spec.two_head else ""
-        log(
-            f"{run.bundle.summary()} | model {run.model_name} ({run.head} head{heads})"
-            f" | loss {cfg.loss} K={cfg.k:g} | device {run.device}, amp {run.amp_mode}, world {run.world}"
-        )
-    _fit(run, out, book, state.epoch if state else 0, progress, log)
-    best, last = _final_evaluations(run, out, book)
-    result = _result(run, book, best, last, started)
-    if run.is_main:
-        for line in result.warnings:
-            log(f"warning: {line}")
-        if out is not None:
-            if cfg.save_scores:
-                _save_scores(run, out, best)
-            atomic_write_json(out / "results.json", result.to_dict())
-        log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items() if "threshold" not in k))
-    return result.to_dict()
+            log(_banner(run))
+        fit(run, folder, book, state.epoch if state else 0, progress, log)
+        return finish(run, folder, book, started, log).to_dict()
+    finally:
+        if owner:
+            folder.release()
+
+
+def _banner(run: Run) -> str:
+    heads = ", two heads" if run.spec.two_head else ""
+    return (
+        f"{run.bundle.summary()} | model {run.spec.model} ({run.spec.head} head{heads})"
+        f" | loss {run.cfg.loss} K={run.cfg.k:g} | device {run.device}, amp {run.amp_mode}, world {run.world}"
+    )
 
 
 def _iso(t: float) -> str:

@@ -420,7 +420,13 @@ def test_run_result_json_round_trip(tmp_path):
     results = train(cfg, tmp_path, progress=False, log=_quiet)
     text = (tmp_path / "results.json").read_text()
     parsed = RunResult.from_json(text)
-    assert parsed.to_dict() == json.loads(text) == json.loads(json.dumps(results))
+    stored = json.loads(text)
+    assert len(stored.pop("sha256")) == 64  # results.json carries a checksum of its content
+    assert parsed.to_dict() == stored == json.loads(json.dumps(results))
+    edited = json.loads(text)
+    edited["test"]["top1_micro"] = 1.0
+    with pytest.raises(ValueError, match="checksum"):
+        RunResult.from_json(json.dumps(edited))
     assert "test_heads" not in results  # single-head model
     with pytest.raises(ValueError, match="missing"):
         RunResult.from_json("{}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -12,44 +11,37 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..data import cache_dir
+from ..rundir import RunDir
+from ..runspec import RunSpec
 from ..train import train
 from .grid import chosen_from_reference, expand
 from .spec import Run
 
 
 def run_dir(config: TrainConfig) -> Path:
+    """The run cache's folder of a configuration: ``$AVGK_CACHE_DIR/runs/<fingerprint>``."""
     return cache_dir() / "runs" / config.fingerprint()
-
-
-def _cached_results(folder: Path) -> dict[str, Any] | None:
-    """A finished run's results, or None (missing, unreadable or incomplete: re-run with a warning)."""
-    done = folder / "results.json"
-    if not done.exists():
-        return None
-    try:
-        results = json.loads(done.read_text())
-        results["test"], results["summary"]["best_epoch"]  # noqa: B018 (the keys rows need)
-        return results
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        warnings.warn(f"ignoring the unreadable cached run in {folder} ({error}); training it again", stacklevel=3)
-        done.unlink(missing_ok=True)
-        return None
 
 
 def train_or_load(
     config: TrainConfig, *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
 ) -> tuple[dict[str, Any], Path, bool]:
-    """(results, folder, cached) of one run: reloaded when finished, resumed when interrupted."""
-    folder = run_dir(config)
-    if force and folder.exists():
-        for f in ("last.pt", "best.pt", "results.json", "scores.pt"):
-            (folder / f).unlink(missing_ok=True)
-    results = _cached_results(folder)
-    if results is not None:
-        return results, folder, True
-    resume = (folder / "last.pt").exists()
-    results = train(config, folder, resume=resume, progress=progress, log=lambda *_: None)
-    return results, folder, False
+    """(results, folder, cached) of one run: reloaded when finished (its ``results.json`` intact
+    and of this configuration), resumed when interrupted, trained otherwise. A result that
+    cannot be trusted (damaged, edited, of another configuration) is trained again with a
+    warning naming the folder."""
+    spec = RunSpec.resolve(config)
+    folder = RunDir(run_dir(spec.config))
+    if force:
+        folder.clear()
+    result, why = folder.read_result(spec.fingerprint)
+    if result is not None:
+        return result.to_dict(), folder.path, True
+    if why:
+        warnings.warn(f"not reusing the cached run in {folder.path}: {why}; training it again", stacklevel=2)
+        folder.results.unlink(missing_ok=True)
+    results = train(spec.config, folder.path, resume=folder.last.exists(), progress=progress, log=lambda *_: None)
+    return results, folder.path, False
 
 
 def run_experiment(
