@@ -145,35 +145,42 @@ def epoch_entry(run: Run, epoch: int, train_loss: float, seconds: float, val: di
 
 
 def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progress: bool, log) -> None:
-    """Train epochs ``start..epochs-1``: validate, track the best, checkpoint ``best.pt`` and
-    ``last.pt`` (rank 0) after every epoch."""
-    spec, cfg = run.spec, run.cfg
+    """Train epochs ``start..epochs-1``; after each, :func:`end_epoch`."""
     reference = book.history[0]["train_loss"] if book.history else None
     guard = DivergenceGuard(reference, 1 if run.device.type == "cpu" else 50, run.world)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, run.cfg.epochs):
         began = time.time()
         try:
             train_loss = train_one_epoch(run, epoch, guard, show_progress)
         except KeyboardInterrupt:
             raise RunInterrupted(epoch, folder.path if folder else None) from None
         guard.reference = book.history[0]["train_loss"] if book.history else train_loss
-        val = validation_metrics(run)
-        value = -math.inf if degenerate_sets(val, cfg.k) else val[spec.select]
-        improved = book.record(epoch_entry(run, epoch, train_loss, time.time() - began, val), value)
-        if run.is_main:
-            log(
-                f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {spec.select} {val[spec.select]:.4f}"
-                f"{' *' if improved else ''}  ({book.history[-1]['seconds']:.1f}s)"
-            )
-        if folder is not None and run.is_main:
-            if improved:
-                weights = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
-                folder.save_best(weights, spec.fingerprint)
-            folder.save_state(_snapshot(run, epoch + 1, book), spec.fingerprint, dataclasses.asdict(cfg))
-        elif folder is None and improved:
-            book.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        if run.world > 1:
-            dist.barrier()
+        end_epoch(run, folder, book, epoch, train_loss, began, log)
+
+
+def end_epoch(
+    run: Run, folder: RunDir | None, book: Progress, epoch: int, train_loss: float, began: float, log
+) -> None:
+    """Validate, track the best epoch, checkpoint ``best.pt`` and ``last.pt`` (rank 0).
+    ``began`` is when the epoch's time started (validation included)."""
+    spec, cfg = run.spec, run.cfg
+    val = validation_metrics(run)
+    value = -math.inf if degenerate_sets(val, cfg.k) else val[spec.select]
+    improved = book.record(epoch_entry(run, epoch, train_loss, time.time() - began, val), value)
+    if run.is_main:
+        log(
+            f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {spec.select} {val[spec.select]:.4f}"
+            f"{' *' if improved else ''}  ({book.history[-1]['seconds']:.1f}s)"
+        )
+    if folder is not None and run.is_main:
+        if improved:
+            weights = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
+            folder.save_best(weights, spec.fingerprint)
+        folder.save_state(_snapshot(run, epoch + 1, book), spec.fingerprint, dataclasses.asdict(cfg))
+    elif folder is None and improved:
+        book.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    if run.world > 1:
+        dist.barrier()
 
 
 def _load_best(run: Run, folder: RunDir | None, book: Progress) -> None:
@@ -210,8 +217,9 @@ def saved_scores(spec: RunSpec, best: dict[str, Any]) -> dict[str, torch.Tensor]
     return scores
 
 
-def run_result(run: Run, book: Progress, best, last, started: float) -> RunResult:
-    """The :class:`RunResult` of a finished run."""
+def run_result(run: Run, book: Progress, best, last, started: float, share: int = 1) -> RunResult:
+    """The :class:`RunResult` of a finished run (``share``: the number of runs trained together
+    in one stack, whose wall time is split evenly between them)."""
     spec, cfg = run.spec, run.cfg
     warnings = []
     for label, evaluation in (("best epoch", best), ("last epoch", last)):
@@ -229,7 +237,9 @@ def run_result(run: Run, book: Progress, best, last, started: float) -> RunResul
         "class_counts": bundle_counts(run.bundle),
     }
     times = {"seed": cfg.seed, "start_time": _iso(started), "end_time": _iso(finished)}
-    times["wall_seconds"] = finished - started
+    times["wall_seconds"] = (finished - started) / share
+    if share > 1:
+        times["stack_size"] = share
     return RunResult(
         config=dataclasses.asdict(cfg),
         history=book.history,
@@ -242,10 +252,10 @@ def run_result(run: Run, book: Progress, best, last, started: float) -> RunResul
     )
 
 
-def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log) -> RunResult:
+def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log, share: int = 1) -> RunResult:
     """Test the best and the last epoch, write ``scores.pt`` and ``results.json`` (rank 0)."""
     best, last = final_evaluations(run, folder, book)
-    result = run_result(run, book, best, last, started)
+    result = run_result(run, book, best, last, started, share)
     if run.is_main:
         for line in result.warnings:
             log(f"warning: {line}")
@@ -319,3 +329,135 @@ def _banner(run: Run) -> str:
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+# ----------------------------------------------------------------------------------------------
+# many runs at once
+# ----------------------------------------------------------------------------------------------
+
+
+def train_many(
+    configs: list[TrainConfig],
+    outs: list[str | Path | None] | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+    max_stack: int = 64,
+) -> list[dict[str, Any] | TrainingDiverged]:
+    """Train many runs, stacking those that can share a model (:mod:`avgk_lib.stacked`): one
+    result per config, in order, each the dict :func:`train` would return (and the same run
+    folder), or the :class:`TrainingDiverged` error of a run that diverged (the other runs go on).
+
+    Runs share a stack when :func:`~avgk_lib.stacked.stack_key` agrees (dataset family, model
+    shape, loss, epochs, batch, schedule shape, SGD) and they start at the same epoch; at most
+    ``max_stack`` per stack. The others train one by one. Each member keeps its own seed, data,
+    loss noise, lr and loss knobs, best epoch, checkpoints and ``results.json``.
+
+    Random numbers: a stacked member draws exactly what its single run draws (initialisation
+    and data from its seed, loss noise from its own generator state), so it follows ``train``
+    with the same seed up to float rounding of the batched arithmetic.
+
+    Raises what :func:`train` raises for a bad configuration or folder, before anything trains."""
+    from .stacked import Member, Stack, stack_key
+
+    if not isinstance(configs, (list, tuple)) or not all(isinstance(c, TrainConfig) for c in configs):
+        raise TypeError("`configs` must be a list of TrainConfig")
+    outs = [None] * len(configs) if outs is None else list(outs)
+    if len(outs) != len(configs):
+        raise ValueError(f"`outs` must have one folder per config ({len(configs)}), got {len(outs)}")
+    if isinstance(max_stack, bool) or not isinstance(max_stack, int) or max_stack < 1:
+        raise ValueError(f"`max_stack` must be an integer >= 1, got {max_stack!r}")
+    specs = [RunSpec.resolve(c) for c in configs]
+    folders = [RunDir(o) if o is not None else None for o in outs]
+    claimed: list[RunDir] = []
+    try:
+        for spec, folder in zip(specs, folders, strict=True):
+            if folder is not None:
+                folder.claim(spec.fingerprint, dataclasses.asdict(spec.config), resume=resume)
+                claimed.append(folder)
+        return _train_claimed(specs, folders, resume, progress, log, max_stack, Member, Stack, stack_key)
+    finally:
+        for folder in claimed:
+            folder.release()
+
+
+def _train_claimed(specs, folders, resume, progress, log, max_stack, Member, Stack, stack_key) -> list:
+    started = time.time()
+    members, books, starts, groups = [], [], [], {}
+    for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
+        state = _initial_state(spec, folder, resume, log)
+        run = build_run(spec)
+        book = Progress([])
+        if state is not None:
+            _restore(run, state)
+            book = Progress(state.history, state.best_value, state.best_epoch)
+        reference = book.history[0]["train_loss"] if book.history else None
+        members.append(Member(run, rng_state(), DivergenceGuard(reference, 1, run.world)))
+        books.append(book)
+        starts.append(state.epoch if state else 0)
+        key = stack_key(run)
+        groups.setdefault(("single", i) if key is None else (key, starts[i]), []).append(i)
+    results: list[Any] = [None] * len(specs)
+    for key, indices in groups.items():
+        for chunk in [indices[j : j + max_stack] for j in range(0, len(indices), max_stack)]:
+            if key[0] == "single" or len(chunk) == 1:
+                for i in chunk:
+                    results[i] = _train_single(members[i], folders[i], books[i], starts[i], progress, log)
+                continue
+            log(f"training {len(chunk)} runs as one stacked model ({members[chunk[0]].run.bundle.summary()})")
+            done = _train_stack(
+                Stack([members[i] for i in chunk]),
+                [folders[i] for i in chunk],
+                [books[i] for i in chunk],
+                starts[chunk[0]],
+                progress,
+                log,
+            )
+            for i, result in zip(chunk, done, strict=True):
+                results[i] = result
+    log(f"train_many: {len(specs)} runs in {time.time() - started:.0f}s")
+    return results
+
+
+def _train_single(member, folder: RunDir | None, book: Progress, start: int, progress: bool, log):
+    began = time.time()
+    set_rng_state(member.rng)
+    try:
+        fit(member.run, folder, book, start, progress, log)
+    except TrainingDiverged as err:
+        return err
+    return finish(member.run, folder, book, began, log).to_dict()
+
+
+def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list:
+    began = time.time()
+    members = stack.members
+    epochs = members[0].run.cfg.epochs
+    for epoch in range(start, epochs):
+        epoch_began = time.time()
+        try:
+            stack.train_epoch(epoch, progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch, None) from None
+        stack.write_back()
+        share = (time.time() - epoch_began) / len(members)
+        for m, folder, book in zip(members, folders, books, strict=True):
+            if not m.alive:
+                continue
+            train_loss = m.loss_sum / max(m.seen, 1)
+            m.guard.reference = book.history[0]["train_loss"] if book.history else train_loss
+            stack.member_rng(m)
+            end_epoch(m.run, folder, book, epoch, train_loss, time.time() - share, lambda *_: None)
+        log(
+            f"epoch {epoch + 1:>3}/{epochs}  {sum(m.alive for m in members)}/{len(members)} runs alive"
+            f"  ({time.time() - epoch_began:.1f}s)"
+        )
+    out = []
+    for m, folder, book in zip(members, folders, books, strict=True):
+        if m.error is not None:
+            log(f"a stacked run diverged: {m.error}")
+            out.append(m.error)
+            continue
+        out.append(finish(m.run, folder, book, began, lambda *_: None, share=len(members)).to_dict())
+    return out

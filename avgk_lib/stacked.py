@@ -1,0 +1,256 @@
+r"""Many small runs trained as one stacked model (the engine of :func:`avgk_lib.train.train_many`).
+
+On small tasks one training step of one model leaves the hardware idle: Python and dispatch
+overhead dominate. A :class:`Stack` trains M member runs that share a model shape, a loss and a
+schedule shape as one model: their parameters are stacked along a new leading dimension
+(``torch.func.stack_module_state``), the forward pass is ``vmap`` of ``functional_call`` over
+the members, each member's loss is computed on its own slice and the losses are summed, so one
+backward pass gives every member its own gradient (the members share no parameter, hence
+:math:`\partial \sum_i L_i / \partial \theta_j = \partial L_j / \partial \theta_j`).
+
+Per member, exactly as in its single run (:func:`avgk_lib.engine.build_run` builds each member,
+so initialisation and data come from the member's own seed):
+
+* its own data draw, batch order and augmentation (its own loaders);
+* its own loss noise: the global torch generator is switched to the member's state around its
+  loss, so the member draws the same noise as its single run;
+* its own lr, weight decay and loss knobs; the SGD update (momentum, Nesterov, decoupled groups
+  for weights vs biases and norms) is the one of ``torch.optim.SGD``, written on the stacked
+  tensors with per-member ``lr`` and ``weight_decay``; each member's lr schedule is its own
+  ``torch.optim.lr_scheduler`` stepping the member's (never stepped) optimizer;
+* its own divergence guard: a member whose loss explodes stops (no results, as in ``train``),
+  the others go on.
+
+After each epoch the stacked weights and momentum buffers are written back into each member's
+model and optimizer, and the single-run code validates, selects, checkpoints and reports every
+member, so a member's run folder cannot be told from a folder written by ``train``.
+
+Members are stacked only when :func:`stack_key` says they can share a stack (SGD, no loss
+parameters, one process, no AMP or compile, in-memory data); the rest train one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from .checkpoint import rng_state, set_rng_state
+from .data.loader import InMemoryLoader
+from .engine import DivergenceGuard, Run, TrainingDiverged
+
+
+def stack_key(run: Run) -> tuple | None:
+    """What members of one stack must share, or ``None`` when ``run`` cannot be stacked."""
+    cfg = run.cfg
+    stackable = (
+        cfg.optimizer == "sgd"
+        and run.world == 1
+        and run.amp_mode == "off"
+        and not cfg.compile
+        and isinstance(run.train_loader, InMemoryLoader)
+        and not any(p.requires_grad for p in run.loss_fn.parameters())
+    )
+    if not stackable:
+        return None
+    shapes = tuple((name, tuple(p.shape)) for name, p in run.model.named_parameters())
+    return (
+        str(run.device),
+        cfg.dataset,
+        run.spec.model,
+        run.spec.head,
+        shapes,
+        tuple(run.bundle.input_shape),
+        cfg.loss,
+        cfg.epochs,
+        cfg.batch_size,
+        run.steps_per_epoch,
+        cfg.scheduler,
+        tuple(cfg.milestones),
+        cfg.momentum == 0,
+        cfg.nesterov,
+        bool(run.train_loader.channels_last),
+    )
+
+
+@dataclass
+class Member:
+    """One run of a stack: its built :class:`~avgk_lib.engine.Run`, its generator states, its
+    divergence guard and, once it diverged, the error."""
+
+    run: Run
+    rng: dict[str, Any]
+    guard: DivergenceGuard
+    error: TrainingDiverged | None = None
+    loss_sum: float = 0.0
+    seen: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
+
+
+class Stack:
+    """M member runs as one stacked model (see the module docstring)."""
+
+    def __init__(self, members: list[Member]) -> None:
+        if not members:
+            raise ValueError("`members` must not be empty")
+        self.members = members
+        models = [m.run.model for m in members]
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)
+        self.params: dict[str, torch.Tensor] = params
+        self.buffers: dict[str, torch.Tensor] = buffers
+        self.decay = {
+            name: not (p.ndim <= 1 or name.endswith(".bias")) for name, p in members[0].run.model.named_parameters()
+        }
+        self.nesterov = bool(members[0].run.optimizer.param_groups[0].get("nesterov", False))
+        self.uses_momentum = any(m.run.optimizer.param_groups[0].get("momentum", 0.0) != 0 for m in members)
+        self.buf: dict[str, torch.Tensor | None] = {name: None for name in self.params}
+        self._load_momentum()
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> Any:
+        """Outputs of every member on its own batch: ``x`` is (M, B, ...)."""
+
+        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor) -> Any:
+            return functional_call(self.base, (p, b), (xi,))
+
+        return vmap(one)(self.params, self.buffers, x)
+
+    # -- the optimizer ----------------------------------------------------------------------------
+
+    def _view(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def sgd_step(self) -> None:
+        """One ``torch.optim.SGD`` step of every alive member (dead members keep their weights)."""
+        groups = [m.run.optimizer.param_groups[0] for m in self.members]
+        lrs = [g["lr"] if m.alive else 0.0 for g, m in zip(groups, self.members, strict=True)]
+        decays = [m.run.cfg.weight_decay for m in self.members]
+        momenta = [g.get("momentum", 0.0) for g in groups]  # OneCycleLR cycles it per step
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            d = p.grad
+            if self.decay[name] and any(decays):
+                d = d.add(p * self._view(decays, p))
+            if self.uses_momentum:
+                mu = self._view(momenta, p)
+                buf = self.buf[name]
+                if buf is None:
+                    buf = self.buf[name] = d.clone()
+                else:
+                    buf.mul_(mu).add_(d)
+                d = d.add(buf * mu) if self.nesterov else buf
+            p.sub_(d * self._view(lrs, p))
+            p.grad = None
+
+    def _load_momentum(self) -> None:
+        """Momentum buffers from the members' optimizers (a resumed run), when every member has them."""
+        for name in self.params:
+            parts = []
+            for m in self.members:
+                state = m.run.optimizer.state.get(dict(m.run.model.named_parameters())[name], {})
+                parts.append(state.get("momentum_buffer"))
+            if all(part is not None for part in parts):
+                self.buf[name] = torch.stack(parts).to(self.params[name])
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the stacked weights, buffers and momentum into each member's model and optimizer."""
+        for i, m in enumerate(self.members):
+            for name, p in m.run.model.named_parameters():
+                p.copy_(self.params[name][i])
+                if self.buf[name] is not None:
+                    m.run.optimizer.state[p]["momentum_buffer"] = self.buf[name][i].clone()
+            for name, b in m.run.model.named_buffers():
+                b.copy_(self.buffers[name][i])
+
+    # -- one epoch --------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int, show_progress: bool) -> None:
+        """One pass over every member's training data (``steps_per_epoch`` stacked steps)."""
+        from .engine import progress_bar
+
+        first = self.members[0].run
+        for m in self.members:
+            m.run.train_loader.set_epoch(epoch)
+            if hasattr(m.run.loss_fn, "set_epoch"):
+                m.run.loss_fn.set_epoch(epoch)
+            m.loss_sum, m.seen = 0.0, 0
+        self.base.train()
+        iterators = [iter(m.run.train_loader) for m in self.members]
+        desc = f"epoch {epoch + 1}/{first.cfg.epochs} ({len(self.members)} models)"
+        for step in progress_bar(range(first.steps_per_epoch), first.steps_per_epoch, desc, show_progress):
+            batches = [next(it) for it in iterators]
+            outputs = self.forward(torch.stack([b[0] for b in batches]))
+            total = self._losses(outputs, batches, epoch, step)
+            if total is not None:
+                total.backward()
+            self.sgd_step()
+            for m in self.members:
+                if m.run.schedule_unit == "batch":
+                    m.run.scheduler.step()
+        for m in self.members:
+            if m.alive:
+                self._check(m, lambda m=m: m.guard.check(epoch))
+            if m.run.schedule_unit == "epoch":
+                m.run.scheduler.step()
+
+    def _losses(self, outputs: Any, batches: list, epoch: int, step: int) -> torch.Tensor | None:
+        """Sum of the alive members' losses, each drawn with the member's own generator."""
+        total = None
+        for i, (m, batch) in enumerate(zip(self.members, batches, strict=True)):
+            if not m.alive:
+                continue
+            out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
+            loss = self._member_loss(m, out, batch, epoch, step)
+            if loss is None:
+                continue
+            total = loss if total is None else total + loss
+        return total
+
+    def _member_loss(self, m: Member, out: Any, batch: Any, epoch: int, step: int) -> torch.Tensor | None:
+        torch.set_rng_state(m.rng["torch"])
+        try:
+            loss = m.run.objective.loss(out, batch)
+        except ValueError:
+            parts = out if isinstance(out, tuple) else (out,)
+            if all(bool(torch.isfinite(p).all()) for p in parts):
+                raise
+            m.error = TrainingDiverged(
+                f"training diverged at epoch {epoch + 1}, step {step + 1}: loss nan (the model's outputs are"
+                " non-finite); try a lower --lr"
+            )
+            return None
+        finally:
+            m.rng["torch"] = torch.get_rng_state()
+        if not self._check(m, lambda: m.guard.observe(loss, epoch, step)):
+            return None
+        m.loss_sum += float(loss.detach().double()) * batch[1].shape[0]
+        m.seen += batch[1].shape[0]
+        return loss
+
+    @staticmethod
+    def _check(m: Member, check) -> bool:
+        try:
+            check()
+        except TrainingDiverged as err:
+            m.error = err
+            return False
+        return True
+
+    def member_rng(self, m: Member) -> None:
+        """Make the member's generator states the global ones (before its checkpoint is taken)."""
+        set_rng_state(m.rng)
+
+    def capture_rng(self, m: Member) -> None:
+        m.rng = rng_state()
