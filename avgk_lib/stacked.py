@@ -32,6 +32,7 @@ parameters, one process, no AMP or compile, in-memory data); the rest train one 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,14 @@ def stack_key(run: Run) -> tuple | None:
         cfg.nesterov,
         bool(run.train_loader.channels_last),
     )
+
+
+def _step_schedule(run: Run) -> None:
+    """Step a member's scheduler; its optimizer only carries the lr (the stack updates the
+    weights), so torch's "scheduler stepped before the optimizer" warning does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        run.scheduler.step()
 
 
 @dataclass
@@ -198,12 +207,12 @@ class Stack:
             self.sgd_step()
             for m in self.members:
                 if m.run.schedule_unit == "batch":
-                    m.run.scheduler.step()
+                    _step_schedule(m.run)
         for m in self.members:
             if m.alive:
                 self._check(m, lambda m=m: m.guard.check(epoch))
             if m.run.schedule_unit == "epoch":
-                m.run.scheduler.step()
+                _step_schedule(m.run)
 
     def _losses(self, outputs: Any, batches: list, epoch: int, step: int) -> torch.Tensor | None:
         """Sum of the alive members' losses, each drawn with the member's own generator."""

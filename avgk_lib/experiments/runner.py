@@ -13,7 +13,7 @@ from ..config import TrainConfig
 from ..data import cache_dir
 from ..rundir import RunDir
 from ..runspec import RunSpec
-from ..train import train
+from ..train import train_many
 from .grid import chosen_from_reference, expand
 from .spec import Run
 
@@ -26,22 +26,53 @@ def run_dir(config: TrainConfig) -> Path:
 def train_or_load(
     config: TrainConfig, *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
 ) -> tuple[dict[str, Any], Path, bool]:
-    """(results, folder, cached) of one run: reloaded when finished (its ``results.json`` intact
-    and of this configuration), resumed when interrupted, trained otherwise. A result that
-    cannot be trusted (damaged, edited, of another configuration) is trained again with a
-    warning naming the folder."""
-    spec = RunSpec.resolve(config)
-    folder = RunDir(run_dir(spec.config))
+    """(results, folder, cached) of one run: see :func:`train_or_load_many`. Raises
+    :class:`~avgk_lib.engine.TrainingDiverged` when the run diverges."""
+    (outcome,) = train_or_load_many([config], force=force, progress=progress, log=log)
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome
+
+
+def _cached(spec: RunSpec, folder: RunDir, force: bool) -> dict[str, Any] | None:
     if force:
         folder.clear()
     result, why = folder.read_result(spec.fingerprint)
     if result is not None:
-        return result.to_dict(), folder.path, True
+        return result.to_dict()
     if why:
-        warnings.warn(f"not reusing the cached run in {folder.path}: {why}; training it again", stacklevel=2)
+        warnings.warn(f"not reusing the cached run in {folder.path}: {why}; training it again", stacklevel=3)
         folder.results.unlink(missing_ok=True)
-    results = train(spec.config, folder.path, resume=folder.last.exists(), progress=progress, log=lambda *_: None)
-    return results, folder.path, False
+    return None
+
+
+def train_or_load_many(
+    configs: list[TrainConfig], *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
+) -> list[tuple[dict[str, Any] | Exception, Path, bool]]:
+    """``(results, folder, cached)`` per config, in order: reloaded when finished (its
+    ``results.json`` intact and of this configuration), resumed when interrupted, trained
+    otherwise, the runs that can share a stack as one stacked model
+    (:func:`~avgk_lib.train.train_many`). A result that cannot be trusted (damaged, edited, of
+    another configuration) is trained again with a warning naming the folder. ``results`` is
+    the :class:`~avgk_lib.engine.TrainingDiverged` error of a run that diverged."""
+    specs = [RunSpec.resolve(c) for c in configs]
+    folders = [RunDir(run_dir(spec.config)) for spec in specs]
+    outcomes: list[Any] = [(_cached(s, f, force), f.path, True) for s, f in zip(specs, folders, strict=True)]
+    first: dict[str, int] = {}  # the same configuration twice trains once
+    for i, spec in enumerate(specs):
+        if outcomes[i][0] is None:
+            first.setdefault(spec.fingerprint, i)
+    todo = sorted(first.values())
+    if todo:
+        trained = train_many(
+            [specs[i].config for i in todo], [folders[i].path for i in todo], resume=True, progress=progress, log=log
+        )
+        for i, results in zip(todo, trained, strict=True):
+            outcomes[i] = (results, folders[i].path, False)
+    for i, spec in enumerate(specs):
+        if outcomes[i][0] is None:
+            outcomes[i] = (outcomes[first[spec.fingerprint]][0], folders[i].path, False)
+    return outcomes
 
 
 def run_experiment(
@@ -66,14 +97,19 @@ def run_experiment(
         if not chosen:
             log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
     runs = expand(name, preset, list(seeds), chosen, {**(overrides or {}), "device": device})
-    rows = []
     started = time.time()
-    for i, run in enumerate(runs):
-        results, folder, cached = train_or_load(run.config, force=force, progress=progress, log=log)
-        row = run_row(run, results, folder)
-        rows.append(row)
-        log(_row_line(i, len(runs), run, row, cached, time.time() - started))
+    outcomes = train_or_load_many([run.config for run in runs], force=force, progress=progress, log=_quiet)
+    rows = []
+    for i, (run, (results, folder, cached)) in enumerate(zip(runs, outcomes, strict=True)):
+        if isinstance(results, Exception):
+            raise results
+        rows.append(run_row(run, results, folder))
+        log(_row_line(i, len(runs), run, rows[-1], cached, time.time() - started))
     return rows
+
+
+def _quiet(*_: Any) -> None:
+    return None
 
 
 def _row_line(i: int, n: int, run: Run, row: dict[str, Any], cached: bool, elapsed: float) -> str:

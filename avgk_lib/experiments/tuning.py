@@ -8,7 +8,7 @@ from typing import Any
 
 from ..evaluation import degenerate_sets, k_label
 from .grid import _config, _methods_of, get_experiment, tuning_key
-from .runner import train_or_load
+from .runner import train_or_load_many
 from .spec import TUNING_SEED, Method, Preset, Setting
 
 
@@ -38,10 +38,14 @@ def tune(
             continue  # the balanced-test variant reuses the choices of its long-tailed twin
         for method_name, method in _methods_of(experiment, setting).items():
 
-            def score(point: dict[str, Any], setting=setting, method=method, method_name=method_name) -> dict:
-                config = _config(setting, method, point, setting.tune_k, TUNING_SEED, {"device": device})
-                label = f"{name}/{tuning_key(setting, method_name)} {point}"
-                return {**point, **_score(config, setting.tune_k, label, log)}
+            def score(points: list[dict[str, Any]], setting=setting, method=method, method_name=method_name) -> list:
+                configs = [_config(setting, method, p, setting.tune_k, TUNING_SEED, {"device": device}) for p in points]
+                outcomes = train_or_load_many(configs, progress=progress, log=lambda *_: None)
+                label = f"{name}/{tuning_key(setting, method_name)}"
+                return [
+                    {**p, **_score(o, setting.tune_k, f"{label} {p}", log)}
+                    for p, o in zip(points, outcomes, strict=True)
+                ]
 
             entry = _bracketing_search(method, list(setting.lr_grid or spec.lr_grid), score)
             entry["metric"] = setting.select.format(k=k_label(setting.tune_k))
@@ -58,15 +62,13 @@ def tune(
 MAX_EXTENSIONS = 2
 
 
-def _score(config, k: float, label: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Validation score of one grid point: its best epoch's selection metric; ``-inf`` when its
-    sets are degenerate (tied scores) or the run diverged (a grid point too large for the loss)."""
-    try:
-        results, _, cached = train_or_load(config, progress=False, log=log)
-    except (FloatingPointError, ValueError) as error:  # TrainingDiverged: the point is out of the loss's range
-        if isinstance(error, ValueError) and "NaN" not in str(error) and "inf" not in str(error):
-            raise
-        log(f"tune {label}: diverged ({str(error).splitlines()[0][:120]})")
+def _score(outcome: tuple, k: float, label: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Validation score of one grid point from its ``(results, folder, cached)``: its best
+    epoch's selection metric; ``-inf`` when its sets are degenerate (tied scores) or the run
+    diverged (a grid point too large for the loss)."""
+    results, _, cached = outcome
+    if isinstance(results, Exception):  # TrainingDiverged: the point is out of the loss's range
+        log(f"tune {label}: diverged ({str(results).splitlines()[0][:120]})")
         return {"val": -math.inf, "best_epoch": 0, "diverged": True}
     value = results["summary"]["best_val"]
     best = results["history"][results["summary"]["best_epoch"] - 1]["val"]
@@ -76,17 +78,18 @@ def _score(config, k: float, label: str, log: Callable[[str], None]) -> dict[str
     return {"val": value, "best_epoch": results["summary"]["best_epoch"], **({"cached": True} if cached else {})}
 
 
-def _bracketing_search(method: Method, lr_grid: list[float], score: Callable[[dict], dict]) -> dict[str, Any]:
-    """Score ``method.points(lr_grid)``; extend the lr grid past an edge holding the best point."""
+def _bracketing_search(method: Method, lr_grid: list[float], score: Callable[[list], list]) -> dict[str, Any]:
+    """Score ``method.points(lr_grid)`` (all at once: they train as one stack where they can);
+    extend the lr grid past an edge holding the best point."""
     tried = sorted(lr_grid)
-    scored = [score(p) for p in method.points(tried)]
+    scored = score(method.points(tried))
     for _ in range(MAX_EXTENSIONS):
         best_lr = _base_lr(method, max(scored, key=_value))
         if len(tried) < 2 or best_lr not in (tried[0], tried[-1]):
             break
         new = _next_lr(tried[0], -1) if best_lr == tried[0] else _next_lr(tried[-1], +1)
         tried = sorted([*tried, new])
-        scored += [score(p) for p in method.points([new])]
+        scored += score(method.points([new]))
     best = max(scored, key=_value)
     return {
         "grid": scored,

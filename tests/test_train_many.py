@@ -1,0 +1,132 @@
+"""train_many: a stacked member follows its single run; folders, resume and divergence as train's."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from avgk_lib.checkpoint import load_checkpoint
+from avgk_lib.engine import TrainingDiverged
+from avgk_lib.rundir import RunDir
+from avgk_lib.stacked import Stack
+from avgk_lib.train import TrainConfig, train, train_many
+
+TINY = {"n_classes": 8, "dim": 6, "n_groups": 2, "n_train": 640, "n_val": 200, "n_test": 200}
+
+
+def _quiet(*_):
+    return None
+
+
+def _cfg(seed: int, **kw) -> TrainConfig:
+    base = dict(dataset="synthetic", dataset_options=TINY, loss="noised_topk", k=2, epochs=3, batch_size=32)
+    base.update(lr=0.05, eval_ks=[1, 2], seed=seed, scheduler="cosine")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_checkpoint(folder / "last.pt")["model"]
+
+
+def test_a_member_follows_its_single_run_for_60_steps(tmp_path):
+    # 640 / 32 = 20 steps an epoch, 3 epochs: 60 steps with noise draws, two lrs, two seeds
+    configs = [_cfg(3, lr=0.05), _cfg(4, lr=0.2, loss_options={"epsilon": 0.5})]
+    singles = [train(c, tmp_path / f"single{i}", progress=False, log=_quiet) for i, c in enumerate(configs)]
+    outs = [tmp_path / f"many{i}" for i in range(2)]
+    many = train_many(configs, outs, progress=False, log=_quiet)
+    for i in range(2):
+        a, b = _weights(tmp_path / f"single{i}"), _weights(outs[i])
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-4, rtol=0), name
+        assert many[i]["summary"]["fingerprint"] == singles[i]["summary"]["fingerprint"]
+        assert many[i]["test"] == pytest.approx(singles[i]["test"], abs=1e-6)
+
+
+def test_over_five_seeds_final_metrics_agree_within_the_seed_spread():
+    configs = [_cfg(s, loss="cross_entropy", epochs=2) for s in range(5)]
+    singles = [train(c, progress=False, log=_quiet)["test"]["top1_micro"] for c in configs]
+    many = [r["test"]["top1_micro"] for r in train_many(configs, progress=False, log=_quiet)]
+    spread = statistics.stdev(singles)
+    assert spread > 0
+    assert max(abs(a - b) for a, b in zip(singles, many, strict=True)) <= spread
+
+
+def test_stacked_folders_are_the_folders_train_writes(tmp_path):
+    configs = [_cfg(s, epochs=2) for s in (0, 1)]
+    outs = [tmp_path / str(s) for s in (0, 1)]
+    train_many(configs, outs, progress=False, log=_quiet)
+    for cfg, out in zip(configs, outs, strict=True):
+        result, why = RunDir(out).read_result(cfg.fingerprint())
+        assert result is not None and why == ""
+        assert result.provenance["stack_size"] == 2
+        assert {"last.pt", "best.pt", "scores.pt", "results.json", "run.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_killed_stack_resumes_to_the_same_results(tmp_path, monkeypatch):
+    configs = [_cfg(s, epochs=3) for s in (0, 1)]
+    reference = train_many(configs, [tmp_path / f"ref{s}" for s in (0, 1)], progress=False, log=_quiet)
+    outs = [tmp_path / f"killed{s}" for s in (0, 1)]
+    real = Stack.train_epoch
+
+    def dies_in_epoch_2(self, epoch, show):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, show)
+
+    monkeypatch.setattr(Stack, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt, match="interrupted during epoch 2"):
+        train_many(configs, outs, progress=False, log=_quiet)
+    assert all((o / "last.pt").exists() and not (o / "results.json").exists() for o in outs)
+    monkeypatch.setattr(Stack, "train_epoch", real)
+    resumed = train_many(configs, outs, resume=True, progress=False, log=_quiet)
+    for a, b in zip(reference, resumed, strict=True):
+        assert a["test"] == b["test"] and a["summary"]["best_epoch"] == b["summary"]["best_epoch"]
+
+
+def test_a_stacked_member_folder_resumes_with_train(tmp_path, monkeypatch):
+    configs = [_cfg(s, epochs=2) for s in (0, 1)]
+    reference = train(configs[1], tmp_path / "ref", progress=False, log=_quiet)
+    outs = [tmp_path / f"m{s}" for s in (0, 1)]
+    real = Stack.train_epoch
+
+    def dies_in_epoch_2(self, epoch, show):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, show)
+
+    monkeypatch.setattr(Stack, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(configs, outs, progress=False, log=_quiet)
+    resumed = train(configs[1], outs[1], resume=True, progress=False, log=_quiet)
+    assert resumed["test"] == pytest.approx(reference["test"], abs=1e-6)
+
+
+def test_a_diverging_member_stops_alone(tmp_path):
+    configs = [_cfg(0, loss="cross_entropy", epochs=2), _cfg(1, loss="cross_entropy", epochs=2, lr=1e6)]
+    outs = [tmp_path / "ok", tmp_path / "bad"]
+    results = train_many(configs, outs, progress=False, log=_quiet)
+    assert isinstance(results[0], dict) and isinstance(results[1], TrainingDiverged)
+    assert (outs[0] / "results.json").exists() and not (outs[1] / "results.json").exists()
+
+
+def test_runs_that_cannot_share_a_stack_train_one_by_one(tmp_path):
+    configs = [_cfg(0, loss="cross_entropy", epochs=1), _cfg(1, loss="cross_entropy", epochs=1, optimizer="adamw")]
+    lines: list[str] = []
+    results = train_many(configs, progress=False, log=lines.append)
+    assert not any("stacked" in line for line in lines)
+    single = train(configs[1], progress=False, log=_quiet)
+    assert results[1]["test"] == single["test"]
+
+
+def test_bad_arguments_are_refused_before_training(tmp_path):
+    with pytest.raises(TypeError, match="configs"):
+        train_many([{"dataset": "synthetic"}])
+    with pytest.raises(ValueError, match="outs"):
+        train_many([_cfg(0)], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="max_stack"):
+        train_many([_cfg(0)], max_stack=0)
+    with pytest.raises(ValueError, match="epochs"):
+        train_many([_cfg(0, epochs=0)])
