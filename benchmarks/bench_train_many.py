@@ -1,0 +1,108 @@
+"""train_many against sequential train calls, measured side by side in one process.
+
+For each task (synthetic-100 MLP with cross-entropy and with the noised top-K loss; Fashion-MNIST
+small CNN with cross-entropy) and each stack size M: the wall time of M sequential ``train``
+calls (in this process, so imports are paid once: the comparison most favourable to the
+sequential side), the wall time of one ``train_many`` call over the same M configurations (M
+seeds), and the bare-loop floor (one model, plain torch: forward, loss, backward, SGD step; no
+validation, checkpoints or metrics) times M. Both sides train in memory (no run folders).
+
+    python benchmarks/bench_train_many.py                      # the cpu-preset tasks, 8 and 32 members
+    python benchmarks/bench_train_many.py --epochs 3 --members 8 32 --tasks synthetic_ce
+
+Writes ``avgk_lib/reference_results/bench_train_many_<device>.json`` with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from avgk_lib.engine import build_run
+from avgk_lib.experiments.catalog import SYNTHETIC_100
+from avgk_lib.references import write_reference
+from avgk_lib.train import TrainConfig, train, train_many
+
+TASKS = {
+    "synthetic_ce": dict(dataset="synthetic", dataset_options=SYNTHETIC_100, loss="cross_entropy", k=5, lr=0.1),
+    "synthetic_noised": dict(
+        dataset="synthetic",
+        dataset_options=SYNTHETIC_100,
+        loss="noised_topk",
+        k=5,
+        lr=0.1,
+        loss_options={"epsilon": 1.0, "n_samples": 5},
+    ),
+    "fmnist_cnn": dict(
+        dataset="fashion_mnist", dataset_options={"train_subset": 10_000}, loss="cross_entropy", k=2, lr=0.1
+    ),
+}
+
+
+def _configs(task: str, members: int, epochs: int, device: str) -> list[TrainConfig]:
+    base = dict(TASKS[task], epochs=epochs, batch_size=128, scheduler="cosine", weight_decay=5e-4, device=device)
+    base["eval_ks"] = [1.0, float(base["k"])]
+    return [TrainConfig(**base, seed=seed) for seed in range(members)]
+
+
+def _bare_loop(cfg: TrainConfig) -> float:
+    """Seconds of ``cfg.epochs`` epochs of one model in a plain loop (the floor)."""
+    run = build_run(cfg)
+    model, loss_fn = run.model, run.objective.loss_fn
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    began = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        run.train_loader.set_epoch(epoch)
+        for x, y, _ in run.train_loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - began
+
+
+def _timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - began
+
+
+def measure(task: str, members: int, epochs: int, device: str) -> dict:
+    configs = _configs(task, members, epochs, device)
+    quiet = lambda *_: None  # noqa: E731
+    sequential = _timed(lambda: [train(c, progress=False, log=quiet) for c in configs])
+    stacked = _timed(lambda: train_many(configs, progress=False, log=quiet))
+    floor = _bare_loop(configs[0]) * members
+    row = {"task": task, "members": members, "epochs": epochs, "sequential_s": sequential, "train_many_s": stacked}
+    row.update(bare_loop_x_members_s=floor, speedup=sequential / stacked, train_many_vs_floor=stacked / floor)
+    print(
+        f"{task:<18} M={members:<3} sequential {sequential:7.1f}s  train_many {stacked:6.1f}s"
+        f"  -> {row['speedup']:.1f}x   (bare loop x M {floor:6.1f}s)",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--members", nargs="+", type=int, default=[8, 32])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per run (the cpu preset trains 20)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    rows = [measure(t, m, args.epochs, args.device) for t in args.tasks for m in args.members]
+    if not args.no_write:
+        payload = {"benchmark": "train_many vs sequential train", "threads": torch.get_num_threads(), "rows": rows}
+        path = write_reference(f"bench_train_many_{torch.device(args.device).type}", payload, device=args.device)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
