@@ -77,7 +77,11 @@ def test_page_banner_is_neutral_and_the_warning_sits_on_your_run():
         assert f"Preset: {preset}" in banner.html and "Your run" in banner.html
     smoke = D.your_run("smoke", [0], what="A network trained now")
     _parse(smoke.html)
-    assert "not findings" in smoke.html and "admonition warning" in smoke.html and "A network trained now. " in smoke.markdown
+    assert (
+        "not findings" in smoke.html
+        and "admonition warning" in smoke.html
+        and "A network trained now. " in smoke.markdown
+    )
     cpu = D.your_run("cpu", [0, 1, 2])
     assert "not findings" not in cpu.html and "seeds 0, 1, 2" in cpu.html and "admonition warning" not in cpu.html
     assert "one seed: no interval" in D.your_run("gpu", [3]).markdown
