@@ -12,6 +12,10 @@ that folder on Drive is all a chapter needs to pick up where it stopped::
 Call it before training (the library reads both variables when it needs them). Off Colab it does
 not mount anything: a folder outside the Drive mount point is used as it is (handy to test the
 same notebook locally), and the default Drive path raises :class:`RuntimeError`.
+
+:func:`default_preset` picks the preset of a chapter opened on Colab: the parameters cell keeps
+the literal ``PRESET = "cpu"`` (papermill and the book rely on it) and the cell after it runs
+``PRESET = default_preset(PRESET, DEVICE)``, which reads "cpu" as "colab" on a Colab GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,38 @@ DEFAULT_FOLDER = DRIVE_MOUNT / "MyDrive" / "avgk"
 def in_colab() -> bool:
     """True inside a Google Colab kernel (the ``google.colab`` module is loaded at its start)."""
     return "google.colab" in sys.modules
+
+
+PRESETS = ("smoke", "cpu", "colab", "gpu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_preset(preset: str, device: str = "auto") -> str:
+    """The preset a chapter runs with: ``"colab"`` when the parameters cell holds the default
+    ``"cpu"``, the kernel is Colab's and a CUDA GPU is visible (and ``device`` is not ``"cpu"``);
+    ``preset`` unchanged otherwise. Prints one line when it switches, so the page says so.
+
+    To run the ``cpu`` preset on a Colab GPU anyway, set ``DEVICE = "cpu"`` (or pick ``"smoke"``
+    or ``"gpu"`` explicitly: only the default is switched).
+
+    Example:
+        >>> default_preset("smoke")
+        'smoke'
+    """
+    if not isinstance(preset, str) or not isinstance(device, str):
+        raise TypeError(f"`preset` and `device` must be strings, got {preset!r} and {device!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {PRESETS}, got {preset!r}")
+    if device not in DEVICES:
+        raise ValueError(f"`device` must be one of {DEVICES}, got {device!r}")
+    if preset != "cpu" or device == "cpu" or not in_colab():
+        return preset
+    import torch
+
+    if not torch.cuda.is_available():
+        return preset
+    print('Running on Colab with a GPU: PRESET = "colab" (the parameters cell says "cpu"; DEVICE = "cpu" keeps it)')
+    return "colab"
 
 
 def _mount(mount_point: Path) -> None:

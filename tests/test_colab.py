@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import sys
 import types
@@ -143,3 +144,68 @@ def test_set_repo_url_rejects_a_non_github_url(tmp_path, capsys):
     (tmp_path / "book" / "_config.yml").write_text("title: x\n")
     assert tool.main(["https://github.com/a/b", "--root", str(tmp_path)]) == 2
     assert "repository" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ what a notebook does on Colab
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_default_preset_reads_cpu_as_colab_only_on_a_colab_gpu(monkeypatch, capsys, cuda):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert colab.default_preset("cpu") == "cpu"  # off Colab: the literal, whatever the GPU
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert colab.default_preset("cpu") == ("colab" if cuda else "cpu")
+    assert ('PRESET = "colab"' in capsys.readouterr().out) is cuda  # the page says so
+    assert colab.default_preset("cpu", "cpu") == "cpu"  # DEVICE = "cpu" keeps the cpu preset
+    for explicit in ("smoke", "colab", "gpu"):
+        assert colab.default_preset(explicit, "cuda") == explicit
+
+
+@pytest.mark.parametrize(
+    "args, error, name",
+    [(("fast",), ValueError, "preset"), ((None,), TypeError, "preset"), (("cpu", "tpu"), ValueError, "device")],
+)
+def test_default_preset_rejects_bad_arguments(args, error, name):
+    with pytest.raises(error, match=name):
+        colab.default_preset(*args)
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _install_cell(nb: Path) -> str:
+    return "".join(json.loads(nb.read_text())["cells"][1]["source"])
+
+
+def _run_install_cell(source: str) -> list[tuple[str, str]]:
+    """Execute the cell as IPython would (its ``%pip`` line becomes a ``run_line_magic`` call) with the
+    magic intercepted: returns the (magic, arguments) pairs it would have run."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    calls: list[tuple[str, str]] = []
+    shell = types.SimpleNamespace(run_line_magic=lambda name, line, *_: calls.append((name, line)))
+    exec(TransformerManager().transform_cell(source), {"get_ipython": lambda: shell})
+    return calls
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_install_cell_installs_the_colab_extra_on_colab_only(nb, monkeypatch):
+    url = _load_set_repo_url().current_url(ROOT)
+    source = _install_cell(nb)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert _run_install_cell(source) == [("pip", f'install -q "avgk_lib[colab] @ git+{url}"')]
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert _run_install_cell(source) == []  # locally the cell installs nothing
+
+
+def test_colab_extra_holds_what_the_notebooks_need_and_no_book_tooling():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in extras["colab"]}
+    assert {"avgk_lib", "matplotlib", "seaborn", "scipy", "pytopk", "difftopk"} <= names
+    assert "avgk_lib[train]" in extras["colab"]
+    assert not names & {"jupyter-book", "papermill", "nbval", "nbstripout", "ipykernel", "pytest"}

@@ -69,13 +69,65 @@ def test_table_rejects_bad_format_and_columns():
         D.table([{"a": 1.0}], [])
 
 
-def test_smoke_banner_says_numbers_are_not_findings_and_others_do_not():
-    smoke = D.preset_banner("smoke")
-    assert "not findings" in smoke.html and "warning" in smoke.html
+def test_page_banner_is_neutral_and_the_warning_sits_on_your_run():
+    for preset in ("smoke", "cpu", "colab", "gpu"):
+        banner = D.preset_banner(preset)
+        _parse(banner.html)
+        assert "not findings" not in banner.html and "admonition warning" not in banner.html
+        assert f"Preset: {preset}" in banner.html and "Your run" in banner.html
+    smoke = D.your_run("smoke", [0], what="A network trained now")
     _parse(smoke.html)
-    cpu = D.preset_banner("cpu")
-    assert "not findings" not in cpu.html and "cpu" in cpu.html
+    assert (
+        "not findings" in smoke.html
+        and "admonition warning" in smoke.html
+        and "A network trained now. " in smoke.markdown
+    )
+    cpu = D.your_run("cpu", [0, 1, 2])
+    assert "not findings" not in cpu.html and "seeds 0, 1, 2" in cpu.html and "admonition warning" not in cpu.html
+    assert "one seed: no interval" in D.your_run("gpu", [3]).markdown
+    assert "seed" not in D.your_run("cpu").markdown  # a block that trains nothing names no seed
     assert D.is_smoke("smoke") and not D.is_smoke("gpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, name",
+    [
+        ({"preset": "fast"}, ValueError, "preset"),
+        ({"preset": "cpu", "seeds": "0"}, TypeError, "seeds"),
+        ({"preset": "cpu", "seeds": [0.5]}, TypeError, "seeds"),
+        ({"preset": "cpu", "what": 3}, TypeError, "what"),
+    ],
+)
+def test_your_run_rejects_bad_arguments(kwargs, exc, name):
+    with pytest.raises(exc, match=name):
+        D.your_run(**kwargs)
+
+
+def test_glue_uses_myst_nb_format_so_the_book_can_paste_it():
+    """Oracle: MyST-NB's own extractor finds the value under its name and hides it from the page."""
+    import nbformat
+    from myst_nb.ext.glue import extract_glue_data_cell
+
+    data, metadata = D.glue_bundle("ch2_trend", "the bias is *negative* at M = 50")
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("display_data", data=data, metadata=metadata)]
+    ((key, output),) = extract_glue_data_cell(cell)
+    assert key == "ch2_trend" and output["data"]["text/markdown"] == "the bias is *negative* at M = 50"
+    assert cell.outputs == []  # nothing shows in the page where it was computed
+    with pytest.raises(ValueError, match="name"):
+        D.glue_bundle("two words", "x")
+    with pytest.raises(TypeError, match="text"):
+        D.glue_bundle("key", "  ")
+
+
+def test_results_markdown_prints_counts_as_integers():
+    from avgk_lib.book import findings as F
+
+    rows = [{"loss": "ce", "seed": s, "acc": 0.5 + 0.01 * s, "best_epoch": 5} for s in range(3)]
+    rows += [{"loss": "topk", "seed": s, "acc": 0.6, "best_epoch": 3 + s} for s in range(3)]
+    lines = F.results_markdown(rows, ["loss"], {"acc": "accuracy", "best_epoch": "best epoch"}).splitlines()
+    ce, topk = lines[2].split(" | "), lines[3].split(" | ")
+    assert ce[2] == "5" and topk[2].startswith("4.0 ± ") and ce[1].startswith("0.5100 ± ")
 
 
 @pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])

@@ -25,10 +25,11 @@ from typing import Any
 
 PRESETS = ("smoke", "cpu", "colab", "gpu")
 SMOKE_TEXT = (
-    "Smoke run: this page was executed with the `smoke` preset (a few batches, seconds of compute) "
-    "to check that its code runs. Its numbers, tables, timings and verdicts are not findings. "
+    "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
+    "its code runs. Its numbers, tables, timings and verdicts are not findings. "
     'Run the notebook with `PRESET = "cpu"` (or larger) to reproduce the results the text discusses.'
 )
+GLUE_MIME_PREFIX = "application/papermill.record/"
 _VERDICT_CLASSES = {"supported": "tip", "contradicted": "danger", "inconclusive": "warning"}
 
 
@@ -87,17 +88,90 @@ def admonition(text: str, *, title: str, kind: str = "note") -> Block:
 
 
 def preset_banner(preset: str) -> Block:
-    """What the numbers of this page are: a warning under the smoke preset, a note otherwise.
+    """A neutral note at the top of a page: which preset executed it and how to read its numbers.
 
-    Put it right after the parameters cell: ``preset_banner(PRESET)``."""
+    Put it right after the parameters cell: ``preset_banner(PRESET)``. It never says "not
+    findings": a page may show committed references (findings) whatever the preset. The warning
+    belongs to the reader's own run, see :func:`your_run`."""
     if is_smoke(preset):
-        return admonition(SMOKE_TEXT, title="Smoke run: numbers are not findings", kind="warning")
+        text = (
+            "This page was executed with the `smoke` preset (a few batches, seconds of compute). Committed "
+            "references, where the page shows them, are findings whatever the preset; the blocks headed "
+            "*Your run* come from this execution and carry their own warning."
+        )
+    else:
+        text = (
+            f"This page was executed with the `{preset}` preset. Committed references are labelled with "
+            "their seeds; the blocks headed *Your run* come from this execution."
+        )
+    return admonition(text, title=f"Preset: {preset}", kind="note")
+
+
+def _check_seeds(seeds: object) -> list[int]:
+    if seeds is None:
+        return []
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise TypeError(f"`seeds` must be a sequence of ints or None, got {type(seeds).__name__}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"`seeds` must hold ints, got {list(seeds)!r}")
+    return list(seeds)
+
+
+def your_run(preset: str, seeds: Sequence[int] | None = None, *, what: str = "") -> Block:
+    """The label of a block computed by the reader's own execution (as opposed to a committed
+    reference). Under the smoke preset it is the warning "Smoke run: numbers are not findings";
+    otherwise a note naming the preset and the seeds.
+
+    Args:
+        preset: the preset of this execution. seeds: its training seeds (``None`` when it trains
+            nothing). what: a short description of what the block computes (optional).
+    """
+    _check_preset(preset)
+    seed_list = _check_seeds(seeds)
+    if not isinstance(what, str):
+        raise TypeError(f"`what` must be a string, got {type(what).__name__}")
+    lead = f"{what.rstrip('.')}. " if what else ""
+    if is_smoke(preset):
+        return admonition(lead + SMOKE_TEXT, title="Your run (smoke run: numbers are not findings)", kind="warning")
+    seeds_text = ""
+    if seed_list:
+        word = "seed" if len(seed_list) == 1 else "seeds"
+        seeds_text = f", {word} {', '.join(map(str, seed_list))}"
+        if len(seed_list) == 1:
+            seeds_text += " (one seed: no interval; add seeds to `SEEDS` for one)"
     return admonition(
-        f"This page was executed with the `{preset}` preset; numbers from the committed references are "
-        "labelled as such, the others come from this run.",
-        title=f"Preset: {preset}",
+        f"{lead}Computed now with the `{preset}` preset{seeds_text}, not read from a committed reference.",
+        title=f"Your run ({preset} preset)",
         kind="note",
     )
+
+
+def glue_bundle(name: str, text: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The display data and metadata with which :func:`glue` stores ``text`` under ``name``: MyST-NB's
+    glue format (mime types prefixed by ``application/papermill.record/``, a ``scrapbook`` entry), so
+    the book pastes it with ``{glue:md}`name``` (in prose or in a figure caption) while Jupyter
+    shows nothing."""
+    if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+        raise ValueError(f"`name` must be a non-empty identifier-like string, got {name!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise TypeError(f"`text` must be a non-empty string, got {text!r}")
+    data = {GLUE_MIME_PREFIX + "text/markdown": text, GLUE_MIME_PREFIX + "text/plain": text}
+    return data, {"scrapbook": {"name": name, "mime_prefix": GLUE_MIME_PREFIX}}
+
+
+def glue(name: str, text: str) -> str:
+    """Store a sentence computed by the notebook for the book's prose and captions, and return it.
+
+    Captions that state a trend are written as ``... {glue:md}`name` ...`` in the cell's
+    ``mystnb.figure.caption`` and the cell computes the text from the plotted data::
+
+        D.glue("bias_trend", f"the bias is {'positive' if b > 0 else 'negative'} at M = 1")
+    """
+    from IPython.display import display
+
+    data, metadata = glue_bundle(name, text)
+    display(data, raw=True, metadata=metadata)
+    return text
 
 
 def _format(value: Any, floatfmt: str) -> str:

@@ -73,19 +73,33 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _all_integers(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _mean_cell(value: float, ci: float, n_seeds: int, integer: bool) -> str:
+    """``mean ± ci`` of one table cell; a count (epochs) keeps integer form: ``17``, ``17.4 ± 2.1``."""
+    if math.isnan(value):
+        return "n/a"
+    if integer:
+        if n_seeds == 1 or (ci == 0 and float(value).is_integer()):
+            return f"{value:.0f}"
+        return f"{value:.1f} ± {ci:.1f}"
+    return f"{value:.4f} ± {ci:.4f}" if n_seeds > 1 else f"{value:.4f}"
+
+
 def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[str, str]) -> str:
-    """Mean and 95% interval over seeds of ``metrics`` (column -> header) per group ``by``."""
+    """Mean and 95% interval over seeds of ``metrics`` (column -> header) per group ``by``.
+
+    A metric whose values are all integers (an epoch number) is printed as an integer when every
+    seed agrees, else with one decimal, never as ``5.0000 ± 0.0000``."""
     summary = E.summarize(rows, by=by, metrics=list(metrics))
+    integer = {m: _all_integers([r[m] for r in rows if m in r]) for m in metrics}
     head = "| " + " | ".join(by + list(metrics.values()) + ["seeds"]) + " |"
     lines = [head, "|" + "---|" * (len(by) + len(metrics) + 1)]
     for entry in sorted(summary, key=lambda e: tuple(str(e[b]) for b in by)):
         cells = [str(entry[b]) if entry[b] is not None else "-" for b in by]
-        for m in metrics:
-            value, ci = entry[m], entry[f"{m}_ci95"]
-            if math.isnan(value):
-                cells.append("n/a")
-            else:
-                cells.append(f"{value:.4f} ± {ci:.4f}" if entry["n_seeds"] > 1 else f"{value:.4f}")
+        cells += [_mean_cell(entry[m], entry[f"{m}_ci95"], entry["n_seeds"], integer[m]) for m in metrics]
         lines.append("| " + " | ".join(cells + [str(entry["n_seeds"])]) + " |")
     return "\n".join(lines)
 
