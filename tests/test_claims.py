@@ -152,7 +152,7 @@ def _doc(rows, **extra):
     return C.ledger_document({"label_noise": {"preset": "cpu", "rows": rows, **extra}}, preset="cpu")
 
 
-def _by(doc, claim_id, arm="tuned", noise=None):
+def _by(doc, claim_id, arm="tuned"):
     found = [e for e in doc["claims"] if e["id"] == claim_id and e["arm"] == arm]
     assert len(found) == 1, found
     return found[0]
@@ -265,6 +265,9 @@ def test_two_arms_give_entries_for_both_and_one_holm_family():
     single = C.ledger_document({"label_noise": {"preset": "cpu", "rows": _noise_rows(0.9)}})
     assert doc["holm_family_size"] == 2 * single["holm_family_size"]
     assert C.reference_arms({"preset": "cpu", "arm": "paper", "rows": []}).keys() == {"paper"}
+    assert C.usable_reference({"preset": "cpu", "arm": "paper", "rows": paper_rows})
+    assert not C.usable_reference({"preset": "cpu", "rows": paper_rows})  # an old tuned file without its tuning
+    assert not C.usable_reference({"preset": "cpu", "arms": {"paper": {"rows": []}}}) and not C.usable_reference(None)
 
 
 def test_tuning_records_give_trials_and_unbracketed_knobs():
@@ -277,6 +280,7 @@ def test_tuning_records_give_trials_and_unbracketed_knobs():
     assert e["tuning"]["ours"]["edges"] == ["epsilon=1 at the top of the values tried (0.05 to 1)"]
     assert e["tuning"]["rival"]["edges"] == []
     assert any("unbracketed tuning of ours" in n for n in e["notes"])
+    assert "unequal tuning budgets: 9 trials for ours, 3 for the rival" in e["notes"]
 
 
 def _p2_rows():
@@ -313,6 +317,12 @@ def _bench(repeats=True):
                                  "difftopk_svm": [2 * factor * j for j in jitter]}  # fmt: skip
         rows.append(row)
     return {"device": "cpu", "losses": rows}
+
+
+def _bench_with(**repeats):
+    bench = _bench()
+    bench["losses"][0]["repeats_ms"].update(repeats)
+    return bench
 
 
 def test_cost_claim_without_repeats_is_skipped_with_what_the_benchmark_must_record():
@@ -379,6 +389,7 @@ def test_synthesis_states_counts_main_result_and_links():
     only_tuned = _doc(_noise_rows(0.9))
     assert "The paper arm has no runs" in C.synthesis_markdown(only_tuned)
     assert C.synthesis_markdown({"claims": []}).startswith("_The ledger is empty")
+    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 0
 
 
 def test_forest_data_in_display_units():
@@ -429,6 +440,13 @@ def test_entries_for_selects_an_experiment_and_arm():
         (lambda: C.ledger_document([]), TypeError, "references"),
         (lambda: C.evaluate_claim("P1", {"preset": "cpu", "rows": []}), TypeError, "claim"),
         (lambda: C.cost_entries(C.CLAIMS[4], "b", {"losses": None}), ValueError, "benchmark"),
+        (lambda: C.cost_entries(C.CLAIMS[4], "b", _bench_with(ours_noised=[1.0, 0.0])), ValueError, "benchmark"),
+        (lambda: C.cost_entries(C.CLAIMS[4], "b", _bench_with(ours_svm=[1.0, "x"])), TypeError, "benchmark"),
+        (
+            lambda: C.ledger_document({"label_noise": {"preset": "colab", "rows": _noise_rows(0.9)}}),
+            ValueError,
+            "reference",
+        ),
         (lambda: C.tuning_summary([], {}, "ce"), TypeError, "tuning"),
         (lambda: C.entries_for({"claims": []}, 3), TypeError, "experiment"),
         (lambda: C.entries_for({"claims": []}, "label_noise", "best"), ValueError, "arm"),
@@ -436,6 +454,13 @@ def test_entries_for_selects_an_experiment_and_arm():
         (lambda: C.ledger_markdown("claims"), TypeError, "ledger"),
         (lambda: C.forest_plot({"claims": []}), ValueError, "ledger"),
         (lambda: C.synthesis_markdown(None), TypeError, "ledger"),
+        (lambda: C.synthesis_markdown({"claims": []}, link_from=None), TypeError, "link_from"),
+        (lambda: C.ledger_markdown([], link_from=3), TypeError, "link_from"),
+        (lambda: C.main_result("x"), TypeError, "ledger"),
+        (lambda: C.forest_data(None), TypeError, "ledger"),
+        (lambda: C.side_by_side(3), TypeError, "ledger"),
+        (lambda: C.preconditions_markdown({"claims": "x"}), TypeError, "ledger"),
+        (lambda: C.verdict_counts("x"), TypeError, "ledger"),
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(call, exc, name):

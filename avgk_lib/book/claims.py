@@ -308,12 +308,13 @@ def reference_arms(reference: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def usable_reference(reference: Mapping[str, Any] | None) -> bool:
     """Whether a reference feeds the ledger: an ``arms`` reference with runs in some arm, or a
-    one-arm reference of the current format (with its ``tuning`` record) that has runs."""
+    one-arm reference with runs that is a paper arm or of the current tuned format (with its
+    ``tuning`` record; older files without one are left out)."""
     if not reference:
         return False
     if "arms" in reference:
         return any(part.get("rows") for part in reference_arms(reference).values())
-    return bool(reference.get("rows")) and "tuning" in reference
+    return bool(reference.get("rows")) and ("tuning" in reference or reference.get("arm") == "paper")
 
 
 def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
@@ -457,6 +458,8 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
 
     rows = _select(ref["rows"], setting)
     k_eval = k if k is not None else info.get("k")
+    if k_eval is None:
+        raise ValueError(f"`reference` of {claim.experiment}: no K for {setting} at preset {ref['preset']!r}")
     name = k_label(k_eval)
     metric = claim.metric.format(k=name)
     ours_filter = {**claim.ours, **({"train_k": k} if k is not None else {})}
@@ -491,6 +494,9 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
         for role, s in entry["tuning"].items():
             for edge in (s or {}).get("edges", []):
                 entry["notes"].append(f"unbracketed tuning of {role} ({entry[role]}): {edge}")
+        trials = [(s or {}).get("trials") for s in entry["tuning"].values()]
+        if None not in trials and trials[0] != trials[1]:
+            entry["notes"].append(f"unequal tuning budgets: {trials[0]} trials for ours, {trials[1]} for the rival")
     entry["chapter"] = claim.chapter
     return entry
 
@@ -552,6 +558,9 @@ def cost_entries(claim: Claim, stem: str, benchmark: Mapping[str, Any]) -> tuple
     device = benchmark.get("device", stem)
     for row in benchmark["losses"]:
         repeats = row.get("repeats_ms") or {}
+        times = [t for name in names for t in S._reals(repeats.get(name, []), "benchmark")]
+        if any(t <= 0.0 for t in times):
+            raise ValueError(f"`benchmark` {stem!r} holds a non-positive time: {row}")
         mine = dict(enumerate(repeats.get(claim.ours["loss"], [])))
         candidates = [(r, dict(enumerate(repeats.get(r["loss"], [])))) for r in claim.rivals]
         picked = _strongest(mine, candidates, higher_is_better=False) if mine else None
@@ -808,11 +817,17 @@ def _chapter_link(path: str, link_from: str) -> str:
     return f"[{text}]({posixpath.relpath(path, link_from)})"
 
 
+def _check_link_from(link_from: Any) -> None:
+    if not isinstance(link_from, str) or not link_from:
+        raise TypeError(f"`link_from` must be a folder name such as 'notebooks', got {link_from!r}")
+
+
 def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     """The ledger as Markdown: a table of the claims (id, claim, test, chapter), then one row per
     claim, setting and K with both arms side by side (effect, 95% interval, Holm p, seeds,
-    precondition, verdict)."""
+    precondition, verdict). Chapter links are relative to the folder ``link_from``."""
     entries = _entries(ledger)
+    _check_link_from(link_from)
     if not entries:
         return "_The ledger is empty._"
     lines = ["| id | claim | test | explained in |", "|---|---|---|---|"]
@@ -867,25 +882,33 @@ def _ids_with(entries: list[Mapping[str, Any]], verdict: str) -> list[str]:
     return sorted({e["id"] for e in entries if e["verdict"] == verdict})
 
 
+def main_result(ledger: Any) -> str:
+    """The ledger's main result in one Markdown sentence: the verdict counts after Holm's
+    correction and which claims are supported or contradicted in some setting (for the intro page)."""
+    entries = _entries(ledger)
+    if not entries:
+        return "_The ledger is empty: no claim could be tested._"
+    family = sum(len(_hypotheses(e)) for e in entries)
+    supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
+    counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
+    return (
+        f"**Main result**: after Holm's correction over {family} tests, {counts['supported']} of {len(entries)} "
+        f"entries are supported ({', '.join(supported) or 'no claim in any setting'}), {counts['contradicted']} "
+        f"contradicted ({', '.join(contradicted) or 'none'}), {counts['inconclusive']} inconclusive and "
+        f"{counts['not reproduced here']} not reproduced here."
+    )
+
+
 def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     """A paragraph generated from the ledger: the main result in one sentence, the counts per
     verdict for each paper and arm, where each verdict is explained (links relative to the folder
     ``link_from`` of the page that shows it), and what could not be tested."""
     entries = _entries(ledger)
+    _check_link_from(link_from)
     skipped = ledger.get("skipped", []) if isinstance(ledger, Mapping) else []
     if not entries:
         return "_The ledger is empty: no claim could be tested._"
-    n = len(entries)
-    family = sum(len(_hypotheses(e)) for e in entries)
-    supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
-    counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
-    main = (
-        f"**Main result**: after Holm's correction over {family} tests, {counts['supported']} of {n} entries are "
-        f"supported ({', '.join(supported) or 'no claim in any setting'}), {counts['contradicted']} contradicted "
-        f"({', '.join(contradicted) or 'none'}), {counts['inconclusive']} inconclusive and "
-        f"{counts['not reproduced here']} not reproduced here."
-    )
-    parts = [main]
+    parts = [main_result(entries)]
     absent = [a for a in ARMS if not any(e["arm"] == a for e in entries)]
     if absent:
         names, plural = " and ".join(absent), len(absent) > 1
