@@ -17,7 +17,8 @@ rival is the strongest on average. The statistics are in :mod:`avgk_lib.book.sta
   TOST; *supported* if :math:`H_0: |\delta| \ge \Delta` is rejected (the 90% interval lies inside
   :math:`\pm\Delta`), *contradicted* if the one-sided test of :math:`H_0: \delta \ge -\Delta`
   rejects (``inferiority``: A is worse than B by more than the margin). Being better by more than
-  the margin does not contradict "competitive".
+  the margin does not contradict "competitive". The entry's ``p`` is the TOST p (``ci90`` beside
+  ``ci95``); the margin is :data:`EQUIVALENCE_MARGIN` (1 percentage point of top-K accuracy).
 * ``"gain"`` ("the gain of A over B is larger where X"): ``per_seed`` holds, per method, the
   accuracy where X minus the accuracy elsewhere, so :math:`d_s` is the gain where X minus the gain
   elsewhere (two-sided t test); a second test, ``gain_where``, asks whether the gain where X is
@@ -25,7 +26,7 @@ rival is the strongest on average. The statistics are in :mod:`avgk_lib.book.sta
   significantly negative (two losses never make a "larger gain").
 
 **Holm over the whole ledger.** Every p-value of every entry (the main test, ``inferiority`` and
-``gain_where``) is one hypothesis of one family; :func:`~avgk_lib.book.stats.holm` adjusts them
+``gain_where_test``) is one hypothesis of one family; :func:`~avgk_lib.book.stats.holm` adjusts them
 all (``p_holm``), and "significant" means ``p_holm < alpha`` (:data:`ALPHA` = 0.05). An entry with
 fewer than two seeds has no test (``p`` is None, verdict *inconclusive*).
 
@@ -55,19 +56,27 @@ labels only).
 **The cost claim** comes from a loss benchmark (``bench_losses_<device>.json``) whose rows hold
 ``repeats_ms = {loss name: [ms per round, ...]}``: at least :data:`MIN_SEEDS` rounds, each round
 timing every loss once (interleaved), so that round r pairs the losses. A benchmark without
-repeats gives no entry but a ``skipped`` note saying so.
+repeats gives no entry but a ``skipped`` note saying so. A timing has no training recipe: its
+entries are filed under the "paper" arm (P1's loss as P1 defines it), once.
 
 **An entry** (format 2) holds ``id``, ``paper``, ``claim`` (the claim as the paper words it),
 ``arm``, ``experiment``, ``preset``, ``setting`` (labels), ``dataset``, ``n_classes``, ``K``,
 ``metric``, ``unit`` (``"accuracy"`` or ``"log_ratio"``), ``ours``, ``rival`` (method names),
 ``test`` (and ``margin``), ``per_seed = {"seeds", "ours", "rival"}`` in seed order, ``n_seeds``,
 ``ours_mean``, ``rival_mean``, ``effect`` (mean of :math:`d_s`), ``ci95`` (two-sided Student-t),
-``p``, ``p_holm``, the extra tests (``inferiority``, ``gain_where``), ``precondition`` when the
+``p``, ``p_holm``, the extra tests (``inferiority``; ``gain_where`` and ``gain_where_test``),
+``precondition`` when the
 claim has one, ``tuning`` (trials and grid-edge choices of both methods, when the arm was tuned),
 ``best_epoch_is_last``, ``verdict``, ``notes`` and ``chapter`` (the notebook that explains it).
 
 The ledger is generated from the committed references by :func:`ledger_document` (``python
 tools/reference_runs.py --ledger-only``); it is never written by hand.
+
+**Reading it** (ledger page, chapters, intro): :func:`entries_for` (one experiment's entries as
+the committed ledger gives them, Holm over the whole ledger), :func:`ledger_markdown` (claims
+table, then both arms side by side), :func:`preconditions_markdown`, :func:`verdict_counts`,
+:func:`forest_data` and :func:`forest_plot` (both arms per claim), :func:`main_result` (one
+sentence) and :func:`synthesis_markdown` (a paragraph with links to the chapters).
 """
 
 from __future__ import annotations
