@@ -1,16 +1,23 @@
-"""Paired verdicts and the claims ledger, on rows with known answers."""
+"""The claims ledger (format 2): entries, preconditions, merging, Holm, verdicts and rendering,
+on rows with known answers; and the committed ledger regenerated from the committed references."""
 
+import copy
+import json
 import math
 
+import matplotlib
+import numpy as np
 import pytest
 from scipy import stats
 
 from avgk_lib.book import claims as C
 
+matplotlib.use("Agg")
 
-def _rows(values_a, values_b, metric="m", **labels):
-    rows = [{"loss": "a", "seed": s, metric: v, **labels} for s, v in enumerate(values_a)]
-    return rows + [{"loss": "b", "seed": s, metric: v, **labels} for s, v in enumerate(values_b)]
+SEEDS = [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------ single tests
 
 
 def test_paired_interval_matches_the_student_t_formula():
@@ -29,26 +36,8 @@ def test_paired_interval_matches_the_student_t_formula():
     [([0.1, 0.11, 0.12], "supported"), ([-0.1, -0.11, -0.12], "contradicted"), ([0.1, -0.1, 0.02], "inconclusive"),
      ([0.5], "inconclusive")],
 )  # fmt: skip
-def test_verdicts_follow_the_interval(diffs, verdict):
+def test_uncorrected_verdicts_follow_the_interval(diffs, verdict):
     assert C.paired_interval(diffs)["verdict"] == verdict
-
-
-def test_pairing_uses_the_seed_not_the_pooled_spread():
-    # large spread across seeds, constant paired gain: unpaired intervals would overlap
-    a, b = [0.50, 0.70, 0.90], [0.49, 0.69, 0.89]
-    r = C.paired_claim(_rows(a, b), "m", {"loss": "a"}, [{"loss": "b"}])
-    assert r["verdict"] == "supported" and r["effect"] == pytest.approx(0.01)
-
-
-def test_the_best_rival_on_average_is_the_one_compared():
-    rows = _rows([0.6, 0.61, 0.62], [0.5, 0.5, 0.5]) + [{"loss": "c", "seed": s, "m": 0.7} for s in range(3)]
-    r = C.paired_claim(rows, "m", {"loss": "a"}, [{"loss": "b"}, {"loss": "c"}])
-    assert r["rival"] == {"loss": "c"} and r["verdict"] == "contradicted"
-
-
-def test_missing_runs_give_no_entry():
-    assert C.paired_claim(_rows([0.5], [0.4]), "m", {"loss": "z"}, [{"loss": "b"}]) is None
-    assert C.paired_claim(_rows([0.5], [0.4]), "m", {"loss": "a"}, [{"loss": "z"}]) is None
 
 
 def test_two_negative_gains_never_support_a_larger_gain():
@@ -59,35 +48,439 @@ def test_two_negative_gains_never_support_a_larger_gain():
     assert C.larger_gain_verdict([0.05, 0.06, 0.055], [0.05, 0.061, 0.054])["verdict"] == "inconclusive"
 
 
-def test_gain_claim_pairs_both_subgroups_per_seed():
-    rows = [{"loss": "a", "seed": s, "hi": 0.6 + s / 10, "lo": 0.9} for s in range(3)]
-    rows += [{"loss": "b", "seed": s, "hi": 0.5 + s / 10, "lo": 0.9} for s in range(3)]
-    r = C.gain_claim(rows, "hi", "lo", {"loss": "a"}, {"loss": "b"})
-    assert r["verdict"] == "supported" and r["gain_where"] == pytest.approx(0.1)
+# ------------------------------------------------------------------------------ the precondition rule
 
 
-def test_ledger_entries_have_the_schema_and_come_from_the_rows():
+def _fit(flipped):
+    return {"epoch": 1, "train_fit": {"noisy_acc": 0.9, "clean_acc": 0.6, "flipped_acc": flipped}}
+
+
+def test_flipped_label_fit_is_the_mean_over_seeds_of_the_max_over_epochs():
+    histories = [[_fit(0.1), _fit(0.7), _fit(0.6)], [_fit(0.2), _fit(0.4)], [_fit(0.55)]]
+    r = C.flipped_label_fit(histories, threshold=0.5)
+    assert r["per_seed"] == [0.7, 0.4, 0.55]
+    assert r["measured"] == pytest.approx((0.7 + 0.4 + 0.55) / 3)
+    assert r["met"] is True and r["status"] == "met" and r["threshold"] == 0.5
+    absent = C.flipped_label_fit(histories, threshold=0.6)
+    assert absent["met"] is False and absent["status"] == "absent"
+    assert C.flipped_label_fit([[_fit(0.5)]], threshold=0.5)["met"] is True  # the threshold itself counts
+
+
+@pytest.mark.parametrize(
+    "histories",
+    [[], [[]], [[{"epoch": 1}]], [[_fit(0.9), {"epoch": 2}]], [[_fit(0.9)], [{"train_fit": {"noisy_acc": 1.0}}]]],
+)
+def test_flipped_label_fit_says_not_measured_without_the_field(histories):
+    r = C.flipped_label_fit(histories)
+    assert r["met"] is None and r["measured"] is None and r["status"] == "precondition not measured"
+
+
+@pytest.mark.parametrize(
+    ("histories", "threshold", "exc", "name"),
+    [("abc", 0.5, TypeError, "histories"), ([{"epoch": 1}], 0.5, TypeError, "histories"),
+     ([[_fit(0.5)]], 0.0, ValueError, "threshold"), ([[_fit(0.5)]], 1.5, ValueError, "threshold"),
+     ([[_fit(math.nan)]], 0.5, ValueError, "flipped_acc")],
+)  # fmt: skip
+def test_flipped_label_fit_bad_inputs(histories, threshold, exc, name):
+    with pytest.raises(exc, match=f"`{name}`"):
+        C.flipped_label_fit(histories, threshold)
+
+
+# ------------------------------------------------------------------------------ verdict rules
+
+
+@pytest.mark.parametrize(
+    ("entry", "verdict"),
+    [
+        ({"test": "superiority", "effect": 0.02, "p_holm": 0.01}, "supported"),
+        ({"test": "superiority", "effect": -0.02, "p_holm": 0.01}, "contradicted"),
+        ({"test": "superiority", "effect": -0.02, "p_holm": 0.06}, "inconclusive"),
+        ({"test": "superiority", "effect": 0.02, "p_holm": None}, "inconclusive"),
+        ({"test": "superiority", "effect": 0.02, "p_holm": 0.01, "precondition": {"met": False}}, C.VERDICTS[3]),
+        ({"test": "superiority", "effect": -0.02, "p_holm": 0.5, "precondition": {"met": False}}, C.VERDICTS[3]),
+        ({"test": "superiority", "effect": -0.02, "p_holm": 0.01, "precondition": {"met": None}}, "contradicted"),
+        ({"test": "superiority", "effect": 0.02, "p_holm": 0.01, "precondition": {"met": True}}, "supported"),
+        ({"test": "equivalence", "effect": 0.0, "p_holm": 0.01, "inferiority": {"p_holm": 1.0}}, "supported"),
+        ({"test": "equivalence", "effect": -0.05, "p_holm": 1.0, "inferiority": {"p_holm": 0.01}}, "contradicted"),
+        ({"test": "equivalence", "effect": 0.05, "p_holm": 0.9, "inferiority": {"p_holm": 1.0}}, "inconclusive"),
+        ({"test": "gain", "effect": 0.02, "p_holm": 0.01, "gain_where_test": {"effect": 0.03, "p_holm": 0.01}},
+         "supported"),
+        ({"test": "gain", "effect": 0.02, "p_holm": 0.01, "gain_where_test": {"effect": 0.03, "p_holm": 0.2}},
+         "inconclusive"),
+        ({"test": "gain", "effect": 0.5, "p_holm": 0.001, "gain_where_test": {"effect": -0.3, "p_holm": 0.01}},
+         "contradicted"),
+        ({"test": "gain", "effect": -0.02, "p_holm": 0.01, "gain_where_test": {"effect": 0.03, "p_holm": 0.5}},
+         "contradicted"),
+    ],
+)  # fmt: skip
+def test_verdict_rules(entry, verdict):
+    assert C.verdict_of(entry) == verdict
+
+
+def test_verdict_bad_inputs():
+    with pytest.raises(ValueError, match="`alpha`"):
+        C.verdict_of({"test": "superiority", "effect": 0.1, "p_holm": 0.01}, alpha=0.7)
+    with pytest.raises(ValueError, match="`entry`"):
+        C.verdict_of({"test": "beats", "effect": 0.1, "p_holm": 0.01})
+
+
+# ------------------------------------------------------------------------------ ledgers from known rows
+
+
+def _noise_rows(ce_fit=None, seeds=SEEDS, last_equals_best=False):
+    """label_noise rows (cpu preset labels): noised top-K beats CE by 5 pp at p = 0.6 and is within
+    0.05 pp of the smooth SVM; at p = 0 it is 3 pp below CE."""
     rows = []
-    for loss, base in (("noised_topk", 0.80), ("cross_entropy", 0.75), ("smooth_topk_svm", 0.85)):
-        last = base - 0.1 * (loss == "cross_entropy")
-        for seed in range(3):
-            for p in (0.0, 0.6):
-                row = {"dataset": "synthetic-100", "label_noise": p, "loss": loss, "seed": seed}
-                rows.append({**row, "test_top5_micro": base + seed / 100, "last_top5_micro": last})
-    ledger = C.build_ledger({"label_noise": {"preset": "cpu", "rows": rows}})
-    keys = {"id", "paper", "claim", "dataset", "n_classes", "preset", "metric", "effect", "ci95", "n_seeds", "verdict"}
-    assert ledger and all(keys <= set(e) for e in ledger)
-    by_id = {e["id"]: e for e in ledger}
-    assert by_id["P1-noise-topk-vs-ce"]["verdict"] == "supported"
-    assert by_id["P1-noise-topk-vs-ce"]["effect"] == pytest.approx(0.05)
-    assert by_id["P1-noise-topk-vs-svm"]["verdict"] == "contradicted"
-    assert by_id["P1-noise-topk-vs-ce-last"]["effect"] == pytest.approx(0.15)
-    assert by_id["P1-noise-topk-vs-ce"]["n_classes"] == 100 and by_id["P1-noise-topk-vs-ce"]["K"] == 5
-    assert "| P1-noise-topk-vs-ce |" in C.ledger_markdown(ledger)
+    means = {0.6: {"noised_topk": 0.80, "cross_entropy": 0.75, "smooth_topk_svm": 0.8},
+             0.0: {"noised_topk": 0.82, "cross_entropy": 0.85, "smooth_topk_svm": 0.84}}  # fmt: skip
+    wiggle = [0.004, -0.003, 0.001, -0.002, 0.0005, 0.002, -0.001]
+    for p, by_loss in means.items():
+        for i, (loss, base) in enumerate(by_loss.items()):
+            for s in seeds:
+                value = base + s / 100 + wiggle[(s + i) % len(wiggle)] * (loss != "smooth_topk_svm")
+                last = value if last_equals_best else value - 0.1 * (loss == "cross_entropy")
+                row = {"dataset": "synthetic-100", "label_noise": p, "loss": loss, "seed": s, "train_k": None}
+                row.update(test_top5_micro=value, last_top5_micro=last, best_epoch=20 if last_equals_best else 10)
+                row["val_curve"] = [0.5] * 20
+                if loss == "cross_entropy" and ce_fit is not None:
+                    row["history"] = [_fit(ce_fit * e / 20) for e in range(1, 21)]
+                rows.append(row)
+    return rows[::-1]  # out of seed order on purpose
 
 
-def test_bad_differences_raise():
-    with pytest.raises(ValueError, match="differences"):
-        C.paired_interval([])
-    with pytest.raises(ValueError, match="differences"):
-        C.paired_interval([0.1, math.nan])
+def _doc(rows, **extra):
+    return C.ledger_document({"label_noise": {"preset": "cpu", "rows": rows, **extra}}, preset="cpu")
+
+
+def _by(doc, claim_id, arm="tuned"):
+    found = [e for e in doc["claims"] if e["id"] == claim_id and e["arm"] == arm]
+    assert len(found) == 1, found
+    return found[0]
+
+
+KEYS = {"id", "paper", "claim", "arm", "experiment", "preset", "setting", "dataset", "n_classes", "K", "metric",
+        "unit", "ours", "rival", "test", "per_seed", "n_seeds", "effect", "ci95", "p", "p_holm", "verdict", "notes",
+        "chapter"}  # fmt: skip
+
+
+def test_entries_have_the_v2_schema_and_per_seed_rows_in_seed_order():
+    doc = _doc(_noise_rows(ce_fit=0.9))
+    assert doc["format"] == 2 and doc["arms"] == ["tuned"] and doc["preset"] == "cpu"
+    assert all(KEYS <= set(e) for e in doc["claims"])
+    e = _by(doc, "P1-noise-topk-vs-ce")
+    assert e["setting"] == {"dataset": "synthetic-100", "label_noise": 0.6}
+    assert e["per_seed"]["seeds"] == SEEDS and e["n_classes"] == 100 and e["K"] == 5
+    assert e["ours"] == "noised_topk" and e["rival"] == "cross_entropy" and e["metric"] == "test_top5_micro"
+    rows = {(r["loss"], r["seed"]): r for r in _noise_rows(ce_fit=0.9) if r["label_noise"] == 0.6}
+    assert e["per_seed"]["ours"] == [rows["noised_topk", s]["test_top5_micro"] for s in SEEDS]
+    assert e["per_seed"]["rival"] == [rows["cross_entropy", s]["test_top5_micro"] for s in SEEDS]
+    d = [a - b for a, b in zip(e["per_seed"]["ours"], e["per_seed"]["rival"], strict=True)]
+    ref = stats.ttest_rel(e["per_seed"]["ours"], e["per_seed"]["rival"])
+    assert e["effect"] == pytest.approx(sum(d) / 5) and e["p"] == pytest.approx(ref.pvalue)
+    assert e["ci95"] == pytest.approx(list(ref.confidence_interval(0.95)))
+    assert e["verdict"] == "supported" and e["chapter"] == "notebooks/04_label_noise.ipynb"
+    assert json.loads(json.dumps(doc)) == doc  # plain JSON
+
+
+def test_holm_runs_over_every_test_of_the_whole_ledger():
+    from statsmodels.stats.multitest import multipletests
+
+    doc = _doc(_noise_rows(ce_fit=0.9))
+    family = [h for e in doc["claims"] for h in C._hypotheses(e)]
+    assert doc["holm_family_size"] == len(family) > len(doc["claims"])  # equivalence entries add inferiority
+    expected = multipletests([h["p"] for h in family], method="holm")[1]
+    assert [h["p_holm"] for h in family] == pytest.approx(list(expected))
+
+
+def test_equivalence_claims_use_tost_with_the_stated_margin():
+    from statsmodels.stats.weightstats import ttost_paired
+
+    doc = _doc(_noise_rows(ce_fit=0.9))
+    svm = _by(doc, "P1-noise-topk-vs-svm")
+    assert svm["test"] == "equivalence" and svm["margin"] == C.EQUIVALENCE_MARGIN
+    ours, rival = (np.array(svm["per_seed"][k]) for k in ("ours", "rival"))
+    p, _, _ = ttost_paired(ours, rival, -svm["margin"], svm["margin"])
+    assert svm["p"] == pytest.approx(p) and svm["verdict"] == "supported"
+    clean = _by(doc, "P1-clean-topk-vs-ce")  # 3 pp below cross-entropy: worse by more than the margin
+    assert clean["effect"] == pytest.approx(-0.03, abs=0.005) and clean["verdict"] == "contradicted"
+
+
+def test_precondition_measured_absent_gives_not_reproduced_here():
+    doc = _doc(_noise_rows(ce_fit=0.2))
+    e = _by(doc, "P1-noise-topk-vs-ce")
+    assert e["precondition"]["met"] is False and e["precondition"]["measured"] == pytest.approx(0.2)
+    assert e["verdict"] == "not reproduced here" and e["p_holm"] < 0.05  # significant, yet not a verdict
+    assert _by(doc, "P1-noise-topk-vs-svm")["verdict"] == "supported"  # no precondition there
+    met = _by(_doc(_noise_rows(ce_fit=0.9)), "P1-noise-topk-vs-ce")
+    assert met["precondition"]["met"] is True and met["verdict"] == "supported"
+
+
+def test_precondition_not_measured_keeps_the_verdict_and_says_so():
+    e = _by(_doc(_noise_rows(ce_fit=None)), "P1-noise-topk-vs-ce")
+    assert e["precondition"]["status"] == "precondition not measured" and e["verdict"] == "supported"
+    assert any("precondition not measured" in n for n in e["notes"])
+
+
+def test_identical_evidence_is_merged_with_a_note():
+    doc = _doc(_noise_rows(ce_fit=0.9, last_equals_best=True))
+    ids = [e["id"] for e in doc["claims"]]
+    assert "P1-noise-topk-vs-ce-last" not in ids
+    kept = _by(doc, "P1-noise-topk-vs-ce")
+    assert kept["merged"] == ["P1-noise-topk-vs-ce-last"] and kept["best_epoch_is_last"] is True
+    assert any("merged P1-noise-topk-vs-ce-last" in n and "best epoch = last epoch" in n for n in kept["notes"])
+    distinct = _doc(_noise_rows(ce_fit=0.9))
+    assert "P1-noise-topk-vs-ce-last" in [e["id"] for e in distinct["claims"]]
+    assert _by(distinct, "P1-noise-topk-vs-ce-last")["effect"] == pytest.approx(0.15, abs=0.005)
+
+
+def test_merge_keeps_entries_of_other_arms_or_settings():
+    base = {
+        "id": "a",
+        "arm": "tuned",
+        "setting": {"dataset": "x"},
+        "per_seed": {"seeds": [0], "ours": [1], "rival": [0]},
+    }
+    others = [{**base, "arm": "paper"}, {**base, "setting": {"dataset": "y"}},
+              {**base, "per_seed": {"seeds": [0], "ours": [2], "rival": [0]}}]  # fmt: skip
+    entries = [copy.deepcopy({**e, "notes": []}) for e in [base, *others]]
+    assert len(C.merge_duplicates(entries)) == 4
+    with pytest.raises(TypeError, match="`entries`"):
+        C.merge_duplicates(tuple(entries))
+
+
+def test_fewer_than_five_seeds_is_flagged():
+    e = _by(_doc(_noise_rows(ce_fit=0.9, seeds=[0, 1, 2])), "P1-noise-topk-vs-ce")
+    assert e["n_seeds"] == 3 and any("fewer than the 5 required" in n for n in e["notes"])
+    assert not any("fewer than" in n for n in _by(_doc(_noise_rows(ce_fit=0.9)), "P1-noise-topk-vs-ce")["notes"])
+
+
+def test_two_arms_give_entries_for_both_and_one_holm_family():
+    paper_rows = [{**r, "test_top5_micro": r["test_top5_micro"] - 0.05 * (r["loss"] == "noised_topk")}
+                  for r in _noise_rows(ce_fit=0.95)]  # fmt: skip
+    reference = {"preset": "cpu", "arms": {"paper": {"rows": paper_rows}, "tuned": {"rows": _noise_rows(0.9)}}}
+    doc = C.ledger_document({"label_noise": reference})
+    assert doc["arms"] == ["paper", "tuned"]
+    paper, tuned = _by(doc, "P1-noise-topk-vs-ce", "paper"), _by(doc, "P1-noise-topk-vs-ce", "tuned")
+    assert paper["effect"] == pytest.approx(tuned["effect"] - 0.05)
+    single = C.ledger_document({"label_noise": {"preset": "cpu", "rows": _noise_rows(0.9)}})
+    assert doc["holm_family_size"] == 2 * single["holm_family_size"]
+    assert C.reference_arms({"preset": "cpu", "arm": "paper", "rows": []}).keys() == {"paper"}
+    assert C.usable_reference({"preset": "cpu", "arm": "paper", "rows": paper_rows})
+    assert not C.usable_reference({"preset": "cpu", "rows": paper_rows})  # an old tuned file without its tuning
+    assert not C.usable_reference({"preset": "cpu", "arms": {"paper": {"rows": []}}}) and not C.usable_reference(None)
+
+
+def test_tuning_records_give_trials_and_unbracketed_knobs():
+    grid = [{"lr": lr, "epsilon": eps, "val": 0.5} for lr in (0.01, 0.03, 0.1) for eps in (0.05, 0.2, 1.0)]
+    key = "dataset=synthetic-100/label_noise=0.6/"
+    tuning = {key + "noised_topk": {"grid": grid, "chosen": {"lr": 0.03, "epsilon": 1.0}},
+              key + "cross_entropy": {"grid": grid[:3], "chosen": {"lr": 0.03}}}  # fmt: skip
+    e = _by(_doc(_noise_rows(ce_fit=0.9), tuning=tuning), "P1-noise-topk-vs-ce")
+    assert e["tuning"]["ours"]["trials"] == 9 and e["tuning"]["rival"]["trials"] == 3
+    assert e["tuning"]["ours"]["edges"] == ["epsilon=1 at the top of the values tried (0.05 to 1)"]
+    assert e["tuning"]["rival"]["edges"] == []
+    assert any("unbracketed tuning of ours" in n for n in e["notes"])
+    assert "unequal tuning budgets: 9 trials for ours, 3 for the rival" in e["notes"]
+
+
+def _p2_rows():
+    rows = []
+    for s in SEEDS:
+        for loss, amb, clear in (("two_head", 0.50, 0.90), ("cross_entropy", 0.40, 0.91)):
+            row = {"dataset": "synthetic-100", "loss": loss, "seed": s, "train_k": 3.0 if loss == "two_head" else None}
+            row.update(test_avg3_ambiguous=amb + s / 200, test_avg3_clear=clear + (s % 2) / 500)
+            row["test_avg3_micro"] = 0.7 + s / 100 + 0.01 * (loss == "two_head") + (s % 3) / 1000
+            rows.append(row)
+    return rows
+
+
+def test_gain_claims_pair_the_gap_of_each_method_and_test_the_gain_where():
+    doc = C.ledger_document({"average_k": {"preset": "cpu", "rows": _p2_rows()}})
+    e = _by(doc, "P2-gain-ambiguous")
+    assert e["test"] == "gain" and e["metric"] == "test_avg3_ambiguous - test_avg3_clear"
+    assert e["per_seed"]["ours"] == pytest.approx([0.5 + s / 200 - 0.9 - (s % 2) / 500 for s in SEEDS])
+    assert e["effect"] == pytest.approx(0.11) and e["gain_where"] == pytest.approx(0.10)
+    assert e["gain_where_test"]["p_holm"] < 0.05 and e["verdict"] == "supported"
+
+
+# ------------------------------------------------------------------------------ the cost claim
+
+
+def _bench(repeats=True):
+    rows = []
+    for c, factor in ((100, 4.0), (1081, 3.0)):
+        row = {"C": c, "K": 5, "B": 128, "ours_noised": 1.0, "ours_svm": factor, "difftopk_svm": 2 * factor}
+        if repeats:
+            jitter = [1.0, 1.05, 0.97, 1.02, 0.99, 1.01]
+            row["repeats_ms"] = {"ours_noised": [1.0 * j for j in jitter],
+                                 "ours_svm": [factor * j * (1 + i / 100) for i, j in enumerate(jitter)],
+                                 "difftopk_svm": [2 * factor * j for j in jitter]}  # fmt: skip
+        rows.append(row)
+    return {"device": "cpu", "losses": rows}
+
+
+def _bench_with(**repeats):
+    bench = _bench()
+    bench["losses"][0]["repeats_ms"].update(repeats)
+    return bench
+
+
+def test_cost_claim_without_repeats_is_skipped_with_what_the_benchmark_must_record():
+    doc = C.ledger_document({}, {"bench_losses_cpu": _bench(repeats=False)})
+    assert doc["claims"] == [] and doc["skipped"][0]["id"] == "P1-cost"
+    assert "repeats_ms" in doc["skipped"][0]["reason"] and "at least 5" in doc["skipped"][0]["reason"]
+    assert "Not tested: P1-cost" in C.synthesis_markdown({**doc, "claims": _doc(_noise_rows(0.9))["claims"]})
+
+
+def test_cost_claim_with_repeats_tests_the_log_speed_up_against_the_faster_svm():
+    doc = C.ledger_document({}, {"bench_losses_cpu": _bench()})
+    assert [e["setting"]["C"] for e in doc["claims"]] == [100, 1081] and not doc["skipped"]
+    e = doc["claims"][0]
+    assert e["rival"] == "ours_svm" and e["unit"] == "log_ratio" and e["n_seeds"] == 6
+    d = [math.log(b) - math.log(a) for a, b in zip(e["per_seed"]["ours"], e["per_seed"]["rival"], strict=True)]
+    assert e["effect"] == pytest.approx(sum(d) / 6) and math.exp(e["effect"]) == pytest.approx(4.0 * 1.025, rel=0.01)
+    assert e["verdict"] == "supported" and e["chapter"] == "notebooks/03_what_it_costs.ipynb"
+    assert C.effect_text(e, interval=False) == f"x{math.exp(e['effect']):.2f}"
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _two_arm_doc():
+    paper_rows = [{**r, "test_top5_micro": r["test_top5_micro"] - 0.05 * (r["loss"] == "noised_topk")}
+                  for r in _noise_rows(ce_fit=0.2)]  # fmt: skip
+    reference = {"preset": "cpu", "arms": {"paper": {"rows": paper_rows}, "tuned": {"rows": _noise_rows(0.9)}}}
+    return C.ledger_document({"label_noise": reference}, {"bench_losses_cpu": _bench()}, preset="cpu")
+
+
+def test_side_by_side_pairs_the_arms_of_each_claim_and_setting():
+    doc = _two_arm_doc()
+    rows = C.side_by_side(doc)
+    row = next(r for r in rows if r["id"] == "P1-noise-topk-vs-ce")
+    assert row["paper"]["arm"] == "paper" and row["tuned"]["arm"] == "tuned"
+    assert row["setting"] == "synthetic-100, label_noise=0.6" and row["K"] == "5"
+    cost = next(r for r in rows if r["id"] == "P1-cost")
+    assert cost["tuned"] is None and cost["paper"] is not None
+    text = C.ledger_markdown(doc)
+    assert "| paper arm | tuned arm |" in text and "not run" in text
+    assert "[chapter 4](04_label_noise.ipynb)" in text and "not reproduced here" in text
+    assert "margin ±1 pp" in text
+
+
+def test_verdict_counts_and_preconditions_per_arm():
+    doc = _two_arm_doc()
+    counts = C.verdict_counts(doc)
+    assert "**P1, paper arm**" in counts and "**P1, tuned arm**" in counts
+    tuned = [e for e in doc["claims"] if e["arm"] == "tuned"]
+    assert f"**P1, tuned arm**: {len(tuned)} entries" in counts
+    table = C.preconditions_markdown(doc)
+    assert "| P1-noise-topk-vs-ce | paper |" in table and "| **no** |" in table and "| yes |" in table
+
+
+def test_synthesis_states_counts_main_result_and_links():
+    doc = _two_arm_doc()
+    text = C.synthesis_markdown(doc)
+    n = len(doc["claims"])
+    supported = sum(e["verdict"] == "supported" for e in doc["claims"])
+    assert f"{supported} of {n} entries are supported" in text
+    assert f"Holm's correction over {doc['holm_family_size']} tests" in text
+    assert "[chapter 3](03_what_it_costs.ipynb)" in text and "[chapter 4](04_label_noise.ipynb)" in text
+    assert "../notebooks/04_label_noise.ipynb" in C.synthesis_markdown(doc, link_from="book")
+    only_tuned = _doc(_noise_rows(0.9))
+    assert "The paper arm has no runs" in C.synthesis_markdown(only_tuned)
+    assert C.synthesis_markdown({"claims": []}).startswith("_The ledger is empty")
+    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 0
+
+
+def test_forest_data_in_display_units():
+    doc = _two_arm_doc()
+    points = C.forest_data(doc)
+    assert len(points) == len(doc["claims"])
+    for p, e in zip(points, doc["claims"], strict=True):
+        if e["unit"] == "accuracy":
+            assert p["x"] == pytest.approx(100 * e["effect"]) and p["low"] == pytest.approx(100 * e["ci95"][0])
+        else:
+            assert p["x"] == pytest.approx(math.exp(e["effect"])) and p["unit"] == "speed-up (x)"
+        assert p["arm"] == e["arm"] and p["verdict"] == e["verdict"]
+    absent = [p for p in points if p["precondition"] == "absent"]
+    assert absent and all(p["arm"] == "paper" for p in absent)
+
+
+def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
+    import matplotlib.pyplot as plt
+
+    doc = _two_arm_doc()
+    fig = C.forest_plot(doc, title="all claims")
+    axes = fig.get_axes()
+    assert len(axes) == 2 and axes[1].get_xscale() == "log"
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert any(label.startswith("P1-noise-topk-vs-ce [precondition absent]\n") for label in labels)
+    texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
+    texts += list(fig.legends[0].get_texts())
+    assert all(t.get_fontsize() >= 9 for t in texts if t.get_text())
+    n_points = sum(len([ln for ln in ax.get_lines() if ln.get_marker() in ("o", "s")]) for ax in axes)
+    assert n_points == len(doc["claims"])
+    plt.close(fig)
+
+
+def test_entries_for_selects_an_experiment_and_arm():
+    doc = _two_arm_doc()
+    assert {e["id"] for e in C.entries_for(doc, "bench_losses_cpu")} == {"P1-cost"}
+    assert {e["arm"] for e in C.entries_for(doc, "label_noise", "paper")} == {"paper"}
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "name"),
+    [
+        (lambda: C.reference_arms([]), TypeError, "reference"),
+        (lambda: C.reference_arms({"preset": "cpu", "arms": {"best": {"rows": []}}}), ValueError, "reference"),
+        (lambda: C.reference_arms({"preset": "cpu", "arms": {}}), ValueError, "reference"),
+        (lambda: C.reference_arms({"rows": []}), ValueError, "reference"),
+        (lambda: C.reference_arms({"preset": "cpu", "rows": "x"}), ValueError, "reference"),
+        (lambda: C.ledger_document([]), TypeError, "references"),
+        (lambda: C.evaluate_claim("P1", {"preset": "cpu", "rows": []}), TypeError, "claim"),
+        (lambda: C.cost_entries(C.CLAIMS[4], "b", {"losses": None}), ValueError, "benchmark"),
+        (lambda: C.cost_entries(C.CLAIMS[4], "b", _bench_with(ours_noised=[1.0, 0.0])), ValueError, "benchmark"),
+        (lambda: C.cost_entries(C.CLAIMS[4], "b", _bench_with(ours_svm=[1.0, "x"])), TypeError, "benchmark"),
+        (
+            lambda: C.ledger_document({"label_noise": {"preset": "colab", "rows": _noise_rows(0.9)}}),
+            ValueError,
+            "reference",
+        ),
+        (lambda: C.tuning_summary([], {}, "ce"), TypeError, "tuning"),
+        (lambda: C.entries_for({"claims": []}, 3), TypeError, "experiment"),
+        (lambda: C.entries_for({"claims": []}, "label_noise", "best"), ValueError, "arm"),
+        (lambda: C.setting_label("synthetic"), TypeError, "setting"),
+        (lambda: C.ledger_markdown("claims"), TypeError, "ledger"),
+        (lambda: C.forest_plot({"claims": []}), ValueError, "ledger"),
+        (lambda: C.synthesis_markdown(None), TypeError, "ledger"),
+        (lambda: C.synthesis_markdown({"claims": []}, link_from=None), TypeError, "link_from"),
+        (lambda: C.ledger_markdown([], link_from=3), TypeError, "link_from"),
+        (lambda: C.main_result("x"), TypeError, "ledger"),
+        (lambda: C.forest_data(None), TypeError, "ledger"),
+        (lambda: C.side_by_side(3), TypeError, "ledger"),
+        (lambda: C.preconditions_markdown({"claims": "x"}), TypeError, "ledger"),
+        (lambda: C.verdict_counts("x"), TypeError, "ledger"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_argument(call, exc, name):
+    with pytest.raises(exc, match=f"`{name}`"):
+        call()
+
+
+# ------------------------------------------------------------------------------ the committed ledger
+
+
+def test_committed_ledger_is_generated_from_the_committed_references():
+    from avgk_lib.experiments import EXPERIMENTS, load_reference
+    from avgk_lib.references import load_json_reference, reference_names
+
+    committed = load_json_reference("claims")
+    assert committed is not None and committed["format"] == 2
+    references = {n: r for n in EXPERIMENTS if C.usable_reference(r := load_reference(n, committed["preset"]))}
+    benchmarks = {s: load_json_reference(s) for s in reference_names() if s.startswith("bench_losses")}
+    fresh = C.ledger_document(references, benchmarks, preset=committed["preset"])
+    assert json.dumps(fresh, sort_keys=True) == json.dumps(committed, sort_keys=True), (
+        "claims.json is stale: run `python tools/reference_runs.py --ledger-only`"
+    )
+    assert all(e["verdict"] in C.VERDICTS and e["arm"] in C.ARMS for e in committed["claims"])

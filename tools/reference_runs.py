@@ -10,6 +10,11 @@ pass (``--pass-size`` seeds at a time). After the tuning and after every pass th
 still leaves usable references; the ledger ``claims.json`` is rebuilt from every reference of the
 preset at the end. Runs are cached (``$AVGK_CACHE_DIR``): a second invocation only adds what is
 missing.
+
+The ledger (format 2, :mod:`avgk_lib.book.claims`) reads every experiment reference of the preset
+(one arm, or ``"arms": {"paper": ..., "tuned": ...}``) and every loss benchmark
+``bench_losses_<device>.json`` (the cost claim, when it holds repeated timings); ``--ledger-only``
+rebuilds it from the committed files without training anything.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from avgk_lib.book.claims import build_ledger
+from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
 from avgk_lib.book.diagnostics import add_diagnostics
 from avgk_lib.checkpoint import atomic_write_json
 from avgk_lib.experiments import EXPERIMENTS, RESULTS_DIR, load_reference, run_experiment, save_reference, tune
+from avgk_lib.references import load_json_reference, reference_names
 
 
 def log(message: str) -> None:
@@ -28,14 +34,17 @@ def log(message: str) -> None:
 
 
 def write_ledger(preset: str) -> None:
-    references = {  # references of the current format only (with their tuning), with runs
-        name: ref for name in EXPERIMENTS if (ref := load_reference(name, preset)) and ref["rows"] and "tuning" in ref
-    }
-    ledger = build_ledger(references)
+    """Rebuild ``claims.json`` from the references of ``preset`` (current format, with runs) and
+    the committed loss benchmarks."""
+    references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset))}
+    benchmarks = {stem: load_json_reference(stem) for stem in reference_names() if stem.startswith("bench_losses")}
+    payload = ledger_document(references, benchmarks, preset=preset)
     path = RESULTS_DIR / "claims.json"
-    payload = {"preset": preset, "experiments": sorted(references), "claims": ledger}
     atomic_write_json(path, payload)
-    log(f"wrote {path} ({len(ledger)} entries)")
+    counts = ", ".join(f"{sum(e['verdict'] == v for e in payload['claims'])} {v}" for v in VERDICTS)
+    log(f"wrote {path} ({len(payload['claims'])} entries, Holm over {payload['holm_family_size']} tests: {counts})")
+    for note in payload["skipped"]:
+        log(f"skipped {note['id']}: {note['reason']}")
 
 
 def main() -> int:

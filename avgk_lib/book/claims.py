@@ -1,61 +1,130 @@
-r"""Paired verdicts on the papers' claims and the claims ledger (``reference_results/claims.json``).
+r"""The claims ledger (``reference_results/claims.json``, format 2): each claim of the two papers,
+tested on paired per-seed evidence in every setting and arm the references hold.
 
-A claim "method A beats B on metric m" is tested on *paired* per-seed differences
-:math:`d_s = m(A, s) - m(B, s)` (same seed: same data draw, same noise pattern, same split), with
-the mean :math:`\bar d` and the two-sided 95% Student-t interval
-:math:`\bar d \pm t_{0.975, n-1}\, s_d / \sqrt n`:
+**Evidence.** A claim "``ours`` beats ``rival`` on metric m" is tested on paired per-seed
+differences in the claimed direction, :math:`d_s = m(\text{ours}, s) - m(\text{rival}, s)` (same
+seed: same data draw, same noise pattern, same split; for a time, :math:`d_s = \ln t_\text{rival}
+- \ln t_\text{ours}`, so :math:`d_s > 0` always favours the claim). Against several rivals the
+rival is the strongest on average. The statistics are in :mod:`avgk_lib.book.stats`.
 
-* **supported** iff the interval lies above 0, **contradicted** iff it lies below 0,
-  **inconclusive** otherwise (and with fewer than two seeds).
+**Tests** (``test`` of an entry):
 
-Against several rivals, B is the rival with the best mean. A claim "the gain is larger where X"
-(more ambiguous inputs, rarer classes) needs a gain that is both positive where X holds and larger
-there than elsewhere: with per-seed gains :math:`g^{X}_s` and :math:`g^{\neg X}_s`, it is
-supported iff the intervals of :math:`g^X` and of :math:`g^X - g^{\neg X}` both lie above 0,
-contradicted iff either lies below 0, inconclusive otherwise. Two negative gains never support it.
+* ``"superiority"`` ("A outperforms B", "A is cheaper than B"): the two-sided paired t test of
+  :math:`\delta = 0`; the sign of :math:`\bar d` gives the direction. Two-sided because both
+  outcomes are verdicts: *supported* if significant with :math:`\bar d > 0`, *contradicted* if
+  significant with :math:`\bar d < 0` (each direction is a one-sided test at :math:`\alpha/2`).
+* ``"equivalence"`` ("A is competitive with B", ``margin`` :math:`\Delta` stated in the entry):
+  TOST; *supported* if :math:`H_0: |\delta| \ge \Delta` is rejected (the 90% interval lies inside
+  :math:`\pm\Delta`), *contradicted* if the one-sided test of :math:`H_0: \delta \ge -\Delta`
+  rejects (``inferiority``: A is worse than B by more than the margin). Being better by more than
+  the margin does not contradict "competitive". The entry's ``p`` is the TOST p (``ci90`` beside
+  ``ci95``); the margin is :data:`EQUIVALENCE_MARGIN` (1 percentage point of top-K accuracy).
+* ``"gain"`` ("the gain of A over B is larger where X"): ``per_seed`` holds, per method, the
+  accuracy where X minus the accuracy elsewhere, so :math:`d_s` is the gain where X minus the gain
+  elsewhere (two-sided t test); a second test, ``gain_where``, asks whether the gain where X is
+  itself positive. *Supported* iff both are significantly positive, *contradicted* iff either is
+  significantly negative (two losses never make a "larger gain").
 
-The ledger is generated from the committed references by :func:`build_ledger`; it is never
-written by hand.
+**Holm over the whole ledger.** Every p-value of every entry (the main test, ``inferiority`` and
+``gain_where_test``) is one hypothesis of one family; :func:`~avgk_lib.book.stats.holm` adjusts them
+all (``p_holm``), and "significant" means ``p_holm < alpha`` (:data:`ALPHA` = 0.05). An entry with
+fewer than two seeds has no test (``p`` is None, verdict *inconclusive*).
+
+**Preconditions.** A claim whose mechanism needs a condition names it; the condition is computed
+from the reference's runs (:func:`flipped_label_fit`), never typed. Measured absent, the verdict is
+*not reproduced here* whatever the statistics say; not measured, the verdict stands and the entry
+says "precondition not measured".
+
+**No duplicated evidence.** An entry whose seeds and per-seed values equal another entry's of the
+same arm and setting (e.g. best epoch = last epoch in every run) is merged into the first one,
+with a note, before Holm. Fewer than :data:`MIN_SEEDS` seeds is flagged in ``notes``.
+
+**Reference shape, two arms.** A reference (``<experiment>_<preset>.json``) holds either
+
+* ``"arms": {"paper": {...}, "tuned": {...}}``, each arm a dict with the keys of a one-arm
+  reference (``rows``, and ``preset``, ``seeds``, ``tuning`` where it has them; an arm without
+  ``preset`` takes the reference's); or
+* one arm at the top level (``rows``, ``tuning``, ...: today's shape), which is the arm named by
+  an optional top-level ``"arm"`` key, ``"tuned"`` by default.
+
+Rows are the rows of :func:`avgk_lib.experiments.run_experiment` (labels, ``seed``, ``test_*`` and
+``last_*`` metrics). For the label-noise precondition a cross-entropy row carries ``history``: a
+list of epoch dicts, each with ``train_fit = {"noisy_acc", "clean_acc", "flipped_acc"}``
+(training accuracy on the noisy labels, on the clean labels, and on the flipped samples' noisy
+labels only).
+
+**The cost claim** comes from a loss benchmark (``bench_losses_<device>.json``) whose rows hold
+``repeats_ms = {loss name: [ms per round, ...]}``: at least :data:`MIN_SEEDS` rounds, each round
+timing every loss once (interleaved), so that round r pairs the losses. A benchmark without
+repeats gives no entry but a ``skipped`` note saying so. A timing has no training recipe: its
+entries are filed under the "paper" arm (P1's loss as P1 defines it), once.
+
+**An entry** (format 2) holds ``id``, ``paper``, ``claim`` (the claim as the paper words it),
+``arm``, ``experiment``, ``preset``, ``setting`` (labels), ``dataset``, ``n_classes``, ``K``,
+``metric``, ``unit`` (``"accuracy"`` or ``"log_ratio"``), ``ours``, ``rival`` (method names),
+``test`` (and ``margin``), ``per_seed = {"seeds", "ours", "rival"}`` in seed order, ``n_seeds``,
+``ours_mean``, ``rival_mean``, ``effect`` (mean of :math:`d_s`), ``ci95`` (two-sided Student-t),
+``p``, ``p_holm``, the extra tests (``inferiority``; ``gain_where`` and ``gain_where_test``),
+``precondition`` when the
+claim has one, ``tuning`` (trials and grid-edge choices of both methods, when the arm was tuned),
+``best_epoch_is_last``, ``verdict``, ``notes`` and ``chapter`` (the notebook that explains it).
+
+The ledger is generated from the committed references by :func:`ledger_document` (``python
+tools/reference_runs.py --ledger-only``); it is never written by hand.
+
+**Reading it** (ledger page, chapters, intro): :func:`entries_for` (one experiment's entries as
+the committed ledger gives them, Holm over the whole ledger), :func:`ledger_markdown` (claims
+table, then both arms side by side), :func:`preconditions_markdown`, :func:`verdict_counts`,
+:func:`forest_data` and :func:`forest_plot` (both arms per claim), :func:`main_result` (one
+sentence) and :func:`synthesis_markdown` (a paragraph with links to the chapters).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import stats
+from . import stats as S
 
-VERDICTS = ("supported", "contradicted", "inconclusive")
+ALPHA = 0.05
+MIN_SEEDS = 5
+FORMAT = 2
+ARMS = ("paper", "tuned")
+VERDICTS = ("supported", "contradicted", "inconclusive", "not reproduced here")
+TESTS = ("superiority", "equivalence", "gain")
+FIT_THRESHOLD = 0.5  # share of the flipped training labels cross-entropy must fit at some epoch
+
+
+# ------------------------------------------------------------------------------ single tests
 
 
 def paired_interval(differences: Sequence[float]) -> dict[str, Any]:
-    """Mean, 95% Student-t interval and verdict of paired differences (claimed direction > 0).
+    """Mean, 95% Student-t interval and the *uncorrected* verdict of one set of paired differences
+    (claimed direction > 0): supported iff the interval lies above 0, contradicted iff below 0.
+    The ledger corrects for multiplicity (Holm); this one-off reading is for exercises.
 
     Example:
         >>> r = paired_interval([0.02, 0.03, 0.025])
         >>> r["verdict"], round(r["effect"], 4)
         ('supported', 0.025)
     """
-    values = [float(d) for d in differences]
-    if any(not math.isfinite(v) for v in values):
-        raise ValueError(f"`differences` must be finite, got {values}")
-    n = len(values)
-    if n == 0:
-        raise ValueError("`differences` must not be empty")
-    mean = sum(values) / n
-    if n < 2:
-        return {"effect": mean, "ci95": [math.nan, math.nan], "n_seeds": n, "verdict": "inconclusive"}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    low, high = mean - half, mean + half
+    values = S._reals(differences, "differences", min_len=1)
+    if len(values) < 2:
+        return {"effect": values[0], "ci95": [math.nan, math.nan], "n_seeds": 1, "verdict": "inconclusive"}
+    r = S.t_test(values)
+    low, high = r["ci"]
     verdict = "supported" if low > 0 else "contradicted" if high < 0 else "inconclusive"
-    return {"effect": mean, "ci95": [low, high], "n_seeds": n, "verdict": verdict}
+    return {"effect": r["effect"], "ci95": [low, high], "n_seeds": r["n"], "p": r["p"], "verdict": verdict}
 
 
 def larger_gain_verdict(gain_where: Sequence[float], gain_elsewhere: Sequence[float]) -> dict[str, Any]:
-    """Verdict on "the gain is larger where X": per-seed gains where X holds and elsewhere (paired).
+    """Uncorrected verdict on "the gain is larger where X" from per-seed gains where X holds and
+    elsewhere (paired): supported iff the gain where X and its excess over the gain elsewhere are
+    both significantly positive, contradicted iff either is significantly negative.
 
     Example:
         >>> larger_gain_verdict([-0.9, -0.8, -0.85], [0.0, 0.0, 0.0])["verdict"]
@@ -63,10 +132,8 @@ def larger_gain_verdict(gain_where: Sequence[float], gain_elsewhere: Sequence[fl
         >>> larger_gain_verdict([0.05, 0.06, 0.055], [0.01, 0.0, 0.012])["verdict"]
         'supported'
     """
-    if len(gain_where) != len(gain_elsewhere):
-        raise ValueError("`gain_where` and `gain_elsewhere` must pair the same seeds")
     where = paired_interval(gain_where)
-    diff = paired_interval([a - b for a, b in zip(gain_where, gain_elsewhere, strict=True)])
+    diff = paired_interval(S.paired_differences(gain_where, gain_elsewhere))
     verdicts = {where["verdict"], diff["verdict"]}
     verdict = (
         "contradicted" if "contradicted" in verdicts else "supported" if verdicts == {"supported"} else "inconclusive"
@@ -74,173 +141,189 @@ def larger_gain_verdict(gain_where: Sequence[float], gain_elsewhere: Sequence[fl
     return {**diff, "verdict": verdict, "gain_where": where["effect"], "gain_where_ci95": where["ci95"]}
 
 
-def _select(rows: list[dict[str, Any]], where: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+# ------------------------------------------------------------------------------ preconditions
 
 
-def _by_seed(rows: list[dict[str, Any]], metric: str) -> dict[int, float]:
-    return {r["seed"]: r[metric] for r in rows if r.get(metric) is not None}
+def flipped_label_fit(histories: Sequence[Sequence[Mapping[str, Any]]], threshold: float = FIT_THRESHOLD) -> dict:
+    r"""Precondition of the label-noise claims: did cross-entropy fit the flipped training labels?
+
+    ``histories`` holds one training history per seed (a list of epoch dicts); an epoch measures
+    the fit in ``train_fit["flipped_acc"]``, the training accuracy on the noisy labels of the
+    flipped samples only. Per seed :math:`f_s = \max_e \text{flipped\_acc}_e`; the measured value
+    is :math:`\bar f = \frac1n \sum_s f_s`, and the precondition is met iff
+    :math:`\bar f \ge` ``threshold``. A history without ``train_fit`` in every epoch (or no
+    history at all) gives ``met = None``, ``status = "precondition not measured"``.
+
+    Example:
+        >>> fit = lambda x: {"train_fit": {"noisy_acc": 0.9, "clean_acc": 0.5, "flipped_acc": x}}
+        >>> r = flipped_label_fit([[fit(0.2), fit(0.8)], [fit(0.1), fit(0.6)]])
+        >>> r["measured"], r["met"]
+        (0.7, True)
+        >>> flipped_label_fit([[{"epoch": 1}]])["status"]
+        'precondition not measured'
+    """
+    if isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, Sequence):
+        raise TypeError(f"`histories` must be a sequence of per-seed histories, got {type(histories).__name__}")
+    level = S._real(threshold, "threshold")
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"`threshold` must lie in (0, 1], got {threshold!r}")
+    base = {
+        "name": "cross-entropy fitted the flipped training labels",
+        "rule": "mean over seeds of the max over epochs of cross-entropy's training accuracy on the flipped "
+        "samples' noisy labels >= threshold",
+        "threshold": level,
+    }
+    per_seed = []
+    for history in histories:
+        if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+            raise TypeError(f"`histories` must hold lists of epoch dicts, got {type(history).__name__}")
+        fits = [epoch.get("train_fit") if isinstance(epoch, Mapping) else None for epoch in history]
+        if not fits or any(not isinstance(f, Mapping) or "flipped_acc" not in f for f in fits):
+            return {**base, "measured": None, "per_seed": None, "met": None, "status": "precondition not measured"}
+        per_seed.append(max(S._real(f["flipped_acc"], "flipped_acc") for f in fits))
+    if not per_seed:
+        return {**base, "measured": None, "per_seed": None, "met": None, "status": "precondition not measured"}
+    measured = math.fsum(per_seed) / len(per_seed)
+    met = measured >= level
+    return {**base, "measured": measured, "per_seed": per_seed, "met": met, "status": "met" if met else "absent"}
 
 
-def paired_claim(
-    rows: list[dict[str, Any]],
-    metric: str,
-    ours: dict[str, Any],
-    rivals: list[dict[str, Any]],
-    where: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Paired verdict of ``ours`` (row filter, e.g. ``{"loss": "two_head", "train_k": 3.0}``) against
-    the best-on-average of ``rivals`` on ``metric``, within rows matching ``where``; None when runs
-    are missing."""
-    base = _select(rows, where or {})
-    mine = _by_seed(_select(base, ours), metric)
-    candidates = []
-    for rival in rivals:
-        theirs = _by_seed(_select(base, rival), metric)
-        common = sorted(set(mine) & set(theirs))
-        if common:
-            candidates.append((sum(theirs[s] for s in common) / len(common), rival, theirs, common))
-    if not mine or not candidates:
-        return None
-    _, rival, theirs, common = max(candidates, key=lambda c: c[0])
-    result = paired_interval([mine[s] - theirs[s] for s in common])
-    return {**result, "rival": rival, "ours_mean": sum(mine[s] for s in common) / len(common),
-            "rival_mean": sum(theirs[s] for s in common) / len(common)}  # fmt: skip
+def _ce_fits_flipped_labels(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ce = sorted((r for r in rows if r.get("loss") == "cross_entropy"), key=lambda r: r["seed"])
+    return flipped_label_fit([r.get("history") or [] for r in ce])
 
 
-def gain_claim(
-    rows: list[dict[str, Any]],
-    metric_where: str,
-    metric_elsewhere: str,
-    ours: dict[str, Any],
-    base: dict[str, Any],
-    where: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Verdict on "the gain of ``ours`` over ``base`` is larger on ``metric_where`` (e.g. ambiguous
-    inputs) than on ``metric_elsewhere`` (clear inputs)"; None when runs are missing."""
-    rows = _select(rows, where or {})
-    mine, theirs = _select(rows, ours), _select(rows, base)
-    a_w, a_e = _by_seed(mine, metric_where), _by_seed(mine, metric_elsewhere)
-    b_w, b_e = _by_seed(theirs, metric_where), _by_seed(theirs, metric_elsewhere)
-    seeds = sorted(set(a_w) & set(a_e) & set(b_w) & set(b_e))
-    if not seeds:
-        return None
-    result = larger_gain_verdict([a_w[s] - b_w[s] for s in seeds], [a_e[s] - b_e[s] for s in seeds])
-    return {**result, "rival": base}
+PRECONDITIONS = {"ce_fits_flipped_labels": _ce_fits_flipped_labels}
 
 
-# ------------------------------------------------------------------------------ the ledger
+# ------------------------------------------------------------------------------ the claims
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of a paper, tested in every setting of ``experiment`` that has the runs."""
+    """One claim of a paper, tested in every setting (and arm) of ``experiment`` that has the runs.
+
+    ``kind`` is ``"superiority"``, ``"equivalence"`` (with ``margin``, in the metric's units) or
+    ``"gain"`` (``metric`` where the claim looks, ``elsewhere_metric`` the rest); ``"cost"`` reads
+    a loss benchmark instead of a reference. ``metric`` may contain ``{k}``.
+    """
 
     id: str
     paper: str
     claim: str
     experiment: str
-    metric: str  # may contain {k}
+    metric: str
     ours: dict[str, Any]
     rivals: list[dict[str, Any]] = field(default_factory=list)
     where: dict[str, Any] = field(default_factory=dict)
-    kind: str = "paired"  # or "gain": metric is the "where" metric, elsewhere_metric the other
+    kind: str = "superiority"
     elsewhere_metric: str = ""
     ks: tuple[float, ...] = ()
+    margin: float | None = None
+    precondition: str = ""
+    chapter: str = ""
 
 
 P2_WEAK = [{"loss": n} for n in ("assume_negative", "an_ls", "wan", "epr", "role")]
 CE = {"loss": "cross_entropy"}
+NOISE = {"label_noise": 0.6}
+CH = {n: f"notebooks/{n}.ipynb" for n in ("03_what_it_costs", "04_label_noise", "05_long_tail", "07_two_head_loss",
+                                          "08_where_gains_come_from")}  # fmt: skip
+EQUIVALENCE_MARGIN = 0.01  # 1 percentage point of top-K accuracy
 
 CLAIMS = [
-    Claim("P1-noise-topk-vs-ce", "P1", "noised top-K beats cross-entropy in top-K accuracy under label noise "
-          "(best-validation checkpoint)", "label_noise", "test_top{k}_micro", {"loss": "noised_topk"}, [CE],
-          {"label_noise": 0.6}),
-    Claim("P1-noise-topk-vs-ce-last", "P1", "noised top-K beats cross-entropy in top-K accuracy under label noise "
-          "(last epoch: no late degradation)", "label_noise", "last_top{k}_micro", {"loss": "noised_topk"}, [CE],
-          {"label_noise": 0.6}),
-    Claim("P1-noise-topk-vs-svm", "P1", "noised top-K beats the smooth top-K SVM under label noise", "label_noise",
-          "test_top{k}_micro", {"loss": "noised_topk"}, [{"loss": "smooth_topk_svm"}], {"label_noise": 0.6}),
-    Claim("P1-clean-topk-vs-ce", "P1", "noised top-K beats cross-entropy in top-K accuracy without noise",
-          "label_noise", "test_top{k}_micro", {"loss": "noised_topk"}, [CE], {"label_noise": 0.0}),
-    Claim("P1-lt-imbalanced-vs-ce", "P1", "imbalanced noised top-K beats cross-entropy in macro top-K accuracy on "
-          "long-tailed data", "long_tail", "test_top{k}_macro", {"loss": "imbalanced_noised_topk"}, [CE]),
-    Claim("P1-lt-imbalanced-vs-rivals", "P1", "imbalanced noised top-K beats focal, LDAM and balanced noised top-K "
-          "in macro top-K accuracy", "long_tail", "test_top{k}_macro", {"loss": "imbalanced_noised_topk"},
-          [{"loss": "focal"}, {"loss": "ldam"}, {"loss": "noised_topk"}]),
-    Claim("P1-lt-balanced-vs-ce", "P1", "balanced noised top-K beats cross-entropy in macro top-K accuracy on "
-          "long-tailed data", "long_tail", "test_top{k}_macro", {"loss": "noised_topk"}, [CE]),
-    Claim("P2-twohead-vs-softmax", "P2", "the two-head loss beats softmax thresholding in average-K accuracy",
-          "average_k", "test_avg{k}_micro", {"loss": "two_head"}, [CE], ks=(1.5, 2.0, 3.0, 5.0)),
-    Claim("P2-twohead-vs-weak", "P2", "the two-head loss beats the weakly supervised multi-label losses (best of "
-          "AN, AN-LS, WAN, EPR, ROLE) in average-K accuracy", "average_k", "test_avg{k}_micro",
-          {"loss": "two_head"}, P2_WEAK, ks=(2.0, 3.0, 5.0)),
-    Claim("P2-gain-ambiguous", "P2", "the two-head gain over softmax thresholding is larger for more ambiguous "
-          "inputs (top vs bottom 20% of Bayes entropy)", "average_k", "test_avg{k}_ambiguous", {"loss": "two_head"},
-          [CE], kind="gain", elsewhere_metric="test_avg{k}_clear", ks=(3.0,)),
-    Claim("P2-lt-twohead-vs-softmax", "P2", "the two-head loss beats softmax thresholding in macro average-K "
+    Claim("P1-noise-topk-vs-ce", "P1", "the noised top-K loss outperforms cross-entropy in top-K accuracy under "
+          "label noise (best-validation checkpoint)", "label_noise", "test_top{k}_micro", {"loss": "noised_topk"},
+          [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"]),
+    Claim("P1-noise-topk-vs-ce-last", "P1", "the noised top-K loss outperforms cross-entropy in top-K accuracy "
+          "under label noise (last epoch: no late degradation)", "label_noise", "last_top{k}_micro",
+          {"loss": "noised_topk"}, [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"]),
+    Claim("P1-noise-topk-vs-svm", "P1", "the noised top-K loss is competitive with the state-of-the-art top-K loss "
+          "(smooth top-K SVM) in top-K accuracy under label noise", "label_noise", "test_top{k}_micro",
+          {"loss": "noised_topk"}, [{"loss": "smooth_topk_svm"}], NOISE, kind="equivalence",
+          margin=EQUIVALENCE_MARGIN, chapter=CH["04_label_noise"]),
+    Claim("P1-clean-topk-vs-ce", "P1", "the noised top-K loss performs very well on balanced data: top-K accuracy "
+          "on a par with cross-entropy without label noise", "label_noise", "test_top{k}_micro",
+          {"loss": "noised_topk"}, [CE], {"label_noise": 0.0}, kind="equivalence", margin=EQUIVALENCE_MARGIN,
+          chapter=CH["04_label_noise"]),
+    Claim("P1-cost", "P1", "the noised top-K loss has a significantly lower computational time than the "
+          "state-of-the-art top-K loss (smooth top-K SVM)", "bench_losses", "ms (forward + backward)",
+          {"loss": "ours_noised"}, [{"loss": "ours_svm"}, {"loss": "difftopk_svm"}], kind="cost",
+          chapter=CH["03_what_it_costs"]),
+    Claim("P1-lt-imbalanced-vs-ce", "P1", "on heavy-tailed data the imbalanced noised top-K loss significantly "
+          "outperforms cross-entropy in macro top-K accuracy", "long_tail", "test_top{k}_macro",
+          {"loss": "imbalanced_noised_topk"}, [CE], chapter=CH["05_long_tail"]),
+    Claim("P1-lt-imbalanced-vs-rivals", "P1", "on heavy-tailed data the imbalanced noised top-K loss significantly "
+          "outperforms the other baseline losses (best of focal, LDAM, balanced noised top-K) in macro top-K "
+          "accuracy", "long_tail", "test_top{k}_macro", {"loss": "imbalanced_noised_topk"},
+          [{"loss": "focal"}, {"loss": "ldam"}, {"loss": "noised_topk"}], chapter=CH["05_long_tail"]),
+    Claim("P1-lt-balanced-vs-ce", "P1", "on heavy-tailed data the balanced noised top-K loss outperforms "
+          "cross-entropy in macro top-K accuracy", "long_tail", "test_top{k}_macro", {"loss": "noised_topk"}, [CE],
+          chapter=CH["05_long_tail"]),
+    Claim("P2-twohead-vs-softmax", "P2", "the two-head loss outperforms the softmax baseline (thresholded "
+          "cross-entropy) in average-K accuracy", "average_k", "test_avg{k}_micro", {"loss": "two_head"}, [CE],
+          ks=(1.5, 2.0, 3.0, 5.0), chapter=CH["07_two_head_loss"]),
+    Claim("P2-twohead-vs-weak", "P2", "the two-head loss outperforms several loss functions designed for weakly "
+          "supervised multi-label classification (best of AN, AN-LS, WAN, EPR, ROLE) in average-K accuracy",
+          "average_k", "test_avg{k}_micro", {"loss": "two_head"}, P2_WEAK, ks=(2.0, 3.0, 5.0),
+          chapter=CH["07_two_head_loss"]),
+    Claim("P2-gain-ambiguous", "P2", "the gains over the softmax baseline are larger the higher the uncertainty "
+          "(most vs least ambiguous 20% of test inputs by Bayes entropy)", "average_k", "test_avg{k}_ambiguous",
+          {"loss": "two_head"}, [CE], kind="gain", elsewhere_metric="test_avg{k}_clear", ks=(3.0,),
+          chapter=CH["08_where_gains_come_from"]),
+    Claim("P2-lt-twohead-vs-softmax", "P2", "the two-head loss outperforms the softmax baseline in macro average-K "
           "accuracy on long-tailed data", "average_k_long_tail", "test_avg{k}_macro", {"loss": "two_head"}, [CE],
-          ks=(3.0,)),
-    Claim("P2-gain-rare", "P2", "the two-head gain over softmax thresholding is larger for rare classes (rarest vs "
-          "most frequent third)", "average_k_long_tail", "test_avg{k}_tail", {"loss": "two_head"}, [CE],
-          kind="gain", elsewhere_metric="test_avg{k}_head", ks=(3.0,)),
+          ks=(3.0,), chapter=CH["08_where_gains_come_from"]),
+    Claim("P2-gain-rare", "P2", "the gains are larger especially for classes with few samples (rarest vs most "
+          "frequent third of the classes)", "average_k_long_tail", "test_avg{k}_tail", {"loss": "two_head"}, [CE],
+          kind="gain", elsewhere_metric="test_avg{k}_head", ks=(3.0,), chapter=CH["08_where_gains_come_from"]),
 ]  # fmt: skip
 
 
-def _ks_of(claim: Claim, rows: list[dict[str, Any]], setting_rows: list[dict[str, Any]]) -> list[float]:
-    if claim.ks:
-        trained = {r.get("train_k") for r in setting_rows if r.get("loss") == claim.ours.get("loss")}
-        return [k for k in claim.ks if k in trained]
-    return [None]
+# ------------------------------------------------------------------------------ references and arms
 
 
-def evaluate_claim(claim: Claim, reference: dict[str, Any], settings: dict[str, dict[str, Any]]) -> list[dict]:
-    """Ledger entries of one claim: one per dataset (and K) of the reference that has the runs."""
-    from ..evaluation import k_label
+def reference_arms(reference: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The arms of a reference, ``{arm: arm reference}`` (shapes in the module docstring); every
+    arm reference gets the reference's ``preset`` when it has none.
 
-    entries = []
-    rows = reference["rows"]
-    for dataset in sorted({r["dataset"] for r in rows}):
-        setting_rows = _select(rows, {"dataset": dataset, **claim.where})
-        info = settings.get(dataset, {})
-        for k in _ks_of(claim, rows, setting_rows):
-            k_eval = k if k is not None else info.get("k")
-            name = k_label(k_eval)
-            metric = claim.metric.format(k=name)
-            ours = {**claim.ours, **({"train_k": k} if k is not None else {})}
-            rivals = [{**r, **({"train_k": k} if k is not None and r.get("loss") in _k_dependent() else {})}
-                      for r in claim.rivals]  # fmt: skip
-            if claim.kind == "gain":
-                result = gain_claim(setting_rows, metric, claim.elsewhere_metric.format(k=name), ours, rivals[0])
-            else:
-                result = paired_claim(setting_rows, metric, ours, rivals)
-            if result is None:
-                continue
-            entries.append(
-                {
-                    "id": claim.id,
-                    "paper": claim.paper,
-                    "claim": claim.claim,
-                    "dataset": dataset,
-                    "n_classes": info.get("n_classes"),
-                    "preset": reference["preset"],
-                    "K": k_eval,
-                    "metric": metric,
-                    "effect": result["effect"],
-                    "ci95": result["ci95"],
-                    "n_seeds": result["n_seeds"],
-                    "verdict": result["verdict"],
-                    "rival": result["rival"].get("loss"),
-                    **{key: result[key] for key in ("ours_mean", "rival_mean", "gain_where") if key in result},
-                }
-            )
-    return entries
+    Example:
+        >>> list(reference_arms({"preset": "cpu", "rows": []}))
+        ['tuned']
+        >>> arms = reference_arms({"preset": "cpu", "arms": {"paper": {"rows": []}, "tuned": {"rows": []}}})
+        >>> sorted(arms), arms["paper"]["preset"]
+        (['paper', 'tuned'], 'cpu')
+    """
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"`reference` must be a dict, got {type(reference).__name__}")
+    if "arms" in reference:
+        arms = reference["arms"]
+        if not isinstance(arms, Mapping) or not arms:
+            raise ValueError("`reference` 'arms' must be a non-empty dict {arm: arm reference}")
+    else:
+        arms = {reference.get("arm", "tuned"): reference}
+    out = {}
+    for arm, part in arms.items():
+        if arm not in ARMS:
+            raise ValueError(f"`reference` arm must be one of {ARMS}, got {arm!r}")
+        if not isinstance(part, Mapping) or not isinstance(part.get("rows"), list):
+            raise ValueError(f"`reference` arm {arm!r} must be a dict with a list of 'rows'")
+        preset = part.get("preset", reference.get("preset"))
+        if not isinstance(preset, str):
+            raise ValueError(f"`reference` arm {arm!r} has no 'preset'")
+        out[arm] = {**part, "preset": preset}
+    return out
 
 
-def _k_dependent() -> tuple[str, ...]:
-    from ..experiments import K_DEPENDENT
-
-    return K_DEPENDENT
+def usable_reference(reference: Mapping[str, Any] | None) -> bool:
+    """Whether a reference feeds the ledger: an ``arms`` reference with runs in some arm, or a
+    one-arm reference with runs that is a paper arm or of the current tuned format (with its
+    ``tuning`` record; older files without one are left out)."""
+    if not reference:
+        return False
+    if "arms" in reference:
+        return any(part.get("rows") for part in reference_arms(reference).values())
+    return bool(reference.get("rows")) and ("tuning" in reference or reference.get("arm") == "paper")
 
 
 def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
@@ -256,42 +339,716 @@ def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_ledger(references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every claim evaluated on the given references (``{experiment name: reference dict}``)."""
-    ledger = []
+def _k_dependent() -> tuple[str, ...]:
+    from ..experiments import K_DEPENDENT
+
+    return K_DEPENDENT
+
+
+def tuning_summary(tuning: Mapping[str, Any], setting: Mapping[str, Any], method: str) -> dict[str, Any] | None:
+    """The tuning record of ``method`` in ``setting``: number of trials, the choice, and each knob
+    chosen at an edge of the values tried (unbracketed); None when the arm has no such record.
+
+    Example:
+        >>> grid = [{"lr": 0.1, "val": 0.5}, {"lr": 0.3, "val": 0.6}]
+        >>> tuning_summary({"dataset=d/ce": {"grid": grid, "chosen": {"lr": 0.3}}}, {"dataset": "d"}, "ce")["edges"]
+        ['lr=0.3 at the top of the values tried (0.1 to 0.3)']
+    """
+    if not isinstance(tuning, Mapping) or not isinstance(setting, Mapping):
+        raise TypeError("`tuning` and `setting` must be dicts")
+    labels = {f"{k}={v}" for k, v in setting.items()}
+    for key, entry in tuning.items():
+        *key_labels, name = key.split("/")
+        if name != method or set(key_labels) != labels:
+            continue
+        grid, chosen = entry.get("grid", []), entry.get("chosen", {})
+        edges = []
+        for knob, value in chosen.items():
+            tried = sorted({p[knob] for p in grid if isinstance(p.get(knob), (int, float))})
+            if len(tried) > 1 and value in (tried[0], tried[-1]):
+                side = "top" if value == tried[-1] else "bottom"
+                edges.append(f"{knob}={value:g} at the {side} of the values tried ({tried[0]:g} to {tried[-1]:g})")
+        return {"trials": len(grid), "chosen": dict(chosen), "edges": edges}
+    return None
+
+
+# ------------------------------------------------------------------------------ entries
+
+
+def _select(rows: list[dict[str, Any]], where: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def _by_seed(rows: list[dict[str, Any]], metric: str) -> dict[int, float]:
+    return {r["seed"]: r[metric] for r in rows if r.get(metric) is not None}
+
+
+def _difference(rows, metric: str, elsewhere: str) -> dict[int, float]:
+    where, rest = _by_seed(rows, metric), _by_seed(rows, elsewhere)
+    return {s: where[s] - rest[s] for s in where if s in rest}
+
+
+def _strongest(mine: dict, candidates: list[tuple[dict, dict]], higher_is_better: bool):
+    """The rival with the best mean over the seeds it shares with ``mine``: (filter, values, seeds)."""
+    scored = []
+    for rival, theirs in candidates:
+        common = sorted(set(mine) & set(theirs))
+        if common:
+            mean = sum(theirs[s] for s in common) / len(common)
+            scored.append((mean if higher_is_better else -mean, rival, theirs, common))
+    if not scored:
+        return None
+    _, rival, theirs, common = max(scored, key=lambda c: c[0])
+    return rival, theirs, common
+
+
+def _test(kind: str, d: list[float], margin: float | None) -> dict[str, Any]:
+    """The main test of an entry (and its extra test), from per-seed differences ``d``."""
+    if len(d) < 2:
+        return {"ci95": [math.nan, math.nan], "p": None}
+    main = S.t_test(d)
+    out: dict[str, Any] = {"ci95": main["ci"], "p": main["p"]}
+    if kind == "equivalence":
+        eq = S.tost(d, margin)
+        inferior = S.t_test(d, "less", null=-margin)
+        out.update(p=eq["p"], ci90=eq["ci90"], inferiority={"null": -margin, "p": inferior["p"]})
+    return out
+
+
+def _entry_base(claim: Claim, arm: str, preset: str, setting: dict, info: dict, k_eval) -> dict[str, Any]:
+    return {
+        "id": claim.id,
+        "paper": claim.paper,
+        "claim": claim.claim,
+        "arm": arm,
+        "experiment": claim.experiment,
+        "preset": preset,
+        "setting": setting,
+        "dataset": setting.get("dataset"),
+        "n_classes": info.get("n_classes"),
+        "K": k_eval,
+    }
+
+
+def _evidence(claim: Claim, seeds: list[int], ours: list[float], rival: list[float], higher=True) -> dict[str, Any]:
+    """Per-seed evidence, differences in the claimed direction, mean and the tests."""
+    kind = "superiority" if claim.kind == "cost" else claim.kind
+    if claim.kind == "cost":
+        d = [math.log(b) - math.log(a) for a, b in zip(ours, rival, strict=True)]
+    else:
+        d = S.paired_differences(ours, rival, higher_is_better=higher)
+    notes = []
+    if len(seeds) < MIN_SEEDS:
+        notes.append(f"{len(seeds)} seed(s): fewer than the {MIN_SEEDS} required; read the verdict with care")
+    if len(seeds) < 2:
+        notes.append("no test: fewer than two seeds")
+    entry = {
+        "test": kind,
+        **({"margin": claim.margin} if kind == "equivalence" else {}),
+        "per_seed": {"seeds": list(seeds), "ours": list(ours), "rival": list(rival)},
+        "n_seeds": len(seeds),
+        "ours_mean": sum(ours) / len(ours),
+        "rival_mean": sum(rival) / len(rival),
+        "effect": sum(d) / len(d),
+        **_test(kind, d, claim.margin),
+        "notes": notes,
+    }
+    return entry
+
+
+def _best_is_last(rows: list[dict[str, Any]]) -> bool | None:
+    flags = [r["best_epoch"] == len(r["val_curve"]) for r in rows if "best_epoch" in r and r.get("val_curve")]
+    return all(flags) if flags else None
+
+
+def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dict, k) -> dict[str, Any] | None:
+    """The entry of one claim in one setting (and K) of one arm; None when runs are missing."""
+    from ..evaluation import k_label
+
+    rows = _select(ref["rows"], setting)
+    k_eval = k if k is not None else info.get("k")
+    if k_eval is None:
+        raise ValueError(f"`reference` of {claim.experiment}: no K for {setting} at preset {ref['preset']!r}")
+    name = k_label(k_eval)
+    metric = claim.metric.format(k=name)
+    ours_filter = {**claim.ours, **({"train_k": k} if k is not None else {})}
+    dependent = _k_dependent()
+    rivals = [{**r, **({"train_k": k} if k is not None and r.get("loss") in dependent else {})} for r in claim.rivals]
+    if claim.kind == "gain":
+        elsewhere = claim.elsewhere_metric.format(k=name)
+        mine = _difference(_select(rows, ours_filter), metric, elsewhere)
+        candidates = [(r, _difference(_select(rows, r), metric, elsewhere)) for r in rivals[:1]]
+        metric = f"{metric} - {elsewhere}"
+    else:
+        mine = _by_seed(_select(rows, ours_filter), metric)
+        candidates = [(r, _by_seed(_select(rows, r), metric)) for r in rivals]
+    picked = _strongest(mine, candidates, higher_is_better=True) if mine else None
+    if picked is None:
+        return None
+    rival, theirs, seeds = picked
+    entry = _entry_base(claim, arm, ref["preset"], setting, info, k_eval)
+    entry.update(metric=metric, unit="accuracy", ours=claim.ours["loss"], rival=rival["loss"])
+    entry.update(_evidence(claim, seeds, [mine[s] for s in seeds], [theirs[s] for s in seeds]))
+    if claim.kind == "gain":
+        entry.update(_gain_where(claim, rows, ours_filter, rival, name, seeds))
+    used = _select(rows, ours_filter) + _select(rows, rival)
+    entry["best_epoch_is_last"] = _best_is_last([r for r in used if r["seed"] in seeds])
+    if claim.precondition:
+        entry["precondition"] = PRECONDITIONS[claim.precondition](rows)
+        if entry["precondition"]["met"] is None:
+            entry["notes"].append("precondition not measured: the references store no fit of the flipped labels")
+    if ref.get("tuning"):
+        summary = {m: tuning_summary(ref["tuning"], setting, m) for m in (entry["ours"], entry["rival"])}
+        entry["tuning"] = {"ours": summary[entry["ours"]], "rival": summary[entry["rival"]]}
+        for role, s in entry["tuning"].items():
+            for edge in (s or {}).get("edges", []):
+                entry["notes"].append(f"unbracketed tuning of {role} ({entry[role]}): {edge}")
+        trials = [(s or {}).get("trials") for s in entry["tuning"].values()]
+        if None not in trials and trials[0] != trials[1]:
+            entry["notes"].append(f"unequal tuning budgets: {trials[0]} trials for ours, {trials[1]} for the rival")
+    entry["chapter"] = claim.chapter
+    return entry
+
+
+def _gain_where(claim: Claim, rows, ours_filter, rival, name: str, seeds: list[int]) -> dict[str, Any]:
+    """The second test of a gain claim: is the gain where the claim looks positive?"""
+    metric = claim.metric.format(k=name)
+    a, b = _by_seed(_select(rows, ours_filter), metric), _by_seed(_select(rows, rival), metric)
+    d = [a[s] - b[s] for s in seeds]
+    test = S.t_test(d) if len(d) >= 2 else {"ci": [math.nan, math.nan], "p": None}
+    block = {"metric": metric, "per_seed": {"ours": [a[s] for s in seeds], "rival": [b[s] for s in seeds]}}
+    block.update(effect=sum(d) / len(d), ci95=test["ci"], p=test["p"])
+    return {"gain_where": block["effect"], "gain_where_ci95": test["ci"], "gain_where_test": block}
+
+
+def _ks_of(claim: Claim, rows: list[dict[str, Any]]) -> list[float | None]:
+    if claim.ks:
+        trained = {r.get("train_k") for r in rows if r.get("loss") == claim.ours.get("loss")}
+        return [k for k in claim.ks if k in trained]
+    return [None]
+
+
+def evaluate_claim(claim: Claim, reference: Mapping[str, Any], settings: dict | None = None) -> list[dict[str, Any]]:
+    """Raw entries (no Holm, no verdict) of one claim: one per arm, setting and K with the runs.
+    ``settings`` (per dataset label: ``n_classes``, ``k``) defaults to :func:`setting_info`."""
+    if not isinstance(claim, Claim):
+        raise TypeError(f"`claim` must be a Claim, got {type(claim).__name__}")
+    entries = []
+    for arm, ref in reference_arms(reference).items():
+        info_of = settings if settings is not None else setting_info(claim.experiment, ref["preset"])
+        for dataset in sorted({r["dataset"] for r in ref["rows"]}):
+            setting = {"dataset": dataset, **claim.where}
+            rows = _select(ref["rows"], setting)
+            for k in _ks_of(claim, rows):
+                entry = _setting_entries(claim, arm, ref, setting, info_of.get(dataset, {}), k)
+                if entry is not None:
+                    entries.append(entry)
+    return entries
+
+
+def cost_entries(claim: Claim, stem: str, benchmark: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
+    """Raw entries of the cost claim from one loss benchmark (``bench_losses_<device>``), one per
+    (C, K); or, when the benchmark holds no repeated timings, no entry and a ``skipped`` note.
+
+    Per round r: :math:`d_r = \\ln t_\\text{rival} - \\ln t_\\text{ours}` (log speed-up), the rival
+    being the faster smooth SVM on average. The arm is "paper": a timing has no training recipe.
+    """
+    if not isinstance(benchmark, Mapping) or not isinstance(benchmark.get("losses"), list):
+        raise ValueError(f"`benchmark` {stem!r} must be a dict with a list of 'losses'")
+    names = [claim.ours["loss"], *(r["loss"] for r in claim.rivals)]
+    if not any(isinstance(row.get("repeats_ms"), Mapping) for row in benchmark["losses"]):
+        reason = (
+            f"{stem} holds one median per loss and setting, no repeated timings: the cost claim needs, per "
+            f"setting, `repeats_ms` = {{loss: [ms per round]}} for {', '.join(names)}, at least {MIN_SEEDS} "
+            "interleaved rounds (round r times every loss once), so that rounds pair the losses"
+        )
+        return [], [{"id": claim.id, "paper": claim.paper, "claim": claim.claim, "source": stem, "reason": reason}]
+    entries = []
+    device = benchmark.get("device", stem)
+    for row in benchmark["losses"]:
+        repeats = row.get("repeats_ms") or {}
+        times = [t for name in names for t in S._reals(repeats.get(name, []), "benchmark")]
+        if any(t <= 0.0 for t in times):
+            raise ValueError(f"`benchmark` {stem!r} holds a non-positive time: {row}")
+        mine = dict(enumerate(repeats.get(claim.ours["loss"], [])))
+        candidates = [(r, dict(enumerate(repeats.get(r["loss"], [])))) for r in claim.rivals]
+        picked = _strongest(mine, candidates, higher_is_better=False) if mine else None
+        if picked is None:
+            continue
+        rival, theirs, rounds = picked
+        setting = {"device": device, "C": row["C"], "B": row.get("B")}
+        base = _entry_base(claim, "paper", "benchmark", setting, {"n_classes": row["C"]}, row["K"])
+        base.update(experiment=stem, dataset=f"random scores ({device})", metric=claim.metric, unit="log_ratio")
+        base.update(ours=claim.ours["loss"], rival=rival["loss"])
+        base.update(_evidence(claim, rounds, [mine[r] for r in rounds], [theirs[r] for r in rounds], higher=False))
+        base["notes"].append("pairs are interleaved timing rounds, not training seeds; effect = mean log speed-up")
+        base["chapter"] = claim.chapter
+        entries.append(base)
+    return entries, []
+
+
+# ------------------------------------------------------------------------------ the ledger
+
+
+def _evidence_key(entry: Mapping[str, Any]) -> str:
+    keep = ("arm", "experiment", "setting", "K", "ours", "rival", "test", "per_seed")
+    return json.dumps({k: entry.get(k) for k in keep}, sort_keys=True, default=str)
+
+
+def merge_duplicates(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries whose arm, setting, methods and per-seed values equal an earlier entry's are merged
+    into it (dropped, with a note on the kept one): the same evidence counts once.
+
+    Example:
+        >>> e = {"id": "a", "arm": "tuned", "setting": {}, "per_seed": {"seeds": [0], "ours": [1], "rival": [0]}}
+        >>> merged = merge_duplicates([{**e, "notes": []}, {**e, "id": "b", "notes": []}])
+        >>> [m["id"] for m in merged], merged[0]["merged"]
+        (['a'], ['b'])
+    """
+    if not isinstance(entries, list):
+        raise TypeError(f"`entries` must be a list of entry dicts, got {type(entries).__name__}")
+    kept: dict[str, dict[str, Any]] = {}
+    out = []
+    for entry in entries:
+        key = _evidence_key(entry)
+        first = kept.get(key)
+        if first is None:
+            kept[key] = entry
+            out.append(entry)
+            continue
+        why = " (best epoch = last epoch in every run)" if entry.get("best_epoch_is_last") else ""
+        first.setdefault("merged", []).append(entry["id"])
+        first["notes"].append(
+            f"merged {entry['id']} (`{entry.get('metric')}`): identical per-seed values{why}, so it is not a "
+            "second piece of evidence"
+        )
+    return out
+
+
+def _hypotheses(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dicts of an entry that hold one p-value of the Holm family (main test, extra tests)."""
+    parts = [entry, entry.get("inferiority"), entry.get("gain_where_test")]
+    return [p for p in parts if p is not None and p.get("p") is not None]
+
+
+def apply_holm(entries: list[dict[str, Any]]) -> int:
+    """Holm-adjust every p-value of every entry as one family (adds ``p_holm``); returns the family
+    size. Entries without a test get ``p_holm = None``."""
+    family = [h for e in entries for h in _hypotheses(e)]
+    for h, adjusted in zip(family, S.holm([h["p"] for h in family]), strict=True):
+        h["p_holm"] = adjusted
+    for e in entries:
+        e.setdefault("p_holm", None)
+    return len(family)
+
+
+def verdict_of(entry: Mapping[str, Any], alpha: float = ALPHA) -> str:
+    """The verdict of a Holm-adjusted entry (rules in the module docstring).
+
+    Example:
+        >>> verdict_of({"test": "superiority", "effect": -0.01, "p_holm": 0.001})
+        'contradicted'
+        >>> verdict_of({"test": "superiority", "effect": 0.02, "p_holm": 0.2})
+        'inconclusive'
+        >>> verdict_of({"test": "superiority", "effect": 0.02, "p_holm": 0.001, "precondition": {"met": False}})
+        'not reproduced here'
+    """
+    level = S._real(alpha, "alpha")
+    if not 0.0 < level < 0.5:
+        raise ValueError(f"`alpha` must lie in (0, 0.5), got {alpha!r}")
+    if entry.get("test") not in TESTS:
+        raise ValueError(f"`entry` test must be one of {TESTS}, got {entry.get('test')!r}")
+    if (entry.get("precondition") or {}).get("met") is False:
+        return "not reproduced here"
+
+    def significant(part: Mapping[str, Any] | None) -> bool:
+        return part is not None and part.get("p_holm") is not None and part["p_holm"] < level
+
+    if entry["test"] == "equivalence":
+        if significant(entry):
+            return "supported"
+        return "contradicted" if significant(entry.get("inferiority")) else "inconclusive"
+    main = (1 if entry["effect"] > 0 else -1) if significant(entry) else 0
+    if entry["test"] == "gain":
+        where = entry.get("gain_where_test")
+        side = (1 if where["effect"] > 0 else -1) if significant(where) else 0
+        if main < 0 or side < 0:
+            return "contradicted"
+        return "supported" if main > 0 and side > 0 else "inconclusive"
+    return {1: "supported", -1: "contradicted", 0: "inconclusive"}[main]
+
+
+def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[dict[str, Any]], int]:
+    """Merge duplicated evidence, Holm-adjust the whole family, then give every entry its verdict.
+    Returns the entries and the Holm family size."""
+    out = merge_duplicates(entries)
+    size = apply_holm(out)
+    for e in out:
+        e["verdict"] = verdict_of(e, alpha)
+        if e["verdict"] == "not reproduced here":
+            e["notes"].append(f"precondition absent: {e['precondition']['name']}")
+    return out, size
+
+
+def ledger_document(
+    references: Mapping[str, Mapping[str, Any]],
+    benchmarks: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    preset: str | None = None,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """The whole ledger (what ``claims.json`` holds): every claim evaluated on ``references``
+    (``{experiment: reference}``, one or two arms each) and the cost claim on ``benchmarks``
+    (``{"bench_losses_cpu": benchmark}``), Holm over all of it, verdicts, and the claims that could
+    not be evaluated (``skipped``, with the reason)."""
+    if not isinstance(references, Mapping):
+        raise TypeError(f"`references` must be a dict {{experiment: reference}}, got {type(references).__name__}")
+    raw, skipped = [], []
     for claim in CLAIMS:
-        reference = references.get(claim.experiment)
-        if reference is not None:
-            ledger += evaluate_claim(claim, reference, setting_info(claim.experiment, reference["preset"]))
+        if claim.kind == "cost":
+            for stem, bench in sorted((benchmarks or {}).items()):
+                found, notes = cost_entries(claim, stem, bench)
+                raw += found
+                skipped += notes
+        elif claim.experiment in references:
+            raw += evaluate_claim(claim, references[claim.experiment])
+    entries, size = finalize(raw, alpha)
+    return {
+        "format": FORMAT,
+        "preset": preset,
+        "experiments": sorted(references),
+        "benchmarks": sorted(benchmarks or {}),
+        "arms": sorted({e["arm"] for e in entries}),
+        "alpha": alpha,
+        "min_seeds": MIN_SEEDS,
+        "holm_family_size": size,
+        "claims": entries,
+        "skipped": skipped,
+    }
+
+
+def build_ledger(
+    references: Mapping[str, Mapping[str, Any]],
+    benchmarks: Mapping[str, Mapping[str, Any]] | None = None,
+    alpha: float = ALPHA,
+) -> list[dict[str, Any]]:
+    """The ledger's entries only (see :func:`ledger_document`); Holm runs over the claims of the
+    given references, so a chapter that shows the committed verdicts reads them from
+    ``claims.json`` (:func:`entries_for`) rather than re-running this on one experiment."""
+    return ledger_document(references, benchmarks, alpha=alpha)["claims"]
+
+
+# ------------------------------------------------------------------------------ reading the ledger
+
+
+def _entries(ledger: Any) -> list[dict[str, Any]]:
+    """The entries of a ledger document or of a list of entries."""
+    if isinstance(ledger, Mapping):
+        ledger = ledger.get("claims")
+    if not isinstance(ledger, list) or not all(isinstance(e, Mapping) for e in ledger):
+        raise TypeError("`ledger` must be a ledger document or a list of entry dicts")
     return ledger
 
 
-def ledger_markdown(ledger: list[dict[str, Any]]) -> str:
-    """The ledger as Markdown: one table of the claims (id -> text), one of the entries (effect and
-    interval in percentage points), so that neither is too wide for a page."""
-    claims = {e["id"]: e["claim"] for e in ledger}
-    lines = ["| id | claim |", "|---|---|", *(f"| {i} | {text} |" for i, text in claims.items()), ""]
-    lines += [
-        "| id | dataset | K | metric | effect (pp) | 95% CI (pp) | seeds | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for e in ledger:
-        low, high = e["ci95"]
-        ci = f"[{100 * low:+.2f}, {100 * high:+.2f}]" if math.isfinite(low) else "n/a"
+def entries_for(ledger: Any, experiment: str, arm: str | None = None) -> list[dict[str, Any]]:
+    """The entries of one experiment (and arm), as the committed ledger gives them (Holm over the
+    whole ledger), for a chapter."""
+    if not isinstance(experiment, str):
+        raise TypeError(f"`experiment` must be a string, got {experiment!r}")
+    if arm is not None and arm not in ARMS:
+        raise ValueError(f"`arm` must be one of {ARMS} or None, got {arm!r}")
+    return [e for e in _entries(ledger) if e["experiment"] == experiment and arm in (None, e["arm"])]
+
+
+def setting_label(setting: Mapping[str, Any]) -> str:
+    """A short label of a setting: the dataset bare, other labels as ``key=value``.
+
+    Example:
+        >>> setting_label({"dataset": "synthetic-100", "label_noise": 0.6})
+        'synthetic-100, label_noise=0.6'
+    """
+    if not isinstance(setting, Mapping):
+        raise TypeError(f"`setting` must be a dict, got {type(setting).__name__}")
+    parts = [str(v) if k == "dataset" else f"{k}={v}" for k, v in setting.items() if v is not None]
+    return ", ".join(parts)
+
+
+def effect_text(entry: Mapping[str, Any], *, interval: bool = True) -> str:
+    """The effect (and 95% interval) in readable units: percentage points of accuracy, or a speed-up
+    factor for a log time ratio.
+
+    Example:
+        >>> effect_text({"unit": "accuracy", "effect": 0.012, "ci95": [0.002, 0.022]})
+        '+1.20 pp [+0.20, +2.20]'
+    """
+    low, high = entry["ci95"]
+    if entry.get("unit") == "log_ratio":
+        main = f"x{math.exp(entry['effect']):.2f}"
+        ci = f" [x{math.exp(low):.2f}, x{math.exp(high):.2f}]" if math.isfinite(low) else ""
+    else:
+        main = f"{100 * entry['effect']:+.2f} pp"
+        ci = f" [{100 * low:+.2f}, {100 * high:+.2f}]" if math.isfinite(low) else ""
+    return main + (ci if interval else "")
+
+
+def _row_key(e: Mapping[str, Any]) -> tuple[str, str, str]:
+    k = e.get("K")
+    return e["id"], setting_label(e["setting"]), f"{k:g}" if isinstance(k, (int, float)) else "-"
+
+
+def side_by_side(ledger: Any) -> list[dict[str, Any]]:
+    """One row per claim, setting and K, with the entry of each arm (None where the arm is absent),
+    in ledger order: ``{"id", "setting", "K", "paper", "tuned"}``."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for e in _entries(ledger):
+        key = _row_key(e)
+        row = rows.setdefault(key, {"id": key[0], "setting": key[1], "K": key[2], "paper": None, "tuned": None})
+        row[e["arm"]] = e
+    return list(rows.values())
+
+
+def _arm_cell(e: Mapping[str, Any] | None) -> str:
+    if e is None:
+        return "not run"
+    p = f", p_Holm {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
+    pre = e.get("precondition")
+    extra = ""
+    if pre is not None:
+        value = "not measured" if pre["measured"] is None else f"{pre['measured']:.2f} (>= {pre['threshold']:g}?)"
+        extra = f"; precondition: {value}"
+    return f"{effect_text(e)}{p}, {e['n_seeds']} seeds{extra}: **{e['verdict']}**"
+
+
+def _chapter_link(path: str, link_from: str) -> str:
+    name = posixpath.basename(path)
+    number = name.split("_", 1)[0]
+    text = f"chapter {int(number)}" if number.isdigit() else name
+    return f"[{text}]({posixpath.relpath(path, link_from)})"
+
+
+def _check_link_from(link_from: Any) -> None:
+    if not isinstance(link_from, str) or not link_from:
+        raise TypeError(f"`link_from` must be a folder name such as 'notebooks', got {link_from!r}")
+
+
+def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
+    """The ledger as Markdown: a table of the claims (id, claim, test, chapter), then one row per
+    claim, setting and K with both arms side by side (effect, 95% interval, Holm p, seeds,
+    precondition, verdict). Chapter links are relative to the folder ``link_from``."""
+    entries = _entries(ledger)
+    _check_link_from(link_from)
+    if not entries:
+        return "_The ledger is empty._"
+    lines = ["| id | claim | test | explained in |", "|---|---|---|---|"]
+    seen = set()
+    for e in entries:
+        if e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        test = e["test"] + (f" (margin ±{100 * e['margin']:g} pp)" if e.get("margin") else "")
+        lines.append(f"| {e['id']} | {e['claim']} | {test} | {_chapter_link(e['chapter'], link_from)} |")
+    lines += ["", "| id | setting | K | paper arm | tuned arm |", "|---|---|---|---|---|"]
+    for row in side_by_side(entries):
         lines.append(
-            f"| {e['id']} | {e['dataset']} | {e['K']:g} | `{e['metric']}` | {100 * e['effect']:+.2f} "
-            f"| {ci} | {e['n_seeds']} | **{e['verdict']}** |"
+            f"| {row['id']} | {row['setting']} | {row['K']} | {_arm_cell(row['paper'])} | {_arm_cell(row['tuned'])} |"
         )
     return "\n".join(lines)
 
 
-def verdict_counts(ledger: list[dict[str, Any]]) -> str:
-    """One Markdown line per paper: how many entries are supported, contradicted, inconclusive."""
-    if not ledger:
+def preconditions_markdown(ledger: Any) -> str:
+    """The measured preconditions: one row per entry that has one."""
+    rows = [e for e in _entries(ledger) if e.get("precondition")]
+    if not rows:
+        return "_No claim of the ledger has a precondition._"
+    lines = ["| id | arm | setting | precondition | measured | threshold | met |", "|---|---|---|---|---|---|---|"]
+    for e in rows:
+        pre = e["precondition"]
+        measured = "not measured" if pre["measured"] is None else f"{pre['measured']:.3f}"
+        met = {True: "yes", False: "**no**", None: "unknown"}[pre["met"]]
+        lines.append(
+            f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])} | {pre['name']} | {measured} "
+            f"| {pre['threshold']:g} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict_counts(ledger: Any) -> str:
+    """One Markdown line per paper and arm: how many entries have each verdict."""
+    entries = _entries(ledger)
+    if not entries:
         return "_The ledger is empty._"
     lines = []
-    for paper in sorted({e["paper"] for e in ledger}):
-        mine = [e for e in ledger if e["paper"] == paper]
-        counts = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
-        lines.append(f"- **{paper}**: {len(mine)} entries: {counts}.")
+    for paper in sorted({e["paper"] for e in entries}):
+        for arm in ARMS:
+            mine = [e for e in entries if e["paper"] == paper and e["arm"] == arm]
+            if mine:
+                counts = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
+                lines.append(f"- **{paper}, {arm} arm**: {len(mine)} entries: {counts}.")
     return "\n".join(lines)
+
+
+def _ids_with(entries: list[Mapping[str, Any]], verdict: str) -> list[str]:
+    return sorted({e["id"] for e in entries if e["verdict"] == verdict})
+
+
+def main_result(ledger: Any) -> str:
+    """The ledger's main result in one Markdown sentence: the verdict counts after Holm's
+    correction and which claims are supported or contradicted in some setting (for the intro page)."""
+    entries = _entries(ledger)
+    if not entries:
+        return "_The ledger is empty: no claim could be tested._"
+    family = sum(len(_hypotheses(e)) for e in entries)
+    supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
+    counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
+    return (
+        f"**Main result**: after Holm's correction over {family} tests, {counts['supported']} of {len(entries)} "
+        f"entries are supported ({', '.join(supported) or 'no claim in any setting'}), {counts['contradicted']} "
+        f"contradicted ({', '.join(contradicted) or 'none'}), {counts['inconclusive']} inconclusive and "
+        f"{counts['not reproduced here']} not reproduced here."
+    )
+
+
+def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
+    """A paragraph generated from the ledger: the main result in one sentence, the counts per
+    verdict for each paper and arm, where each verdict is explained (links relative to the folder
+    ``link_from`` of the page that shows it), and what could not be tested."""
+    entries = _entries(ledger)
+    _check_link_from(link_from)
+    skipped = ledger.get("skipped", []) if isinstance(ledger, Mapping) else []
+    if not entries:
+        return "_The ledger is empty: no claim could be tested._"
+    parts = [main_result(entries)]
+    absent = [a for a in ARMS if not any(e["arm"] == a for e in entries)]
+    if absent:
+        names, plural = " and ".join(absent), len(absent) > 1
+        parts.append(f"The {names} arm{'s' * plural} {'have' if plural else 'has'} no runs in the references yet.")
+    merged = sum(len(e.get("merged", [])) for e in entries)
+    few = sum(e["n_seeds"] < MIN_SEEDS for e in entries)
+    if merged or few:
+        parts.append(
+            f"{merged} duplicated entr{'y was' if merged == 1 else 'ies were'} merged (identical per-seed values), "
+            f"and {few} entr{'y has' if few == 1 else 'ies have'} fewer than {MIN_SEEDS} seeds (flagged)."
+        )
+    for paper in sorted({e["paper"] for e in entries}):
+        for arm in ARMS:
+            mine = [e for e in entries if e["paper"] == paper and e["arm"] == arm]
+            if mine:
+                tally = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
+                parts.append(f"{paper}, {arm} arm ({len(mine)} entries): {tally}.")
+    chapters: dict[str, list[str]] = {}
+    for e in entries:
+        ids = chapters.setdefault(e["chapter"], [])
+        if e["id"] not in ids:
+            ids.append(e["id"])
+    where = "; ".join(f"{_chapter_link(ch, link_from)}: {', '.join(ids)}" for ch, ids in sorted(chapters.items()))
+    parts.append(f"Each verdict is explained in its chapter ({where}).")
+    if skipped:
+        parts.append("Not tested: " + "; ".join(f"{s['id']} ({s['reason']})" for s in skipped) + ".")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------ forest plot
+
+COLOURS = {
+    "supported": "#1b7837",
+    "contradicted": "#b2182b",
+    "inconclusive": "#7f7f7f",
+    "not reproduced here": "#e08214",
+}
+MARKERS = {"paper": "s", "tuned": "o"}
+
+
+def forest_data(ledger: Any) -> list[dict[str, Any]]:
+    """One point per entry for a forest plot, in display units: ``x``, ``low``, ``high`` in
+    percentage points (accuracy) or as a speed-up factor (time), with the row label (claim id, then
+    setting and K on a second line), arm, verdict, unit, equivalence margin (display units) and precondition status
+    (None when the claim has none, else "met", "absent" or "precondition not measured")."""
+    out = []
+    for e in _entries(ledger):
+        low, high = e["ci95"]
+        if e.get("unit") == "log_ratio":
+            convert, unit = math.exp, "speed-up (x)"
+        else:
+            convert, unit = (lambda v: 100.0 * v), "percentage points"
+        key = _row_key(e)
+        pre = e.get("precondition")
+        out.append(
+            {
+                "row": f"{key[0]}\n{key[1]} · K={key[2]}",
+                "arm": e["arm"],
+                "x": convert(e["effect"]),
+                "low": convert(low) if math.isfinite(low) else math.nan,
+                "high": convert(high) if math.isfinite(high) else math.nan,
+                "verdict": e["verdict"],
+                "unit": unit,
+                "margin": 100.0 * e["margin"] if e.get("margin") else None,
+                "precondition": None if pre is None else pre["status"],
+            }
+        )
+    return out
+
+
+def _flagged(row: str, states: set) -> str:
+    """A forest-plot row label with its precondition state on the first line."""
+    head, _, rest = row.partition("\n")
+    if "absent" in states:
+        head += " [precondition absent]"
+    elif "precondition not measured" in states:
+        head += " [precondition not measured]"
+    return f"{head}\n{rest}"
+
+
+def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | None = None):
+    """Forest plot of the ledger, both arms per claim and setting: the mean paired effect (marker:
+    square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict; a grey band
+    marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
+    effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
+    Fonts are at least 9 pt. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    points = forest_data(ledger)
+    if not points:
+        raise ValueError("`ledger` has no entries to plot")
+    status: dict[str, set] = {}
+    for p in points:
+        status.setdefault(p["row"], set()).add(p["precondition"])
+    units = list(dict.fromkeys(p["unit"] for p in points))
+    rows_of = {u: list(dict.fromkeys(p["row"] for p in points if p["unit"] == u)) for u in units}
+    heights = [max(len(rows_of[u]), 1) for u in units]
+    width, height = figsize or (10.0, 0.62 * sum(heights) + 1.3 * len(units) + 0.9)
+    fig, axes = plt.subplots(
+        len(units), 1, figsize=(width, height), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    offset = {"paper": -0.17, "tuned": 0.17}
+    for ax, unit in zip(axes[:, 0], units, strict=True):
+        rows = rows_of[unit]
+        for p in (p for p in points if p["unit"] == unit):
+            y = rows.index(p["row"]) + offset[p["arm"]]
+            colour = COLOURS[p["verdict"]]
+            if p["margin"]:
+                ax.fill_betweenx([y - 0.15, y + 0.15], -p["margin"], p["margin"], color="#d9d9d9", lw=0)
+            if math.isfinite(p["low"]):
+                ax.plot([p["low"], p["high"]], [y, y], color=colour, lw=2.2)
+            ax.plot([p["x"]], [y], MARKERS[p["arm"]], color=colour, ms=7, mfc=colour)
+        ax.axvline(1.0 if unit.startswith("speed") else 0.0, color="black", lw=1)
+        if unit.startswith("speed"):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([_flagged(r, status[r]) for r in rows], fontsize=9)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize=9)
+        ax.grid(axis="x", alpha=0.4)
+        ax.set_xlabel(f"paired effect in the claimed direction, {unit} (95% interval)", fontsize=10)
+    handles = [Line2D([], [], marker=MARKERS[a], ls="", color="black", label=f"{a} arm") for a in ARMS]
+    handles += [Line2D([], [], color=c, lw=3, label=v) for v, c in COLOURS.items()]
+    handles.append(Patch(color="#d9d9d9", label="equivalence margin"))
+    fig.legend(handles=handles, fontsize=9, loc="lower center", ncol=4, frameon=False)
+    if title:
+        axes[0, 0].set_title(title, fontsize=11)
+    fig.tight_layout(rect=(0.0, 0.75 / height, 1.0, 1.0), pad=1.5)
+    return fig
