@@ -125,8 +125,9 @@ def _row_line(i: int, n: int, run: Run, row: dict[str, Any], cached: bool, elaps
 def run_row(run: Run, results: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A table row: the run's labels, its hyperparameters, test metrics of the best-validation
     checkpoint (``test_*``) and of the last epoch (``last_*``), per-head metrics of two-head models
-    (``softmax_*``, ``multilabel_*``), the validation curve of the selection metric, collapse flags
-    and the run folder."""
+    (``softmax_*``, ``multilabel_*``), the validation curve of the selection metric, on label-noise
+    data the per-epoch fit of the training labels (``history``: ``train_fit`` per epoch), collapse
+    flags and the run folder."""
     select = run.config.select_metric
     row = {
         **run.labels,
@@ -141,7 +142,10 @@ def run_row(run: Run, results: dict[str, Any], folder: Path) -> dict[str, Any]:
         "wall_seconds": results["provenance"]["wall_seconds"],
         "run": str(folder),
     }
-    for head, metrics in results.get("test_heads", {}).items():
+    fits = [{"epoch": e["epoch"], "train_fit": e["train_fit"]} for e in results["history"] if "train_fit" in e]
+    if fits:  # label-noise data: how well each epoch fits the noisy, clean and flipped training labels
+        row["history"] = fits
+    for head, metrics in (results.get("test_heads") or {}).items():
         row.update(_prefixed(f"{head}_", metrics))
     return row
 
