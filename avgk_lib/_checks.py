@@ -348,13 +348,14 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def check_fits_dtype(value: float, name: str, dtype: torch.dtype) -> float:
-    """``value`` survives a cast to ``dtype``: finite there (no overflow to inf) and not a
-    non-zero number that underflows below the smallest normal number of ``dtype``."""
+def check_fits_dtype(value: float, name: str, dtype: torch.dtype, *, underflow: bool = False) -> float:
+    """``value`` survives a cast to ``dtype``: finite there (no overflow to inf) and, with
+    ``underflow`` (for a value that must stay > 0, such as a temperature), not a non-zero number
+    below the smallest normal number of ``dtype``."""
     info = torch.finfo(dtype)
     if abs(value) > info.max:
         raise ValueError(f"`{name}` = {value:g} overflows {dtype} (largest finite value {info.max:g})")
-    if value != 0 and abs(value) < info.tiny:
+    if underflow and value != 0 and abs(value) < info.tiny:
         raise ValueError(f"`{name}` = {value:g} underflows {dtype} (smallest normal value {info.tiny:g})")
     return value
 
@@ -368,6 +369,7 @@ def check_hyper(
     integer: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    underflow: bool = False,
 ):
     r"""A loss hyperparameter: a Python/NumPy number as today, or a tensor of per-row values.
 
@@ -384,14 +386,15 @@ def check_hyper(
     (``(M,)`` becomes ``(M, 1)``), as ``long`` when ``integer`` else as ``dtype``. Its smallest
     and largest values go through ``check`` (so the messages and bounds are those of the
     scalar form; NaN is rejected there), integers must be whole, and the cast to ``dtype`` must
-    not overflow. The value checks read the tensor on the host; they follow
+    not overflow (nor, with ``underflow``, flush a positive value to zero or a subnormal). The
+    value checks read the tensor on the host; they follow
     :func:`set_value_checks`, except for integer tensors (a rank ``k`` is always read: its
     maximum sizes the top-k).
     """
     if not isinstance(value, torch.Tensor):
         number = check(value)
         if dtype is not None and not integer:
-            check_fits_dtype(float(number), name, dtype)
+            check_fits_dtype(float(number), name, dtype, underflow=underflow)
         return number
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"`{name}` must hold real numbers, got dtype {value.dtype}")
@@ -417,6 +420,6 @@ def check_hyper(
         info = torch.finfo(dtype)
         if not all_finite(out):
             raise ValueError(f"`{name}` overflows {dtype} (largest finite value {info.max:g})")
-        if bool(((out != 0) & (out.abs() < info.tiny)).any()):
+        if underflow and bool(((out != 0) & (out.abs() < info.tiny)).any()):
             raise ValueError(f"`{name}` underflows {dtype} (smallest normal value {info.tiny:g})")
     return out

@@ -126,10 +126,13 @@ def _rows(s: torch.Tensor) -> tuple[int, ...]:
     return tuple(s.shape[:-1])
 
 
-def _hyper(value, name: str, s: torch.Tensor, check, *, integer: bool = False):
+def _hyper(value, name: str, s: torch.Tensor, check, *, integer: bool = False, positive: bool = False):
     """A hyperparameter for the rows of ``s`` (number, or tensor broadcasting against the rows;
-    see :func:`~avgk_lib._checks.check_hyper`)."""
-    return check_hyper(value, name, _rows(s), check, integer=integer, dtype=s.dtype, device=s.device)
+    see :func:`~avgk_lib._checks.check_hyper`); a ``positive`` one (a scale, a temperature) must
+    not underflow to zero in the compute dtype."""
+    return check_hyper(
+        value, name, _rows(s), check, integer=integer, dtype=s.dtype, device=s.device, underflow=positive
+    )
 
 
 def _col(value):
@@ -214,7 +217,7 @@ def noised_topk_loss(
     """
     s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
     smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
-    return reduce(_finite(F.relu(1.0 + smoothed - _target_scores(s, y)), "`scores` or `epsilon`"), reduction)
+    return _finite(reduce(F.relu(1.0 + smoothed - _target_scores(s, y)), reduction), "`scores` or `epsilon`")
 
 
 def class_margins(class_counts, n_classes: int, max_margin: float, device=None) -> torch.Tensor:
@@ -298,11 +301,11 @@ def imbalanced_noised_topk_loss(
     """
     s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
     max_margin = _hyper(max_margin, "max_margin", s, lambda v: check_nonnegative(v, "max_margin"))
-    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"))
+    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"), positive=True)
     margin_y = _target_margins(class_counts, max_margin, s, y)
     smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
     per_row = F.relu(scale * (margin_y + smoothed - _target_scores(s, y)))
-    return reduce(_finite(per_row, "`scale`, `max_margin` or `epsilon`"), reduction)
+    return _finite(reduce(per_row, reduction), "`scale`, `max_margin` or `epsilon`")
 
 
 def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reduction: Reduction = "mean") -> torch.Tensor:
@@ -316,7 +319,7 @@ def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reducti
     """
     s, y = _prepare(scores, targets, reduction)
     k = _loss_k(k, s)
-    return reduce(_finite(F.relu(1.0 + _kth_largest(s, k + 1) - _target_scores(s, y)), "`scores`"), reduction)
+    return _finite(reduce(F.relu(1.0 + _kth_largest(s, k + 1) - _target_scores(s, y)), reduction), "`scores`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ def smooth_topk_svm_loss(
     """
     s, y = _prepare(scores, targets, reduction)
     k = _loss_k(k, s)
-    tau = _hyper(tau, "tau", s, lambda v: check_positive(v, "tau"))
+    tau = _hyper(tau, "tau", s, lambda v: check_positive(v, "tau"), positive=True)
     alpha = _hyper(alpha, "alpha", s, lambda v: check_nonnegative(v, "alpha"))
     k_max = int(k.max()) if isinstance(k, torch.Tensor) else k
     # the loss is invariant to adding a constant to every score: centre for range
@@ -391,7 +394,20 @@ def smooth_topk_svm_loss(
         log_ek, log_ek1 = log_e[..., k], log_e[..., k - 1]
     margin = log_ek - log_ek1 - z_target
     per_row = tau * F.softplus(alpha / tau + margin)
-    return reduce(_finite(per_row, "`tau` or `alpha`"), reduction)
+    return _finite(reduce(per_row, reduction), "`tau` or `alpha`")
+
+
+FOCAL_GAMMA_MAX = 1e6
+
+
+def _check_gamma(value: object) -> float:
+    """Focal ``gamma``: finite, ``0 <= gamma <= FOCAL_GAMMA_MAX`` (1e6)."""
+    gamma = check_nonnegative(value, "gamma")
+    if gamma > FOCAL_GAMMA_MAX:
+        raise ValueError(
+            f"`gamma` must be <= {FOCAL_GAMMA_MAX:g} (beyond, gamma times log p overflows the gradient), got {gamma:g}"
+        )
+    return gamma
 
 
 def focal_loss(
@@ -401,19 +417,22 @@ def focal_loss(
 
     ``gamma = 0`` is cross-entropy. ``gamma`` may be a per-row or per-member tensor.
 
+    Bound: ``gamma <= 1e6`` (Lin et al. use 0 to 5): the gradient multiplies ``gamma`` by
+    :math:`\log p_y`, which overflows beyond.
+
     Computed from :math:`\log p_y` (a stable log-softmax) with :math:`1 - p_y =
     -\mathrm{expm1}(\log p_y)`. Where :math:`p_y` rounds to 1 the loss is 0 and so is its
     gradient (the limit for every :math:`\gamma \ge 0`; the naive power rule would give
     :math:`0 \cdot \infty` = NaN for :math:`\gamma < 1`).
     """
     s, y = _prepare(scores, targets, reduction)
-    gamma = _hyper(gamma, "gamma", s, lambda v: check_nonnegative(v, "gamma"))
+    gamma = _hyper(gamma, "gamma", s, _check_gamma)
     log_p = _target_scores(F.log_softmax(s, dim=-1), y)
     q = (-torch.expm1(log_p)).clamp_min(0.0)
     certain = q == 0
     weight = torch.where(certain, torch.ones_like(q), q) ** gamma
     per_row = torch.where(certain, torch.zeros_like(q), -weight * log_p)
-    return reduce(_finite(per_row, "`scores`"), reduction)
+    return _finite(reduce(per_row, reduction), "`scores`")
 
 
 def ldam_loss(
@@ -439,13 +458,13 @@ def ldam_loss(
     """
     s, y = _prepare(scores, targets, reduction)
     max_margin = _hyper(max_margin, "max_margin", s, lambda v: check_nonnegative(v, "max_margin"))
-    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"))
+    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"), positive=True)
     margin_y = _target_margins(class_counts, max_margin, s, y)
     shifted = s - F.one_hot(y, s.shape[-1]).to(s.dtype) * _col(margin_y)
     gap = shifted - shifted.detach().amax(dim=-1, keepdim=True)  # <= 0
     scaled = _col(scale) * gap
     per_row = torch.logsumexp(scaled, dim=-1) - _target_scores(scaled, y)
-    return reduce(_finite(per_row, "`scale` or `max_margin`"), reduction)
+    return _finite(reduce(per_row, reduction), "`scale` or `max_margin`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +509,7 @@ def assume_negative_loss(
     target = positive * (1.0 - label_smoothing) + (1.0 - positive) * label_smoothing
     weight = positive + (1.0 - positive) * negative_weight
     per_entry = F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="none")
-    return reduce(per_entry.mean(dim=-1), reduction)
+    return _finite(reduce(per_entry.mean(dim=-1), reduction), "`negative_weight`")
 
 
 def _expected_positive_penalty(probs: torch.Tensor, expected_positives) -> torch.Tensor:
@@ -711,4 +730,4 @@ def two_head_loss(
     ce = -_target_scores(F.log_softmax(s, dim=-1), y)
     bce = F.binary_cross_entropy_with_logits(m.to(s.dtype), positives.to(s.dtype), reduction="none")
     bce = bce.mean(dim=-1) if class_reduction == "mean" else bce.sum(dim=-1)
-    return reduce(_finite(ce + weight * bce, "`weight`"), reduction)
+    return _finite(reduce(ce + weight * bce, reduction), "`weight`")

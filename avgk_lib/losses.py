@@ -178,7 +178,7 @@ class FocalLoss(_Loss):
 
     def __init__(self, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
-        self.gamma = _hyper(gamma, "gamma", lambda v: check_nonnegative(v, "gamma"))
+        self.gamma = _hyper(gamma, "gamma", F_._check_gamma)
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.focal_loss(scores, targets, self.gamma, self.reduction)
