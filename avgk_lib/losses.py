@@ -4,6 +4,12 @@ Each module stores its hyperparameters, validates them at construction, and forw
 functional form. Per-class state (``class_counts``) is a registered buffer and ROLE's label
 estimates are a parameter, so ``.to(device)``, ``.half()`` and ``state_dict()`` behave like any
 PyTorch module.
+
+Stacked form (see :mod:`avgk_lib.functional`): every module also takes ``(M, B, C)`` scores
+with ``(M, B)`` targets and returns one loss per member (``(M,)`` for ``"mean"``/``"sum"``);
+its hyperparameters may be tensors of per-member values (shape ``(M,)``), validated at
+construction and checked against the scores' shape in ``forward``. ``ROLELoss(...,
+n_members=M)`` holds one table per member; the noised losses take a list of M generators.
 """
 
 from __future__ import annotations
@@ -74,6 +80,16 @@ def _counts_buffer(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor
     return check_counts_vector(class_counts, "class_counts", device="cpu").clone()
 
 
+def _generators(generator: object) -> torch.Generator | list[torch.Generator] | None:
+    """``None``, a :class:`torch.Generator`, or a list of them (one per member of stacked scores;
+    the count is checked against the scores in ``forward``)."""
+    if isinstance(generator, (list, tuple)):
+        if not generator or any(not isinstance(g, torch.Generator) for g in generator):
+            raise TypeError("`generator` must be a torch.Generator, None, or a non-empty list of torch.Generator")
+        return list(generator)
+    return check_generator(generator)
+
+
 class _Loss(nn.Module):
     def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
@@ -88,6 +104,8 @@ class NoisedTopKLoss(_Loss):
     r"""Balanced noised top-K hinge loss [P1]; see :func:`avgk_lib.functional.noised_topk_loss`.
 
     ``generator`` (optional) makes the noise reproducible; it must live on the scores' device.
+    For stacked ``(M, B, C)`` scores it may be a list of M generators, one per member: member m
+    then draws exactly the noise a single model with ``generator[m]`` draws.
     """
 
     def __init__(
@@ -102,11 +120,22 @@ class NoisedTopKLoss(_Loss):
         self.k = _check_int_k(k)
         self.epsilon = _hyper(epsilon, "epsilon", lambda v: check_nonnegative(v, "epsilon"))
         self.n_samples = check_count(n_samples, "n_samples")
-        self._generator = check_generator(generator)
+        self._generator = _generators(generator)
 
-    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, scores: torch.Tensor, targets: torch.Tensor, *, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``noise`` (optional): standard normal draws ``(n_samples, *scores.shape)``, used instead
+        of drawing from the generator(s)."""
         return F_.noised_topk_loss(
-            scores, targets, self.k, self.epsilon, self.n_samples, generator=self._generator, reduction=self.reduction
+            scores,
+            targets,
+            self.k,
+            self.epsilon,
+            self.n_samples,
+            noise=noise,
+            generator=self._generator,
+            reduction=self.reduction,
         )
 
 
@@ -132,9 +161,12 @@ class ImbalancedNoisedTopKLoss(_Loss):
         self.max_margin = _hyper(max_margin, "max_margin", lambda v: check_nonnegative(v, "max_margin"))
         self.scale = _hyper(scale, "scale", lambda v: check_positive(v, "scale"))
         self.register_buffer("class_counts", _counts_buffer(class_counts))
-        self._generator = check_generator(generator)
+        self._generator = _generators(generator)
 
-    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, scores: torch.Tensor, targets: torch.Tensor, *, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``noise`` (optional): standard normal draws ``(n_samples, *scores.shape)``."""
         return F_.imbalanced_noised_topk_loss(
             scores,
             targets,
@@ -144,6 +176,7 @@ class ImbalancedNoisedTopKLoss(_Loss):
             self.n_samples,
             self.max_margin,
             self.scale,
+            noise=noise,
             generator=self._generator,
             reduction=self.reduction,
         )

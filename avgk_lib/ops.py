@@ -81,7 +81,7 @@ def noised_topk(
     n_samples: int = 5,
     *,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     r"""Smoothed k-th largest value along the last dimension (P1, Garcin et al. 2022, eq. 4).
 
@@ -103,7 +103,10 @@ def noised_topk(
         n_samples: number of Monte Carlo draws ``S >= 1``.
         noise: optional standard normal draws of shape ``(S, *x.shape)`` (scaled by ``epsilon``
             here); makes the result deterministic.
-        generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given).
+        generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given);
+            or a list of generators, one per entry of the leading dimension (per member of
+            stacked ``(M, B, C)`` scores): member m's noise is then drawn from ``generator[m]``
+            exactly as the call on ``x[m]`` with that generator draws it.
 
     Returns:
         Tensor of shape ``x.shape[:-1]`` and dtype ``x.dtype``.
@@ -140,7 +143,7 @@ def noised_topk_unchecked(
     n_samples: int,
     *,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S).
 
@@ -153,6 +156,11 @@ def noised_topk_unchecked(
     shape = (n_samples, *x.shape)
     if noise is not None:
         _check_noise(noise, shape, x.device)
+    if isinstance(generator, (list, tuple)):
+        generators = _check_member_generators(generator, x)
+        if noise is None and not (not isinstance(epsilon, torch.Tensor) and epsilon == 0.0):
+            noise = _member_noise(generators, epsilon, n_samples, x, work)
+        generator = None
     check_generator(generator)
     if isinstance(epsilon, torch.Tensor):
         z = (
@@ -175,6 +183,44 @@ def noised_topk_unchecked(
             f"(largest finite value {torch.finfo(work).max:g})"
         )
     return _NoisedKthLargest.apply(x, perturbed, k)
+
+
+def _check_member_generators(generators: object, x: torch.Tensor) -> list[torch.Generator]:
+    """One :class:`torch.Generator` per entry of the leading dimension of ``x`` (per member of
+    stacked ``(M, B, C)`` scores)."""
+    if not isinstance(generators, (list, tuple)) or not generators:
+        raise TypeError("`generator` must be a torch.Generator, None, or a non-empty list of generators")
+    for g in generators:
+        check_generator(g)
+        if g is None:
+            raise TypeError("`generator`: a list of generators must hold torch.Generator objects, not None")
+    if x.dim() < 2 or len(generators) != x.shape[0]:
+        raise ValueError(
+            f"`generator` lists {len(generators)} generators but the scores have shape {tuple(x.shape)}: "
+            "give one per entry of the leading (member) dimension"
+        )
+    return list(generators)
+
+
+def _member_noise(
+    generators: list[torch.Generator], epsilon, n_samples: int, x: torch.Tensor, work: torch.dtype
+) -> torch.Tensor:
+    """Noise ``(S, M, *rest)`` whose member m is drawn from ``generators[m]`` exactly as the
+    single-model call (shape ``(S, *rest)``, same dtype and device) draws it. A member whose
+    ``epsilon`` is 0 everywhere draws nothing (as the scalar call with ``epsilon=0``), so its
+    generator stays in step with the single-model run."""
+    per_member = (n_samples, *x.shape[1:])
+    if isinstance(epsilon, torch.Tensor):
+        active = epsilon.expand(x.shape[:-1]).reshape(x.shape[0], -1).ne(0).any(dim=1).tolist()
+    else:
+        active = [True] * x.shape[0]
+    draws = [
+        torch.randn(per_member, generator=g, dtype=work, device=x.device)
+        if on
+        else torch.zeros(per_member, dtype=work, device=x.device)
+        for g, on in zip(generators, active, strict=True)
+    ]
+    return torch.stack(draws, dim=1)
 
 
 def _check_noise(noise: object, shape: tuple[int, ...], device: torch.device) -> None:

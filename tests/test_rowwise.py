@@ -244,6 +244,44 @@ def test_stacked_noise_from_per_member_generators():
         torch.testing.assert_close(stacked[m], expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("eps", [0.5, torch.tensor([0.2, 0.0, 1.0])], ids=["scalar", "per-member-with-a-zero"])
+def test_a_list_of_member_generators_reproduces_single_model_draws(eps):
+    """generator=[g_0, .., g_{M-1}]: member m gets the noise (and its generator ends in the state)
+    of the single-model call with g_m; a member with epsilon 0 draws nothing, as the scalar call."""
+    scores, targets = stacked_scores(), stacked_targets()
+    seeds = [21, 22, 23]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    module = AL.NoisedTopKLoss(2, eps, n_samples=S, generator=gens, reduction="none")
+    stacked = [module(scores, targets) for _ in range(2)]  # two steps: the generators advance
+    for m, seed in enumerate(seeds):
+        eps_m = float(eps[m]) if isinstance(eps, torch.Tensor) else eps
+        single_gen = torch.Generator().manual_seed(seed)
+        single = AL.NoisedTopKLoss(2, eps_m, n_samples=S, generator=single_gen, reduction="none")
+        for step in range(2):
+            torch.testing.assert_close(stacked[step][m], single(scores[m], targets[m]), rtol=1e-12, atol=1e-12)
+        assert torch.equal(gens[m].get_state(), single_gen.get_state())
+
+
+def test_member_generators_and_noise_are_validated():
+    scores, targets = stacked_scores(), stacked_targets()
+    gens = [torch.Generator() for _ in range(M - 1)]
+    with pytest.raises(ValueError, match="`generator`"):
+        AF.noised_topk_loss(scores, targets, 2, generator=gens)
+    with pytest.raises(TypeError, match="`generator`"):
+        AF.noised_topk_loss(scores, targets, 2, generator=[torch.Generator(), None, 3])
+    with pytest.raises(TypeError, match="`generator`"):
+        AL.NoisedTopKLoss(2, generator=[torch.Generator(), "seed"])
+    with pytest.raises(ValueError, match="`generator`"):
+        ops.noised_topk(scores[0, 0], 2, generator=[torch.Generator()])  # 1-D scores have no member dim
+    noise = stacked_noise()
+    module = AL.ImbalancedNoisedTopKLoss(2, COUNTS, epsilon=torch.tensor([0.1, 0.2, 0.3]), n_samples=S)
+    by_module = module(scores, targets, noise=noise)
+    by_function = AF.imbalanced_noised_topk_loss(
+        scores, targets, 2, COUNTS, torch.tensor([0.1, 0.2, 0.3]), S, noise=noise
+    )
+    torch.testing.assert_close(by_module, by_function)
+
+
 def test_modules_take_tensor_hyperparameters_and_stacked_input():
     scores, targets = stacked_scores(), stacked_targets()
     eps = torch.tensor([0.0, 0.5, 1.0])
