@@ -154,8 +154,9 @@ def _prepare_noised(scores, targets, k, epsilon, n_samples, reduction):
 
 
 def _finite(per_row: torch.Tensor, names: str) -> torch.Tensor:
-    """Per-row losses, checked finite (with the value checks on): an overflow raises, naming the
-    hyperparameters whose size caused it, instead of returning inf or NaN."""
+    """A loss (reduced or per row), checked finite with the value checks on: an overflow (of a
+    term, or of the sum of finite terms) raises, naming the hyperparameters whose size caused
+    it, instead of returning inf or NaN."""
     if value_checks_on() and not all_finite(per_row):
         raise ValueError(
             f"the loss overflowed {per_row.dtype} (largest finite value {torch.finfo(per_row.dtype).max:g}): "
@@ -637,18 +638,19 @@ def pseudo_labels(
 
 
 def _average_k(k, s: torch.Tensor):
-    """The average set size of the two-head loss: real, ``1 <= k <= C``; number or tensor."""
+    """The average set size of the two-head loss: real, ``1 <= k <= C``; number or tensor (kept
+    in float64 on the CPU: it only sizes the selections, which are read on the host anyway)."""
     return check_hyper(
         k,
         "k",
         _rows(s),
         lambda v: float(check_k(v, n_classes=s.shape[-1], integer=False, minimum=1)),
         dtype=torch.float64,
-        device=s.device,
+        device=torch.device("cpu"),
     )
 
 
-def _selection_counts(k, rule: str, n: int, n_groups: int, device: torch.device) -> tuple[torch.Tensor | None, int]:
+def _selection_counts(k, rule: str, n: int, n_groups: int) -> tuple[torch.Tensor | None, int]:
     """Per batch, how many entries to select: round((k-1) B) ("exact") or round(k B), capped at
     B C. Returns (per-batch counts, or None when every batch takes the same, and their maximum);
     a number ``k`` is handled on the host (no device read), a tensor is read once."""
@@ -672,7 +674,7 @@ def _pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k, rule: str) -> 
     groups = positive.reshape(-1, n * n_classes)  # one row per batch
     n_groups = groups.shape[0]
     flat = probs.detach().reshape(n_groups, -1)
-    counts, n_max = _selection_counts(k, rule, n, n_groups, probs.device)
+    counts, n_max = _selection_counts(k, rule, n, n_groups)
     n_max = min(n_max, flat.shape[-1])
     if n_max > 0:
         candidates = flat.masked_fill(groups, float("-inf")) if rule == "exact" else flat
@@ -680,7 +682,7 @@ def _pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k, rule: str) -> 
         if counts is None:
             groups = groups.scatter(-1, chosen, True)
         else:
-            keep = torch.arange(n_max, device=probs.device) < counts.unsqueeze(-1)
+            keep = torch.arange(n_max, device=probs.device) < counts.to(probs.device).unsqueeze(-1)
             groups = groups.scatter(-1, chosen, keep | groups.gather(-1, chosen))
     return groups.reshape(positive.shape)
 
