@@ -124,9 +124,7 @@ def test_role_table_moves_under_adam_with_lr_multiplier_10():
     model = torch.nn.Linear(d, c)
     role = AL.ROLELoss(n_train, c, 2.0, train_targets=y, generator=torch.Generator().manual_seed(0))
     start = role.label_logits.detach().clone()
-    optimizer = torch.optim.Adam(
-        [{"params": model.parameters()}, {"params": role.parameters(), "lr": lr * 10}], lr=lr
-    )
+    optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": role.parameters(), "lr": lr * 10}], lr=lr)
     for step in range(steps):
         idx = torch.arange(step * batch, (step + 1) * batch) % n_train
         optimizer.zero_grad()
