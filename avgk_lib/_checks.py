@@ -331,9 +331,95 @@ def check_class_counts(class_counts: object, n_classes: int, device: torch.devic
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply a validated ``reduction`` to per-sample losses."""
+    """Apply a validated ``reduction`` to per-sample losses.
+
+    Per-sample losses of shape (B,) reduce to a scalar; those of a stacked call, shape (M, B),
+    reduce over the batch dimension only, to one loss per member, shape (M,)."""
+    if reduction == "none":
+        return per_sample
+    dim = -1 if per_sample.dim() >= 2 else None
     if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+        return per_sample.mean(dim=dim) if dim is not None else per_sample.mean()
+    return per_sample.sum(dim=dim) if dim is not None else per_sample.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters: a Python number, or a tensor with one value per row or per member
+# --------------------------------------------------------------------------------------------
+
+
+def check_fits_dtype(value: float, name: str, dtype: torch.dtype, *, underflow: bool = False) -> float:
+    """``value`` survives a cast to ``dtype``: finite there (no overflow to inf) and, with
+    ``underflow`` (for a value that must stay > 0, such as a temperature), not a non-zero number
+    below the smallest normal number of ``dtype``."""
+    info = torch.finfo(dtype)
+    if abs(value) > info.max:
+        raise ValueError(f"`{name}` = {value:g} overflows {dtype} (largest finite value {info.max:g})")
+    if underflow and value != 0 and abs(value) < info.tiny:
+        raise ValueError(f"`{name}` = {value:g} underflows {dtype} (smallest normal value {info.tiny:g})")
+    return value
+
+
+def check_hyper(
+    value: object,
+    name: str,
+    rows: tuple[int, ...],
+    check,
+    *,
+    integer: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    underflow: bool = False,
+):
+    r"""A loss hyperparameter: a Python/NumPy number as today, or a tensor of per-row values.
+
+    The convention shared by every loss of :mod:`avgk_lib.functional`, for scores of shape
+    ``(*rows, C)`` (``rows = (B,)``, or ``(M, B)`` for the stacked form of M models):
+
+    * a number: the same value for every row (validated by ``check``, returned as a number);
+    * a tensor of shape ``()``: the same, as a tensor;
+    * a tensor of shape ``(rows[0],)``: one value per entry of the leading dimension, i.e. per
+      row of ``(B, C)`` scores, or per member of stacked ``(M, B, C)`` scores;
+    * a tensor of shape ``rows``: one value per row (``(M, B)`` for stacked scores).
+
+    A tensor is returned detached, on ``device``, shaped to broadcast against ``rows``
+    (``(M,)`` becomes ``(M, 1)``), as ``long`` when ``integer`` else as ``dtype``. Its smallest
+    and largest values go through ``check`` (so the messages and bounds are those of the
+    scalar form; NaN is rejected there), integers must be whole, and the cast to ``dtype`` must
+    not overflow (nor, with ``underflow``, flush a positive value to zero or a subnormal). The
+    value checks read the tensor on the host; they follow
+    :func:`set_value_checks`, except for integer tensors (a rank ``k`` is always read: its
+    maximum sizes the top-k).
+    """
+    if not isinstance(value, torch.Tensor):
+        number = check(value)
+        if dtype is not None and not integer:
+            check_fits_dtype(float(number), name, dtype, underflow=underflow)
+        return number
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {value.dtype}")
+    shape, rows = tuple(value.shape), tuple(rows)
+    if shape == () or shape == rows:
+        out = value
+    elif len(shape) == 1 and len(rows) >= 1 and shape[0] == rows[0]:
+        out = value.reshape(shape[0], *([1] * (len(rows) - 1)))
+    else:
+        lead = f", ({rows[0]},) (one per {'member' if len(rows) == 2 else 'row'})" if rows else ""
+        raise ValueError(f"`{name}` as a tensor must have shape (){lead} or {rows} (one per row), got {shape}")
+    out = out.detach()
+    if integer or _VALUE_CHECKS:
+        lo, hi = (float(v) for v in torch.aminmax(out.to(torch.float64).reshape(-1)))
+        check(lo)
+        check(hi)
+        if integer and out.is_floating_point() and not bool((out == out.round()).all()):
+            raise ValueError(f"`{name}` must hold whole numbers")
+    if integer:
+        return out.to(device=device, dtype=torch.long)
+    out = out.to(device=device, dtype=dtype or out.dtype)
+    if _VALUE_CHECKS and dtype is not None:
+        info = torch.finfo(dtype)
+        if not all_finite(out):
+            raise ValueError(f"`{name}` overflows {dtype} (largest finite value {info.max:g})")
+        if underflow and bool(((out != 0) & (out.abs() < info.tiny)).any()):
+            raise ValueError(f"`{name}` underflows {dtype} (smallest normal value {info.tiny:g})")
+    return out

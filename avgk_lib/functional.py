@@ -6,7 +6,26 @@ Conventions shared by every function here:
   indices; any device. Half-precision inputs (float16, bfloat16) are computed in float32 and the
   loss is returned in float32, as :func:`torch.autocast` does for cross-entropy.
 * ``reduction`` is ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses, shape (B,)).
-* Bad input raises :class:`ValueError` / :class:`TypeError` naming the argument.
+* Bad input raises :class:`ValueError` / :class:`TypeError` naming the argument. No loss returns
+  NaN or infinity silently: a hyperparameter that overflows the compute dtype, or a loss value
+  beyond its range, raises a ``ValueError`` naming the hyperparameter (with the value checks on).
+
+Stacked form (M models trained as one, e.g. seeds or grid points): every loss also takes
+``scores`` of shape ``(M, B, C)`` with ``targets`` of shape ``(M, B)``. Member ``m`` gets exactly
+what the call on ``scores[m], targets[m]`` gives (batch-level quantities, such as EPR's penalty
+and the two-head pseudo-labels, are computed within each member's batch). ``reduction="mean"``
+/ ``"sum"`` then reduce over B only and return one loss per member, shape ``(M,)``;
+``"none"`` returns ``(M, B)``. Sum the ``(M,)`` result to train all members with one backward
+pass (each member's gradient is then that of its own mean loss).
+
+Per-row hyperparameters: every hyperparameter (``k``, ``epsilon``, ``scale``, ``max_margin``,
+``gamma``, ``tau``, ``alpha``, ``label_smoothing``, ``negative_weight``, ``expected_positives``,
+``weight``) is a Python number as before, or a tensor of shape ``()``, ``(L,)`` with ``L =
+scores.shape[0]`` (per row of ``(B, C)`` scores, per member of ``(M, B, C)`` scores) or
+``scores.shape[:-1]`` (per row). ``class_counts`` is ``(C,)`` or ``(L, C)``. Bounds are those of
+the scalar form, checked on the tensor's extreme values. Noise for the stacked noised losses has
+shape ``(n_samples, M, B, C)``: draw each member's slice from its own generator and stack them.
+Batch-level ranks (``k`` of :func:`pseudo_labels` / :func:`two_head_loss`) are per member.
 
 References:
     [P1] C. Garcin, M. Servajean, A. Joly, J. Salmon. Stochastic smoothing of the top-K
@@ -33,22 +52,27 @@ from ._checks import (
     ClassReduction,
     PseudoLabelRule,
     Reduction,
+    all_finite,
     check_choice,
     check_class_counts,
     check_count,
+    check_counts_vector,
+    check_hyper,
     check_k,
     check_nonnegative,
     check_positive,
     check_scores,
     check_targets,
+    check_tensor,
     check_unit_interval,
     reduce,
+    value_checks_on,
 )
 from .ops import (
-    LOG_ZERO,
     _kth_largest,
     _log_elementary_symmetric_fast,
     _work_dtype,
+    log_zero,
     noised_topk,
     noised_topk_unchecked,
 )
@@ -71,18 +95,74 @@ __all__ = [
 
 
 def _prepare(scores, targets, reduction, name: str = "scores"):
-    """Validate (scores, targets, reduction); return scores in the compute dtype and long targets."""
-    scores = check_scores(scores, name)
-    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    """Validate (scores, targets, reduction): scores ``(B, C)`` or stacked ``(M, B, C)`` with
+    targets of shape ``scores.shape[:-1]``; return scores in the compute dtype and long targets."""
+    scores = check_scores(scores, name, ndim=None)
+    if scores.dim() not in (2, 3):
+        raise ValueError(
+            f"`{name}` must have 2 dimensions (batch, classes) or, stacked, 3 (members, batch, classes); "
+            f"got shape {tuple(scores.shape)}"
+        )
+    targets = _check_row_targets(targets, scores, name)
     check_choice(reduction, "reduction", REDUCTIONS)
     return scores.to(_work_dtype(scores.dtype)), targets
+
+
+def _check_row_targets(targets: object, scores: torch.Tensor, name: str) -> torch.Tensor:
+    """Class indices of shape ``scores.shape[:-1]`` (``(B,)``, or ``(M, B)`` when stacked)."""
+    if scores.dim() == 2:
+        return check_targets(targets, scores.shape[0], scores.shape[1])
+    targets = check_tensor(targets, "targets")
+    if tuple(targets.shape) != tuple(scores.shape[:-1]):
+        raise ValueError(
+            f"`targets` must have shape {tuple(scores.shape[:-1])} to match the stacked `{name}` "
+            f"(members, batch, classes) = {tuple(scores.shape)}, got {tuple(targets.shape)}"
+        )
+    flat = check_targets(targets.reshape(-1), targets.numel(), scores.shape[-1])
+    return flat.reshape(targets.shape)
+
+
+def _rows(s: torch.Tensor) -> tuple[int, ...]:
+    return tuple(s.shape[:-1])
+
+
+def _hyper(value, name: str, s: torch.Tensor, check, *, integer: bool = False, positive: bool = False):
+    """A hyperparameter for the rows of ``s`` (number, or tensor broadcasting against the rows;
+    see :func:`~avgk_lib._checks.check_hyper`); a ``positive`` one (a scale, a temperature) must
+    not underflow to zero in the compute dtype."""
+    return check_hyper(
+        value, name, _rows(s), check, integer=integer, dtype=s.dtype, device=s.device, underflow=positive
+    )
+
+
+def _col(value):
+    """A per-row hyperparameter made to broadcast against ``(*rows, C)``."""
+    return value.unsqueeze(-1) if isinstance(value, torch.Tensor) else value
+
+
+def _loss_k(k, s: torch.Tensor):
+    """The K of a top-K loss: integer ``1 <= k < C``, a number or a per-row tensor."""
+    return _hyper(k, "k", s, lambda v: int(check_k(v, n_classes=s.shape[-1], below_n_classes=True)), integer=True)
 
 
 def _prepare_noised(scores, targets, k, epsilon, n_samples, reduction):
     """:func:`_prepare` plus the arguments shared by the noised losses (k, epsilon, n_samples)."""
     s, y = _prepare(scores, targets, reduction)
-    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
-    return s, y, k, check_nonnegative(epsilon, "epsilon"), check_count(n_samples, "n_samples")
+    k = _loss_k(k, s)
+    epsilon = _hyper(epsilon, "epsilon", s, lambda v: check_nonnegative(v, "epsilon"))
+    return s, y, k, epsilon, check_count(n_samples, "n_samples")
+
+
+def _finite(per_row: torch.Tensor, names: str) -> torch.Tensor:
+    """A loss (reduced or per row), checked finite with the value checks on: an overflow (of a
+    term, or of the sum of finite terms) raises, naming the hyperparameters whose size caused
+    it, instead of returning inf or NaN."""
+    if value_checks_on() and not all_finite(per_row):
+        raise ValueError(
+            f"the loss overflowed {per_row.dtype} (largest finite value {torch.finfo(per_row.dtype).max:g}): "
+            f"{names} too large for these scores"
+        )
+    return per_row
 
 
 def _check_device(device: object) -> torch.device:
@@ -98,7 +178,7 @@ def _check_device(device: object) -> torch.device:
 
 
 def _target_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return scores.gather(1, targets[:, None]).squeeze(1)
+    return scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +207,9 @@ def noised_topk_loss(
 
     Args:
         k: the K of top-K, ``1 <= k < C``. epsilon, n_samples, noise, generator: as in
-        :func:`~avgk_lib.ops.noised_topk` (``noise`` has shape ``(n_samples, B, C)``).
+        :func:`~avgk_lib.ops.noised_topk` (``noise`` has shape ``(n_samples, B, C)``, or
+        ``(n_samples, M, B, C)`` for stacked scores). ``k`` and ``epsilon`` may be per-row or
+        per-member tensors (module docstring).
 
     Example:
         >>> s = torch.tensor([[2.0, 1.0, 0.0]]); y = torch.tensor([1])
@@ -136,7 +218,7 @@ def noised_topk_loss(
     """
     s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
     smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
-    return reduce(F.relu(1.0 + smoothed - _target_scores(s, y)), reduction)
+    return _finite(reduce(F.relu(1.0 + smoothed - _target_scores(s, y)), reduction), "`scores` or `epsilon`")
 
 
 def class_margins(class_counts, n_classes: int, max_margin: float, device=None) -> torch.Tensor:
@@ -153,6 +235,40 @@ def class_margins(class_counts, n_classes: int, max_margin: float, device=None) 
     counts = check_class_counts(class_counts, n_classes, _check_device(device))
     inv = counts.pow(-0.25)
     return max_margin * inv / inv.max()
+
+
+def _target_margins(class_counts, max_margin, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Per-row margin of the target class, :math:`m_{y}` of :func:`class_margins`, shape ``rows``.
+
+    ``class_counts`` is ``(C,)`` (shared) or ``(L, C)`` with ``L = s.shape[0]`` (one count vector
+    per row of ``(B, C)`` scores or per member of stacked scores); ``max_margin`` is a number or
+    a tensor broadcasting against the rows."""
+    n_classes, rows = s.shape[-1], _rows(s)
+    if isinstance(class_counts, torch.Tensor) and class_counts.dim() == 2 or _is_nested(class_counts):
+        table = _counts_table(class_counts, n_classes, rows[0], s.device)
+        inv = table.pow(-0.25)
+        relative = (inv / inv.amax(dim=-1, keepdim=True)).to(s.dtype)
+        relative = relative.reshape(rows[0], *([1] * (len(rows) - 1)), n_classes).expand(*rows, n_classes)
+        m_y = relative.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    else:
+        m_y = class_margins(class_counts, n_classes, 1.0, s.device).to(s.dtype)[y]
+    return max_margin * m_y
+
+
+def _is_nested(values: object) -> bool:
+    """A list/tuple of sequences (a 2-D table of counts given as nested lists)."""
+    return isinstance(values, (list, tuple)) and len(values) > 0 and isinstance(values[0], (list, tuple))
+
+
+def _counts_table(values: object, n_classes: int, n_lead: int, device: torch.device) -> torch.Tensor:
+    """Per-row (or per-member) class counts ``(L, C)``: every row a valid count vector."""
+    table = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64)
+    if tuple(table.shape) != (n_lead, n_classes):
+        raise ValueError(
+            f"`class_counts` must have shape ({n_classes},) or ({n_lead}, {n_classes}) (one count vector per "
+            f"entry of the scores' leading dimension), got {tuple(table.shape)}"
+        )
+    return torch.stack([check_counts_vector(row, "class_counts", n_classes, device=device) for row in table])
 
 
 def imbalanced_noised_topk_loss(
@@ -179,15 +295,18 @@ def imbalanced_noised_topk_loss(
     scores.
 
     Args:
-        class_counts: training-set count of every class, length C, all > 0.
-        max_margin: margin of the rarest class. scale: :math:`\lambda > 0`.
+        class_counts: training-set count of every class, length C, all > 0 (or ``(L, C)``, one
+            vector per row / member). max_margin: margin of the rarest class. scale:
+            :math:`\lambda > 0`. Each of k, epsilon, max_margin, scale may be a per-row or
+            per-member tensor (module docstring).
     """
     s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
-    max_margin = check_nonnegative(max_margin, "max_margin")
-    scale = check_positive(scale, "scale")
-    margins = class_margins(class_counts, s.shape[1], max_margin, s.device).to(s.dtype)
+    max_margin = _hyper(max_margin, "max_margin", s, lambda v: check_nonnegative(v, "max_margin"))
+    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"), positive=True)
+    margin_y = _target_margins(class_counts, max_margin, s, y)
     smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
-    return reduce(F.relu(scale * (margins[y] + smoothed - _target_scores(s, y))), reduction)
+    per_row = F.relu(scale * (margin_y + smoothed - _target_scores(s, y)))
+    return _finite(reduce(per_row, reduction), "`scale`, `max_margin` or `epsilon`")
 
 
 def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reduction: Reduction = "mean") -> torch.Tensor:
@@ -200,8 +319,8 @@ def topk_hinge_loss(scores: torch.Tensor, targets: torch.Tensor, k: int, reducti
     :func:`torch.topk` reports.
     """
     s, y = _prepare(scores, targets, reduction)
-    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
-    return reduce(F.relu(1.0 + _kth_largest(s, k + 1) - _target_scores(s, y)), reduction)
+    k = _loss_k(k, s)
+    return _finite(reduce(F.relu(1.0 + _kth_largest(s, k + 1) - _target_scores(s, y)), reduction), "`scores`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,20 +360,55 @@ def smooth_topk_svm_loss(
     the k-th largest score among the other classes. Special case: ``k=1, alpha=0, tau=1`` is
     exactly cross-entropy.
 
+    Range: the scaled scores :math:`(s_j - \max_i s_i)/(k\tau)` must stay above the stand-in for
+    :math:`\log 0` (:data:`~avgk_lib.ops.LOG_ZERO` = -1e30, or a quarter of the dtype's range):
+    a ``tau`` so small that the score spread over :math:`k\tau` exceeds 1e-3 of it raises a
+    ``ValueError`` naming ``tau`` (that is far inside the hard limit: the smooth and hard losses
+    then differ by less than :math:`\tau\log\binom{C}{k}`). A ``tau`` so large that the loss
+    overflows raises too.
+
     Args:
-        k: ``1 <= k < C``. tau: temperature > 0. alpha: margin >= 0.
+        k: ``1 <= k < C``. tau: temperature > 0. alpha: margin >= 0. Each may be a per-row or
+            per-member tensor (module docstring).
     """
     s, y = _prepare(scores, targets, reduction)
-    k = int(check_k(k, n_classes=s.shape[1], below_n_classes=True))
-    tau = check_positive(tau, "tau")
-    alpha = check_nonnegative(alpha, "alpha")
+    k = _loss_k(k, s)
+    tau = _hyper(tau, "tau", s, lambda v: check_positive(v, "tau"), positive=True)
+    alpha = _hyper(alpha, "alpha", s, lambda v: check_nonnegative(v, "alpha"))
+    k_max = int(k.max()) if isinstance(k, torch.Tensor) else k
     # the loss is invariant to adding a constant to every score: centre for range
-    z = (s - s.detach().amax(dim=1, keepdim=True)) / (k * tau)
+    temperature = _col(k * tau)
+    z = (s - s.detach().amax(dim=-1, keepdim=True)) / temperature
+    floor = log_zero(z.dtype)
+    if value_checks_on() and not bool((z.detach() > 1e-3 * floor).all()):
+        raise ValueError(
+            f"`tau` is too small for the spread of these scores: (s - max s) / (k * tau) must stay above "
+            f"{1e-3 * floor:g} (the stand-in for log 0 is {floor:g}); raise `tau`, its hard limit is reached"
+        )
     z_target = _target_scores(z, y)
-    others = z.scatter(1, y[:, None], LOG_ZERO)  # x_y = 0: polynomials of the other classes
-    log_e = _log_elementary_symmetric_fast(others, k)
-    margin = log_e[:, k] - log_e[:, k - 1] - z_target
-    return reduce(tau * F.softplus(alpha / tau + margin), reduction)
+    others = z.scatter(-1, y.unsqueeze(-1), floor)  # x_y = 0: polynomials of the other classes
+    log_e = _log_elementary_symmetric_fast(others, k_max)
+    if isinstance(k, torch.Tensor):
+        index = k.expand(_rows(s)).unsqueeze(-1)
+        log_ek, log_ek1 = log_e.gather(-1, index).squeeze(-1), log_e.gather(-1, index - 1).squeeze(-1)
+    else:
+        log_ek, log_ek1 = log_e[..., k], log_e[..., k - 1]
+    margin = log_ek - log_ek1 - z_target
+    per_row = tau * F.softplus(alpha / tau + margin)
+    return _finite(reduce(per_row, reduction), "`tau` or `alpha`")
+
+
+FOCAL_GAMMA_MAX = 1e6
+
+
+def _check_gamma(value: object) -> float:
+    """Focal ``gamma``: finite, ``0 <= gamma <= FOCAL_GAMMA_MAX`` (1e6)."""
+    gamma = check_nonnegative(value, "gamma")
+    if gamma > FOCAL_GAMMA_MAX:
+        raise ValueError(
+            f"`gamma` must be <= {FOCAL_GAMMA_MAX:g} (beyond, gamma times log p overflows the gradient), got {gamma:g}"
+        )
+    return gamma
 
 
 def focal_loss(
@@ -262,12 +416,24 @@ def focal_loss(
 ) -> torch.Tensor:
     r"""Focal loss [Lin17]: :math:`\ell(s, y) = -(1 - p_y)^{\gamma} \log p_y`, :math:`p = \mathrm{softmax}(s)`.
 
-    ``gamma = 0`` is cross-entropy.
+    ``gamma = 0`` is cross-entropy. ``gamma`` may be a per-row or per-member tensor.
+
+    Bound: ``gamma <= 1e6`` (Lin et al. use 0 to 5): the gradient multiplies ``gamma`` by
+    :math:`\log p_y`, which overflows beyond.
+
+    Computed from :math:`\log p_y` (a stable log-softmax) with :math:`1 - p_y =
+    -\mathrm{expm1}(\log p_y)`. Where :math:`p_y` rounds to 1 the loss is 0 and so is its
+    gradient (the limit for every :math:`\gamma \ge 0`; the naive power rule would give
+    :math:`0 \cdot \infty` = NaN for :math:`\gamma < 1`).
     """
     s, y = _prepare(scores, targets, reduction)
-    gamma = check_nonnegative(gamma, "gamma")
-    log_p = _target_scores(F.log_softmax(s, dim=1), y)
-    return reduce(-((1.0 - log_p.exp()).clamp_min(0.0) ** gamma) * log_p, reduction)
+    gamma = _hyper(gamma, "gamma", s, _check_gamma)
+    log_p = _target_scores(F.log_softmax(s, dim=-1), y)
+    q = (-torch.expm1(log_p)).clamp_min(0.0)
+    certain = q == 0
+    weight = torch.where(certain, torch.ones_like(q), q) ** gamma
+    per_row = torch.where(certain, torch.zeros_like(q), -weight * log_p)
+    return _finite(reduce(per_row, reduction), "`scores`")
 
 
 def ldam_loss(
@@ -284,14 +450,22 @@ def ldam_loss(
               \qquad m_j = m_{\max} \frac{n_j^{-1/4}}{\max_i n_i^{-1/4}}
 
     Meant for cosine scores (normalized head) with scale :math:`\lambda`. ``max_margin=0, scale=1``
-    is cross-entropy.
+    is cross-entropy. ``class_counts`` may be ``(L, C)`` and ``max_margin``, ``scale`` per-row or
+    per-member tensors (module docstring).
+
+    Computed as :math:`\lambda(u_{\max} - u_y) + \log\sum_j e^{\lambda(u_j - u_{\max})}` with
+    :math:`u = s - m_y\mathbf e_y`: the scale multiplies differences of scores only, so a large
+    ``scale`` cannot overflow an intermediate; a loss beyond the dtype's range raises.
     """
     s, y = _prepare(scores, targets, reduction)
-    max_margin = check_nonnegative(max_margin, "max_margin")
-    scale = check_positive(scale, "scale")
-    margins = class_margins(class_counts, s.shape[1], max_margin, s.device).to(s.dtype)
-    shifted = s - F.one_hot(y, s.shape[1]).to(s.dtype) * margins[y, None]
-    return reduce(F.cross_entropy(scale * shifted, y, reduction="none"), reduction)
+    max_margin = _hyper(max_margin, "max_margin", s, lambda v: check_nonnegative(v, "max_margin"))
+    scale = _hyper(scale, "scale", s, lambda v: check_positive(v, "scale"), positive=True)
+    margin_y = _target_margins(class_counts, max_margin, s, y)
+    shifted = s - F.one_hot(y, s.shape[-1]).to(s.dtype) * _col(margin_y)
+    gap = shifted - shifted.detach().amax(dim=-1, keepdim=True)  # <= 0
+    scaled = _col(scale) * gap
+    per_row = torch.logsumexp(scaled, dim=-1) - _target_scores(scaled, y)
+    return _finite(reduce(per_row, reduction), "`scale` or `max_margin`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,24 +493,43 @@ def assume_negative_loss(
     :math:`\varepsilon>0` (Cole et al. use 0.1), pulling both targets towards 1/2 symmetrically.
     WAN: :math:`\gamma = 1/(C-1)` so that the negatives together weigh as much as the positive.
 
+    As Cole et al. normalise it: the per-entry loss matrix divided by B x C and summed (the
+    ``"mean"`` reduction; a per-sample loss is the mean over its C entries).
+
     Args:
         logits: multi-label head outputs ``(B, C)``. label_smoothing: :math:`\varepsilon\in[0, 1)`.
-        negative_weight: :math:`\gamma \ge 0`.
+        negative_weight: :math:`\gamma \ge 0`. Both may be per-row or per-member tensors.
     """
     z, y = _prepare(logits, targets, reduction, name="logits")
-    label_smoothing = check_unit_interval(label_smoothing, "label_smoothing", low_open=False)
-    negative_weight = check_nonnegative(negative_weight, "negative_weight")
-    positive = F.one_hot(y, z.shape[1]).to(z.dtype)
+    label_smoothing = _hyper(
+        label_smoothing, "label_smoothing", z, lambda v: check_unit_interval(v, "label_smoothing", low_open=False)
+    )
+    negative_weight = _hyper(negative_weight, "negative_weight", z, lambda v: check_nonnegative(v, "negative_weight"))
+    label_smoothing, negative_weight = _col(label_smoothing), _col(negative_weight)
+    positive = F.one_hot(y, z.shape[-1]).to(z.dtype)
     target = positive * (1.0 - label_smoothing) + (1.0 - positive) * label_smoothing
     weight = positive + (1.0 - positive) * negative_weight
     per_entry = F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="none")
-    return reduce(per_entry.mean(dim=1), reduction)
+    return _finite(reduce(per_entry.mean(dim=-1), reduction), "`negative_weight`")
 
 
-def _expected_positive_penalty(probs: torch.Tensor, expected_positives: float) -> torch.Tensor:
-    """:math:`R_K = (\\frac1B\\sum_{n,j} p_{nj} - K)^2 / C^2` (Cole et al., eq. 5)."""
-    n_classes = probs.shape[1]
-    return (probs.sum(dim=1).mean() - expected_positives) ** 2 / n_classes**2
+def _expected_positive_penalty(probs: torch.Tensor, expected_positives) -> torch.Tensor:
+    """:math:`R_K = (\\frac1B\\sum_{n,j} p_{nj} - K)^2 / C^2` (Cole et al., eq. 5), per batch:
+    a scalar for ``(B, C)`` probabilities, ``(M, 1)`` for stacked ones (broadcasts over rows).
+    A per-row K enters as the batch mean of :math:`\\sum_j p_{nj} - K_n`."""
+    n_classes = probs.shape[-1]
+    excess = (probs.sum(dim=-1) - expected_positives).mean(dim=-1, keepdim=probs.dim() == 3)
+    return excess**2 / n_classes**2
+
+
+def _expected_positives(value, z: torch.Tensor):
+    """EPR / ROLE's K: real, ``0 < K <= C``; a number or a per-row / per-member tensor."""
+    return _hyper(
+        value,
+        "expected_positives",
+        z,
+        lambda v: float(check_k(v, "expected_positives", n_classes=z.shape[-1], integer=False)),
+    )
 
 
 def epr_loss(
@@ -344,19 +537,22 @@ def epr_loss(
 ) -> torch.Tensor:
     r"""Expected-positive regularization [Cole21, eq. 5].
 
-    .. math:: \mathcal L = \frac1B\sum_n -\log\sigma(z_{n y_n})
+    .. math:: \mathcal L = \frac1{BC}\sum_n -\log\sigma(z_{n y_n})
               + \Big(\frac1B\sum_{n,j}\sigma(z_{nj}) - K\Big)^2 \Big/ C^2
 
     Only the observed positive is supervised; the batch regularizer asks for K expected
-    positives per sample. It is a batch quantity: ``reduction="none"`` returns the per-sample
-    positive terms plus the regularizer (so their mean is the ``"mean"`` loss).
+    positives per sample. Normalised as Cole et al.'s code does: the per-entry loss matrix
+    (here only the observed positives are non-zero) is divided by B x C and summed, and the
+    regularizer is added once. It is a batch quantity: ``reduction="none"`` returns the
+    per-sample positive terms (divided by C) plus the regularizer, so their mean is the
+    ``"mean"`` loss.
 
     Args:
-        expected_positives: K, ``0 < K <= C``.
+        expected_positives: K, ``0 < K <= C``; a number or a per-row / per-member tensor.
     """
     z, y = _prepare(logits, targets, reduction, name="logits")
-    expected_positives = float(check_k(expected_positives, "expected_positives", n_classes=z.shape[1], integer=False))
-    positive_term = -F.logsigmoid(_target_scores(z, y))
+    expected_positives = _expected_positives(expected_positives, z)
+    positive_term = -F.logsigmoid(_target_scores(z, y)) / z.shape[-1]
     penalty = _expected_positive_penalty(torch.sigmoid(z), expected_positives)
     return reduce(positive_term + penalty, reduction)
 
@@ -368,38 +564,39 @@ def role_loss(
     expected_positives: float,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
-    r"""Regularized online label estimation, ROLE [Cole21, eq. 6], for one batch.
+    r"""Regularized online label estimation, ROLE [Cole21, eq. 6], for one batch, as their code has it.
 
-    With model probabilities :math:`f = \sigma(z)` and label estimates :math:`\tilde y =
-    \sigma(\theta)` (the observed positive clamped to 1), each trained against the other with a
-    stop-gradient :math:`\mathrm{sg}`:
+    With model probabilities :math:`f = \sigma(z)` and label estimates :math:`g = \sigma(\theta)`
+    (the rows of the estimate table for this batch), each trained against the other through a
+    stop-gradient :math:`\mathrm{sg}`, per entry :math:`(n, j)`:
 
-    .. math:: \mathcal L = \tfrac12\Big[\overline{\mathrm{BCE}}(f, \mathrm{sg}\,\tilde y) + R_K(f)
-              + \overline{\mathrm{BCE}}(\tilde y, \mathrm{sg}\, f) + R_K(\tilde y)\Big]
+    .. math:: L_{nj} = \tfrac12\,[j = y_n]\big(-\log f_{nj} - \log g_{nj}\big)
+              + \tfrac12\big(\mathrm{BCE}(f_{nj}; \mathrm{sg}\,g_{nj}) + \mathrm{BCE}(g_{nj}; \mathrm{sg}\,f_{nj})\big)
 
-    (:math:`\overline{\mathrm{BCE}}`: mean over classes, :math:`R_K`: the EPR penalty).
-    ``label_logits`` (B, C) are the rows of the estimate table for this batch; gradients reach
-    them only through the second half. :class:`avgk_lib.losses.ROLELoss` owns the table.
+    .. math:: \mathcal L = \frac1{BC}\sum_{n,j} L_{nj} + \tfrac12\big(R_K(f) + R_K(g)\big)
+
+    with :math:`R_K` the EPR penalty of :func:`epr_loss`. The observed positive is supervised in
+    both halves (its estimate :math:`g_{ny_n}` is a trained entry, initialised near 1 by
+    :class:`avgk_lib.losses.ROLELoss`); every log is taken in logit form (``logsigmoid``), so no
+    clamp is needed. ``reduction="none"`` returns per-sample losses (mean over the C entries of
+    a row, plus the batch penalty) whose mean is the ``"mean"`` loss. Stacked ``(M, B, C)``
+    logits take ``label_logits`` of the same shape; ``expected_positives`` may be a per-row or
+    per-member tensor.
     """
     z, y = _prepare(logits, targets, reduction, name="logits")
-    check_scores(label_logits, "label_logits")
-    if label_logits.shape != logits.shape:
-        raise ValueError(f"`label_logits` must have shape {tuple(logits.shape)}, got {tuple(label_logits.shape)}")
-    expected_positives = float(check_k(expected_positives, "expected_positives", n_classes=z.shape[1], integer=False))
-    theta = label_logits.to(z.dtype)
-    positive = F.one_hot(y, z.shape[1]).bool()
-    f = torch.sigmoid(z)
-    estimate = torch.where(positive, torch.ones_like(f), torch.sigmoid(theta))
-
-    def bce(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        eps = torch.finfo(prob.dtype).tiny
-        return -(target * prob.clamp_min(eps).log() + (1 - target) * (1 - prob).clamp_min(eps).log()).mean(dim=1)
-
-    # model half: BCE in logit form for stability
-    model_half = F.binary_cross_entropy_with_logits(z, estimate.detach(), reduction="none").mean(dim=1)
-    model_half = model_half + _expected_positive_penalty(f, expected_positives)
-    label_half = bce(estimate, f.detach()) + _expected_positive_penalty(estimate, expected_positives)
-    return reduce(0.5 * (model_half + label_half), reduction)
+    theta = check_scores(label_logits, "label_logits", ndim=None)
+    if theta.shape != z.shape:
+        raise ValueError(f"`label_logits` must have shape {tuple(z.shape)}, got {tuple(theta.shape)}")
+    expected_positives = _expected_positives(expected_positives, z)
+    theta = theta.to(z.dtype)
+    n_classes = z.shape[-1]
+    f, g = torch.sigmoid(z), torch.sigmoid(theta)
+    observed = -(_target_scores(F.logsigmoid(z), y) + _target_scores(F.logsigmoid(theta), y)) / n_classes
+    cross_f = F.binary_cross_entropy_with_logits(z, g.detach(), reduction="none")
+    cross_g = F.binary_cross_entropy_with_logits(theta, f.detach(), reduction="none")
+    penalty = _expected_positive_penalty(f, expected_positives) + _expected_positive_penalty(g, expected_positives)
+    per_row = 0.5 * (observed + (cross_f + cross_g).mean(dim=-1) + penalty)
+    return reduce(per_row, reduction)
 
 
 def pseudo_labels(
@@ -416,30 +613,78 @@ def pseudo_labels(
       :math:`\mathrm{round}(kB)` and :math:`\mathrm{round}(kB) + B` positives.
 
     P2 does not pin down which of the two it uses; ``exact`` matches the stated average of K.
-    Ties among probabilities are broken by :func:`torch.topk`.
+    Ties among probabilities are broken by :func:`torch.topk` (sorted). Rounding is half to even.
+
+    Stacked form: ``probs`` ``(M, B, C)``, ``targets`` ``(M, B)`` and ``k`` a number or a tensor
+    ``(M,)``: each member selects within its own batch, as the call on ``probs[m]`` with
+    ``k[m]`` does; the result is ``(M, B, C)``. (A tensor ``k`` of shape ``rows`` counts
+    :math:`\sum_n (k_n - 1)` extra positives per batch.)
 
     Args:
         probs: softmax-head probabilities (any scores ordered like them work), ``(B, C)``.
         k: average number of positives, ``1 <= k <= C`` (may be fractional; the true label is
             always a positive, hence ``k >= 1``).
     """
-    probs = check_scores(probs, "probs")
-    targets = check_targets(targets, probs.shape[0], probs.shape[1])
-    n, n_classes = probs.shape
-    k = float(check_k(k, n_classes=n_classes, integer=False, minimum=1))
+    probs = check_scores(probs, "probs", ndim=None)
+    if probs.dim() not in (2, 3):
+        raise ValueError(
+            f"`probs` must have 2 dimensions (batch, classes) or, stacked, 3 (members, batch, classes); "
+            f"got shape {tuple(probs.shape)}"
+        )
+    targets = _check_row_targets(targets, probs, "probs")
+    k = _average_k(k, probs)
     rule = check_choice(rule, "rule", RULES)
+    return _pseudo_labels(probs, targets, k, rule)
+
+
+def _average_k(k, s: torch.Tensor):
+    """The average set size of the two-head loss: real, ``1 <= k <= C``; number or tensor (kept
+    in float64 on the CPU: it only sizes the selections, which are read on the host anyway)."""
+    return check_hyper(
+        k,
+        "k",
+        _rows(s),
+        lambda v: float(check_k(v, n_classes=s.shape[-1], integer=False, minimum=1)),
+        dtype=torch.float64,
+        device=torch.device("cpu"),
+    )
+
+
+def _selection_counts(k, rule: str, n: int, n_groups: int) -> tuple[torch.Tensor | None, int]:
+    """Per batch, how many entries to select: round((k-1) B) ("exact") or round(k B), capped at
+    B C. Returns (per-batch counts, or None when every batch takes the same, and their maximum);
+    a number ``k`` is handled on the host (no device read), a tensor is read once."""
+    offset = 1.0 if rule == "exact" else 0.0
+    if not isinstance(k, torch.Tensor):
+        return None, int(round((k - offset) * n))
+    k = k.to(torch.float64)
+    if k.dim() >= 1 and k.shape[-1] == n and n > 1:  # one k per row
+        wanted = (k - offset).expand(n_groups, n).sum(dim=-1)
+    else:  # one k per batch
+        wanted = (k - offset).reshape(-1).expand(n_groups) * n
+    counts = torch.round(wanted).long()
+    return counts, int(counts.max())
+
+
+def _pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k, rule: str) -> torch.Tensor:
+    """:func:`pseudo_labels` on validated arguments; every batch of a stack handled at once."""
+    n_classes = probs.shape[-1]
     positive = F.one_hot(targets, n_classes).bool()
-    flat = probs.detach().reshape(-1)
-    if rule == "exact":
-        n_extra = int(round((k - 1.0) * n))
-        if n_extra > 0:
-            candidates = flat.masked_fill(positive.reshape(-1), float("-inf"))
-            extra = torch.topk(candidates, n_extra, sorted=False).indices
-            positive.view(-1)[extra] = True
-    else:
-        chosen = torch.topk(flat, min(int(round(k * n)), flat.numel()), sorted=False).indices
-        positive.view(-1)[chosen] = True
-    return positive
+    n = targets.shape[-1]
+    groups = positive.reshape(-1, n * n_classes)  # one row per batch
+    n_groups = groups.shape[0]
+    flat = probs.detach().reshape(n_groups, -1)
+    counts, n_max = _selection_counts(k, rule, n, n_groups)
+    n_max = min(n_max, flat.shape[-1])
+    if n_max > 0:
+        candidates = flat.masked_fill(groups, float("-inf")) if rule == "exact" else flat
+        chosen = torch.topk(candidates, n_max, dim=-1, sorted=True).indices
+        if counts is None:
+            groups = groups.scatter(-1, chosen, True)
+        else:
+            keep = torch.arange(n_max, device=probs.device) < counts.to(probs.device).unsqueeze(-1)
+            groups = groups.scatter(-1, chosen, keep | groups.gather(-1, chosen))
+    return groups.reshape(positive.shape)
 
 
 def two_head_loss(
@@ -464,24 +709,27 @@ def two_head_loss(
     pseudo-labels are a function of a detached softmax, so no gradient flows through them.
 
     Args:
-        weight: :math:`\lambda \ge 0`, weight of the multi-label head.
+        k: average set size, a number or, for stacked ``(M, B, C)`` logits, a tensor ``(M,)``
+            (the pseudo-labels of each member are chosen within its own batch).
+        weight: :math:`\lambda \ge 0`, weight of the multi-label head; a number or a per-row
+            or per-member tensor.
         rule: pseudo-label rule, see :func:`pseudo_labels`.
         class_reduction: ``"mean"`` (default, as ``BCEWithLogitsLoss``) or ``"sum"`` of the
             binary cross-entropies over the C classes; P2 leaves it open.
     """
     s, y = _prepare(softmax_logits, targets, reduction, name="softmax_logits")
-    m = check_scores(multilabel_logits, "multilabel_logits")
+    m = check_scores(multilabel_logits, "multilabel_logits", ndim=None)
     if m.shape != softmax_logits.shape:
         raise ValueError(
             f"`multilabel_logits` must have the shape of `softmax_logits` {tuple(s.shape)}, got {tuple(m.shape)}"
         )
-    k = float(check_k(k, n_classes=s.shape[1], integer=False, minimum=1))
-    weight = check_nonnegative(weight, "weight")
+    k = _average_k(k, s)
+    weight = _hyper(weight, "weight", s, lambda v: check_nonnegative(v, "weight"))
     rule = check_choice(rule, "rule", RULES)
     class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
     with torch.no_grad():
-        positives = pseudo_labels(torch.softmax(s, dim=1), y, k, rule=rule)
-    ce = F.cross_entropy(s, y, reduction="none")
+        positives = _pseudo_labels(torch.softmax(s, dim=-1), y, k, rule)
+    ce = -_target_scores(F.log_softmax(s, dim=-1), y)
     bce = F.binary_cross_entropy_with_logits(m.to(s.dtype), positives.to(s.dtype), reduction="none")
-    bce = bce.mean(dim=1) if class_reduction == "mean" else bce.sum(dim=1)
-    return reduce(ce + weight * bce, reduction)
+    bce = bce.mean(dim=-1) if class_reduction == "mean" else bce.sum(dim=-1)
+    return _finite(reduce(ce + weight * bce, reduction), "`weight`")

@@ -4,6 +4,12 @@ Each module stores its hyperparameters, validates them at construction, and forw
 functional form. Per-class state (``class_counts``) is a registered buffer and ROLE's label
 estimates are a parameter, so ``.to(device)``, ``.half()`` and ``state_dict()`` behave like any
 PyTorch module.
+
+Stacked form (see :mod:`avgk_lib.functional`): every module also takes ``(M, B, C)`` scores
+with ``(M, B)`` targets and returns one loss per member (``(M,)`` for ``"mean"``/``"sum"``);
+its hyperparameters may be tensors of per-member values (shape ``(M,)``), validated at
+construction and checked against the scores' shape in ``forward``. ``ROLELoss(...,
+n_members=M)`` holds one table per member; the noised losses take a list of M generators.
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from ._checks import (
     check_count,
     check_counts_vector,
     check_generator,
+    check_hyper,
     check_k,
     check_nonnegative,
     check_positive,
+    check_real,
+    check_targets,
     check_tensor,
     check_unit_interval,
 )
@@ -48,15 +57,37 @@ __all__ = [
 ]
 
 
-def _check_int_k(k: object) -> int:
-    """Integer K >= 1 (integral floats and NumPy scalars accepted); the bound K < C is checked
-    in ``forward``, when C is known."""
+def _hyper(value: object, name: str, check):
+    """A constructor hyperparameter: a number (validated by ``check``) or a tensor of per-row /
+    per-member values (any shape here; its shape against the scores is checked in ``forward``,
+    see :mod:`avgk_lib.functional`), whose extreme values go through ``check``."""
+    if isinstance(value, torch.Tensor):
+        return check_hyper(value, name, tuple(value.shape), check).clone()
+    return check(value)
+
+
+def _check_int_k(k: object):
+    """Integer K >= 1 (integral floats and NumPy scalars accepted), or an integer tensor of them;
+    the bound K < C is checked in ``forward``, when C is known."""
+    if isinstance(k, torch.Tensor):
+        return check_hyper(k, "k", tuple(k.shape), lambda v: int(check_k(v)), integer=True).clone()
     return int(check_k(k))
 
 
 def _counts_buffer(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Per-class training counts (>= 2 classes, all finite and > 0) as a float64 CPU copy."""
+    """Per-class training counts (>= 2 classes, all finite and > 0) as a float64 CPU copy. (Per-member
+    count tables ``(M, C)`` are taken by the functional forms only.)"""
     return check_counts_vector(class_counts, "class_counts", device="cpu").clone()
+
+
+def _generators(generator: object) -> torch.Generator | list[torch.Generator] | None:
+    """``None``, a :class:`torch.Generator`, or a list of them (one per member of stacked scores;
+    the count is checked against the scores in ``forward``)."""
+    if isinstance(generator, (list, tuple)):
+        if not generator or any(not isinstance(g, torch.Generator) for g in generator):
+            raise TypeError("`generator` must be a torch.Generator, None, or a non-empty list of torch.Generator")
+        return list(generator)
+    return check_generator(generator)
 
 
 class _Loss(nn.Module):
@@ -73,6 +104,8 @@ class NoisedTopKLoss(_Loss):
     r"""Balanced noised top-K hinge loss [P1]; see :func:`avgk_lib.functional.noised_topk_loss`.
 
     ``generator`` (optional) makes the noise reproducible; it must live on the scores' device.
+    For stacked ``(M, B, C)`` scores it may be a list of M generators, one per member: member m
+    then draws exactly the noise a single model with ``generator[m]`` draws.
     """
 
     def __init__(
@@ -85,13 +118,24 @@ class NoisedTopKLoss(_Loss):
     ) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
-        self.epsilon = check_nonnegative(epsilon, "epsilon")
+        self.epsilon = _hyper(epsilon, "epsilon", lambda v: check_nonnegative(v, "epsilon"))
         self.n_samples = check_count(n_samples, "n_samples")
-        self._generator = check_generator(generator)
+        self._generator = _generators(generator)
 
-    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, scores: torch.Tensor, targets: torch.Tensor, *, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``noise`` (optional): standard normal draws ``(n_samples, *scores.shape)``, used instead
+        of drawing from the generator(s)."""
         return F_.noised_topk_loss(
-            scores, targets, self.k, self.epsilon, self.n_samples, generator=self._generator, reduction=self.reduction
+            scores,
+            targets,
+            self.k,
+            self.epsilon,
+            self.n_samples,
+            noise=noise,
+            generator=self._generator,
+            reduction=self.reduction,
         )
 
 
@@ -112,14 +156,17 @@ class ImbalancedNoisedTopKLoss(_Loss):
     ) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
-        self.epsilon = check_nonnegative(epsilon, "epsilon")
+        self.epsilon = _hyper(epsilon, "epsilon", lambda v: check_nonnegative(v, "epsilon"))
         self.n_samples = check_count(n_samples, "n_samples")
-        self.max_margin = check_nonnegative(max_margin, "max_margin")
-        self.scale = check_positive(scale, "scale")
+        self.max_margin = _hyper(max_margin, "max_margin", lambda v: check_nonnegative(v, "max_margin"))
+        self.scale = _hyper(scale, "scale", lambda v: check_positive(v, "scale"))
         self.register_buffer("class_counts", _counts_buffer(class_counts))
-        self._generator = check_generator(generator)
+        self._generator = _generators(generator)
 
-    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, scores: torch.Tensor, targets: torch.Tensor, *, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``noise`` (optional): standard normal draws ``(n_samples, *scores.shape)``."""
         return F_.imbalanced_noised_topk_loss(
             scores,
             targets,
@@ -129,6 +176,7 @@ class ImbalancedNoisedTopKLoss(_Loss):
             self.n_samples,
             self.max_margin,
             self.scale,
+            noise=noise,
             generator=self._generator,
             reduction=self.reduction,
         )
@@ -151,8 +199,8 @@ class SmoothTopKSVMLoss(_Loss):
     def __init__(self, k: int, tau: float = 1.0, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
-        self.tau = check_positive(tau, "tau")
-        self.alpha = check_nonnegative(alpha, "alpha")
+        self.tau = _hyper(tau, "tau", lambda v: check_positive(v, "tau"))
+        self.alpha = _hyper(alpha, "alpha", lambda v: check_nonnegative(v, "alpha"))
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.smooth_topk_svm_loss(scores, targets, self.k, self.tau, self.alpha, self.reduction)
@@ -163,7 +211,7 @@ class FocalLoss(_Loss):
 
     def __init__(self, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
-        self.gamma = check_nonnegative(gamma, "gamma")
+        self.gamma = _hyper(gamma, "gamma", F_._check_gamma)
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.focal_loss(scores, targets, self.gamma, self.reduction)
@@ -180,8 +228,8 @@ class LDAMLoss(_Loss):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__(reduction)
-        self.max_margin = check_nonnegative(max_margin, "max_margin")
-        self.scale = check_positive(scale, "scale")
+        self.max_margin = _hyper(max_margin, "max_margin", lambda v: check_nonnegative(v, "max_margin"))
+        self.scale = _hyper(scale, "scale", lambda v: check_positive(v, "scale"))
         self.register_buffer("class_counts", _counts_buffer(class_counts))
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -195,8 +243,14 @@ class AssumeNegativeLoss(_Loss):
         self, label_smoothing: float = 0.0, negative_weight: float = 1.0, reduction: Reduction = "mean"
     ) -> None:
         super().__init__(reduction)
-        self.label_smoothing = check_unit_interval(label_smoothing, "label_smoothing", low_open=False)
-        self.negative_weight = check_nonnegative(negative_weight, "negative_weight")
+        self.label_smoothing = _hyper(
+            label_smoothing,
+            "label_smoothing",
+            lambda v: check_unit_interval(v, "label_smoothing", low_open=False),
+        )
+        self.negative_weight = _hyper(
+            negative_weight, "negative_weight", lambda v: check_nonnegative(v, "negative_weight")
+        )
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.assume_negative_loss(logits, targets, self.label_smoothing, self.negative_weight, self.reduction)
@@ -207,29 +261,52 @@ class EPRLoss(_Loss):
 
     def __init__(self, expected_positives: float, reduction: Reduction = "mean") -> None:
         super().__init__(reduction)
-        self.expected_positives = float(check_k(expected_positives, "expected_positives", integer=False))
+        self.expected_positives = _hyper(
+            expected_positives,
+            "expected_positives",
+            lambda v: float(check_k(v, "expected_positives", integer=False)),
+        )
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F_.epr_loss(logits, targets, self.expected_positives, self.reduction)
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 class ROLELoss(_Loss):
     r"""Regularized online label estimation, ROLE (Cole et al. 2021).
 
-    Holds the label-estimate table :math:`\theta \in \mathbb R^{N\times C}` (logits of
-    :math:`\tilde y`), one row per training sample, as a parameter: **add this module's
-    parameters to the optimizer** (Cole et al. give the table its own, larger learning rate).
-    ``forward(logits, targets, indices)`` takes the dataset indices of the batch samples.
-    See :func:`avgk_lib.functional.role_loss` for the formula.
+    Holds the label-estimate table :math:`\theta \in \mathbb R^{N\times C}` (logits of the
+    estimates :math:`g = \sigma(\theta)`), one row per training sample, as a parameter: **add
+    this module's parameters to the optimizer**; Cole et al. give the table its own parameter
+    group at 10 times the learning rate (``lr_mult``), with Adam. ``forward(logits, targets,
+    indices)`` takes the dataset indices of the batch samples. See
+    :func:`avgk_lib.functional.role_loss` for the formula.
 
-    The table costs ``4 N C`` bytes (plus optimizer state); a warning is issued above
+    Initialisation (Cole et al.'s ``LabelEstimator``), configurable:
+
+    * unknown entries uniform in :math:`[-\mathrm{logit}(\tfrac12 + w), \mathrm{logit}(\tfrac12 + w)]`
+      with ``init_width`` :math:`w = 0.1` (so :math:`g \in [0.4, 0.6]`), drawn from ``generator``
+      (default: the global RNG); or, with ``init_probability`` :math:`p_0`, all at
+      :math:`\mathrm{logit}(p_0)` (e.g. :math:`K/C`);
+    * the observed positive of each sample at :math:`\mathrm{logit}(0.995)`
+      (``positive_probability``). With ``train_targets`` (the observed label of every training
+      sample) this is done at construction; otherwise at the first visit of each sample, recorded
+      in the ``positive_initialised`` buffer (so it survives ``state_dict`` round trips).
+
+    Stacked form: with ``n_members`` M the table is ``(M, N, C)``, one per member, and
+    ``forward`` takes ``(M, B, C)`` logits with ``(M, B)`` targets and indices.
+
+    The table costs ``4 M N C`` bytes (plus optimizer state); a warning is issued above
     ``memory_warning_bytes`` (1 GiB by default: Pl@ntNet-300K's 243,916 x 1,081 table is
     about 1 GiB).
 
     Args:
         n_train: number of training samples N. n_classes: C.
         expected_positives: K of the expected-positive regularizer.
-        init_probability: initial :math:`\tilde y` off the observed label (default ``K / C``).
+        init_probability: if given, the constant initial estimate of the unknown entries.
     """
 
     def __init__(
@@ -240,6 +317,12 @@ class ROLELoss(_Loss):
         init_probability: float | None = None,
         reduction: Reduction = "mean",
         memory_warning_bytes: int = 1 << 30,
+        *,
+        init_width: float = 0.1,
+        positive_probability: float = 0.995,
+        train_targets: torch.Tensor | None = None,
+        n_members: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(reduction)
         self.n_train = check_count(n_train, "n_train")
@@ -247,42 +330,95 @@ class ROLELoss(_Loss):
         self.expected_positives = float(
             check_k(expected_positives, "expected_positives", n_classes=self.n_classes, integer=False)
         )
-        if init_probability is None:
-            p0 = self.expected_positives / self.n_classes
-            if p0 >= 1.0:
-                raise ValueError(
-                    f"`init_probability` defaults to expected_positives / n_classes = {p0}, which must be < 1: pass one"
-                )
-        else:
-            p0 = check_unit_interval(init_probability, "init_probability")
+        p0 = None if init_probability is None else check_unit_interval(init_probability, "init_probability")
+        width = check_real(init_width, "init_width")
+        if not 0.0 <= width < 0.5:
+            raise ValueError(f"`init_width` must be in [0, 0.5), got {width}")
+        positive = check_unit_interval(positive_probability, "positive_probability")
+        self.n_members = None if n_members is None else check_count(n_members, "n_members")
+        generator = check_generator(generator)
         memory_warning_bytes = check_count(memory_warning_bytes, "memory_warning_bytes", minimum=0)
-        n_train, n_classes = self.n_train, self.n_classes
-        size = 4 * n_train * n_classes
+        lead = () if self.n_members is None else (self.n_members,)
+        shape = (*lead, self.n_train, self.n_classes)
+        size = 4 * math.prod(shape)
         if size > memory_warning_bytes:
             warnings.warn(
-                f"ROLELoss label-estimate table is {n_train} x {n_classes} = {size / 2**30:.2f} GiB "
+                f"ROLELoss label-estimate table is {' x '.join(map(str, shape))} = {size / 2**30:.2f} GiB "
                 "(plus optimizer state)",
                 ResourceWarning,
                 stacklevel=2,
             )
-        self.label_logits = nn.Parameter(torch.full((n_train, n_classes), math.log(p0 / (1.0 - p0))))
+        self._positive_logit = _logit(positive)
+        if p0 is not None:
+            table = torch.full(shape, _logit(p0))
+        else:
+            half_range = _logit(0.5 + width)
+            table = half_range * (2.0 * torch.rand(shape, generator=generator) - 1.0)
+        self.label_logits = nn.Parameter(table)
+        self.register_buffer("positive_initialised", torch.zeros((*lead, self.n_train), dtype=torch.bool))
+        if train_targets is not None:
+            targets = self._check_targets_table(train_targets, lead)
+            self._init_positives(torch.arange(self.n_train).expand(*lead, self.n_train), targets)
+
+    def _check_targets_table(self, train_targets: object, lead: tuple[int, ...]) -> torch.Tensor:
+        train_targets = check_tensor(train_targets, "train_targets")
+        if tuple(train_targets.shape) != (*lead, self.n_train):
+            raise ValueError(
+                f"`train_targets` must have shape {(*lead, self.n_train)} (the observed label of every training "
+                f"sample), got {tuple(train_targets.shape)}"
+            )
+        flat = check_targets(train_targets.reshape(-1), train_targets.numel(), self.n_classes, "train_targets")
+        return flat.reshape(train_targets.shape)
+
+    @torch.no_grad()
+    def _init_positives(self, indices: torch.Tensor, targets: torch.Tensor) -> None:
+        """Set the observed positive of each sample not yet initialised to logit(positive_probability)."""
+        table, done = self.label_logits, self.positive_initialised
+        indices, targets = indices.to(table.device), targets.to(table.device)
+        members = (
+            torch.arange(indices.shape[0], device=table.device).unsqueeze(-1).expand_as(indices)
+            if indices.dim() == 2
+            else None
+        )
+        seen = done[members, indices] if members is not None else done[indices]
+        if bool(seen.all()):
+            return
+        fresh = ~seen
+        if members is not None:
+            table[members[fresh], indices[fresh], targets[fresh]] = self._positive_logit
+            done[members[fresh], indices[fresh]] = True
+        else:
+            table[indices[fresh], targets[fresh]] = self._positive_logit
+            done[indices[fresh]] = True
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         logits = check_tensor(logits, "logits")
-        if logits.dim() != 2 or logits.shape[1] != self.n_classes:
-            raise ValueError(f"`logits` must have shape (batch, {self.n_classes}), got {tuple(logits.shape)}")
-        if logits.shape[0] == 0:
+        stacked = self.n_members is not None
+        want = f"({self.n_members}, batch, {self.n_classes})" if stacked else f"(batch, {self.n_classes})"
+        if logits.dim() != (3 if stacked else 2) or logits.shape[-1] != self.n_classes:
+            raise ValueError(f"`logits` must have shape {want}, got {tuple(logits.shape)}")
+        if stacked and logits.shape[0] != self.n_members:
+            raise ValueError(f"`logits` must have shape {want}, got {tuple(logits.shape)}")
+        if logits.shape[-2] == 0:
             raise ValueError("`logits` is empty: an empty batch has no loss")
         indices = check_tensor(indices, "indices")
         if indices.dtype in (torch.bool,) or indices.is_floating_point():
             raise TypeError(f"`indices` must be integer sample indices, got dtype {indices.dtype}")
-        if indices.dim() != 1 or indices.shape[0] != logits.shape[0]:
-            raise ValueError(f"`indices` must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
+        if tuple(indices.shape) != tuple(logits.shape[:-1]):
+            raise ValueError(f"`indices` must have shape {tuple(logits.shape[:-1])}, got {tuple(indices.shape)}")
         if indices.numel():  # always checked: an out-of-range index is a device assert on CUDA
             lo, hi = (int(v) for v in torch.aminmax(indices.detach()))
             if lo < 0 or hi >= self.n_train:
                 raise ValueError(f"`indices` must lie in [0, {self.n_train - 1}], got {lo if lo < 0 else hi}")
-        rows = self.label_logits[indices.to(self.label_logits.device).long()]
+        indices = indices.to(self.label_logits.device).long()
+        # validate targets before they index the table
+        checked = F_._check_row_targets(targets, logits, "logits")
+        self._init_positives(indices, checked)
+        if stacked:
+            members = torch.arange(self.n_members, device=indices.device).unsqueeze(-1).expand_as(indices)
+            rows = self.label_logits[members, indices]
+        else:
+            rows = self.label_logits[indices]
         return F_.role_loss(logits, targets, rows.to(logits.device), self.expected_positives, self.reduction)
 
 
@@ -305,8 +441,8 @@ class TwoHeadLoss(_Loss):
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(reduction)
-        self.k = float(check_k(k, integer=False, minimum=1))
-        self.weight = check_nonnegative(weight, "weight")
+        self.k = _hyper(k, "k", lambda v: float(check_k(v, integer=False, minimum=1)))
+        self.weight = _hyper(weight, "weight", lambda v: check_nonnegative(v, "weight"))
         self.rule = check_choice(rule, "rule", RULES)
         self.class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
         self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", minimum=0)

@@ -20,6 +20,7 @@ from ._checks import (
     all_finite,
     check_count,
     check_generator,
+    check_hyper,
     check_k,
     check_nonnegative,
     check_scores,
@@ -54,7 +55,7 @@ class _NoisedKthLargest(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, perturbed: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, perturbed: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         kth_values, kth_indices = _kth_largest_with_index(perturbed, k)
         ctx.save_for_backward(kth_indices)
         ctx.x_shape = x.shape
@@ -75,12 +76,12 @@ class _NoisedKthLargest(torch.autograd.Function):
 
 def noised_topk(
     x: torch.Tensor,
-    k: int,
-    epsilon: float = 1.0,
+    k: int | torch.Tensor,
+    epsilon: float | torch.Tensor = 1.0,
     n_samples: int = 5,
     *,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     r"""Smoothed k-th largest value along the last dimension (P1, Garcin et al. 2022, eq. 4).
 
@@ -95,12 +96,17 @@ def noised_topk(
 
     Args:
         x: scores, shape ``(*batch, C)``, any floating dtype and device.
-        k: rank, ``1 <= k <= C`` (``k=1`` is the smoothed max).
-        epsilon: noise scale, ``>= 0``; ``0`` gives the exact (hard) k-th largest value.
+        k: rank, ``1 <= k <= C`` (``k=1`` is the smoothed max); or an integer tensor of ranks,
+            one per row (see below).
+        epsilon: noise scale, ``>= 0``; ``0`` gives the exact (hard) k-th largest value; or a
+            tensor of scales, one per row. It must stay finite in the compute dtype.
         n_samples: number of Monte Carlo draws ``S >= 1``.
         noise: optional standard normal draws of shape ``(S, *x.shape)`` (scaled by ``epsilon``
             here); makes the result deterministic.
-        generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given).
+        generator: ``torch.Generator`` for drawing the noise (ignored when ``noise`` is given);
+            or a list of generators, one per entry of the leading dimension (per member of
+            stacked ``(M, B, C)`` scores): member m's noise is then drawn from ``generator[m]``
+            exactly as the call on ``x[m]`` with that generator draws it.
 
     Returns:
         Tensor of shape ``x.shape[:-1]`` and dtype ``x.dtype``.
@@ -108,38 +114,62 @@ def noised_topk(
     Ties in ``x + epsilon Z`` have probability zero for ``epsilon > 0``; for ``epsilon = 0`` the
     value is exact and the gradient goes to the index that :func:`torch.topk` reports.
 
+    Per-row hyperparameters: ``k`` and ``epsilon`` may be tensors of shape ``()``,
+    ``(x.shape[0],)`` (one per entry of the leading dimension: a row of ``(B, C)`` scores, a
+    member of stacked ``(M, B, C)`` scores) or ``x.shape[:-1]`` (one per row); see
+    :func:`avgk_lib._checks.check_hyper`. Row ``r`` then gets exactly the value the scalar call
+    with ``k[r]``, ``epsilon[r]`` and the same ``noise[:, r]`` gives. A tensor ``epsilon`` always
+    uses the noise (a row with ``epsilon = 0`` adds ``0 * Z``).
+
     Example:
         >>> x = torch.tensor([[3.0, 1.0, 2.0]])
         >>> noised_topk(x, 2, epsilon=0.0)
         tensor([2.])
     """
     check_scores(x, "x", ndim=None)
-    k = int(check_k(k, n_classes=x.shape[-1]))
-    epsilon = check_nonnegative(epsilon, "epsilon")
+    rows, work = tuple(x.shape[:-1]), _work_dtype(x.dtype)
+    k = check_hyper(k, "k", rows, lambda v: int(check_k(v, n_classes=x.shape[-1])), integer=True, device=x.device)
+    epsilon = check_hyper(
+        epsilon, "epsilon", rows, lambda v: check_nonnegative(v, "epsilon"), dtype=work, device=x.device
+    )
     n_samples = check_count(n_samples, "n_samples")
     return noised_topk_unchecked(x, k, epsilon, n_samples, noise=noise, generator=generator)
 
 
 def noised_topk_unchecked(
     x: torch.Tensor,
-    k: int,
-    epsilon: float,
+    k: int | torch.Tensor,
+    epsilon: float | torch.Tensor,
     n_samples: int,
     *,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S).
 
     ``noise`` and ``generator`` are still checked here (type, shape, dtype, device; the noise's
-    finiteness with the value checks on), whatever ``epsilon``."""
+    finiteness with the value checks on), whatever ``epsilon``. A tensor ``k`` (long) or
+    ``epsilon`` (compute dtype) must already broadcast against ``x.shape[:-1]`` (as
+    :func:`~avgk_lib._checks.check_hyper` returns them)."""
     work = _work_dtype(x.dtype)
     x_work = x.detach().to(work)
     shape = (n_samples, *x.shape)
     if noise is not None:
         _check_noise(noise, shape, x.device)
+    if isinstance(generator, (list, tuple)):
+        generators = _check_member_generators(generator, x)
+        if noise is None and not (not isinstance(epsilon, torch.Tensor) and epsilon == 0.0):
+            noise = _member_noise(generators, epsilon, n_samples, x, work)
+        generator = None
     check_generator(generator)
-    if epsilon == 0.0:
+    if isinstance(epsilon, torch.Tensor):
+        z = (
+            noise.detach().to(work)
+            if noise is not None
+            else torch.randn(shape, generator=generator, dtype=work, device=x.device)
+        )
+        perturbed = torch.addcmul(x_work, epsilon.to(work).unsqueeze(-1), z)
+    elif epsilon == 0.0:
         perturbed = x_work.unsqueeze(0)
     elif noise is not None:
         perturbed = torch.add(x_work, noise.detach().to(work), alpha=epsilon)
@@ -147,7 +177,50 @@ def noised_topk_unchecked(
         perturbed = torch.randn(shape, generator=generator, dtype=work, device=x.device)
         # one fused pass, in place on the fresh buffer: perturbed = x + epsilon * Z
         torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)
+    if value_checks_on() and not all_finite(perturbed):
+        raise ValueError(
+            f"`epsilon` is too large for these scores: x + epsilon * noise overflows {work} "
+            f"(largest finite value {torch.finfo(work).max:g})"
+        )
     return _NoisedKthLargest.apply(x, perturbed, k)
+
+
+def _check_member_generators(generators: object, x: torch.Tensor) -> list[torch.Generator]:
+    """One :class:`torch.Generator` per entry of the leading dimension of ``x`` (per member of
+    stacked ``(M, B, C)`` scores)."""
+    if not isinstance(generators, (list, tuple)) or not generators:
+        raise TypeError("`generator` must be a torch.Generator, None, or a non-empty list of generators")
+    for g in generators:
+        check_generator(g)
+        if g is None:
+            raise TypeError("`generator`: a list of generators must hold torch.Generator objects, not None")
+    if x.dim() < 2 or len(generators) != x.shape[0]:
+        raise ValueError(
+            f"`generator` lists {len(generators)} generators but the scores have shape {tuple(x.shape)}: "
+            "give one per entry of the leading (member) dimension"
+        )
+    return list(generators)
+
+
+def _member_noise(
+    generators: list[torch.Generator], epsilon, n_samples: int, x: torch.Tensor, work: torch.dtype
+) -> torch.Tensor:
+    """Noise ``(S, M, *rest)`` whose member m is drawn from ``generators[m]`` exactly as the
+    single-model call (shape ``(S, *rest)``, same dtype and device) draws it. A member whose
+    ``epsilon`` is 0 everywhere draws nothing (as the scalar call with ``epsilon=0``), so its
+    generator stays in step with the single-model run."""
+    per_member = (n_samples, *x.shape[1:])
+    if isinstance(epsilon, torch.Tensor):
+        active = epsilon.expand(x.shape[:-1]).reshape(x.shape[0], -1).ne(0).any(dim=1).tolist()
+    else:
+        active = [True] * x.shape[0]
+    draws = [
+        torch.randn(per_member, generator=g, dtype=work, device=x.device)
+        if on
+        else torch.zeros(per_member, dtype=work, device=x.device)
+        for g, on in zip(generators, active, strict=True)
+    ]
+    return torch.stack(draws, dim=1)
 
 
 def _check_noise(noise: object, shape: tuple[int, ...], device: torch.device) -> None:
@@ -163,12 +236,21 @@ def _check_noise(noise: object, shape: tuple[int, ...], device: torch.device) ->
         raise ValueError("`noise` contains NaN or infinite values")
 
 
-def _kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    values, indices = torch.topk(x, k, dim=-1, sorted=True)
-    return values[..., k - 1], indices[..., k - 1]
+def _kth_largest_with_index(x: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-th largest along the last dim and its index; a tensor ``k`` (long, broadcasting against
+    ``x.shape[:-1]``, or its trailing dims) gives each row its own rank: one :func:`torch.topk`
+    with the largest rank, then a gather."""
+    if not isinstance(k, torch.Tensor):
+        values, indices = torch.topk(x, k, dim=-1, sorted=True)
+        return values[..., k - 1], indices[..., k - 1]
+    values, indices = torch.topk(x, int(k.max()), dim=-1, sorted=True)
+    position = (k - 1).expand(x.shape[:-1]).unsqueeze(-1)
+    return values.gather(-1, position).squeeze(-1), indices.gather(-1, position).squeeze(-1)
 
 
-def _kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+def _kth_largest(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(k, torch.Tensor):
+        return _kth_largest_with_index(x, k)[0]
     return torch.topk(x, k, dim=-1, sorted=True).values[..., k - 1]
 
 

@@ -132,7 +132,15 @@ BAD: dict[str, list[tuple[str, Callable[[], object]]]] = {
     ],
     "k_loss": [*_INTEGER_K, ("zero", lambda: 0), ("C", lambda: C), ("np-C", lambda: np.int64(C))],
     "k_topk": [*_INTEGER_K, ("zero", lambda: 0), ("C+1", lambda: C + 1), ("np-frac", lambda: np.float32(1.5))],
-    "k_ctor": [*_INTEGER_K, ("zero", lambda: 0), ("negative", lambda: -1)],
+    # a constructor takes a tensor of per-member ranks (checked against the scores in forward)
+    "k_ctor": [
+        *(case for case in _INTEGER_K if case[0] != "tensor"),
+        ("zero", lambda: 0),
+        ("negative", lambda: -1),
+        ("tensor-fraction", lambda: torch.tensor([2.5])),
+        ("tensor-zero", lambda: torch.tensor([2, 0])),
+        ("tensor-bool", lambda: torch.tensor([True])),
+    ],
     "k_log": [
         ("bool", lambda: True),
         ("str", lambda: "1"),

@@ -106,3 +106,40 @@ def test_half_precision_losses_match_float32():
             assert value.dtype == torch.float32
             torch.testing.assert_close(value, fn(scores.to(dtype).float()))
             assert abs(value.item() - reference.item()) < 0.05 * max(1.0, abs(reference.item()))
+
+
+def stacked_modules():
+    """Every loss with per-member tensor hyperparameters, for stacked (M, B, C) scores (M = 3)."""
+    return {
+        "noised": (AL.NoisedTopKLoss(torch.tensor([1, 3, 5]), torch.tensor([0.0, 0.5, 1.0]), 5), 2),
+        "imbalanced": (AL.ImbalancedNoisedTopKLoss(5, COUNTS, scale=torch.tensor([1.0, 30.0, 60.0])), 2),
+        "hinge": (AL.TopKHingeLoss(torch.tensor([1, 2, 5])), 2),
+        "svm": (AL.SmoothTopKSVMLoss(torch.tensor([1, 2, 5]), tau=torch.tensor([0.1, 1.0, 2.0])), 2),
+        "focal": (AL.FocalLoss(torch.tensor([0.0, 0.5, 2.0])), 2),
+        "ldam": (AL.LDAMLoss(COUNTS, max_margin=torch.tensor([0.0, 0.2, 0.5])), 2),
+        "an": (AL.AssumeNegativeLoss(torch.tensor([0.0, 0.1, 0.2]), torch.tensor([1.0, 0.5, 1 / (C - 1)])), 2),
+        "epr": (AL.EPRLoss(torch.tensor([1.0, 3.0, 5.0])), 2),
+        "two_head": (AL.TwoHeadLoss(torch.tensor([1.0, 2.0, 3.0]), weight=torch.tensor([0.0, 1.0, 10.0])), 3),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(stacked_modules()))
+def test_stacked_losses_in_every_dtype_match_float64(name, dtype, device):
+    """(M, B, C) scores with per-member tensors: one finite loss per member in every dtype, close
+    to the float64 losses (the noised losses draw their noise in the compute dtype: checked finite
+    only)."""
+    module, n_args = stacked_modules()[name]
+    torch.manual_seed(0)
+    base = torch.randn(3, 16, C) * 3
+    targets = torch.randint(0, C, (3, 16), device=device)
+    scores = base.to(device=device, dtype=dtype).requires_grad_(True)
+    loss = _call(module, n_args, scores, targets)
+    assert loss.shape == (3,) and bool(torch.isfinite(loss).all())
+    loss.sum().backward()
+    assert scores.grad.dtype == dtype and bool(torch.isfinite(scores.grad).all())
+    if name not in ("noised", "imbalanced"):
+        reference = _call(module, n_args, scores.detach().double(), targets)
+        tolerance = 0.05 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+        torch.testing.assert_close(loss.double(), reference, rtol=tolerance, atol=tolerance)

@@ -39,45 +39,104 @@ def test_label_smoothed_and_weak_assume_negative_by_hand():
 
 
 def test_epr_by_hand():
+    """Cole et al.'s normalisation: the positive term over B x C, the penalty over C^2, added once."""
     z = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
     y = torch.tensor([1, 0])
     p = torch.sigmoid(z)
-    positive = (-math.log(p[0, 1].item()) - math.log(p[1, 0].item())) / 2
+    positive = (-math.log(p[0, 1].item()) - math.log(p[1, 0].item())) / (2 * 3)
     penalty = ((p.sum().item() / 2) - 1.5) ** 2 / 9
     assert AF.epr_loss(z, y, 1.5).item() == pytest.approx(positive + penalty, rel=1e-12)
+    assert AF.epr_loss(z, y, 1.5, reduction="sum").item() == pytest.approx(2 * (positive + penalty), rel=1e-12)
     per_sample = AF.epr_loss(z, y, 1.5, reduction="none")
     torch.testing.assert_close(per_sample.mean(), AF.epr_loss(z, y, 1.5))
 
 
-def test_role_stop_gradients():
+def _role_by_hand(z, y, theta, k):
+    """ROLE as Cole et al.'s ``loss_role``: loss matrix / (B C) summed, plus the halved penalties."""
+    b, c = z.shape
+    f, g = torch.sigmoid(z), torch.sigmoid(theta)
+    observed = F.one_hot(y, c).bool()
+
+    def neg_log(x):
+        return -torch.log(x)
+
+    pos_1 = torch.where(observed, neg_log(f), torch.zeros_like(f))
+    cross_1 = g.detach() * neg_log(f) + (1 - g.detach()) * neg_log(1 - f)
+    pos_2 = torch.where(observed, neg_log(g), torch.zeros_like(g))
+    cross_2 = f.detach() * neg_log(g) + (1 - f.detach()) * neg_log(1 - g)
+    reg_1 = (f.sum(1).mean() - k) ** 2 / c**2
+    reg_2 = (g.sum(1).mean() - k) ** 2 / c**2
+    matrix = 0.5 * (pos_1 + pos_2) + 0.5 * (cross_1 + cross_2)
+    return (matrix / (b * c)).sum() + 0.5 * (reg_1 + reg_2)
+
+
+def test_role_matches_cole_formula_and_stop_gradients():
     n_train, c = 20, 6
-    role = AL.ROLELoss(n_train, c, expected_positives=2.0).double()
+    role = AL.ROLELoss(n_train, c, expected_positives=2.0, generator=torch.Generator().manual_seed(1)).double()
     z = torch.randn(4, c, dtype=torch.float64, requires_grad=True)
     y = random_targets(4, c)
     idx = torch.tensor([3, 7, 11, 19])
+    total = role(z, y, idx)  # first visit: the observed positives are set to logit(0.995)
     theta = role.label_logits
-    # model half depends on theta only through a stop-gradient: its gradient w.r.t. theta is 0
     rows = theta[idx]
-    f = torch.sigmoid(z)
-    positive = F.one_hot(y, c).bool()
-    estimate = torch.where(positive, torch.ones_like(f), torch.sigmoid(rows))
-    total = role(z, y, idx)
+    assert torch.sigmoid(rows[torch.arange(4), y]).tolist() == pytest.approx([0.995] * 4, rel=1e-12)
+    expected = _role_by_hand(z, y, rows, 2.0)
+    torch.testing.assert_close(total, expected)
     g_theta, g_z = torch.autograd.grad(total, (theta, z))
-    # rows of samples not in the batch get no gradient, nor do observed-positive entries
+    e_theta, e_z = torch.autograd.grad(_role_by_hand(z, y, theta[idx], 2.0), (theta, z))
+    torch.testing.assert_close(g_theta, e_theta)
+    torch.testing.assert_close(g_z, e_z)
+    # rows of samples not in the batch get no gradient
     untouched = torch.ones(n_train, dtype=torch.bool)
     untouched[idx] = False
     assert bool((g_theta[untouched] == 0).all())
-    assert bool((g_theta[idx][positive] == 0).all())
-    # the gradient w.r.t. z equals the gradient of the model half alone (label half is detached from z)
-    model_half = F.binary_cross_entropy_with_logits(z, estimate.detach(), reduction="none").mean(1)
-    penalty = (f.sum(1).mean() - 2.0) ** 2 / c**2
-    expected_gz = torch.autograd.grad((0.5 * (model_half + penalty)).mean(), z)[0]
-    torch.testing.assert_close(g_z, expected_gz)
-    # and the gradient w.r.t. theta equals that of the label half with f detached
-    label_half = -(f.detach() * estimate.log() + (1 - f.detach()) * (1 - estimate).log()).mean(1)
-    penalty_y = (estimate.sum(1).mean() - 2.0) ** 2 / c**2
-    expected_gt = torch.autograd.grad((0.5 * (label_half + penalty_y)).mean(), theta)[0]
-    torch.testing.assert_close(g_theta, expected_gt)
+    # stop-gradients: z reaches theta's gradient only through f.detach() and vice versa
+    f_only = _role_by_hand(z, y, theta[idx].detach(), 2.0)
+    torch.testing.assert_close(torch.autograd.grad(f_only, z)[0], g_z)
+
+
+def test_role_table_initialisation_is_cole():
+    n_train, c = 500, 8
+    targets = torch.randint(0, c, (n_train,), generator=torch.Generator().manual_seed(0))
+    role = AL.ROLELoss(n_train, c, 2.0, train_targets=targets, generator=torch.Generator().manual_seed(0))
+    g = torch.sigmoid(role.label_logits.detach().double())
+    observed = F.one_hot(targets, c).bool()
+    torch.testing.assert_close(g[observed], torch.full((n_train,), 0.995, dtype=torch.float64))
+    unknown = g[~observed]
+    assert float(unknown.min()) >= 0.4 - 1e-6 and float(unknown.max()) <= 0.6 + 1e-6
+    # uniform in logit space over [-logit(0.6), logit(0.6)]: mean ~ 0, spread ~ its full width
+    logits = role.label_logits.detach()[~observed]
+    q = math.log(0.6 / 0.4)
+    assert abs(float(logits.mean())) < 0.05 and float(logits.max() - logits.min()) > 1.9 * q
+    # the constant initialisation is still available
+    constant = AL.ROLELoss(10, c, 2.0, init_probability=0.25)
+    assert torch.allclose(torch.sigmoid(constant.label_logits), torch.full((10, c), 0.25))
+
+
+def test_role_table_moves_under_adam_with_lr_multiplier_10():
+    """Cole et al.'s train.py: Adam, the table in its own group at lr x 10. Each visited unknown
+    entry must move by a sizeable fraction of lr x 10 per step (Adam normalises the tiny ROLE
+    gradients, about 1/(B C) per entry), not stay at its initial value."""
+    torch.manual_seed(0)
+    n_train, c, d, batch, lr, steps = 32, 10, 5, 8, 1e-3, 3
+    x = torch.randn(n_train, d)
+    y = torch.randint(0, c, (n_train,))
+    model = torch.nn.Linear(d, c)
+    role = AL.ROLELoss(n_train, c, 2.0, train_targets=y, generator=torch.Generator().manual_seed(0))
+    start = role.label_logits.detach().clone()
+    optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": role.parameters(), "lr": lr * 10}], lr=lr)
+    for step in range(steps):
+        idx = torch.arange(step * batch, (step + 1) * batch) % n_train
+        optimizer.zero_grad()
+        role(model(x[idx]), y[idx], idx).backward()
+        optimizer.step()
+    moved = (role.label_logits.detach() - start).abs()
+    visited = torch.zeros(n_train, dtype=torch.bool)
+    visited[torch.arange(steps * batch) % n_train] = True
+    unknown = ~F.one_hot(y, c).bool() & visited[:, None]
+    # Adam's first step moves every entry with a non-zero gradient by lr x 10 exactly
+    assert float(moved[unknown].median()) > 0.5 * lr * 10
+    assert float(moved[~visited].max()) == 0.0  # samples never in a batch keep their initial estimate
 
 
 def test_role_warns_about_huge_tables_and_checks_indices():

@@ -364,7 +364,7 @@ def test_wrongly_shaped_or_typed_noise(noise):
         (lambda: AL.NoisedTopKLoss(2, n_samples=0), "`n_samples`"),
         (lambda: AL.NoisedTopKLoss(2, generator=0), "`generator`"),
         (lambda: AL.ROLELoss(10, C, 1.5, init_probability=float("nan")), "`init_probability`"),
-        (lambda: AL.ROLELoss(10, 2, 2.0), "`init_probability`"),
+        (lambda: AL.ROLELoss(10, 2, 2.0, init_probability=1.0), "`init_probability`"),
         (lambda: AL.TwoHeadLoss(2.0, rule="nosuch"), "`rule`"),
         (lambda: AL.TwoHeadLoss(2.0).set_epoch(-1), "`epoch`"),
     ],
