@@ -110,7 +110,11 @@ _FIGURES = {
         [{"C": c, "K": k, "a": 1.0 + k} for c in (10, 100, 1000) for k in (1, 5)], {"a": "A"}, title="t"
     ),
     "coverage_histogram": lambda: P.coverage_histogram(
-        {"lac": _RNG.beta(90, 10, 200)}, law=(90, 10), target=0.9, title="t"
+        {"lac": _RNG.beta(90, 10, 200)},
+        law=(90, 10),
+        target=0.9,
+        measured=(np.linspace(0, 1, 11), np.full(11, 0.1)),
+        title="t",
     ),
     "coverage_by_size": lambda: P.coverage_by_size(
         {"lac": [{"low": 1, "high": 1, "sizes": "1", "coverage": 0.9}]}, target=0.9, title="t"

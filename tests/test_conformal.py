@@ -174,3 +174,16 @@ def test_coverage_by_set_size_by_hand_and_bad_inputs():
         CV.average_k_split_trials(sets.double(), y, 2, 1.0, n_splits=2.5)
     with pytest.raises(ValueError, match="`a`"):
         CV.beta_pdf(torch.ones(2), -1.0, 1.0)
+
+
+def test_measured_coverage_law_is_the_beta_binomial():
+    from scipy import stats
+
+    from avgk_lib.book import coverage as CV
+
+    values, pmf = CV.measured_coverage_pmf(99, 0.1, 50)
+    a, b = CV.beta_coverage_law(99, 0.1)
+    assert np.allclose(pmf.numpy(), stats.betabinom.pmf(np.arange(51), 50, a, b), atol=1e-12)
+    mean, std = CV.empirical_coverage_moments(99, 0.1, 50)
+    assert float((values * pmf).sum()) == pytest.approx(mean)
+    assert float(((values - mean) ** 2 * pmf).sum()) == pytest.approx(std**2)

@@ -189,6 +189,24 @@ def empirical_coverage_moments(n_calibration: int, alpha: float, n_test: int) ->
     return a / total, math.sqrt(variance)
 
 
+def measured_coverage_pmf(n_calibration: int, alpha: float, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Law of the coverage *measured on* ``n_test`` = :math:`m` test points: given
+    :math:`C \sim \mathrm{Beta}(a, b)` (:func:`beta_coverage_law`) the number of covered test points
+    is Binomial(:math:`m, C`), so it is beta-binomial:
+
+    .. math:: \mathbb P(\text{coverage} = j/m) = \binom{m}{j} \frac{B(j + a,\ m - j + b)}{B(a, b)}.
+
+    Returns the values :math:`j/m` and their probabilities, each of length :math:`m + 1` (float64)."""
+    a, b = beta_coverage_law(n_calibration, alpha)
+    m = check_count(n_test, "n_test")
+    j = torch.arange(m + 1, dtype=torch.float64)
+    lg = torch.lgamma
+    log_choose = lg(torch.tensor(m + 1.0)) - lg(j + 1) - lg(m - j + 1)
+    log_beta_ratio = lg(j + a) + lg(m - j + b) - lg(torch.tensor(m + a + b, dtype=torch.float64))
+    log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return j / m, torch.exp(log_choose + log_beta_ratio - log_beta_ab)
+
+
 def coverage_by_set_size(
     sets: torch.Tensor, targets: torch.Tensor, edges: list[int] | None = None
 ) -> list[dict[str, Any]]:

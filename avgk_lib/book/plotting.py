@@ -466,14 +466,17 @@ def coverage_histogram(
     coverages: dict[str, np.ndarray],
     *,
     law: tuple[float, float] | None = None,
+    measured: tuple[np.ndarray, np.ndarray] | None = None,
     target: float | None = None,
     bins: int = 30,
     title: str = "",
     ax=None,
 ):
-    """Histogram (density) of the test coverage over random calibration/test splits, one series per
-    method, against the density of the Beta ``law`` (``(a, b)``, e.g.
-    :func:`avgk_lib.book.coverage.beta_coverage_law`) and the target ``1 - alpha`` (dotted)."""
+    """Histogram (density) of the test coverage over random calibration/test splits, one outline
+    per method, against the density of the Beta ``law`` (``(a, b)``, e.g.
+    :func:`avgk_lib.book.coverage.beta_coverage_law`: the coverage of the distribution), the law of
+    the coverage ``measured`` on the finite test set (values and probabilities, e.g.
+    :func:`avgk_lib.book.coverage.measured_coverage_pmf`; dashed) and the target (dotted)."""
     fig, ax = _ax(ax)
     values = np.concatenate([np.asarray(v, dtype=float) for v in coverages.values()])
     low, high = float(values.min()), float(values.max())
@@ -488,18 +491,25 @@ def coverage_histogram(
             np.asarray(values_i, dtype=float),
             bins=edges,
             density=True,
-            histtype="stepfilled",
-            alpha=0.35,
+            histtype="step",
+            lw=1.8,
             label=method_label(name),
         )
     if law is not None:
         grid = np.linspace(edges[0], edges[-1], 400)
         density = CV.beta_pdf(torch.tensor(grid), float(law[0]), float(law[1])).numpy()
-        ax.plot(grid, density, color="black", lw=1.8, label=f"Beta({law[0]:g}, {law[1]:g})")
+        ax.plot(grid, density, color="black", lw=1.5, label=f"Beta({law[0]:g}, {law[1]:g})")
+    if measured is not None:
+        points, probabilities = (np.asarray(v, dtype=float) for v in measured)
+        keep = (points >= edges[0]) & (points <= edges[-1])
+        step = points[1] - points[0] if len(points) > 1 else 1.0
+        ax.plot(
+            points[keep], probabilities[keep] / step, color="black", ls="--", lw=1.2, label="law on the test points"
+        )
     if target is not None:
         ax.axvline(target, color="0.3", ls=":", lw=1.5, label=f"1 - alpha = {target:g}")
     ax.set(xlabel="test coverage of one calibration split", ylabel="density", title=title)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left")
     return fig
 
 
