@@ -123,15 +123,18 @@ def summary_plot(
     ax=None,
     xlabel: str = "",
     labels: dict[Any, str] | None = None,
+    colors: dict[Any, Any] | None = None,
 ):
     """Mean and 95% interval of ``metric`` per ``hue`` against ``x`` (rows of
     :func:`avgk_lib.experiments.summarize`). ``reference`` (the committed multi-seed results)
     is drawn as a shaded band with a dashed line, the reader's own run as points. ``labels``
-    maps ``hue`` values to legend labels (default: :func:`method_label` of string values)."""
+    maps ``hue`` values to legend labels (default: :func:`method_label` of string values);
+    ``colors`` maps them to colours (to keep one colour per method across panels)."""
     fig, ax = _ax(ax)
-    palette = dict(
-        zip(sorted({r[hue] for r in summary + (reference or [])}, key=str), sns.color_palette(), strict=False)
-    )
+    names = sorted({r[hue] for r in summary + (reference or [])}, key=str)
+    palette = {
+        name: (colors or {}).get(name, default) for name, default in zip(names, sns.color_palette(), strict=False)
+    }
     for name, color in palette.items():
         if reference:
             ref = sorted((r for r in reference if r[hue] == name), key=lambda r: r[x])
