@@ -200,3 +200,53 @@ def test_site_check_measures_a_bad_page_in_the_browser(tmp_path):
     assert len(report["overflow"]) == 1 and report["overflow"][0].startswith("pre")
     assert report["untypeset"] == 1 and report["raw_math"] and report["uncaptioned"] == ["image 1"]
     assert not list(tmp_path.glob(".probe-*"))  # the instrumented copy is removed
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_site_check_finds_broken_words_plumbing_and_shrunk_figures(tmp_path):
+    site = _tool("check_site")
+    (tmp_path / "_images").mkdir()
+    for name, width in (("wide.png", 1100), ("fits.png", 400)):
+        (tmp_path / "_images" / name).write_bytes(_png(width, 60))
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<html><body><main style="width: 600px">'
+        '<table><tr><td style="width: 40px; overflow-wrap: anywhere">contradicted</td>'
+        '<td style="width: 60px">average-K two-head</td></tr></table>'
+        '<div class="pst-scrollable-table-container" style="overflow-x: auto"><table><tr>'
+        f'<td style="white-space: nowrap">{"cross_entropy " * 20}</td></tr></table></div>'
+        "<pre># NBVAL_CHECK_OUTPUT\nx = 1</pre>"
+        '<div class="cell_output"><pre>[1/2] dataset=x: val 0.1 (cached; 0s so far)</pre></div>'
+        '<figure><img src="_images/wide.png" style="max-width: 100%"><figcaption>Wide.</figcaption></figure>'
+        '<figure><img src="_images/fits.png"><figcaption>Fits.</figcaption></figure>'
+        "</main></body></html>"
+    )
+    _, report = site.probe(site._chromium(), bad)
+    assert report["broken_words"] == ["contra|dicted"]  # the break after a hyphen is allowed
+    assert report["overflow"] == []  # the wide table scrolls inside its own box
+    assert [m.split(" near")[0] for m in report["markers"]] == ["NBVAL", "run log"]
+    assert len(report["shrunk_figures"]) == 1 and report["shrunk_figures"][0].startswith("wide.png")
+    problems = site.check_report("bad", bad.read_text(), report)
+    assert sum("broken" in p for p in problems) == 1 and sum("plumbing" in p for p in problems) == 2
+    assert sum("below 9 pt" in p for p in problems) == 1
+    good = tmp_path / "good.html"
+    good.write_text(
+        '<html><body><main style="width: 600px"><table><tr><td>contradicted</td></tr></table>'
+        '<figure><img src="_images/fits.png"><figcaption>Fits.</figcaption></figure>'
+        "<p>the run is cached and reloaded</p></main></body></html>"
+    )
+    _, report = site.probe(site._chromium(), good)
+    assert site.check_report("good", good.read_text(), report) == []
+
+
+def _png(width: int, height: int) -> bytes:
+    """A white RGB PNG of the given size (for the browser checks)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\xff" * (3 * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
