@@ -447,21 +447,22 @@ def cost_curves(rows: list[dict[str, Any]], methods: dict[str, str], *, title: s
     sizes = sorted({r["C"] for r in rows})
     cols = min(2, len(sizes))
     rows_n = int(np.ceil(len(sizes) / cols))
-    fig, grid = plt.subplots(rows_n, cols, figsize=(COLUMN_WIDTH_IN, 3.4 * rows_n + 0.8), squeeze=False)
-    axes = [list(grid.ravel()[: len(sizes)])]
+    legend_in = 0.25 * int(np.ceil(len(methods) / 2)) + 0.2  # two legend entries per line, below the panels
+    height = 3.2 * rows_n + legend_in + (0.3 if title else 0.0)
+    fig, grid = plt.subplots(rows_n, cols, figsize=(COLUMN_WIDTH_IN, height), squeeze=False)
     for extra in grid.ravel()[len(sizes) :]:
         extra.axis("off")
-    for ax, n_classes in zip(axes[0], sizes, strict=True):
+    for ax, n_classes in zip(grid.ravel(), sizes, strict=False):
         part = sorted((r for r in rows if r["C"] == n_classes), key=lambda r: r["K"])
         for key, label in methods.items():
             ax.plot([r["K"] for r in part], [r[key] for r in part], marker="o", ms=4, label=label)
         ax.set_yscale("log")
         ax.set(xlabel="K", ylabel="ms per forward + backward", title=f"C = {n_classes}")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = grid[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, frameon=False, loc="lower center", ncol=min(2, len(labels)))
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0.0, 0.8 / (3.4 * rows_n + 0.8) + 0.05 * int(np.ceil(len(labels) / 2)), 1.0, 1.0))
+    fig.tight_layout(rect=(0.0, legend_in / height, 1.0, 1.0))
     return fig
 
 
