@@ -55,3 +55,125 @@ def test_gradient_bars_take_the_axis_label_of_what_is_differentiated():
     fig = P.gradient_bars({"a": [0.5, 0.5, 0.0]}, ylabel="d value / d s_j")
     assert fig.axes[0].get_ylabel() == "d value / d s_j"
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readable text: every figure of the helpers keeps its text >= 9 pt at the book's column width
+# ---------------------------------------------------------------------------------------------
+
+_RNG = np.random.default_rng(0)
+_SUMMARY = [{"K": k, "loss": loss, "acc": 0.5 + 0.1 * k, "acc_ci95": 0.01} for k in (1, 2) for loss in ("a", "b")]
+_ENTRIES = [
+    {
+        "id": "P2-lt-twohead-vs-softmax",
+        "dataset": "synthetic-100-lt",
+        "K": 3.0,
+        "effect": 0.01,
+        "ci95": (-0.01, 0.03),
+        "verdict": "inconclusive",
+    }
+]
+_FIGURES = {
+    "lines": lambda: P.lines({"x": [1, 2], "y": [1, 2]}, "x", {"y": "two_head"}, title="t", xlabel="x", ylabel="y"),
+    "summary_plot": lambda: P.summary_plot(_SUMMARY, "K", "acc", "loss", reference=_SUMMARY, title="t"),
+    "bar_table": lambda: P.bar_table([{"case": "a", "m": 1.0}], "case", {"m": "metric"}, ylabel="y", title="t"),
+    "gradient_bars": lambda: P.gradient_bars({"cross_entropy": [0.5, -0.5]}, target=0, title="t"),
+    "scatter_classes": lambda: P.scatter_classes(_RNG.normal(size=(24, 2)), np.arange(24) % 12, title="t"),
+    "frequency_scatter": lambda: P.frequency_scatter(
+        {
+            "two_head": {
+                "train_count": [1, 10],
+                "accuracy": [0.1, 0.5],
+                "bin_min_count": [1],
+                "bin_max_count": [10],
+                "bin_accuracy": [0.3],
+            }
+        },
+        title="t",
+    ),
+    "size_histograms": lambda: P.size_histograms({"cross_entropy": np.array([1, 2, 2, 3])}, title="t"),
+    "heatmap": lambda: P.heatmap(_RNG.random((4, 5)), xlabel="x", ylabel="y", title="t"),
+    "image_grid": lambda: P.image_grid(
+        _RNG.random((8, 1, 28, 28)),
+        np.eye(8, 10, dtype=bool),
+        np.arange(8),
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        title="t",
+    ),
+    "forest_plot": lambda: P.forest_plot(_ENTRIES * 3, title="t"),
+    "val_curves": lambda: P.val_curves([{"loss": "epr", "val_curve": [0.1, 0.2]}], ylabel="y", title="t"),
+    "two_panels": lambda: P.two_panels()[0],
+    "coverage_size_curves": lambda: P.coverage_size_curves(
+        {"lac": {"size": [1, 2], "coverage": [0.8, 0.9]}}, title="t"
+    ),
+    "cost_curves": lambda: P.cost_curves(
+        [{"C": c, "K": k, "a": 1.0 + k} for c in (10, 100, 1000) for k in (1, 5)], {"a": "A"}, title="t"
+    ),
+    "coverage_histogram": lambda: P.coverage_histogram(
+        {"lac": _RNG.beta(90, 10, 200)},
+        law=(90, 10),
+        target=0.9,
+        measured=(np.linspace(0, 1, 11), np.full(11, 0.1)),
+        title="t",
+    ),
+    "coverage_by_size": lambda: P.coverage_by_size(
+        {"lac": [{"low": 1, "high": 1, "sizes": "1", "coverage": 0.9}]}, target=0.9, title="t"
+    ),
+}
+
+
+def _smallest_text_at_column_width(fig) -> tuple[float, str]:
+    fig.canvas.draw()
+    scale = min(1.0, P.COLUMN_WIDTH_IN / fig.get_figwidth())
+    sizes = [
+        (t.get_fontsize() * scale, t.get_text())
+        for t in fig.findobj(matplotlib.text.Text)
+        if t.get_visible() and t.get_text().strip()
+    ]
+    return min(sizes)
+
+
+def test_every_figure_helper_is_checked_for_text_size():
+    public = {
+        name
+        for name in dir(P)
+        if not name.startswith("_")
+        and callable(getattr(P, name))
+        and getattr(getattr(P, name), "__module__", "") == P.__name__
+    }
+    assert public - {"style", "method_label"} == set(_FIGURES)
+
+
+def test_figure_text_is_at_least_9_pt_at_the_column_width():
+    P.style()
+    for name, build in _FIGURES.items():
+        fig = build()
+        size, text = _smallest_text_at_column_width(fig)
+        assert size >= P.MIN_FONT_PT, f"{name}: {text!r} is {size:.1f} pt at the column width"
+        plt.close(fig)
+
+
+def test_style_sets_readable_sizes_and_column_wide_figures():
+    P.style()
+    rc = matplotlib.rcParams
+    assert rc["figure.figsize"][0] <= P.COLUMN_WIDTH_IN
+    fig = plt.figure()
+    for key in (
+        "font.size",
+        "axes.titlesize",
+        "axes.labelsize",
+        "xtick.labelsize",
+        "ytick.labelsize",
+        "legend.fontsize",
+    ):
+        size = matplotlib.font_manager.FontProperties(size=rc[key]).get_size_in_points()
+        assert size >= P.MIN_FONT_PT, key
+    plt.close(fig)
+
+
+def test_method_labels_replace_code_keys_in_legends():
+    P.style()
+    fig = P.gradient_bars({"cross_entropy": [0.5, -0.5], "smooth_svm": [0.1, 0.0]})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["cross-entropy", "smooth top-K SVM"]
+    assert P.method_label("some_new_loss") == "some new loss"
+    plt.close(fig)

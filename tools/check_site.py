@@ -13,7 +13,17 @@ For each page of the table of contents:
 * **math is rendered**: MathJax is loaded from the site itself (no CDN: the book reads offline),
   every math element was typeset, and no raw ``$$``, ``\\(`` or ``\\[`` is left in the page text;
 * **every figure is captioned**: each image of the page content sits in a ``<figure>`` with a
-  caption.
+  caption;
+* **no word is broken inside a table cell**: every word of every cell is measured with a DOM
+  ``Range``; a word whose boxes lie on two lines fails, unless the break follows a hyphen, a slash
+  or a comma (a wide table scrolls inside its own box instead);
+* **no plumbing**: no visible ``NBVAL`` test marker, and no ``(cached`` run-log line anywhere in
+  the page (hidden outputs included);
+* **figure text stays readable**: the book's figures set their text at 10 pt or more
+  (9 pt for a few labels), at most as wide as the column
+  (``avgk_lib.book.plotting.COLUMN_WIDTH_IN``, tested in ``tests/test_book_plotting.py``); the
+  browser checks that no figure is shown below 90% of its size, which would shrink that text
+  under 9 pt.
 
 The measurements run in the page: a copy of it with a small script is opened, the script waits
 for MathJax and writes its findings into the DOM, which ``--dump-dom`` returns. Exits non-zero on
@@ -59,12 +69,57 @@ PROBE = r"""
 <script>
 (function () {
   function text(el) { return (el.textContent || "").replace(/\s+/g, " ").trim().slice(0, 90); }
+  function lineTop(node, start, end) {
+    var range = document.createRange();
+    range.setStart(node, start);
+    range.setEnd(node, end);
+    var rects = Array.prototype.filter.call(range.getClientRects(), function (r) { return r.width > 0; });
+    return rects.length ? Math.round(rects[0].top) : null;
+  }
+  // words of a table cell split over two lines, except after a hyphen, slash or comma
+  function brokenWords(cell) {
+    var found = [];
+    var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    var node;
+    while ((node = walker.nextNode())) {
+      var re = /\S+/g, m;
+      while ((m = re.exec(node.data))) {
+        var range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        var tops = {};
+        Array.prototype.forEach.call(range.getClientRects(), function (r) {
+          if (r.width > 0) { tops[Math.round(r.top)] = true; }
+        });
+        if (Object.keys(tops).length < 2) { continue; }
+        var previous = lineTop(node, m.index, m.index + 1);
+        for (var i = 1; i < m[0].length; i++) {
+          var top = lineTop(node, m.index + i, m.index + i + 1);
+          if (top !== null && previous !== null && top !== previous && "-/,\u2013".indexOf(m[0][i - 1]) < 0) {
+            found.push(m[0].slice(0, i) + "|" + m[0].slice(i));
+            break;
+          }
+          if (top !== null) { previous = top; }
+        }
+      }
+    }
+    return found;
+  }
   function report() {
-    var out = {overflow: [], untypeset: 0, raw_math: [], uncaptioned: [], images: 0, mathjax: null};
+    var out = {overflow: [], untypeset: 0, raw_math: [], uncaptioned: [], images: 0, mathjax: null,
+               broken_words: [], markers: [], shrunk_figures: []};
     var main = document.querySelector("main") || document.body;
     var boxes = "pre, div.highlight, div.cell_output, div.output, div.cell_input, table, " +
                 "div.pst-scrollable-table-container, mjx-container[display='true'], div.math";
+    var mainRight = main.getBoundingClientRect().right;
     main.querySelectorAll(boxes).forEach(function (el) {
+      var scroller = el.closest(".pst-scrollable-table-container");
+      if (scroller) {
+        // a table may scroll inside its own box, as long as that box stays inside the column
+        if (el === scroller && getComputedStyle(el).overflowX !== "visible" &&
+            el.getBoundingClientRect().right <= mainRight + 1) { return; }
+        if (el !== scroller && getComputedStyle(scroller).overflowX !== "visible") { return; }
+      }
       if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) {
         out.overflow.push(el.tagName.toLowerCase() + "." + (el.className || "").toString().split(" ")[0] +
                           " (" + el.scrollWidth + " > " + el.clientWidth + " px): " + text(el));
@@ -95,6 +150,32 @@ PROBE = r"""
         out.uncaptioned.push("image " + out.images + where);
       }
     });
+    main.querySelectorAll("td, th").forEach(function (cell) {
+      brokenWords(cell).forEach(function (word) {
+        if (out.broken_words.length < 20) { out.broken_words.push(word); }
+      });
+    });
+    var visible = main.innerText || "";
+    if (visible.indexOf("NBVAL") >= 0) {
+      var at = visible.indexOf("NBVAL");
+      out.markers.push("NBVAL near: " + visible.slice(Math.max(0, at - 30), at + 40).replace(/\s+/g, " "));
+    }
+    var page = document.body.cloneNode(true);
+    page.querySelectorAll("script, style").forEach(function (el) { el.remove(); });
+    var whole = page.textContent || "";
+    var cached = whole.indexOf("(" + "cached");
+    if (cached >= 0) {
+      out.markers.push("run log near: " + whole.slice(Math.max(0, cached - 60), cached + 30).replace(/\s+/g, " "));
+    }
+    main.querySelectorAll("img").forEach(function (img) {
+      var src = img.getAttribute("src") || "";
+      if (src.indexOf("_images/") < 0 || !img.naturalWidth || !img.clientWidth) { return; }
+      var scale = img.clientWidth / img.naturalWidth;
+      if (scale < MIN_SCALE) {
+        out.shrunk_figures.push(src.split("/").pop() + " shown at " + Math.round(100 * scale) + "% (" +
+                                img.clientWidth + " of " + img.naturalWidth + " px)");
+      }
+    });
     var pre = document.createElement("pre");
     pre.id = "PROBE_ID";
     pre.textContent = JSON.stringify(out);
@@ -107,7 +188,7 @@ PROBE = r"""
   });
 })();
 </script>
-""".replace("PROBE_ID", PROBE_ID)
+""".replace("PROBE_ID", PROBE_ID).replace("MIN_SCALE", "0.9")
 
 
 def _chromium() -> str | None:
@@ -179,6 +260,12 @@ def check_report(page: str, page_html: str, report: dict | None) -> list[str]:
     problems += [
         f"{page}: figure without caption ({name}; give its cell the metadata mystnb.figure.caption and .name)"
         for name in report["uncaptioned"]
+    ]
+    problems += [f"{page}: word broken inside a table cell: {word}" for word in report.get("broken_words", [])]
+    problems += [f"{page}: plumbing visible to readers: {item}" for item in report.get("markers", [])]
+    problems += [
+        f"{page}: figure text below 9 pt: {item} (make the figure at most as wide as the column)"
+        for item in report.get("shrunk_figures", [])
     ]
     return problems
 

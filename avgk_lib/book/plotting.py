@@ -12,12 +12,66 @@ import matplotlib.colors
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
+
+from . import coverage as CV
+
+#: Width of the book's content column, in inches of a figure at ``figure.dpi = 100`` (650 CSS px:
+#: the column of the built site at a 1280 px window is at least this wide, which
+#: ``tools/check_site.py`` measures). A figure wider than the column is scaled down to it, and its
+#: text with it: every helper here keeps text at :data:`MIN_FONT_PT` or more *after* that scaling.
+COLUMN_WIDTH_IN = 6.5
+#: Smallest font size a reader sees, in points at the column width.
+MIN_FONT_PT = 9.0
+#: Readable names of the code keys of losses and set-valued methods (legends, tick labels).
+METHOD_LABELS = {
+    "cross_entropy": "cross-entropy",
+    "two_head": "two-head",
+    "assume_negative": "AN",
+    "an_ls": "AN-LS",
+    "wan": "WAN",
+    "epr": "EPR",
+    "role": "ROLE",
+    "noised_topk": "noised top-K",
+    "imbalanced_noised_topk": "imbalanced noised top-K",
+    "smooth_topk_svm": "smooth top-K SVM",
+    "smooth_svm": "smooth top-K SVM",
+    "topk_hinge": "top-K hinge",
+    "focal": "focal",
+    "ldam": "LDAM",
+    "lac": "LAC",
+    "aps": "APS",
+    "raps": "RAPS",
+}
+
+
+def method_label(key: object) -> str:
+    """Readable name of a loss or method key (``"cross_entropy"`` -> ``"cross-entropy"``); an
+    unknown key has its underscores replaced by spaces."""
+    if not isinstance(key, str):
+        raise TypeError(f"`key` must be a string, got {key!r}")
+    return METHOD_LABELS.get(key, key.replace("_", " "))
 
 
 def style() -> None:
-    """The book's look: seaborn's whitegrid theme, readable font sizes."""
+    """The book's look: seaborn's whitegrid theme; figures as wide as the book's column, so that
+    the font sizes set here are the sizes the reader sees (all >= :data:`MIN_FONT_PT`)."""
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
-    plt.rcParams.update({"figure.figsize": (7.0, 4.2), "figure.dpi": 100, "axes.titleweight": "bold"})
+    plt.rcParams.update(
+        {
+            "figure.figsize": (COLUMN_WIDTH_IN, 4.0),
+            "figure.dpi": 100,
+            "axes.titleweight": "bold",
+            "font.size": 11.0,
+            "axes.titlesize": 11.5,
+            "axes.labelsize": 11.0,
+            "xtick.labelsize": 10.0,
+            "ytick.labelsize": 10.0,
+            "legend.fontsize": 10.0,
+            "legend.title_fontsize": 10.0,
+            "figure.titlesize": 11.5,
+        }
+    )
 
 
 def _ax(ax=None, figsize=None):
@@ -68,14 +122,19 @@ def summary_plot(
     title: str = "",
     ax=None,
     xlabel: str = "",
+    labels: dict[Any, str] | None = None,
+    colors: dict[Any, Any] | None = None,
 ):
     """Mean and 95% interval of ``metric`` per ``hue`` against ``x`` (rows of
     :func:`avgk_lib.experiments.summarize`). ``reference`` (the committed multi-seed results)
-    is drawn as a shaded band with a dashed line, the reader's own run as points."""
+    is drawn as a shaded band with a dashed line, the reader's own run as points. ``labels``
+    maps ``hue`` values to legend labels (default: :func:`method_label` of string values);
+    ``colors`` maps them to colours (to keep one colour per method across panels)."""
     fig, ax = _ax(ax)
-    palette = dict(
-        zip(sorted({r[hue] for r in summary + (reference or [])}, key=str), sns.color_palette(), strict=False)
-    )
+    names = sorted({r[hue] for r in summary + (reference or [])}, key=str)
+    palette = {
+        name: (colors or {}).get(name, default) for name, default in zip(names, sns.color_palette(), strict=False)
+    }
     for name, color in palette.items():
         if reference:
             ref = sorted((r for r in reference if r[hue] == name), key=lambda r: r[x])
@@ -95,20 +154,20 @@ def summary_plot(
                 ms=5,
                 capsize=3,
                 color=color,
-                label=str(name),
+                label=(labels or {}).get(name) or (method_label(name) if isinstance(name, str) else str(name)),
                 ls="-" if not reference else "none",
             )
     ax.set(xlabel=xlabel or x, ylabel=ylabel or metric, title=title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False)
     if reference:
         ax.text(
             0.99,
             0.01,
-            "dashed + band: reference (mean, 95% CI)   points: this run",
+            "dashed + band: reference (mean, 95% CI)\npoints: this run",
             transform=ax.transAxes,
             ha="right",
             va="bottom",
-            fontsize="x-small",
+            fontsize=MIN_FONT_PT + 0.5,
             color="0.35",
         )
     return fig
@@ -125,7 +184,7 @@ def bar_table(
     ylim: tuple[float, float] | None = None,
 ):
     """Grouped bars with 95% intervals: one group per ``category`` value, one bar per metric."""
-    fig, ax = _ax(ax, figsize=(max(7.0, 1.1 * len(rows)), 4.2))
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.2))
     width = 0.8 / len(metrics)
     xs = np.arange(len(rows))
     for i, (metric, label) in enumerate(metrics.items()):
@@ -137,12 +196,12 @@ def bar_table(
             capsize=2,
             label=label,
         )
-    ax.set_xticks(xs, [str(r[category]) for r in rows], rotation=30, ha="right")
+    ax.set_xticks(xs, [method_label(str(r[category])) for r in rows], rotation=30, ha="right")
     ax.set(ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)
     # beside the axes, never over the bars
-    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -161,12 +220,12 @@ def gradient_bars(
     n = len(next(iter(gradients.values())))
     width = 0.8 / len(gradients)
     for i, (name, g) in enumerate(gradients.items()):
-        ax.bar(np.arange(n) + (i - (len(gradients) - 1) / 2) * width, g, width, label=name)
+        ax.bar(np.arange(n) + (i - (len(gradients) - 1) / 2) * width, g, width, label=method_label(name))
     ax.axhline(0, color="0.3", lw=0.8)
     labels = [f"{j}{' (y)' if j == target else ''}" for j in range(n)]
     ax.set_xticks(np.arange(n), labels)
     ax.set(xlabel="class j (sorted by score)", ylabel=ylabel, title=title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False)
     return fig
 
 
@@ -186,7 +245,7 @@ def scatter_classes(
     """2-D inputs coloured by class (with a legend of the classes), or by a value such as the
     posterior entropy (continuous colour bar) or a set size (``discrete=True``: one colour and one
     tick per integer value)."""
-    fig, ax = _ax(ax, figsize=(7.5, 5.0))
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.6))
     if color is None:
         classes = np.unique(labels)
         palette = plt.get_cmap("tab20")
@@ -196,7 +255,6 @@ def scatter_classes(
         ax.legend(
             title="class",
             frameon=False,
-            fontsize="x-small",
             markerscale=2.5,
             loc="upper left",
             bbox_to_anchor=(1.0, 1.0),
@@ -228,12 +286,12 @@ def frequency_scatter(
         ax.scatter(r["train_count"], r[metric], s=14, alpha=0.5, color=color)
         if metric == "accuracy":
             centers = np.sqrt(np.asarray(r["bin_min_count"]) * np.asarray(r["bin_max_count"]))
-            ax.plot(centers, r["bin_accuracy"], marker="o", color=color, label=name)
+            ax.plot(centers, r["bin_accuracy"], marker="o", color=color, label=method_label(name))
         else:
-            ax.plot([], [], marker="o", color=color, label=name)
+            ax.plot([], [], marker="o", color=color, label=method_label(name))
     ax.set_xscale("log")
     ax.set(xlabel="training images of the class", ylabel=ylabel, title=title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False)
     return fig
 
 
@@ -244,10 +302,15 @@ def size_histograms(sizes: dict[str, np.ndarray], *, max_size: int | None = None
     bins = np.arange(top + 2) - 0.5
     for name, s in sizes.items():
         ax.hist(
-            np.clip(s, 0, top), bins=bins, histtype="step", lw=2, label=f"{name} (mean {np.mean(s):.2f})", density=True
+            np.clip(s, 0, top),
+            bins=bins,
+            histtype="step",
+            lw=2,
+            label=f"{method_label(name)} (mean {np.mean(s):.2f})",
+            density=True,
         )
     ax.set(xlabel="set size", ylabel="share of test inputs", title=title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False)
     return fig
 
 
@@ -263,7 +326,7 @@ def heatmap(
     cbar: bool = True,
 ):
     """A matrix as a heat map (e.g. which classes become pseudo-positives in a batch)."""
-    fig, ax = _ax(ax, figsize=(7.0, 5.0))
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.6))
     sns.heatmap(matrix, ax=ax, cmap=cmap, cbar=cbar, xticklabels=xticklabels, yticklabels=False)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     return fig
@@ -275,13 +338,14 @@ def image_grid(
     labels: np.ndarray,
     class_names: Sequence[str],
     *,
-    n: int = 12,
-    cols: int = 6,
+    n: int = 8,
+    cols: int = 4,
     title: str = "",
 ):
-    """Test images with their predicted sets; the true label is marked when it is in the set."""
+    """Test images with their predicted sets; the true label is marked when it is in the set.
+    The figure is as wide as the book's column (``cols`` images per row), text at 9.5 pt."""
     rows = int(np.ceil(min(n, len(images)) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.6 * rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(COLUMN_WIDTH_IN, 2.5 * rows))
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i >= min(n, len(images)):
@@ -292,10 +356,10 @@ def image_grid(
         ok = bool(sets[i][labels[i]])
         ax.set_title(
             "\n".join(members[:4]) + ("\n..." if len(members) > 4 else "") or "(empty)",
-            fontsize=7,
+            fontsize=MIN_FONT_PT + 0.5,
             color="darkgreen" if ok else "darkred",
         )
-    fig.suptitle(title or "predicted sets (* = true label; green: covered, red: missed)", fontsize=10)
+    fig.suptitle(title or "predicted sets (* = true label; green: covered, red: missed)", fontsize=MIN_FONT_PT + 1.5)
     fig.tight_layout()
     return fig
 
@@ -304,7 +368,7 @@ def forest_plot(entries: list[dict[str, Any]], *, title: str = "", ax=None):
     """Paired effects (percentage points) with their 95% intervals, one line per claim and setting;
     green: supported, red: contradicted, grey: inconclusive."""
     colours = {"supported": "#1b7837", "contradicted": "#b2182b", "inconclusive": "#7f7f7f"}
-    fig, ax = _ax(ax, figsize=(8.0, 0.45 * max(len(entries), 2) + 1.2))
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 0.45 * max(len(entries), 2) + 1.2))
     for i, e in enumerate(entries):
         low, high = e["ci95"]
         colour = colours.get(e["verdict"], "black")
@@ -313,7 +377,7 @@ def forest_plot(entries: list[dict[str, Any]], *, title: str = "", ax=None):
         ax.plot([100 * e["effect"]], [i], "o", color=colour, ms=7)
     ax.axvline(0.0, color="black", lw=1)
     ax.set_yticks(range(len(entries)))
-    ax.set_yticklabels([f"{e['id']} · {e['dataset']} · K={e['K']:g}" for e in entries], fontsize=9)
+    ax.set_yticklabels([f"{e['id']} · {e['dataset']} · K={e['K']:g}" for e in entries], fontsize=MIN_FONT_PT)
     ax.invert_yaxis()
     ax.set_xlabel("paired effect, percentage points (95% interval)")
     ax.set_title(title)
@@ -335,17 +399,20 @@ def val_curves(
         values = np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
         mean, std = values.mean(0), values.std(0)
-        (line,) = ax.plot(epochs, mean, label=f"{name} ({len(curves)} seeds)", **((styles or {}).get(name, {})))
+        label = f"{method_label(name) if isinstance(name, str) else name} ({len(curves)} seeds)"
+        (line,) = ax.plot(epochs, mean, label=label, **((styles or {}).get(name, {})))
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="lower right")
     fig.tight_layout()
+    return fig
 
 
-def two_panels(figsize: tuple[float, float] = (11.0, 4.0)):
-    """A figure with two side-by-side axes (e.g. a value and its derivative, never on one axis)."""
+def two_panels(figsize: tuple[float, float] = (COLUMN_WIDTH_IN, 3.6)):
+    """A figure with two side-by-side axes (e.g. a value and its derivative, never on one axis),
+    as wide as the book's column so that its text is not scaled down."""
     fig, axes = plt.subplots(1, 2, figsize=figsize)
     return fig, axes
 
@@ -367,27 +434,104 @@ def coverage_size_curves(curves: dict[str, dict[str, Sequence[float]]], *, title
             mew=1.5,
             ls="--" if hollow else "-",
             lw=1.2,
-            label=name,
+            label=method_label(name),
             zorder=2 if hollow else 3,
         )
-    ax.set(xlabel="mean set size (test)", ylabel="coverage = accuracy of the sets (test)", title=title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.set(xlabel="mean set size (test)", ylabel="coverage (test)", title=title)
+    ax.legend(frameon=False)
     return fig
 
 
 def cost_curves(rows: list[dict[str, Any]], methods: dict[str, str], *, title: str = ""):
     """Milliseconds (log scale) against K, one panel per number of classes C, one line per method."""
     sizes = sorted({r["C"] for r in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(max(6.0, 4.6 * len(sizes)), 4.6), squeeze=False)
-    for ax, n_classes in zip(axes[0], sizes, strict=True):
+    cols = min(2, len(sizes))
+    rows_n = int(np.ceil(len(sizes) / cols))
+    legend_in = 0.25 * int(np.ceil(len(methods) / 2)) + 0.2  # two legend entries per line, below the panels
+    height = 3.2 * rows_n + legend_in + (0.3 if title else 0.0)
+    fig, grid = plt.subplots(rows_n, cols, figsize=(COLUMN_WIDTH_IN, height), squeeze=False)
+    for extra in grid.ravel()[len(sizes) :]:
+        extra.axis("off")
+    for ax, n_classes in zip(grid.ravel(), sizes, strict=False):
         part = sorted((r for r in rows if r["C"] == n_classes), key=lambda r: r["K"])
         for key, label in methods.items():
             ax.plot([r["K"] for r in part], [r[key] for r in part], marker="o", ms=4, label=label)
         ax.set_yscale("log")
         ax.set(xlabel="K", ylabel="ms per forward + backward", title=f"C = {n_classes}")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, frameon=False, fontsize="small", loc="lower center", ncol=min(3, len(labels)))
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, loc="lower center", ncol=min(2, len(labels)))
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0.0, 0.13, 1.0, 1.0))
+    fig.tight_layout(rect=(0.0, legend_in / height, 1.0, 1.0))
+    return fig
+
+
+def coverage_histogram(
+    coverages: dict[str, np.ndarray],
+    *,
+    law: tuple[float, float] | None = None,
+    measured: tuple[np.ndarray, np.ndarray] | None = None,
+    target: float | None = None,
+    bins: int = 30,
+    title: str = "",
+    ax=None,
+):
+    """Histogram (density) of the test coverage over random calibration/test splits, one outline
+    per method, against the density of the Beta ``law`` (``(a, b)``, e.g.
+    :func:`avgk_lib.book.coverage.beta_coverage_law`: the coverage of the distribution), the law of
+    the coverage ``measured`` on the finite test set (values and probabilities, e.g.
+    :func:`avgk_lib.book.coverage.measured_coverage_pmf`; dashed) and the target (dotted)."""
+    fig, ax = _ax(ax)
+    values = np.concatenate([np.asarray(v, dtype=float) for v in coverages.values()])
+    low, high = float(values.min()), float(values.max())
+    if law is not None:
+        a, b = law
+        mean, spread = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+        low, high = min(low, mean - 4 * spread), max(high, mean + 4 * spread)
+    pad = 0.02 * max(high - low, 1e-3)
+    edges = np.linspace(low - pad, high + pad, bins + 1)
+    for name, values_i in coverages.items():
+        ax.hist(
+            np.asarray(values_i, dtype=float),
+            bins=edges,
+            density=True,
+            histtype="step",
+            lw=1.8,
+            label=method_label(name),
+        )
+    if law is not None:
+        grid = np.linspace(edges[0], edges[-1], 400)
+        density = CV.beta_pdf(torch.tensor(grid), float(law[0]), float(law[1])).numpy()
+        ax.plot(grid, density, color="black", lw=1.5, label=f"Beta({law[0]:g}, {law[1]:g})")
+    if measured is not None:
+        points, probabilities = (np.asarray(v, dtype=float) for v in measured)
+        keep = (points >= edges[0]) & (points <= edges[-1])
+        step = points[1] - points[0] if len(points) > 1 else 1.0
+        ax.plot(
+            points[keep], probabilities[keep] / step, color="black", ls="--", lw=1.2, label="law on the test points"
+        )
+    if target is not None:
+        ax.axvline(target, color="0.3", ls=":", lw=1.5, label=f"1 - alpha = {target:g}")
+    ax.set(xlabel="test coverage of one calibration split", ylabel="density", title=title)
+    ax.legend(frameon=False, loc="upper left")
+    return fig
+
+
+def coverage_by_size(rows: dict[str, list[dict[str, Any]]], *, target: float | None = None, title: str = "", ax=None):
+    """Coverage of the test inputs grouped by set size (rows of
+    :func:`avgk_lib.book.coverage.coverage_by_set_size`), grouped bars, one colour per method; the
+    target ``1 - alpha`` dotted."""
+    fig, ax = _ax(ax)
+    bins = sorted({(r["low"], r["high"], r["sizes"]) for part in rows.values() for r in part})
+    xs = np.arange(len(bins))
+    width = 0.8 / max(len(rows), 1)
+    for i, (name, part) in enumerate(rows.items()):
+        by_bin = {(r["low"], r["high"], r["sizes"]): r["coverage"] for r in part}
+        heights = [by_bin.get(b, np.nan) for b in bins]
+        ax.bar(xs + (i - (len(rows) - 1) / 2) * width, heights, width, label=method_label(name))
+    if target is not None:
+        ax.axhline(target, color="0.3", ls=":", lw=1.5, label=f"1 - alpha = {target:g}")
+    ax.set_xticks(xs, [b[2] for b in bins])
+    ax.set(xlabel="set size", ylabel="coverage (test)", title=title, ylim=(0.0, 1.05))
+    ax.legend(frameon=False, loc="lower right")
     return fig
