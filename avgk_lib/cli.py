@@ -164,8 +164,9 @@ def _interrupted(args: argparse.Namespace) -> str:
     folder, log = getattr(args, "run_folder", None), getattr(args, "run_log", None)
     if args.command == "train" and folder is not None:
         done = log.epochs_done if log is not None else 0
-        where = f"after epoch {done} (checkpoint {folder / 'last.pt'})" if done else "before the first checkpoint"
-        return f"interrupted {where}; resume with --resume --out {folder}"
+        if done and (folder / "last.pt").exists():
+            return f"interrupted after epoch {done}; resume with --resume --out {folder} (from its last checkpoint)"
+        return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
     if args.command == "run":
         return "interrupted; run the same command again to resume (finished runs are cached, the stopped one resumes)"
     return "interrupted"

@@ -109,8 +109,9 @@ def download_cifar100(root: Path) -> None:
     except (OSError, RuntimeError) as err:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             raise
+        why = " ".join(str(err).split())  # one line: torchvision's messages span several
         raise DownloadError(
-            f"downloading CIFAR-100 into {root / FOLDER} failed ({err}); check the internet connection (and a "
+            f"downloading CIFAR-100 into {root / FOLDER} failed ({why}); check the internet connection (and a "
             f"proxy, HTTPS_PROXY) and try again, or {_copy_route(root)}"
         ) from err
 

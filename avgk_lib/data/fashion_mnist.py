@@ -179,8 +179,9 @@ def download_fashion_mnist(root: Path) -> None:
     except (OSError, RuntimeError) as err:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             raise
+        why = " ".join(str(err).split())  # one line: torchvision's messages span several
         raise DownloadError(
-            f"downloading Fashion-MNIST into {raw} failed ({err}); check the internet connection (and a proxy, "
+            f"downloading Fashion-MNIST into {raw} failed ({why}); check the internet connection (and a proxy, "
             f"HTTPS_PROXY) and try again, or get the files without downloading: {_other_routes(raw)}"
         ) from err
 
