@@ -143,6 +143,8 @@ def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, got {value!r}")
+    if _beyond_float32(value):
+        raise _too_large(name, value)
     if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value >= high):
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise ConfigError(name, f"must be finite and {bound}{f' and < {high:g}' if high else ''}, got {value}")
@@ -297,19 +299,36 @@ def _check_select_metric(cfg: TrainConfig) -> None:
 
 
 def _float_values(cfg: TrainConfig) -> list[tuple[str, Any]]:
-    """(name, value) of every real number of ``cfg``: fields, eval_ks, loss and dataset options."""
+    """(name, value) of every real-valued setting of ``cfg``: float fields, eval_ks, and the loss and
+    dataset options annotated ``float``."""
     out = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.type in ("float", float)]
     out += [("eval_ks", k) for k in cfg.eval_ks]
-    out += [(key, value) for key, value in {**cfg.loss_options, **cfg.dataset_options}.items()]
+    loss_types, data_types = get_objective(cfg.loss).option_types, dataset_option_types(cfg.dataset)
+    out += [(key, v) for key, v in cfg.loss_options.items() if loss_types.get(key) is float]
+    out += [(key, v) for key, v in cfg.dataset_options.items() if data_types.get(key) is float]
     return [(n, v) for n, v in out if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _beyond_float32(value: float) -> bool:
+    """A finite number of magnitude beyond float32's largest (NaN and infinities are left to the checks
+    of finiteness)."""
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) > FLOAT32_MAX
+    except OverflowError:  # an int too large for even a float64
+        return True
+
+
+def _too_large(name: str, value: float) -> ConfigError:
+    shown = f"{value:g}" if isinstance(value, float) else (str(value) if len(str(value)) < 40 else "a huge integer")
+    return ConfigError(name, f"must be at most {FLOAT32_MAX:.4g} in magnitude (float32), got {shown}")
 
 
 def _check_float32(cfg: TrainConfig) -> None:
     """Real numbers beyond float32 (the dtype they are used in) are rejected naming the option; so is
     a learning rate whose product with ``loss_lr_multiplier`` overflows."""
     for name, value in _float_values(cfg):
-        if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
-            raise ConfigError(name, f"must be at most {FLOAT32_MAX:.4g} in magnitude (float32), got {value:g}")
+        if _beyond_float32(value):
+            raise _too_large(name, value)
     if abs(cfg.lr * cfg.loss_lr_multiplier) > FLOAT32_MAX:
         raise ConfigError("loss_lr_multiplier", f"times lr ({cfg.lr:g}) overflows float32 ({FLOAT32_MAX:.4g})")
 

@@ -690,6 +690,10 @@ def test_synthetic_sizes_beyond_memory_are_refused_before_allocating(monkeypatch
         load_dataset("synthetic", n_train=10**11)
     with pytest.raises(ValueError, match="`n_test` is too large"):
         load_dataset("synthetic", n_train=10, n_val=10, n_test=10**9)
+    with pytest.raises(ValueError, match="`n_classes` is too large"):
+        load_dataset("synthetic", n_train=100, n_val=10, n_test=10, n_classes=10**9)
+    with pytest.raises(ValueError, match="`dim` is too large"):
+        load_dataset("synthetic", n_train=100, n_val=10, n_test=10, dim=10**9)
     assert len(load_dataset("synthetic", n_train=100, n_val=10, n_test=10).train) == 100
 
 

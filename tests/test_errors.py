@@ -191,6 +191,16 @@ def test_fashion_mnist_values_are_checked_naming_the_flag(args, words, capsys, t
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_no_loader_has_a_free_text_option():
+    """Every str option of every loader has a fixed set of values, declared as a ``Literal`` (so the CLI
+    offers them as choices and the configuration rejects a misspelling); paths are ``Path``."""
+    from avgk_lib.data import LOADERS
+
+    for dataset in LOADERS:
+        for name, kind in config_module.dataset_option_types(dataset).items():
+            assert kind is not str, f"{dataset}: option {name!r} is a free str; declare its values as a Literal"
+
+
 def test_fashion_mnist_augment_none_turns_augmentation_off(fake_fmnist):
     from avgk_lib.data import load_dataset
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._checks import check_count
+from . import base
 from .base import (
     DataFolderError,
     DatasetBundle,
@@ -92,15 +93,30 @@ def load_synthetic(
     )
 
 
-def _check_synthetic_memory(sizes: dict[str, int], n_classes: int, dim: int) -> None:
-    """Estimate the bytes :func:`load_synthetic` allocates before allocating them: kept, per sample,
-    float32 inputs, an int64 label and float64 posteriors; while one split is drawn, per sample,
-    three float64 input buffers and four float64 (n, C) buffers (distances, logits, softmax)."""
+def _synthetic_bytes(sizes: dict[str, int], n_classes: int, dim: int) -> int:
+    """Bytes :func:`load_synthetic` allocates: the class means (three float64 (C, d) buffers); kept, per
+    sample, float32 inputs, an int64 label and float64 posteriors; while one split is drawn, per
+    sample, three float64 input buffers and four float64 (n, C) buffers (distances, logits, softmax)."""
     kept = sum(sizes.values()) * (4 * dim + 8 + 8 * n_classes)
+    peak = max(sizes.values()) * (24 * dim + 32 * n_classes)
+    return 24 * n_classes * dim + kept + peak
+
+
+def _check_synthetic_memory(sizes: dict[str, int], n_classes: int, dim: int) -> None:
+    """Refuse, before allocating, data larger than the available memory, naming the option at fault:
+    ``n_classes`` or ``dim`` when their default would fit, else the largest split."""
+    available = base.available_memory()
+    nbytes = _synthetic_bytes(sizes, n_classes, dim)
+    if available is None or nbytes <= available:
+        return
+    default = SyntheticSpec()
     name = max(sizes, key=lambda key: sizes[key])
-    peak = sizes[name] * (24 * dim + 32 * n_classes)
+    if _synthetic_bytes(sizes, min(n_classes, default.n_classes), dim) <= available:
+        name = "n_classes"
+    elif _synthetic_bytes(sizes, n_classes, min(dim, default.dim)) <= available:
+        name = "dim"
     what = f"{sum(sizes.values())} synthetic samples of dimension {dim} with {n_classes} classes"
-    check_memory(kept + peak, name, what)
+    check_memory(nbytes, name, what, available)
 
 
 LOADERS: dict[str, Callable[..., DatasetBundle]] = {
