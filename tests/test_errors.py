@@ -266,6 +266,13 @@ def test_run_experiment_rejects_seed_overrides_and_unknown_chosen_keys_before_tr
     assert not (tmp_path / "runs").exists()  # nothing trained
 
 
+def test_run_seeds_beyond_int64_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
+    argv = ["run", "two_head_ablation", "--preset", "smoke", "--seeds", "0", str(2**63), "--no-progress"]
+    _one_line(*_cli(argv, capsys), "--seeds", "2**63")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_reference_choices_of_another_experiment_are_limited_to_this_one():
     keys = set(grid.tuning_keys("two_head_ablation", "cpu"))
     chosen = E.chosen_from_reference("two_head_ablation", "cpu")
