@@ -4,7 +4,9 @@ The ``train`` flags are generated from :class:`~avgk_lib.config.TrainConfig` (on
 field: type, default and help from the field) by :func:`add_config_arguments`; the loss flags
 from the loss signatures and the dataset flags from the loader signatures. Every user mistake
 ends with one line ``error: ...`` naming the flag and exit code 2, before anything trains
-(``--debug`` shows the traceback); a diverged run ends with one line and exit code 1.
+(``--debug`` shows the traceback); a diverged run ends with one line and exit code 1; so do
+environment problems (an unusable data or cache folder: exit 2; a failed download: exit 1);
+Ctrl-C ends with one line saying how to resume and exit code 130.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from typing import Any, Literal
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, dataset_option_types
+from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
 
-EXIT_USAGE, EXIT_FAILED = 2, 1
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+#: errno values of environment problems the user fixes (permissions, read-only disks, link loops)
+_SETUP_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP)
 _SKIPPED_FIELDS = ("dataset_options", "loss_options")
 
 
@@ -63,6 +68,13 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
     return {"type": base, "default": default}
 
 
+def _folder(text: str) -> Path:
+    """An ``--out`` value: a folder name (an empty string would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return Path(text)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig, skip=_SKIPPED_FIELDS) -> None:
     """One flag per field of the dataclass ``cls`` (type, default and ``metadata["help"]``)."""
     hints = typing.get_type_hints(cls)
@@ -95,7 +107,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``train`` flag: the config's, ``--out``/``--resume``/``--no-progress``, loss and dataset options."""
     add_config_arguments(parser.add_argument_group("configuration (TrainConfig)"))
     g = parser.add_argument_group("run folder")
-    g.add_argument("--out", type=Path, help="run folder (default: $AVGK_CACHE_DIR/runs/<config fingerprint>)")
+    g.add_argument("--out", type=_folder, help="run folder (default: $AVGK_CACHE_DIR/runs/<config fingerprint>)")
     g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (also: AVGK_PROGRESS=0)")
     _add_option_flags(parser.add_argument_group("loss hyperparameters"), loss_option_types(), "loss.", _loss_help)
@@ -117,21 +129,55 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg.validate()
 
 
+class _EpochLog:
+    """The trainer's log (printed), remembering the last epoch finished (for the Ctrl-C message)."""
+
+    _EPOCH = re.compile(r"^epoch\s+(\d+)/|after epoch (\d+)")
+
+    def __init__(self) -> None:
+        self.epochs_done = 0
+
+    def __call__(self, *parts: Any) -> None:
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        match = self._EPOCH.search(line)
+        if match:
+            self.epochs_done = int(match.group(1) or match.group(2))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .data import cache_dir
     from .train import train
 
     cfg = config_from_args(args)
+    if args.out is None:
+        check_folder(cache_dir(), CACHE_ENV, write=True)
     out = args.out or cache_dir() / "runs" / cfg.fingerprint()
-    train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    args.run_folder, args.run_log = Path(out), _EpochLog()
+    train(cfg, out, resume=args.resume, progress=not args.no_progress, log=args.run_log)
     print(f"results: {Path(out) / 'results.json'}")
     return 0
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line of a Ctrl-C: where the run stopped and how to continue it."""
+    folder, log = getattr(args, "run_folder", None), getattr(args, "run_log", None)
+    if args.command == "train" and folder is not None:
+        done = log.epochs_done if log is not None else 0
+        if done and (folder / "last.pt").exists():
+            return f"interrupted after epoch {done}; resume with --resume --out {folder} (from its last checkpoint)"
+        return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
+    if args.command == "run":
+        return "interrupted; run the same command again to resume (finished runs are cached, the stopped one resumes)"
+    return "interrupted"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .data import cache_dir
     from .experiments import get_experiment, run_experiment
 
     get_experiment(args.experiment)
+    check_folder(cache_dir(), CACHE_ENV, write=True)
     table = run_experiment(
         args.experiment, args.preset, seeds=args.seeds, progress=not args.no_progress, force=args.force
     )
@@ -206,30 +252,43 @@ def _flag_message(err: Exception) -> str:
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), str(err))
 
 
+def _setup_message(err: OSError) -> str:
+    """One line for an OS error of the environment (permission, read-only disk, link loop)."""
+    where = f": {err.filename}" if err.filename else ""
+    return f"{err.strerror or err}{where} (check the folder's permissions, or choose another folder)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 failed run, 2 user mistake)."""
+    """Run the command line; return the exit code (0 ok, 1 failed run or download, 2 user mistake or
+    unusable folder, 130 interrupted by Ctrl-C)."""
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     commands = {"train": _cmd_train, "run": _cmd_run, "list": _cmd_list, "demo": _cmd_demo}
+    clean = (ConfigError, CheckpointError, DataFolderError)
     try:
         return commands[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:
+    except (*clean, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:
         if args.debug:
             raise
-        hint = "" if isinstance(err, (ConfigError, CheckpointError)) else " (--debug shows the traceback)"
+        hint = "" if isinstance(err, clean) else " (--debug shows the traceback)"
         print(f"error: {_flag_message(err)}{hint}", file=sys.stderr)
         return EXIT_USAGE
-    except TrainingDiverged as err:
+    except (TrainingDiverged, DownloadError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except OSError as err:
-        if args.debug or err.errno != errno.ENOSPC:
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"error: {_interrupted(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if args.debug or err.errno not in (errno.ENOSPC, *_SETUP_ERRNOS):
+            raise
+        print(f"error: {err if err.errno == errno.ENOSPC else _setup_message(err)}", file=sys.stderr)
+        return EXIT_FAILED if err.errno == errno.ENOSPC else EXIT_USAGE
 
 
 if __name__ == "__main__":

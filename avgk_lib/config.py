@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import torch
 
-from .data import LOADERS
-from .models import MODELS
+from .data import LOADERS, dataset_input_shape
+from .data.base import SEED_LIMIT, available_memory, check_memory
+from .models import MODELS, check_model_input
 from .objectives import OBJECTIVES, get_objective
 from .sets import metric_key
 
@@ -38,6 +39,8 @@ DEFAULT_MODELS = {
     "plantnet300k": "resnet50",
 }
 _SELECT = re.compile(r"^(top|avg)([0-9]+(?:\.[0-9]+)?)_(micro|macro)$")
+#: the largest float32: learning rates, loss hyperparameters and data options are used in float32
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class ConfigError(ValueError):
@@ -129,6 +132,8 @@ class TrainConfig:
         _check_numbers(self)
         _check_choices(self)
         _check_lists(self)
+        _check_float32(self)
+        _check_model_fits(self)
         cfg = self.normalized()
         _check_select_metric(cfg)
         return cfg
@@ -138,6 +143,8 @@ def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, got {value!r}")
+    if _beyond_float32(value):
+        raise _too_large(name, value)
     if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value >= high):
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise ConfigError(name, f"must be finite and {bound}{f' and < {high:g}' if high else ''}, got {value}")
@@ -178,15 +185,22 @@ def _check_names(cfg: TrainConfig) -> None:
 
 
 def dataset_option_types(dataset: str | None = None) -> dict[str, type]:
-    """Keyword options of a dataset loader (of every loader when ``dataset`` is None) and their types."""
+    """Keyword options of a dataset loader (of every loader when ``dataset`` is None) and their types
+    (``Literal[...]`` for options with a fixed set of values, e.g. ``augment``)."""
     loaders = LOADERS.values() if dataset is None else [LOADERS[dataset]]
     out: dict[str, type] = {}
     for loader in loaders:
         for name, hint in typing.get_type_hints(loader).items():
             if name != "return":
                 args = [a for a in typing.get_args(hint) if a is not type(None)]
-                out[name] = args[0] if args else hint
+                out[name] = args[0] if args and typing.get_origin(hint) is not Literal else hint
     return out
+
+
+def _optional_dataset_options(dataset: str) -> set[str]:
+    """The options of a loader that accept ``None`` (annotated ``X | None``)."""
+    hints = typing.get_type_hints(LOADERS[dataset])
+    return {n for n, h in hints.items() if n != "return" and type(None) in typing.get_args(h)}
 
 
 def _is_count(name: str) -> bool:
@@ -195,12 +209,16 @@ def _is_count(name: str) -> bool:
 
 def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
     """Known option names, the annotated types, counts >= 1 and seeds >= 0 (each error names the option)."""
-    types = dataset_option_types(dataset)
+    types, optional = dataset_option_types(dataset), _optional_dataset_options(dataset)
     for key, value in options.items():
         if key not in types:
             raise ConfigError(key, f"does not apply to dataset {dataset!r} (its options: {', '.join(types)})")
         kind = types[key]
-        if value is None or kind in (str, Path):
+        if value is None and key not in optional:
+            raise ConfigError(key, f"must not be None for dataset {dataset!r}")
+        if typing.get_origin(kind) is Literal and value is not None and value not in typing.get_args(kind):
+            raise ConfigError(key, f"must be one of {', '.join(map(str, typing.get_args(kind)))}, got {value!r}")
+        if value is None or kind in (str, Path) or typing.get_origin(kind) is Literal:
             continue
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(key, f"must be True or False, got {value!r}")
@@ -212,12 +230,16 @@ def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
             raise ConfigError(key, f"must be a finite number, got {value!r}")
         if kind is int and value < (1 if _is_count(key) else 0):
             raise ConfigError(key, f"must be >= {1 if _is_count(key) else 0}, got {value}")
+        if kind is int and key.endswith("seed") and value >= SEED_LIMIT:
+            raise ConfigError(key, f"must be < 2**63 (an int64 seed), got {value}")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
     _int(cfg, "epochs", 1)
     _int(cfg, "batch_size", 1)
     _int(cfg, "seed", 0)
+    if cfg.seed >= SEED_LIMIT:
+        raise ConfigError("seed", f"must be < 2**63 (an int64 seed), got {cfg.seed}")
     _int(cfg, "workers", 0)
     _int(cfg, "max_batches", 1, optional=True)
     _real(cfg, "lr", 0.0, strict=True)
@@ -265,9 +287,88 @@ def _check_select_metric(cfg: TrainConfig) -> None:
     if match is None:
         raise ConfigError("select_metric", f"must be auto or like top5_micro, avg1.5_macro, got {cfg.select_metric!r}")
     kind, k = match.group(1), float(match.group(2))
+    canonical = metric_key(kind, k, match.group(3)) if k > 0 and (kind == "avg" or k.is_integer()) else None
+    if canonical is not None and canonical != cfg.select_metric:
+        raise ConfigError("select_metric", f"{cfg.select_metric!r} is not a metric name: write it {canonical}")
     if k not in cfg.eval_ks or (kind == "top" and not k.is_integer()):
         raise ConfigError(
             "select_metric",
             f"{cfg.select_metric!r} is not computed: its K must be an integer in eval_ks for top-K "
             f"and in eval_ks for average-K ({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
         )
+
+
+def _float_values(cfg: TrainConfig) -> list[tuple[str, Any]]:
+    """(name, value) of every real-valued setting of ``cfg``: float fields, eval_ks, and the loss and
+    dataset options annotated ``float``."""
+    out = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.type in ("float", float)]
+    out += [("eval_ks", k) for k in cfg.eval_ks]
+    loss_types, data_types = get_objective(cfg.loss).option_types, dataset_option_types(cfg.dataset)
+    out += [(key, v) for key, v in cfg.loss_options.items() if loss_types.get(key) is float]
+    out += [(key, v) for key, v in cfg.dataset_options.items() if data_types.get(key) is float]
+    return [(n, v) for n, v in out if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _beyond_float32(value: float) -> bool:
+    """A finite number of magnitude beyond float32's largest (NaN and infinities are left to the checks
+    of finiteness)."""
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) > FLOAT32_MAX
+    except OverflowError:  # an int too large for even a float64
+        return True
+
+
+def _too_large(name: str, value: float) -> ConfigError:
+    shown = f"{value:g}" if isinstance(value, float) else (str(value) if len(str(value)) < 40 else "a huge integer")
+    return ConfigError(name, f"must be at most {FLOAT32_MAX:.4g} in magnitude (float32), got {shown}")
+
+
+def _check_float32(cfg: TrainConfig) -> None:
+    """Real numbers beyond float32 (the dtype they are used in) are rejected naming the option; so is
+    a learning rate whose product with ``loss_lr_multiplier`` overflows."""
+    for name, value in _float_values(cfg):
+        if _beyond_float32(value):
+            raise _too_large(name, value)
+    if abs(cfg.lr * cfg.loss_lr_multiplier) > FLOAT32_MAX:
+        raise ConfigError("loss_lr_multiplier", f"times lr ({cfg.lr:g}) overflows float32 ({FLOAT32_MAX:.4g})")
+
+
+def _check_model_fits(cfg: TrainConfig) -> None:
+    """The model against the dataset's input shape, before any data is loaded (``ConfigError("model")``)."""
+    try:
+        check_model_input(cfg.resolved_model(), dataset_input_shape(cfg.dataset, cfg.dataset_options))
+    except ValueError as err:
+        detail = str(err).removeprefix("`model` ")
+        raise ConfigError("model", f"{detail} (dataset {cfg.dataset!r})") from None
+
+
+def _device_memory(device: str) -> int | None:
+    """Free bytes on the device a run will use (``auto``: CUDA when available); None when unknown."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not cuda:
+        return available_memory()
+    try:
+        return int(torch.cuda.mem_get_info(torch.device("cuda" if device == "auto" else device))[0])
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+def check_run_memory(cfg: TrainConfig, n_classes: int, input_shape: tuple[int, ...]) -> None:
+    """Estimates, before allocating, of the largest per-step buffers of a run against the memory of its
+    device (``ConfigError`` naming the option): an evaluation batch of inputs (float32, with the copies
+    of augmentation and normalisation) and, for the noised top-K losses, the noise of ``n_samples``
+    perturbations of a batch of scores (float64 working copies, perturbed and gradient buffers)."""
+    available = _device_memory(cfg.device)
+    if available is None:
+        return
+    batch = max(cfg.batch_size, 256)
+    needs = {"batch_size": (3 * batch * math.prod(input_shape) * 4, f"a batch of {batch} inputs of {input_shape}")}
+    n_samples = {**get_objective(cfg.loss).defaults, **cfg.loss_options}.get("n_samples")
+    if isinstance(n_samples, int):
+        what = f"the noise of {n_samples} samples x {cfg.batch_size} inputs x {n_classes} classes"
+        needs["n_samples"] = (2 * 8 * n_samples * cfg.batch_size * n_classes, what)
+    for name, (nbytes, what) in needs.items():
+        try:
+            check_memory(nbytes, name, what, available)
+        except ValueError as err:
+            raise ConfigError(name, str(err).removeprefix(f"`{name}` ")) from None

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import seed_everything
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, check_run_memory
 from .data import DatasetBundle, load_dataset, make_loader
 from .evaluation import calibrated_test_metrics, collect_scores, metric_dict
 from .models import build_model
@@ -166,6 +166,7 @@ def _check_against_data(spec: RunSpec, bundle: DatasetBundle) -> None:
         raise ConfigError("eval_ks", f"must be <= the number of classes ({c}), got {too_big}")
     if len(bundle.train) < cfg.batch_size:
         raise ConfigError("batch_size", f"{cfg.batch_size} leaves no full training batch ({len(bundle.train)} samples)")
+    check_run_memory(cfg, c, bundle.input_shape)
 
 
 def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shard, channels_last: bool):

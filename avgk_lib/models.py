@@ -231,6 +231,48 @@ class Classifier(nn.Module):
 
 MODELS = ("mlp", "small_cnn", "resnet18_cifar", "densenet_bc_40_40", "resnet50")
 
+#: The inputs each model takes, one sample's shape without the batch dimension: ``rank`` is the
+#: number of dimensions it needs (``None``: any, the MLP flattens), ``channels`` the first
+#: dimension it needs (``None``: any; torchvision's ResNet-50 has a fixed RGB stem) and
+#: ``min_side`` the smallest height and width its downsampling leaves a non-empty map for.
+MODEL_INPUTS: dict[str, dict[str, int | None]] = {
+    "mlp": {"rank": None, "channels": None, "min_side": None},
+    "small_cnn": {"rank": 3, "channels": None, "min_side": 4},
+    "resnet18_cifar": {"rank": 3, "channels": None, "min_side": None},
+    "densenet_bc_40_40": {"rank": 3, "channels": None, "min_side": 4},
+    "resnet50": {"rank": 3, "channels": 3, "min_side": None},
+}
+
+
+def check_model_input(name: str, input_shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming `model` when model ``name`` cannot take inputs of ``input_shape`` (one
+    sample, e.g. ``(16,)`` feature vectors or ``(1, 28, 28)`` images; see :data:`MODEL_INPUTS`)."""
+    if name not in MODEL_INPUTS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise ValueError(f"`input_shape` must be a non-empty tuple of sizes >= 1, got {input_shape!r}")
+    needs = MODEL_INPUTS[name]
+    fits = [n for n, m in MODEL_INPUTS.items() if _fits(m, shape)]
+    if not _fits(needs, shape):
+        what = "images (channels, height, width)" if needs["rank"] == 3 else f"{needs['rank']}-d inputs"
+        if needs["channels"] is not None:
+            what = f"{what} with {needs['channels']} channels"
+        if needs["min_side"] is not None:
+            what = f"{what} of at least {needs['min_side']}x{needs['min_side']} pixels"
+        raise ValueError(
+            f"`model` {name!r} needs {what}, but the data's inputs have shape {shape}; "
+            f"models that fit: {', '.join(fits) or 'none'}"
+        )
+
+
+def _fits(needs: dict[str, int | None], shape: tuple[int, ...]) -> bool:
+    if needs["rank"] is not None and len(shape) != needs["rank"]:
+        return False
+    if needs["channels"] is not None and shape[0] != needs["channels"]:
+        return False
+    return needs["min_side"] is None or min(shape[1:], default=0) >= needs["min_side"]
+
 
 def build_model(
     name: str,
@@ -243,7 +285,9 @@ def build_model(
     pretrained: bool = False,
     hidden: int = 128,
 ) -> Classifier:
-    """Build a :class:`Classifier` by name (see :data:`MODELS`)."""
+    """Build a :class:`Classifier` by name (see :data:`MODELS`); ``ValueError`` naming `model`
+    when it cannot take inputs of ``input_shape`` (:func:`check_model_input`)."""
+    check_model_input(name, input_shape)
     in_channels = input_shape[0]
     if name == "mlp":
         backbone: nn.Module = MLP(int(math.prod(input_shape)), hidden)

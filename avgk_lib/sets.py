@@ -150,6 +150,15 @@ class SetPredictor:
     def predict(self, scores: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _check_classes(self, scores: torch.Tensor, calibrated_on: int | None) -> None:
+        """``ValueError`` naming `scores` when their class count differs from the calibration's
+        (``calibrated_on`` is None when the threshold was set by hand: nothing to compare)."""
+        if calibrated_on is not None and scores.shape[1] != calibrated_on:
+            raise ValueError(
+                f"`scores` has {scores.shape[1]} classes but {type(self).__name__} was calibrated on "
+                f"{calibrated_on} classes; calibrate it on scores of the same classes"
+            )
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
@@ -178,15 +187,19 @@ class AverageK(SetPredictor):
         if self.k <= 0:
             raise ValueError(f"`k` must be > 0, got {self.k}")
         self.threshold: torch.Tensor | None = None
+        self._n_classes: int | None = None
 
     def calibrate(self, scores: torch.Tensor, targets: torch.Tensor) -> AverageK:
         super().calibrate(scores, targets)
         self.threshold = M.average_k_threshold(scores, self.k)
+        self._n_classes = scores.shape[1]
         return self
 
     def predict(self, scores: torch.Tensor) -> torch.Tensor:
         if self.threshold is None:
             raise NotCalibratedError("AverageK.predict called before calibrate(scores, targets)")
+        scores = check_scores(scores)
+        self._check_classes(scores, self._n_classes)
         return M.average_k_sets(scores, self.threshold)
 
 
@@ -223,6 +236,7 @@ class SplitConformal(SetPredictor):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
         self._generator = generator
         self.qhat: float | None = None
+        self._n_classes: int | None = None
 
     def _options(self) -> dict[str, object]:
         return {"lam": self.lam, "k_reg": self.k_reg, "randomized": self.randomized, "generator": self._generator}
@@ -237,9 +251,12 @@ class SplitConformal(SetPredictor):
         scores = self._check_probabilities(scores)
         targets = check_targets(targets, scores.shape[0], scores.shape[1])
         self.qhat = _conformal.calibrate(scores, targets, self.alpha, self.score, **self._options())
+        self._n_classes = scores.shape[1]
         return self
 
     def predict(self, scores: torch.Tensor) -> torch.Tensor:
         if self.qhat is None:
             raise NotCalibratedError("SplitConformal.predict called before calibrate(scores, targets)")
-        return _conformal.conformal_sets(self._check_probabilities(scores), self.qhat, self.score, **self._options())
+        scores = self._check_probabilities(scores)
+        self._check_classes(scores, self._n_classes)
+        return _conformal.conformal_sets(scores, self.qhat, self.score, **self._options())

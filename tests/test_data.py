@@ -619,3 +619,205 @@ def test_in_memory_loader_epochs_are_permutations_and_reproducible():
         for r in range(3)
     ]
     assert sorted(torch.cat(shards).tolist()) == list(range(100))
+
+
+# ------------------------------------------------------- issue 18: options, folders, downloads, workers
+
+
+@pytest.mark.parametrize(
+    ("dataset", "options", "name"),
+    [
+        ("synthetic", {"imbalance_ratio": 0.01}, "imbalance_ratio"),
+        ("fashion_mnist", {"imbalance_ratio": 0.01}, "imbalance_ratio"),
+        ("fashion_mnist", {"imbalance_ratio": -5.0}, "imbalance_ratio"),
+        ("synthetic", {"label_noise": -0.1}, "label_noise"),
+        ("fashion_mnist", {"label_noise": -0.1}, "label_noise"),
+        ("cifar100", {"label_noise": -0.1}, "label_noise"),
+        ("fashion_mnist", {"label_noise": 1.5}, "label_noise"),
+        ("fashion_mnist", {"n_val": 120}, "n_val"),
+        ("cifar100", {"n_val": 200}, "n_val"),
+        ("fashion_mnist", {"noise_block_size": 1}, "noise_block_size"),
+        ("fashion_mnist", {"augment": "crop_flp"}, "augment"),
+        ("fashion_mnist", {"noise_groups": "semantik"}, "noise_groups"),
+        ("fashion_mnist", {"split_seed": 2**63}, "split_seed"),
+        ("cifar100", {"noise_seed": 2**63}, "noise_seed"),
+        ("synthetic", {"sample_seed": 2**63}, "sample_seed"),
+        ("synthetic", {"task_seed": 2**63}, "task_seed"),
+    ],
+)
+def test_the_same_rules_hold_on_every_dataset(tmp_path, no_debian, dataset, options, name):
+    write_fmnist(tmp_path / "FashionMNIST" / "raw", fake_fmnist_arrays())  # 120 training images
+    write_fake_cifar100(tmp_path)  # 200 training images
+    root = {} if dataset == "synthetic" else {"root": tmp_path}
+    n_val = {"synthetic": {}, "fashion_mnist": {"n_val": 20}, "cifar100": {"n_val": 40}}[dataset]
+    with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
+        load_dataset(dataset, **root, **{**n_val, **options})
+
+
+def test_seeds_up_to_int64_work_and_derived_seeds_keep_small_seeds(tmp_path):
+    from avgk_lib.data.base import derived_seed
+
+    assert derived_seed(5 * 1000 + 1) == 5001 and derived_seed(2**64 + 3) == 3
+    big = 2**63 - 1
+    bundle = load_dataset("synthetic", n_train=50, n_val=20, n_test=20, task_seed=big, sample_seed=big, label_noise=0.3)
+    loader = make_loader(bundle, "train", 10, torch.device("cpu"), train=True, seed=big)
+    assert sorted(torch.cat([idx for _, _, idx in loader]).tolist()) == list(range(50))
+
+
+def test_dataset_input_shape_is_known_before_loading(tmp_path, no_debian):
+    from avgk_lib.data import dataset_input_shape
+
+    write_fmnist(tmp_path / "FashionMNIST" / "raw", fake_fmnist_arrays())
+    write_fake_cifar100(tmp_path)
+    write_fake_plantnet(tmp_path / "plantnet")
+    cases = [
+        ("synthetic", {"dim": 7, "n_train": 30, "n_val": 10, "n_test": 10}),
+        ("fashion_mnist", {"root": tmp_path, "n_val": 20}),
+        ("cifar100", {"root": tmp_path, "n_val": 40}),
+        ("plantnet300k", {"root": tmp_path / "plantnet", "resize": 32, "crop": 24}),
+    ]
+    for name, options in cases:
+        assert dataset_input_shape(name, options) == load_dataset(name, **options).input_shape, name
+    with pytest.raises(ValueError, match="valid names"):
+        dataset_input_shape("mnist")
+
+
+def test_synthetic_sizes_beyond_memory_are_refused_before_allocating(monkeypatch):
+    from avgk_lib.data import base
+
+    monkeypatch.setattr(base, "available_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match="`n_train` is too large.*GiB"):
+        load_dataset("synthetic", n_train=10**11)
+    with pytest.raises(ValueError, match="`n_test` is too large"):
+        load_dataset("synthetic", n_train=10, n_val=10, n_test=10**9)
+    with pytest.raises(ValueError, match="`n_classes` is too large"):
+        load_dataset("synthetic", n_train=100, n_val=10, n_test=10, n_classes=10**9)
+    with pytest.raises(ValueError, match="`dim` is too large"):
+        load_dataset("synthetic", n_train=100, n_val=10, n_test=10, dim=10**9)
+    assert len(load_dataset("synthetic", n_train=100, n_val=10, n_test=10).train) == 100
+
+
+def test_read_only_data_folder_reads_the_files_where_they_are(tmp_path, monkeypatch):
+    """A data folder that cannot be written (here: under /proc, not creatable even by root): the Debian
+    files are read in place instead of being copied into torchvision's layout."""
+    debian = tmp_path / "debian"
+    write_fmnist(debian, fake_fmnist_arrays(seed=3), gz=True)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", debian)
+    monkeypatch.setenv("AVGK_DATA_DIR", "/proc/avgk-read-only-data")
+    bundle = load_dataset("fashion_mnist", n_val=20)
+    assert len(bundle.train) == 100 and len(bundle.test) == 30
+
+
+def test_download_into_an_unusable_folder_is_refused_before_downloading(tmp_path, monkeypatch, no_debian):
+    import torchvision.datasets.mnist as tv_mnist
+
+    from avgk_lib.data import DataFolderError
+
+    calls = []
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", lambda *a, **k: calls.append(a))
+    monkeypatch.delenv("AVGK_OFFLINE", raising=False)
+    monkeypatch.setenv("AVGK_DATA_DIR", "/proc/avgk-read-only-data")
+    with pytest.raises(DataFolderError, match="/proc/avgk-read-only-data.*AVGK_DATA_DIR"):
+        load_dataset("fashion_mnist")
+    with pytest.raises(DataFolderError, match="`root` /proc/avgk-read-only-data"):
+        load_dataset("cifar100", root="/proc/avgk-read-only-data")
+    assert calls == []
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar100"])
+def test_failed_download_gives_the_right_hint(tmp_path, monkeypatch, no_debian, dataset):
+    from urllib.error import URLError
+
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.mnist as tv_mnist
+
+    from avgk_lib.data import DownloadError
+
+    def unreachable(url, download_root, filename=None, md5=None, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", unreachable)
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", unreachable)
+    with pytest.raises(DownloadError) as info:
+        load_dataset(dataset, root=tmp_path, download=True)
+    message = str(info.value)
+    assert str(tmp_path) in message and "no route to host" in message and "internet connection" in message
+    assert "unset" not in message and "download=True" not in message  # it was downloading: that is no fix
+    assert "\n" not in message
+
+
+def test_unusable_data_folders_are_one_line_naming_the_variable(tmp_path, monkeypatch):
+    from avgk_lib.data import DataFolderError
+    from avgk_lib.data import base as base_module
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for folder, words in ((loop, "symbolic-link loop"), (a_file, "not a folder")):
+        monkeypatch.setenv("AVGK_DATA_DIR", str(folder))
+        for dataset in ("fashion_mnist", "cifar100", "plantnet300k"):
+            with pytest.raises(DataFolderError, match=f"{re.escape(str(folder))}.*AVGK_DATA_DIR.*{words}"):
+                load_dataset(dataset)
+    readable = tmp_path / "data"
+    readable.mkdir()
+    monkeypatch.setenv("AVGK_DATA_DIR", str(readable))
+    real_access = os.access
+    monkeypatch.setattr(base_module.os, "access", lambda p, mode: Path(p) != readable and real_access(p, mode))
+    with pytest.raises(DataFolderError, match="not readable"):
+        load_dataset("cifar100")
+
+
+def test_plantnet_symlink_loop_and_broken_link_are_named(tmp_path):
+    from avgk_lib.data import DataFolderError
+
+    write_fake_plantnet(tmp_path)
+    species = tmp_path / "images" / "train" / "1355868"
+    loop = species / "9999.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(DataFolderError, match=f"{re.escape(str(loop))} is a symbolic-link loop"):
+        load_dataset("plantnet300k", root=tmp_path)
+    loop.unlink()
+    (species / "9998.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataFolderError, match="9998.jpg is a broken symbolic link"):
+        load_dataset("plantnet300k", root=tmp_path)
+
+
+def test_plantnet_empty_validation_split_is_refused_at_load_time(tmp_path):
+    write_fake_plantnet(tmp_path)
+    for image in (tmp_path / "images" / "val").rglob("*.jpg"):
+        image.unlink()
+    with pytest.raises(ValueError, match=f"no val image.*{re.escape(str(tmp_path / 'images' / 'val'))}"):
+        load_dataset("plantnet300k", root=tmp_path)
+    # a subset whose species have no validation image
+    write_fake_plantnet(tmp_path / "b")
+    for image in (tmp_path / "b" / "images" / "val" / "1355868").glob("*.jpg"):
+        image.unlink()
+    with pytest.raises(ValueError, match="no val image.*max_classes=1"):
+        load_dataset("plantnet300k", root=tmp_path / "b", max_classes=1)
+
+
+def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(tmp_path):
+    write_fake_plantnet(tmp_path)
+    bad = sorted((tmp_path / "images" / "val" / "1355868").glob("*.jpg"))[0]
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bundle = load_dataset("plantnet300k", root=tmp_path, resize=32, crop=24)
+    loader = make_loader(bundle, "val", 2, torch.device("cpu"), train=False, workers=1)
+    with pytest.raises(ValueError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith(f"cannot read image {bad}") and "worker" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_worker_root_cause_keeps_the_last_line_of_the_worker_traceback():
+    from avgk_lib.data.loader import worker_root_cause
+
+    wrapped = ValueError(
+        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ValueError(...)\nValueError: cannot read image /a/b.jpg (bad)\n'
+    )
+    cause = worker_root_cause(wrapped)
+    assert type(cause) is ValueError and str(cause) == "cannot read image /a/b.jpg (bad) (in a DataLoader worker)"
+    plain = KeyError("x")
+    assert worker_root_cause(plain) is plain

@@ -171,3 +171,23 @@ def test_numpy_scalars_are_accepted():
     assert TopK(np.int64(2)).k == 2
     assert AverageK(np.float32(1.5)).calibrate(scores, targets).predict(scores).sum() == 30
     assert SplitConformal("lac", np.float64(0.2)).alpha == 0.2
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: AverageK(2), lambda: SplitConformal("lac", 0.2), lambda: SplitConformal("aps", 0.2)]
+)
+def test_predicting_on_another_class_count_than_calibrated_names_scores(make):
+    scores, targets = tie_free_scores(40, 6).softmax(1), random_targets(40, 6)
+    predictor = make().calibrate(scores, targets)
+    assert predictor.predict(scores).shape == (40, 6)
+    for classes in (5, 7):
+        other = tie_free_scores(10, classes, seed=3).softmax(1)
+        with pytest.raises(ValueError, match=f"`scores` has {classes} classes but .* calibrated on 6 classes"):
+            predictor.predict(other)
+
+
+def test_a_threshold_set_by_hand_predicts_on_any_class_count():
+    """``metric_dict`` reuses validation thresholds by assigning them: no class count to compare."""
+    predictor = AverageK(1.0)
+    predictor.threshold = torch.tensor(0.5)
+    assert predictor.predict(torch.tensor([[0.7, 0.2, 0.1]])).tolist() == [[True, False, False]]

@@ -5,14 +5,28 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from .._checks import check_count
-from .base import DatasetBundle, TensorSplit, cache_dir, data_dir
+from . import base
+from .base import (
+    DataFolderError,
+    DatasetBundle,
+    DownloadError,
+    TensorSplit,
+    cache_dir,
+    check_imbalance_ratio,
+    check_label_noise,
+    check_memory,
+    check_seed,
+    data_dir,
+    derived_seed,
+)
 from .cifar100 import load_cifar100
 from .corruption import group_label_noise
-from .fashion_mnist import load_fashion_mnist
+from .fashion_mnist import IMAGE_SHAPE, load_fashion_mnist
 from .loader import InMemoryLoader, make_loader
 from .plantnet import load_plantnet300k
 from .synthetic import SyntheticSpec, SyntheticTask, long_tail_counts
@@ -47,17 +61,25 @@ def load_synthetic(
     protocol) unless ``balanced_eval=True``."""
     import torch
 
+    label_noise = check_label_noise(label_noise)
+    check_imbalance_ratio(imbalance_ratio)
+    check_seed(task_seed, "task_seed")
+    draw = task_seed if sample_seed is None else check_seed(sample_seed, "sample_seed")
+    sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
+    for name, n in sizes.items():
+        check_count(n, name)
     spec = SyntheticSpec(
         n_classes, dim, n_groups, ambiguity, max_radius, group_distance, imbalance_ratio=imbalance_ratio, seed=task_seed
     )
+    _check_synthetic_memory(sizes, n_classes, dim)
     task = SyntheticTask(spec)
-    draw = task_seed if sample_seed is None else check_count(sample_seed, "sample_seed", minimum=0)
-    x_tr, y_tr, _ = task.sample(n_train, seed=draw * 1000 + 1)
-    x_va, y_va, p_va = task.sample(n_val, seed=draw * 1000 + 2, balanced=balanced_eval)
-    x_te, y_te, p_te = task.sample(n_test, seed=draw * 1000 + 3, balanced=balanced_eval)
+    x_tr, y_tr, _ = task.sample(n_train, seed=derived_seed(draw * 1000 + 1))
+    x_va, y_va, p_va = task.sample(n_val, seed=derived_seed(draw * 1000 + 2), balanced=balanced_eval)
+    x_te, y_te, p_te = task.sample(n_test, seed=derived_seed(draw * 1000 + 3), balanced=balanced_eval)
     train = TensorSplit(x_tr, y_tr)
     if label_noise > 0:
-        train = TensorSplit(x_tr, group_label_noise(y_tr, label_noise, task.group_of_class, draw * 1000 + 4), y_tr)
+        noisy = group_label_noise(y_tr, label_noise, task.group_of_class, derived_seed(draw * 1000 + 4))
+        train = TensorSplit(x_tr, noisy, y_tr)
     return DatasetBundle(
         name="synthetic",
         n_classes=n_classes,
@@ -71,12 +93,55 @@ def load_synthetic(
     )
 
 
+def _synthetic_bytes(sizes: dict[str, int], n_classes: int, dim: int) -> int:
+    """Bytes :func:`load_synthetic` allocates: the class means (three float64 (C, d) buffers); kept, per
+    sample, float32 inputs, an int64 label and float64 posteriors; while one split is drawn, per
+    sample, three float64 input buffers and four float64 (n, C) buffers (distances, logits, softmax)."""
+    kept = sum(sizes.values()) * (4 * dim + 8 + 8 * n_classes)
+    peak = max(sizes.values()) * (24 * dim + 32 * n_classes)
+    return 24 * n_classes * dim + kept + peak
+
+
+def _check_synthetic_memory(sizes: dict[str, int], n_classes: int, dim: int) -> None:
+    """Refuse, before allocating, data larger than the available memory, naming the option at fault:
+    ``n_classes`` or ``dim`` when their default would fit, else the largest split."""
+    available = base.available_memory()
+    nbytes = _synthetic_bytes(sizes, n_classes, dim)
+    if available is None or nbytes <= available:
+        return
+    default = SyntheticSpec()
+    name = max(sizes, key=lambda key: sizes[key])
+    if _synthetic_bytes(sizes, min(n_classes, default.n_classes), dim) <= available:
+        name = "n_classes"
+    elif _synthetic_bytes(sizes, n_classes, min(dim, default.dim)) <= available:
+        name = "dim"
+    what = f"{sum(sizes.values())} synthetic samples of dimension {dim} with {n_classes} classes"
+    check_memory(nbytes, name, what, available)
+
+
 LOADERS: dict[str, Callable[..., DatasetBundle]] = {
     "synthetic": load_synthetic,
     "fashion_mnist": load_fashion_mnist,
     "cifar100": load_cifar100,
     "plantnet300k": load_plantnet300k,
 }
+
+
+def dataset_input_shape(name: str, options: dict[str, Any] | None = None) -> tuple[int, ...]:
+    """The shape of one input of dataset ``name`` with loader ``options``, known before loading:
+    ``(dim,)`` synthetic features, ``(1, 28, 28)`` Fashion-MNIST, ``(3, 32, 32)`` CIFAR-100,
+    ``(3, crop, crop)`` Pl@ntNet-300K (the loaders' defaults fill missing options)."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(LOADERS))}")
+    defaults = {p.name: p.default for p in inspect.signature(LOADERS[name]).parameters.values()}
+    values = {**defaults, **(options or {})}
+    shapes = {
+        "synthetic": lambda: (values["dim"],),
+        "fashion_mnist": lambda: (1, *IMAGE_SHAPE),
+        "cifar100": lambda: (3, 32, 32),
+        "plantnet300k": lambda: (3, values["crop"], values["crop"]),
+    }
+    return shapes[name]()
 
 
 def load_dataset(name: str, **options: Any) -> DatasetBundle:
@@ -87,7 +152,9 @@ def load_dataset(name: str, **options: Any) -> DatasetBundle:
 
 
 __all__ = [
+    "DataFolderError",
     "DatasetBundle",
+    "DownloadError",
     "TensorSplit",
     "InMemoryLoader",
     "SyntheticSpec",
@@ -95,6 +162,7 @@ __all__ = [
     "LOADERS",
     "cache_dir",
     "data_dir",
+    "dataset_input_shape",
     "load_dataset",
     "load_synthetic",
     "load_fashion_mnist",

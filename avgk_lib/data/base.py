@@ -2,14 +2,149 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._checks import check_count, check_real
+
 OFFLINE_ENV = "AVGK_OFFLINE"
+DATA_ENV = "AVGK_DATA_DIR"
+CACHE_ENV = "AVGK_CACHE_DIR"
+#: Seeds are int64 values in ``[0, SEED_LIMIT)``; seeds derived from them (``seed * 1000 + 1`` ...)
+#: are reduced modulo 2**64, the range of torch's generators, which leaves every small seed as is.
+SEED_LIMIT = 2**63
+
+
+class DataFolderError(OSError):
+    """A data or cache folder that cannot be used: unreadable, read-only, not a folder, a symbolic-link
+    loop. The message is one line naming the folder and the argument or environment variable that chose it."""
+
+
+class DownloadError(RuntimeError):
+    """A dataset download that failed (network, server); the message says where the files were to go and
+    how else to get them."""
+
+
+def check_seed(value: object, name: str) -> int:
+    """``value`` as a seed: an integer in ``[0, 2**63)`` (``TypeError``/``ValueError`` naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an integer seed, got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"`{name}` must be >= 0 and < 2**63 (an int64 seed), got {value}")
+    return value
+
+
+def check_label_noise(value: object, name: str = "label_noise") -> float:
+    """A label-noise probability in [0, 1] (the same rule for every dataset)."""
+    p = check_real(value, name)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1] (a probability), got {p:g}")
+    return p
+
+
+def check_imbalance_ratio(value: object, name: str = "imbalance_ratio") -> float:
+    """A long-tail ratio of the largest to the smallest class, >= 1 (1: balanced; every dataset)."""
+    r = check_real(value, name)
+    if not r >= 1.0:
+        raise ValueError(f"`{name}` must be >= 1 (largest / smallest class; 1 keeps the classes balanced), got {r:g}")
+    return r
+
+
+def check_n_val(value: object, available: int, where: str, name: str = "n_val") -> int:
+    """A validation split of ``1..available-1`` images taken from ``available`` training images."""
+    n = check_count(value, name)
+    if n >= available:
+        raise ValueError(
+            f"`{name}` must be < {available} (the training images in {where}, of which the validation "
+            f"split is taken), got {n}"
+        )
+    return n
+
+
+def derived_seed(value: int) -> int:
+    """A seed computed from a user seed (e.g. ``seed * 100_003 + epoch``) brought into torch's range
+    ``[0, 2**64)``; unchanged for every value already in it."""
+    return value % 2**64
+
+
+def _chosen_by(path: Path, env: str, argument: str | None) -> str:
+    if argument is not None:
+        return f"`{argument}` {path}"
+    how = "set by" if os.environ.get(env) else "the default of"
+    return f"{path} ({how} {env})"
+
+
+def check_folder(path: Path, env: str, *, argument: str | None = None, write: bool = False) -> Path:
+    """``path`` when it is a usable folder, or one :class:`DataFolderError` line naming it and how it was
+    chosen (``argument``, else the environment variable ``env``): a symbolic-link loop, not a folder, not
+    readable, or (``write=True``) not creatable or not writable. A folder that does not exist yet is
+    fine for reading (the caller reports missing data); with ``write=True`` it is created."""
+    where = _chosen_by(path, env, argument)
+    fix = f"point {argument or env} at a usable folder"
+    try:
+        path.stat()
+        exists = True
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataFolderError(f"{where} is a symbolic-link loop; {fix}") from None
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise DataFolderError(f"{where} cannot be read ({err.strerror}); {fix}") from None
+        exists = False
+    if exists and not path.is_dir():
+        raise DataFolderError(f"{where} exists and is not a folder; {fix}")
+    if exists and not os.access(path, os.R_OK | os.X_OK):
+        raise DataFolderError(f"{where} is not readable (permission denied); {fix} or fix its permissions")
+    if write:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check.tmp"):
+                pass
+        except OSError as err:
+            if not exists:
+                why = "cannot be created"
+            else:
+                why = "is read-only" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "is not writable"
+            raise DataFolderError(f"{where} {why} ({err.strerror or err}); {fix} or fix its permissions") from None
+    return path
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of ``/proc/meminfo``, else the
+    physical memory (``os.sysconf``); ``None`` when neither is known."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
+
+
+def check_memory(nbytes: float, name: str, what: str, available: int | None = None) -> None:
+    """``ValueError`` naming ``name`` when an allocation estimated at ``nbytes`` exceeds the memory
+    available (:func:`available_memory`, or ``available``); no check when that is unknown."""
+    available = available_memory() if available is None else available
+    if available is not None and nbytes > available:
+        raise ValueError(
+            f"`{name}` is too large: {what} needs about {_gib(nbytes)} of memory, "
+            f"more than the {_gib(available)} available; lower it"
+        )
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if math.isfinite(nbytes) else "unbounded"
 
 
 def offline() -> bool:
@@ -30,12 +165,12 @@ def resolve_download(download: bool | None) -> bool:
 
 def data_dir() -> Path:
     """Root of datasets: ``$AVGK_DATA_DIR``, default ``~/.cache/avgk/data``."""
-    return Path(os.environ.get("AVGK_DATA_DIR", Path.home() / ".cache" / "avgk" / "data")).expanduser()
+    return Path(os.environ.get(DATA_ENV, Path.home() / ".cache" / "avgk" / "data")).expanduser()
 
 
 def cache_dir() -> Path:
     """Root of runs, checkpoints and results: ``$AVGK_CACHE_DIR``, default ``~/.cache/avgk``."""
-    return Path(os.environ.get("AVGK_CACHE_DIR", Path.home() / ".cache" / "avgk")).expanduser()
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "avgk")).expanduser()
 
 
 @dataclass
@@ -64,7 +199,7 @@ class TensorSplit:
         ``None`` or ``n >= len(self)`` returns the split itself."""
         if n is None or n >= len(self):
             return self
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(derived_seed(seed)))
         return self.subset(perm[:n].sort().values)
 
 
@@ -108,5 +243,5 @@ def class_counts(y: torch.Tensor, n_classes: int) -> list[int]:
 
 def split_indices(n: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random train/val split of ``range(n)``."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed)))
     return perm[n_val:].sort().values, perm[:n_val].sort().values

@@ -16,12 +16,28 @@ horizontal flip; normalisation with the CIFAR-100 channel statistics.
 
 from __future__ import annotations
 
+import errno
 import pickle
 from pathlib import Path
 
 import torch
 
-from .base import OFFLINE_ENV, DatasetBundle, TensorSplit, class_counts, data_dir, resolve_download, split_indices
+from .._checks import check_count
+from .base import (
+    DATA_ENV,
+    OFFLINE_ENV,
+    DatasetBundle,
+    DownloadError,
+    TensorSplit,
+    check_folder,
+    check_label_noise,
+    check_n_val,
+    check_seed,
+    class_counts,
+    data_dir,
+    resolve_download,
+    split_indices,
+)
 from .corruption import block_label_noise
 
 MEAN = (0.5071, 0.4865, 0.4409)
@@ -83,19 +99,31 @@ def read_class_names(folder: Path) -> list[str]:
 
 
 def download_cifar100(root: Path) -> None:
-    """Download and extract ``cifar-100-python`` with torchvision (its URL and checksum) into ``root``."""
+    """Download and extract ``cifar-100-python`` with torchvision (its URL and checksum) into ``root``;
+    a failed download (network, server, checksum) raises :class:`~avgk_lib.data.base.DownloadError`
+    naming the folder, with the route that needs no download."""
     import torchvision
 
     try:
         torchvision.datasets.CIFAR100(str(root), train=True, download=True)
     except (OSError, RuntimeError) as err:
-        raise RuntimeError(f"downloading CIFAR-100 into {root / FOLDER} failed ({err}); {_how_to_get(root)}") from err
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise
+        why = " ".join(str(err).split())  # one line: torchvision's messages span several
+        raise DownloadError(
+            f"downloading CIFAR-100 into {root / FOLDER} failed ({why}); check the internet connection (and a "
+            f"proxy, HTTPS_PROXY) and try again, or {_copy_route(root)}"
+        ) from err
+
+
+def _copy_route(root: Path) -> str:
+    return f"copy the official cifar-100-python folder (files {', '.join(FILES)}) into {root}"
 
 
 def _how_to_get(root: Path) -> str:
     return (
-        f"get it with download=True or by unsetting {OFFLINE_ENV} (torchvision downloads about 160 MB), or copy "
-        f"the official cifar-100-python folder (files {', '.join(FILES)}) into {root}"
+        f"get it with download=True or by unsetting {OFFLINE_ENV} (torchvision downloads about 160 MB), "
+        f"or {_copy_route(root)}"
     )
 
 
@@ -105,10 +133,12 @@ def locate_cifar100(root: Path | None = None, download: bool | None = None) -> P
     if root is not None and not isinstance(root, (str, Path)):
         raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
     allowed = resolve_download(download)
-    root = Path(root).expanduser() if root is not None else data_dir()
+    argument = None if root is None else "root"
+    root = check_folder(Path(root).expanduser() if root is not None else data_dir(), DATA_ENV, argument=argument)
     folder = root / FOLDER
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing and allowed:
+        check_folder(root, DATA_ENV, argument=argument, write=True)
         download_cifar100(root)
         missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
@@ -139,13 +169,15 @@ def load_cifar100(
         train_subset: keep only this many training images (random, fixed by ``split_seed``).
         download: ``None`` downloads when absent unless ``$AVGK_OFFLINE`` is set.
     """
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"`label_noise` must be in [0, 1], got {label_noise!r}")
+    check_label_noise(label_noise)
+    check_seed(split_seed, "split_seed")
+    check_seed(noise_seed, "noise_seed")
+    if train_subset is not None:
+        check_count(train_subset, "train_subset")
     folder = locate_cifar100(root, download)
     x_all, y_all = read_split(folder, "train")
     x_test, y_test = read_split(folder, "test")
-    if not 0 < n_val < len(y_all):
-        raise ValueError(f"`n_val` must be in 1..{len(y_all) - 1} (the training images in {folder}), got {n_val!r}")
+    check_n_val(n_val, len(y_all), str(folder / "train"))
     names = read_class_names(folder)
     train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
     train = TensorSplit(x_all[train_idx], y_all[train_idx])

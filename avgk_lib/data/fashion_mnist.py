@@ -21,17 +21,35 @@ checked (header, dimensions, payload length, 28x28 images, as many labels as ima
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import os
 import struct
+import typing
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from .._checks import check_count
 from . import base
-from .base import DatasetBundle, TensorSplit, class_counts, data_dir, split_indices
+from .base import (
+    DATA_ENV,
+    DatasetBundle,
+    DownloadError,
+    TensorSplit,
+    check_folder,
+    check_imbalance_ratio,
+    check_label_noise,
+    check_n_val,
+    check_seed,
+    class_counts,
+    data_dir,
+    derived_seed,
+    split_indices,
+)
 from .corruption import block_label_noise, group_label_noise, long_tail_subsample
 
 IMAGE_SHAPE = (28, 28)
@@ -47,6 +65,9 @@ MEAN, STD = (0.2860,), (0.3530,)
 #: group id of each class for label noise between similar garments: tops (T-shirt/top, Pullover,
 #: Coat, Shirt), footwear (Sandal, Sneaker, Ankle boot); Trouser, Dress and Bag stand alone.
 SEMANTIC_GROUPS = [0, 2, 0, 3, 0, 1, 0, 1, 4, 1]
+#: train-time augmentations of the in-memory images (``"none"``, like ``None``, turns it off)
+Augment = Literal["crop_flip", "crop", "flip", "none"]
+NoiseGroups = Literal["blocks", "semantic"]
 
 
 def read_idx(path: Path | str) -> torch.Tensor:
@@ -132,39 +153,57 @@ def _find(name: str, raw: Path) -> Path | None:
     return None
 
 
-def _missing_message(raw: Path, why: str) -> str:
+def _other_routes(raw: Path) -> str:
     names = ", ".join(FILES.values())
+    return f"`apt-get install dataset-fashion-mnist`; or copy the four idx files ({names}, plain or .gz) into {raw}"
+
+
+def _missing_message(raw: Path, why: str) -> str:
     return (
         f"Fashion-MNIST not found in {raw} nor {DEBIAN_DIR}, and {why}. Get it with one of: unset {base.OFFLINE_ENV} "
-        f"(or pass download=True) and torchvision downloads it there (about 30 MB); `apt-get install "
-        f"dataset-fashion-mnist`; or copy the four idx files ({names}, plain or .gz) into {raw}."
+        f"(or pass download=True) and torchvision downloads it there (about 30 MB); {_other_routes(raw)}."
     )
 
 
 def download_fashion_mnist(root: Path) -> None:
     """Download Fashion-MNIST with torchvision into ``root/FashionMNIST/raw`` (its own layout and
-    checksums); a network failure raises :class:`RuntimeError` naming the folder."""
+    checksums). A folder that cannot be written raises :class:`~avgk_lib.data.base.DataFolderError`
+    before any download; a failed download (network, server) raises
+    :class:`~avgk_lib.data.base.DownloadError` naming the folder, with the routes that need no download."""
     import torchvision
 
+    raw = root / "FashionMNIST" / "raw"
     try:
         for train in (True, False):
             torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
     except (OSError, RuntimeError) as err:
-        raise RuntimeError(
-            f"downloading Fashion-MNIST into {root / 'FashionMNIST' / 'raw'} failed ({err}). "
-            + _missing_message(root / "FashionMNIST" / "raw", "the download did not work")
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise
+        why = " ".join(str(err).split())  # one line: torchvision's messages span several
+        raise DownloadError(
+            f"downloading Fashion-MNIST into {raw} failed ({why}); check the internet connection (and a proxy, "
+            f"HTTPS_PROXY) and try again, or get the files without downloading: {_other_routes(raw)}"
         ) from err
 
 
-def _materialise(source: Path, target: Path) -> None:
-    """Write the decompressed copy of ``source`` at ``target`` atomically (torchvision's layout)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _materialise(source: Path, target: Path) -> bool:
+    """Write the decompressed copy of ``source`` at ``target`` atomically (torchvision's layout); False
+    when the folder cannot be written (a read-only data folder: the source is then read directly)."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(_read_bytes(source))
         tmp.replace(target)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise
+        return False
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return True
 
 
 def locate_raw_files(root: Path | None = None, download: bool | None = None) -> dict[str, Path]:
@@ -175,13 +214,15 @@ def locate_raw_files(root: Path | None = None, download: bool | None = None) -> 
     if root is not None and not isinstance(root, (str, Path)):
         raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
     allowed = base.resolve_download(download)
-    root = Path(root).expanduser() if root is not None else data_dir()
+    argument = None if root is None else "root"
+    root = check_folder(Path(root).expanduser() if root is not None else data_dir(), DATA_ENV, argument=argument)
     raw = root / "FashionMNIST" / "raw"
     found = {key: _find(name, raw) for key, name in FILES.items()}
     if any(p is None for p in found.values()):
         if not allowed:
             why = "downloads are off" + (f" ({base.OFFLINE_ENV} is set)" if download is None else " (download=False)")
             raise FileNotFoundError(_missing_message(raw, why))
+        check_folder(root, DATA_ENV, argument=argument, write=True)
         download_fashion_mnist(root)
         found = {key: _find(name, raw) for key, name in FILES.items()}
         if any(p is None for p in found.values()):
@@ -190,8 +231,8 @@ def locate_raw_files(root: Path | None = None, download: bool | None = None) -> 
     for key, path in found.items():
         assert path is not None
         target = raw / FILES[key]
-        if path != target and not target.exists():
-            _materialise(path, target)
+        if path != target and not target.exists() and not _materialise(path, target):
+            target = path  # a read-only data folder: read the source itself
         paths[key] = target if target.exists() else path
     check_idx_pair(paths["train_images"], paths["train_labels"])
     check_idx_pair(paths["test_images"], paths["test_labels"])
@@ -204,14 +245,14 @@ def load_fashion_mnist(
     n_val: int = 10_000,
     label_noise: float = 0.0,
     noise_block_size: int = 2,
-    noise_groups: str = "blocks",
+    noise_groups: NoiseGroups = "blocks",
     imbalance_ratio: float = 1.0,
     train_subset: int | None = None,
     test_subset: int | None = None,
     split_seed: int = 0,
     noise_seed: int = 0,
     download: bool | None = None,
-    augment: str | None = "crop_flip",
+    augment: Augment | None = "crop_flip",
 ) -> DatasetBundle:
     """Fashion-MNIST with clean, balanced validation (from the official train set) and test splits.
 
@@ -225,27 +266,33 @@ def load_fashion_mnist(
             ratio of the largest to the smallest class); 1 keeps it balanced.
         train_subset / test_subset: keep only this many training / test images (random,
             fixed), for quick runs.
+        augment: train-time augmentation of the images (``"none"`` or ``None``: off).
+
+    Every option is checked before any file is read (``ValueError``/``TypeError`` naming it).
     """
+    _check_options(label_noise, noise_block_size, noise_groups, imbalance_ratio, split_seed, noise_seed, augment)
+    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None:
+            check_count(value, name)
     paths = locate_raw_files(root, download)
     x_all = read_idx(paths["train_images"]).unsqueeze(1)
     y_all = read_idx(paths["train_labels"]).long()
     x_test = read_idx(paths["test_images"]).unsqueeze(1)
     y_test = read_idx(paths["test_labels"]).long()
+    check_n_val(n_val, len(y_all), str(paths["train_labels"]))
     train_idx, val_idx = split_indices(len(y_all), n_val, split_seed)
     train = TensorSplit(x_all[train_idx], y_all[train_idx])
     val = TensorSplit(x_all[val_idx], y_all[val_idx])
     test = TensorSplit(x_test, y_test).random_subset(test_subset, split_seed + 2)
     if imbalance_ratio > 1:
-        train = train.subset(long_tail_subsample(train.y, 10, imbalance_ratio, split_seed))
+        train = train.subset(long_tail_subsample(train.y, 10, imbalance_ratio, derived_seed(split_seed)))
     train = train.random_subset(train_subset, split_seed + 1)
     clean = train.y.clone()
     if label_noise > 0:
         if noise_groups == "semantic":
             noisy = group_label_noise(train.y, label_noise, torch.tensor(SEMANTIC_GROUPS), noise_seed)
-        elif noise_groups == "blocks":
-            noisy = block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed)
         else:
-            raise ValueError(f"`noise_groups` must be 'blocks' or 'semantic', got {noise_groups!r}")
+            noisy = block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed)
         train = TensorSplit(train.x, noisy, clean)
     return DatasetBundle(
         name="fashion_mnist",
@@ -258,7 +305,31 @@ def load_fashion_mnist(
         train_counts=class_counts(train.y, 10),
         mean=MEAN,
         std=STD,
-        augment=augment,
+        augment=None if augment == "none" else augment,
         crop_padding=2,
         extra={"label_noise": label_noise, "imbalance_ratio": imbalance_ratio},
     )
+
+
+def _check_options(
+    label_noise: float,
+    noise_block_size: int,
+    noise_groups: str,
+    imbalance_ratio: float,
+    split_seed: int,
+    noise_seed: int,
+    augment: str | None,
+) -> None:
+    """The options of :func:`load_fashion_mnist`, each error naming the option."""
+    check_label_noise(label_noise)
+    check_imbalance_ratio(imbalance_ratio)
+    check_seed(split_seed, "split_seed")
+    check_seed(noise_seed, "noise_seed")
+    check_count(noise_block_size, "noise_block_size", minimum=2)
+    for name, value, choices in (
+        ("noise_groups", noise_groups, NoiseGroups),
+        ("augment", augment, Augment),
+    ):
+        allowed = typing.get_args(choices)
+        if value not in allowed and not (name == "augment" and value is None):
+            raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {value!r}")

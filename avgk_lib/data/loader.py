@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import DatasetBundle, TensorSplit
+from .base import DatasetBundle, TensorSplit, derived_seed
 
 
 def random_crop_flip(
@@ -91,7 +91,7 @@ class InMemoryLoader:
     def _order(self) -> torch.Tensor:
         n = self.y.shape[0]
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = torch.Generator().manual_seed(derived_seed(self.seed * 100_003 + self.epoch))
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
@@ -110,7 +110,7 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self._order()
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_919)
+        g = torch.Generator().manual_seed(derived_seed(self.seed * 100_003 + self.epoch + 7_919))
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
             x = self.x[idx]
@@ -158,7 +158,7 @@ class FolderLoader:
         self.device = device
         self.channels_last = channels_last
         self.sampler = None
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(derived_seed(seed))
         if shard[1] > 1:
             self.sampler = DistributedSampler(
                 dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed, drop_last=drop_last
@@ -180,17 +180,44 @@ class FolderLoader:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         elif self.loader.generator is not None:
-            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+            self.loader.generator.manual_seed(derived_seed(self.seed * 100_003 + epoch))
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for x, y, idx in self.loader:
+        batches = iter(self.loader)
+        while True:
+            try:
+                x, y, idx = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:
+                cause = worker_root_cause(err)
+                if cause is err:
+                    raise
+                raise cause from None
             x = x.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device)
+
+
+def worker_root_cause(err: BaseException) -> BaseException:
+    """The error a DataLoader worker raised, as one line: torch re-raises it in the main process with
+    the worker's whole traceback in the message (``Caught ValueError in DataLoader worker process 0.
+    Original Traceback ...``); this keeps the last line, the worker's own message (e.g. ``cannot read
+    image <file> (...)``), in an exception of the same type. Other errors are returned unchanged."""
+    text = str(err)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return err
+    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), text)
+    name, colon, message = last.partition(": ")
+    message = message.strip() if colon and " " not in name.strip() else last.strip()
+    try:
+        return type(err)(f"{message} (in a DataLoader worker)")
+    except Exception:  # an exception type with another constructor
+        return RuntimeError(f"{last.strip()} (in a DataLoader worker)")
 
 
 def make_loader(

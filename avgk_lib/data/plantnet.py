@@ -27,6 +27,7 @@ resize 256, crop 224 (random at train time, centre otherwise), no flip, ImageNet
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .base import DatasetBundle, data_dir
+from .base import DATA_ENV, DataFolderError, DatasetBundle, check_folder, data_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,8 +51,25 @@ WHERE = (
 )
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; a symbolic link that leads nowhere (a loop, or a broken link) raises
+    one :class:`~avgk_lib.data.base.DataFolderError` line naming it instead of being skipped."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as err:
+        raise DataFolderError(f"cannot list the Pl@ntNet-300K folder {folder} ({err.strerror or err})") from None
+    for entry in entries:
+        if entry.is_symlink():
+            try:
+                entry.stat()
+            except OSError as err:
+                kind = "a symbolic-link loop" if err.errno == errno.ELOOP else "a broken symbolic link"
+                raise DataFolderError(f"{entry} is {kind} ({err.strerror}); remove it or point it at a file") from None
+    return entries
+
+
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    return sorted(p for p in _entries(folder) if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
 class ImageFolderSplit(Dataset):
@@ -72,7 +90,7 @@ class ImageFolderSplit(Dataset):
     ) -> None:
         known = set(class_index) if known is None else known
         self.samples: list[tuple[Path, int]] = []
-        for species in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        for species in sorted(p.name for p in _entries(folder) if p.is_dir()):
             if species not in known:
                 raise ValueError(f"species folder {folder / species} is not in the species list ({NAMES_FILE})")
             if species in class_index:
@@ -153,7 +171,11 @@ def load_plantnet300k(
     _check_options(resize, crop, max_classes, max_per_class)
     if root is not None and not isinstance(root, (str, Path)):
         raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}")
-    root = Path(root).expanduser() if root is not None else data_dir() / "plantnet_300K"
+    if root is None:
+        root = check_folder(data_dir(), DATA_ENV) / "plantnet_300K"
+        check_folder(root, DATA_ENV)
+    else:
+        root = check_folder(Path(root).expanduser(), DATA_ENV, argument="root")
     images = root / "images"
     if not (root / NAMES_FILE).is_file():
         raise FileNotFoundError(f"Pl@ntNet-300K not found in {root}: no {NAMES_FILE}. {WHERE}")
@@ -173,8 +195,10 @@ def load_plantnet300k(
         )
         for split in SPLITS
     }
-    if len(splits["train"]) == 0:
-        raise ValueError(f"no training image ({', '.join(sorted(EXTENSIONS))}) under {images / 'train'}")
+    for split, data in splits.items():
+        if len(data) == 0:
+            kept = f" of the {len(species)} species kept by max_classes={max_classes}" if max_classes else ""
+            raise ValueError(f"no {split} image ({', '.join(sorted(EXTENSIONS))}){kept} under {images / split}")
     counts = torch.bincount(splits["train"].targets, minlength=len(species)).tolist()
     return DatasetBundle(
         name="plantnet300k",

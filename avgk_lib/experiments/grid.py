@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
+from ..data.base import SEED_LIMIT
 from ..evaluation import k_label
 from .catalog import EXPERIMENTS
 from .results import load_reference
@@ -93,8 +96,9 @@ def expand(
     ``loss_options`` are merged), e.g. ``{"epochs": 3}``."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
-    chosen, overrides = chosen or {}, overrides or {}
-    seeds = _check_seeds(seeds)
+    seeds = check_seeds(seeds)
+    overrides = check_overrides(overrides, owned=("seed",))
+    chosen = check_chosen(chosen, name, preset)
     runs = []
     for setting in spec.settings:
         for method_name, method in _methods_of(experiment, setting).items():
@@ -107,7 +111,18 @@ def expand(
                     if variant:
                         labels["variant"] = variant
                     runs.append(Run(labels, _config(setting, method, point, k, seed, {**change, **overrides})))
+    for run in runs:  # every configuration checked before any run trains
+        _check_run(run)
     return runs
+
+
+def _check_run(run: Run) -> None:
+    """``run.config.validate()``, its error naming the run's labels too."""
+    try:
+        run.config.validate()
+    except ConfigError as err:
+        labels = ", ".join(f"{k}={v}" for k, v in run.labels.items() if v is not None)
+        raise ConfigError(err.field, f"{err.detail} (run {labels})") from None
 
 
 def _untuned_point(spec: Preset, setting: Setting, name: str, method: Method) -> dict[str, Any]:
@@ -127,18 +142,91 @@ def tuning_key(setting: Setting, method: str) -> str:
 
 
 def chosen_from_reference(name: str, preset: str) -> dict[str, dict[str, Any]]:
-    """Tuned grid points recorded in the committed reference of this experiment and preset."""
+    """Tuned grid points recorded in the committed reference of this experiment and preset (of the
+    experiment it is ``tuned_by``: only the entries of this experiment's own settings and methods)."""
     reference = load_reference(get_experiment(name).tuned_by or name, preset)
     if not reference or "tuning" not in reference:
         return {}
-    return {key: entry["chosen"] for key, entry in reference["tuning"].items()}
+    keys = tuning_keys(name, preset)
+    return {key: entry["chosen"] for key, entry in reference["tuning"].items() if key in keys}
 
 
-def _check_seeds(seeds) -> list[int]:
+def tuning_keys(name: str, preset: str) -> list[str]:
+    """Every ``tuning_key(setting, method)`` of an experiment at a preset: the keys ``chosen`` may hold."""
+    experiment = get_experiment(name)
+    spec = experiment.preset(preset)
+    return [tuning_key(s, m) for s in spec.settings for m in _methods_of(experiment, s)]
+
+
+# ------------------------------------------------------------------------------ argument checks
+
+#: run arguments that another argument of run_experiment owns: an override would be silently lost
+#: or would train runs under wrong labels
+OWNED_BY = {"seed": "seeds=", "device": "device="}
+
+
+def check_seeds(seeds: object) -> list[int]:
+    """``seeds`` as a list: a non-empty sequence of integer seeds in ``[0, 2**63)``."""
+    if isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):
+        raise TypeError(f"`seeds` must be a list of integer seeds such as [0, 1, 2], got {seeds!r}")
     seeds = list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"`seeds` must be a non-empty list of non-negative integers, got {seeds!r}")
+    too_big = [s for s in seeds if s >= SEED_LIMIT]
+    if too_big:
+        raise ValueError(f"`seeds` must be < 2**63 (int64 seeds), got {too_big}")
     return seeds
+
+
+def check_overrides(overrides: object, owned: tuple[str, ...] = tuple(OWNED_BY)) -> dict[str, Any]:
+    """``overrides`` as a dict of :class:`TrainConfig` fields (``{}`` for None). Rejected, naming the
+    key: an unknown field, a field in ``owned`` (``seed`` belongs to ``seeds=``, ``device`` to
+    ``device=``), dataset options that the seed draws (:data:`SEEDED_OPTIONS`), and
+    ``dataset_options`` / ``loss_options`` that are not dicts."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"`overrides` must be a dict of TrainConfig fields such as {{'epochs': 3}}, got {overrides!r}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(
+                f"`overrides` key {key!r} is not a TrainConfig field; valid keys: {', '.join(sorted(fields))}"
+            )
+        if key in owned:
+            raise ValueError(
+                f"`overrides` key {key!r} is set by the argument {OWNED_BY[key]} of run_experiment; pass it there"
+            )
+        if key in ("dataset_options", "loss_options") and not isinstance(value, Mapping):
+            raise TypeError(f"`overrides` key {key!r} must be a dict, got {value!r}")
+    seeded = {o for options in SEEDED_OPTIONS.values() for o in options}
+    for key in overrides.get("dataset_options", {}):
+        if key in seeded:
+            raise ValueError(
+                f"`overrides` dataset option {key!r} is drawn from each run's seed; choose seeds with seeds="
+            )
+    return dict(overrides)
+
+
+def check_chosen(chosen: object, name: str, preset: str) -> dict[str, dict[str, Any]]:
+    """``chosen`` as a dict (``{}`` for None) whose keys are tuning keys of the experiment at the preset
+    (:func:`tuning_keys`) and whose values are dicts of grid values; an unknown key is rejected naming it."""
+    if chosen is None:
+        return {}
+    if not isinstance(chosen, Mapping):
+        raise TypeError(f"`chosen` must be a dict of tuning_key -> grid point (as tune() returns), got {chosen!r}")
+    keys = tuning_keys(name, preset)
+    for key, point in chosen.items():
+        if key not in keys:
+            raise ValueError(
+                f"`chosen` key {key!r} is not a setting/method of experiment {name!r} at preset {preset!r}; "
+                f"valid keys: {', '.join(keys)}"
+            )
+        if not isinstance(point, Mapping):
+            raise TypeError(
+                f"`chosen` entry {key!r} must be a dict of grid values such as {{'lr': 0.1}}, got {point!r}"
+            )
+    return dict(chosen)
 
 
 # ------------------------------------------------------------------------------ running
