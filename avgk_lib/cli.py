@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .checkpoint import CheckpointError
+from .rundir import RunDirError
 from .config import ConfigError, TrainConfig, dataset_option_types
 from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     commands = {"train": _cmd_train, "run": _cmd_run, "list": _cmd_list, "demo": _cmd_demo}
-    clean = (ConfigError, CheckpointError, DataFolderError)
+    clean = (ConfigError, CheckpointError, DataFolderError, RunDirError)
     try:
         return commands[args.command](args)
     except (*clean, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:

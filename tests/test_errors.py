@@ -402,3 +402,14 @@ def test_models_declare_the_inputs_they_take():
         build_model("small_cnn", 5, (16,))
     with pytest.raises(ValueError, match="`input_shape`"):
         check_model_input("mlp", ())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"seeds": 3}, "seeds"), ({"overrides": 3}, "overrides"), ({"overrides": {"device": "cuda"}}, "device")],
+)
+def test_run_experiment_names_the_argument_before_any_training(kwargs, named):
+    from avgk_lib.experiments import run_experiment
+
+    with pytest.raises((TypeError, ValueError), match=named):
+        run_experiment("label_noise", "smoke", **kwargs)

@@ -14,7 +14,7 @@ from ..data import cache_dir
 from ..rundir import RunDir
 from ..runspec import RunSpec
 from ..train import train_many
-from .grid import chosen_from_reference, expand
+from .grid import check_overrides, check_seeds, chosen_from_reference, expand
 from .spec import Run
 
 
@@ -92,11 +92,12 @@ def run_experiment(
     Hyperparameters: ``chosen`` (e.g. from :func:`tune`), else the tuned values committed in the
     experiment's reference for this preset, else each method's first grid point (logged).
     ``device`` does not change a run's identity: a run cached on a GPU is reused on a CPU."""
+    seeds, overrides = check_seeds(seeds), check_overrides(overrides)  # each error names the argument
     if chosen is None:
         chosen = chosen_from_reference(name, preset)
         if not chosen:
             log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
-    runs = expand(name, preset, list(seeds), chosen, {**(overrides or {}), "device": device})
+    runs = expand(name, preset, seeds, chosen, {**overrides, "device": device})
     started = time.time()
     outcomes = train_or_load_many([run.config for run in runs], force=force, progress=progress, log=_quiet)
     rows = []
