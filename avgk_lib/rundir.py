@@ -265,8 +265,8 @@ class RunDir:
             raise ConfigError("out", f"{self.path} is not a writable folder ({err.strerror or err})") from None
         self._lock()
         try:
-            self._check_owner(fingerprint)
             self._check_entries()
+            self._check_owner(fingerprint)
             if self.last.exists() and not resume:
                 raise CheckpointError(
                     f"{self.last} exists: pass resume=True (--resume) to continue it, or use another folder"
