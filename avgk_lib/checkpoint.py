@@ -151,6 +151,8 @@ def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path} is not readable (permission denied): fix its permissions")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:

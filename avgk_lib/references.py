@@ -3,20 +3,50 @@
 The files live in ``avgk_lib/reference_results/`` (package data, so they are present in a wheel
 installed from PyPI or on Colab) and are read through :mod:`importlib.resources`. They are written
 by ``make references`` (``tools/reference_runs.py``) and by the benchmarks under ``benchmarks/``
-(:func:`write_reference`), each with the same provenance block (git commit, library and package
+(:func:`write_reference`), each with the same provenance block and a checksum of its content
+(verified on every load: :func:`unseal`) (git commit, library and package
 versions, device; see :func:`avgk_lib.train.provenance`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = "reference_results"
+CHECKSUM = "sha256"
+
+
+class ReferenceError(ValueError):
+    """A reference file that cannot be trusted: damaged, edited by hand, or without its checksum."""
+
+
+def json_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a JSON object's content (keys sorted), leaving out its own ``"sha256"`` key:
+    the checksum that ``results.json`` and every reference file carry."""
+    body = {k: v for k, v in data.items() if k != CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with its checksum (``"sha256"``) added."""
+    return {**payload, CHECKSUM: json_digest(payload)}
+
+
+def unseal(data: Any, name: str) -> dict[str, Any]:
+    """The content of a sealed reference, its checksum verified and removed; :class:`ReferenceError`
+    naming the file when the checksum is missing or does not match (the rows would not be the
+    ones the runs wrote)."""
+    if not isinstance(data, dict) or data.get(CHECKSUM) != json_digest(data):
+        why = "has no checksum" if isinstance(data, dict) and CHECKSUM not in data else "fails its checksum"
+        raise ReferenceError(
+            f"reference {name} {why} (edited or damaged): restore it from the repository or regenerate it"
+        )
+    return {k: v for k, v in data.items() if k != CHECKSUM}
 
 
 def reference_dir() -> Path:
@@ -37,7 +67,7 @@ def load_json_reference(stem: str) -> dict[str, Any] | None:
     entry = resources.files("avgk_lib").joinpath(PACKAGE_DIR).joinpath(f"{stem}.json")
     if not entry.is_file():
         return None
-    return json.loads(entry.read_text())
+    return unseal(json.loads(entry.read_text()), f"{stem}.json")
 
 
 def write_reference(stem: str, payload: dict[str, Any], *, device: Any, directory: str | Path | None = None) -> Path:
@@ -61,10 +91,7 @@ def write_reference(stem: str, payload: dict[str, Any], *, device: Any, director
     block["provenance"] = provenance(torch.device(device), 1)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
-    tmp = folder / f".{stem}.json.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(block, indent=1) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(seal(block), indent=1) + "\n")
     return path

@@ -25,7 +25,6 @@ Rules the class enforces:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ from .checkpoint import (
     save_checkpoint,
     save_train_state,
 )
+from .references import json_digest
 
 try:  # POSIX; elsewhere runs are not locked (said in RunDir.claim's docstring)
     import fcntl
@@ -73,11 +73,6 @@ class RunDirForeign(RunDirError, CheckpointError):
 # ----------------------------------------------------------------------------------------------
 # the result of a run
 # ----------------------------------------------------------------------------------------------
-
-
-def _digest(data: dict[str, Any]) -> str:
-    body = {k: v for k, v in data.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -118,7 +113,7 @@ class RunResult:
     def to_json(self) -> str:
         """JSON with a ``sha256`` of the content (checked by :meth:`from_json`)."""
         data = self.to_dict()
-        data["sha256"] = _digest(data)
+        data["sha256"] = json_digest(data)
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -151,7 +146,7 @@ class RunResult:
         except json.JSONDecodeError as err:
             raise ValueError(f"not a run result: invalid JSON ({err})") from None
         result = cls.from_dict(data)
-        if verify and data.get("sha256") != _digest(data):
+        if verify and data.get("sha256") != json_digest(data):
             raise ValueError("run result checksum mismatch (edited or damaged)")
         return result
 

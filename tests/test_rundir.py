@@ -119,3 +119,38 @@ def test_run_file_names_taken_by_folders_are_one_clear_error_before_training(tmp
 def test_an_empty_out_is_refused():
     with pytest.raises(ValueError, match="out"):
         RunDir("  ")
+
+
+def test_an_unreadable_checkpoint_is_not_called_damaged(tmp_path):
+    if os.geteuid() == 0:  # root reads every file: make the check see a denied read
+        import avgk_lib.checkpoint as ckpt
+
+        real = os.access
+        ckpt.os.access = lambda path, mode: False if str(path).endswith("last.pt") else real(path, mode)
+    else:
+        real = None
+    try:
+        train(_cfg(), tmp_path, progress=False, log=_quiet)
+        (tmp_path / "last.pt").chmod(0)
+        with pytest.raises(CheckpointError, match="not readable") as info:
+            train(_cfg(), tmp_path, resume=True, progress=False, log=_quiet)
+        assert "delete" not in str(info.value)
+    finally:
+        if real is not None:
+            import avgk_lib.checkpoint as ckpt
+
+            ckpt.os.access = real
+
+
+def test_a_reference_edited_by_hand_is_refused(tmp_path):
+    import json
+
+    from avgk_lib.references import ReferenceError, seal, unseal
+
+    sealed = seal({"rows": [{"seed": 0, "test_top5_micro": 0.8}]})
+    assert unseal(json.loads(json.dumps(sealed)), "x.json") == {"rows": [{"seed": 0, "test_top5_micro": 0.8}]}
+    sealed["rows"][0]["test_top5_micro"] = 0.9
+    with pytest.raises(ReferenceError, match="x.json fails its checksum"):
+        unseal(sealed, "x.json")
+    with pytest.raises(ReferenceError, match="has no checksum"):
+        unseal({"rows": []}, "x.json")

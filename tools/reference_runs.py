@@ -26,7 +26,7 @@ from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
 from avgk_lib.book.diagnostics import add_diagnostics
 from avgk_lib.checkpoint import atomic_write_json
 from avgk_lib.experiments import EXPERIMENTS, RESULTS_DIR, load_reference, run_experiment, save_reference, tune
-from avgk_lib.references import load_json_reference, reference_names
+from avgk_lib.references import load_json_reference, reference_names, seal
 
 
 def log(message: str) -> None:
@@ -40,7 +40,7 @@ def write_ledger(preset: str) -> None:
     benchmarks = {stem: load_json_reference(stem) for stem in reference_names() if stem.startswith("bench_losses")}
     payload = ledger_document(references, benchmarks, preset=preset)
     path = RESULTS_DIR / "claims.json"
-    atomic_write_json(path, payload)
+    atomic_write_json(path, seal(payload))
     counts = ", ".join(f"{sum(e['verdict'] == v for e in payload['claims'])} {v}" for v in VERDICTS)
     log(f"wrote {path} ({len(payload['claims'])} entries, Holm over {payload['holm_family_size']} tests: {counts})")
     for note in payload["skipped"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_json
-from ..references import load_json_reference, reference_dir
+from ..references import load_json_reference, reference_dir, seal, unseal
 from ..train import provenance
 from .spec import TUNING_SEED
 
@@ -41,7 +41,7 @@ def save_reference(
         "tuning": tuning or {},
         "rows": [{k: v for k, v in r.items() if k != "run"} for r in rows],
     }
-    atomic_write_json(path, payload)
+    atomic_write_json(path, seal(payload))
     return path
 
 
@@ -49,7 +49,7 @@ def load_reference(name: str, preset: str = "cpu", directory: Path = RESULTS_DIR
     """The committed reference results of an experiment, or ``None`` when there are none."""
     if directory is not RESULTS_DIR:
         path = Path(directory) / f"{name}_{preset}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return unseal(json.loads(path.read_text()), str(path)) if path.exists() else None
     return load_json_reference(f"{name}_{preset}")
 
 
