@@ -31,6 +31,19 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return load_checkpoint(folder / "last.pt")["model"]
 
 
+def _interrupt_in_epoch_2(monkeypatch):
+    """Make a stack raise KeyboardInterrupt when epoch 2 starts; return the real method."""
+    real = Stack.train_epoch
+
+    def dies_in_epoch_2(self, epoch, show):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, show)
+
+    monkeypatch.setattr(Stack, "train_epoch", dies_in_epoch_2)
+    return real
+
+
 def test_a_member_follows_its_single_run_for_60_steps(tmp_path):
     # 640 / 32 = 20 steps an epoch, 3 epochs: 60 steps with noise draws, two lrs, two seeds
     configs = [_cfg(3, lr=0.05), _cfg(4, lr=0.2, loss_options={"epsilon": 0.5})]
@@ -69,14 +82,7 @@ def test_a_killed_stack_resumes_to_the_same_results(tmp_path, monkeypatch):
     configs = [_cfg(s, epochs=3) for s in (0, 1)]
     reference = train_many(configs, [tmp_path / f"ref{s}" for s in (0, 1)], progress=False, log=_quiet)
     outs = [tmp_path / f"killed{s}" for s in (0, 1)]
-    real = Stack.train_epoch
-
-    def dies_in_epoch_2(self, epoch, show):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch, show)
-
-    monkeypatch.setattr(Stack, "train_epoch", dies_in_epoch_2)
+    real = _interrupt_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt, match="interrupted during epoch 2"):
         train_many(configs, outs, progress=False, log=_quiet)
     assert all((o / "last.pt").exists() and not (o / "results.json").exists() for o in outs)
@@ -90,14 +96,7 @@ def test_a_stacked_member_folder_resumes_with_train(tmp_path, monkeypatch):
     configs = [_cfg(s, epochs=2) for s in (0, 1)]
     reference = train(configs[1], tmp_path / "ref", progress=False, log=_quiet)
     outs = [tmp_path / f"m{s}" for s in (0, 1)]
-    real = Stack.train_epoch
-
-    def dies_in_epoch_2(self, epoch, show):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch, show)
-
-    monkeypatch.setattr(Stack, "train_epoch", dies_in_epoch_2)
+    _interrupt_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_many(configs, outs, progress=False, log=_quiet)
     resumed = train(configs[1], outs[1], resume=True, progress=False, log=_quiet)
