@@ -42,6 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .checkpoint import rng_state, set_rng_state
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, Run, TrainingDiverged
+from .evaluation import metric_dict
 
 
 def stack_key(run: Run) -> tuple | None:
@@ -256,6 +257,31 @@ class Stack:
             m.error = err
             return False
         return True
+
+    @torch.no_grad()
+    def validation_metrics(self) -> list[dict[str, float]] | None:
+        """Every member's validation metrics (as :func:`~avgk_lib.engine.validation_metrics`
+        computes them) from one stacked forward pass per batch, or ``None`` when the members'
+        validation splits differ in size (then each member is validated on its own)."""
+        loaders = [m.run.val_loader for m in self.members]
+        if not all(isinstance(loader, InMemoryLoader) for loader in loaders):
+            return None
+        if len({(len(loader.y), loader.batch_size) for loader in loaders}) != 1:
+            return None
+        parts: list[list[torch.Tensor]] = [[] for _ in self.members]
+        self.base.eval()
+        try:
+            for batches in zip(*loaders, strict=True):
+                outputs = self.forward(torch.stack([b[0] for b in batches]))
+                for i, m in enumerate(self.members):
+                    out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
+                    parts[i].append(m.run.objective.head_scores(out)[m.run.spec.eval_head])
+        finally:
+            self.base.train()
+        return [
+            metric_dict(torch.cat(p), m.run.val_loader.y, m.run.cfg.eval_ks)[0]
+            for p, m in zip(parts, self.members, strict=True)
+        ]
 
     def member_rng(self, m: Member) -> None:
         """Make the member's generator states the global ones (before its checkpoint is taken)."""

@@ -159,12 +159,20 @@ def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progre
 
 
 def end_epoch(
-    run: Run, folder: RunDir | None, book: Progress, epoch: int, train_loss: float, began: float, log
+    run: Run,
+    folder: RunDir | None,
+    book: Progress,
+    epoch: int,
+    train_loss: float,
+    began: float,
+    log,
+    val: dict[str, float] | None = None,
 ) -> None:
-    """Validate, track the best epoch, checkpoint ``best.pt`` and ``last.pt`` (rank 0).
-    ``began`` is when the epoch's time started (validation included)."""
+    """Validate (unless ``val``, the validation metrics, is given), track the best epoch,
+    checkpoint ``best.pt`` and ``last.pt`` (rank 0). ``began`` is when the epoch's time started
+    (validation included)."""
     spec, cfg = run.spec, run.cfg
-    val = validation_metrics(run)
+    val = validation_metrics(run) if val is None else val
     value = -math.inf if degenerate_sets(val, cfg.k) else val[spec.select]
     improved = book.record(epoch_entry(run, epoch, train_loss, time.time() - began, val), value)
     if run.is_main:
@@ -441,14 +449,15 @@ def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list
         except KeyboardInterrupt:
             raise RunInterrupted(epoch, None) from None
         stack.write_back()
+        vals = stack.validation_metrics() or [None] * len(members)
         share = (time.time() - epoch_began) / len(members)
-        for m, folder, book in zip(members, folders, books, strict=True):
+        for m, folder, book, val in zip(members, folders, books, vals, strict=True):
             if not m.alive:
                 continue
             train_loss = m.loss_sum / max(m.seen, 1)
             m.guard.reference = book.history[0]["train_loss"] if book.history else train_loss
             stack.member_rng(m)
-            end_epoch(m.run, folder, book, epoch, train_loss, time.time() - share, lambda *_: None)
+            end_epoch(m.run, folder, book, epoch, train_loss, time.time() - share, lambda *_: None, val)
         log(
             f"epoch {epoch + 1:>3}/{epochs}  {sum(m.alive for m in members)}/{len(members)} runs alive"
             f"  ({time.time() - epoch_began:.1f}s)"
