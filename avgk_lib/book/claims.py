@@ -84,6 +84,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -1018,7 +1019,9 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     units = list(dict.fromkeys(p["unit"] for p in points))
     rows_of = {u: list(dict.fromkeys(p["row"] for p in points if p["unit"] == u)) for u in units}
     heights = [max(len(rows_of[u]), 1) for u in units]
-    width, height = figsize or (10.0, 0.62 * sum(heights) + 1.3 * len(units) + 0.9)
+    from .plotting import COLUMN_WIDTH_IN
+
+    width, height = figsize or (COLUMN_WIDTH_IN, 0.8 * sum(heights) + 1.3 * len(units) + 1.2)
     fig, axes = plt.subplots(
         len(units), 1, figsize=(width, height), squeeze=False, gridspec_kw={"height_ratios": heights}
     )
@@ -1039,7 +1042,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([_flagged(r, status[r]) for r in rows], fontsize=9)
+        ax.set_yticklabels([textwrap.fill(_flagged(r, status[r]), 30) for r in rows], fontsize=9)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.tick_params(axis="x", labelsize=9)
         ax.grid(axis="x", alpha=0.4)
@@ -1047,8 +1050,8 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     handles = [Line2D([], [], marker=MARKERS[a], ls="", color="black", label=f"{a} arm") for a in ARMS]
     handles += [Line2D([], [], color=c, lw=3, label=v) for v, c in COLOURS.items()]
     handles.append(Patch(color="#d9d9d9", label="equivalence margin"))
-    fig.legend(handles=handles, fontsize=9, loc="lower center", ncol=4, frameon=False)
+    fig.legend(handles=handles, fontsize=9, loc="lower center", ncol=3, frameon=False)
     if title:
         axes[0, 0].set_title(title, fontsize=11)
-    fig.tight_layout(rect=(0.0, 0.75 / height, 1.0, 1.0), pad=1.5)
+    fig.tight_layout(rect=(0.0, 1.1 / height, 1.0, 1.0), pad=1.0)
     return fig
