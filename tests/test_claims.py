@@ -414,7 +414,7 @@ def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
     axes = fig.get_axes()
     assert len(axes) == 2 and axes[1].get_xscale() == "log"
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
-    assert any(label.startswith("P1-noise-topk-vs-ce [precondition absent]\n") for label in labels)
+    assert any(label.startswith("P1-noise-topk-vs-ce\n[precondition absent]\n") for label in labels)
     texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
     texts += list(fig.legends[0].get_texts())
     assert all(t.get_fontsize() >= 9 for t in texts if t.get_text())

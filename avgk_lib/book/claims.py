@@ -990,13 +990,19 @@ def forest_data(ledger: Any) -> list[dict[str, Any]]:
 
 
 def _flagged(row: str, states: set) -> str:
-    """A forest-plot row label with its precondition state on the first line."""
+    """A forest-plot row label: the claim id, its precondition state on a line of its own
+    ("[precondition absent]" or "[precondition not measured]") and the setting."""
     head, _, rest = row.partition("\n")
     if "absent" in states:
-        head += " [precondition absent]"
+        head += "\n[precondition absent]"
     elif "precondition not measured" in states:
-        head += " [precondition not measured]"
+        head += "\n[precondition not measured]"
     return f"{head}\n{rest}"
+
+
+def _wrapped(label: str, width: int = 32) -> str:
+    """A row label for a column-wide figure: every line wrapped at ``width`` characters."""
+    return "\n".join(textwrap.fill(line, width) for line in label.split("\n"))
 
 
 def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | None = None):
@@ -1042,7 +1048,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([textwrap.fill(_flagged(r, status[r]), 30) for r in rows], fontsize=9)
+        ax.set_yticklabels([_wrapped(_flagged(r, status[r])) for r in rows], fontsize=9)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.tick_params(axis="x", labelsize=9)
         ax.grid(axis="x", alpha=0.4)
