@@ -47,9 +47,11 @@ class Method:
     paper: dict[str, Any] = field(default_factory=dict)
 
     def knob_grid(self, lr_grid: list[float]) -> dict[str, list[float]]:
-        """The tuned arm's base grid, lr first: ``{"lr": values, **knobs}`` (lr values on
-        ``lr x scale`` when ``lr_per_scale``)."""
-        return {"lr": sorted(self.lr_grid or lr_grid), **{k: list(v) for k, v in self.grid.items()}}
+        """The tuned arm's base grid, lr first: ``{"lr": lr_grid, **knobs}`` (lr values on
+        ``lr x scale`` when ``lr_per_scale``); which lr grid applies is
+        :func:`~avgk_lib.experiments.grid.lr_grid_of`'s choice (the method's own ``lr_grid`` unless
+        the setting has one)."""
+        return {"lr": sorted(lr_grid), **{k: list(v) for k, v in self.grid.items()}}
 
     def point(self, knobs: dict[str, Any]) -> dict[str, Any]:
         """The grid point trained for knob values: the lr divided by ``scale`` when ``lr_per_scale``."""

@@ -141,15 +141,15 @@ def _step(values: list[float]) -> float | None:
     return (values[-1] / values[0]) ** (1.0 / (len(values) - 1)) if len(values) > 1 else None
 
 
-def _extend(value: float, values: list[float], step: float, limits: tuple[float, float]) -> float | None:
-    """The next value past ``value`` (an edge of ``values``) by ``step``, clipped to ``limits``;
-    None when ``value`` already is at (or beyond) the limit on that side."""
+def _extend(value: float, raw: float, step: float, limits: tuple[float, float]) -> tuple[float, float] | None:
+    """The next value past ``value`` (an edge of the values tried, ``raw`` its unrounded value) by
+    ``step`` upwards (``step > 1``) or downwards (``step < 1``), to 4 significant digits and clipped
+    to ``limits``: ``(value, raw)``, or None when ``value`` already is at (or beyond) that limit."""
     low, high = limits
-    if value == values[-1]:
-        new = min(float(f"{value * step:.4g}"), high)
-        return new if new > value else None
-    new = max(float(f"{value / step:.4g}"), low)
-    return new if new < value else None
+    raw = raw * step
+    new = min(max(float(f"{raw:.4g}"), low), high)
+    moved = new > value if step > 1 else new < value
+    return (new, raw) if moved else None
 
 
 def _bracketing_search(
@@ -181,6 +181,7 @@ def _bracketing_search(
     tried = {m: {k: list(v) for k, v in g.items()} for m, g in grids.items()}
     steps = {m: {k: _step(v) for k, v in g.items()} for m, g in grids.items()}
     extensions = {m: dict.fromkeys(g, 0) for m, g in grids.items()}
+    raw = {m: {k: {"low": v[0], "high": v[-1]} for k, v in g.items()} for m, g in grids.items()}
     at_limit = {m: dict.fromkeys(g, False) for m, g in grids.items()}
     scored: dict[str, dict[tuple, dict[str, Any]]] = {m: {} for m in grids}
     pending = {m: _product(g) for m, g in tried.items()}
@@ -201,10 +202,13 @@ def _bracketing_search(
                 if extensions[m][knob] >= max_extensions:
                     continue
                 bounds = limits.get(knob, (0.0, math.inf))
-                new = _extend(best[knob], values, steps[m][knob], bounds)
-                at_limit[m][knob] = new is None or new in bounds
-                if new is None:
+                side = "high" if best[knob] == values[-1] else "low"
+                step = steps[m][knob] if side == "high" else 1.0 / steps[m][knob]
+                extended = _extend(best[knob], raw[m][knob][side], step, bounds)
+                at_limit[m][knob] = extended is None or extended[0] in bounds
+                if extended is None:
                     continue
+                new, raw[m][knob][side] = extended
                 tried[m][knob] = sorted([*values, new])
                 extensions[m][knob] += 1
                 grown = True
