@@ -77,6 +77,10 @@ SECONDS_PER_EPOCH = {
 }
 
 
+#: where the references and the ledger are written (the committed folder; a test points it elsewhere)
+OUT = RESULTS_DIR
+
+
 def log(message: str) -> None:
     print(time.strftime("%H:%M:%S"), message, flush=True)
 
@@ -84,10 +88,10 @@ def log(message: str) -> None:
 def write_ledger(preset: str) -> None:
     """Rebuild ``claims.json`` from the references of ``preset`` (current format, with runs) and
     the committed loss benchmarks."""
-    references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset))}
+    references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset, OUT))}
     benchmarks = {stem: load_json_reference(stem) for stem in reference_names() if stem.startswith("bench_losses")}
     payload = ledger_document(references, benchmarks, preset=preset)
-    path = RESULTS_DIR / "claims.json"
+    path = OUT / "claims.json"
     atomic_write_json(path, seal(payload))
     counts = ", ".join(f"{sum(e['verdict'] == v for e in payload['claims'])} {v}" for v in VERDICTS)
     log(f"wrote {path} ({len(payload['claims'])} entries, Holm over {payload['holm_family_size']} tests: {counts})")
@@ -180,7 +184,7 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) ->
 
 
 def _arms_of(name: str, preset: str) -> dict[str, Any]:
-    reference = load_reference(name, preset)
+    reference = load_reference(name, preset, OUT)
     return dict(reference["arms"]) if reference and "arms" in reference else {}
 
 
@@ -201,7 +205,7 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
             start = time.time()
             part = {"rows": [], "seeds": [], "tuning": tune(name, preset, log=log), "tuning_base": base}
             arms[arm] = part
-            save_arms_reference(name, preset, arms)
+            save_arms_reference(name, preset, arms, OUT)
             log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
         # None: an experiment tuned_by another (or untuned) reads the committed choices
         chosen = {key: entry["chosen"] for key, entry in part["tuning"].items()} or None
@@ -214,7 +218,7 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
         part = {**part, "rows": add_diagnostics(rows), "seeds": done}
         part["fingerprints"] = fingerprints(name, preset, done, chosen, arm)
         arms[arm] = part
-        path = save_arms_reference(name, preset, arms)
+        path = save_arms_reference(name, preset, arms, OUT)
         log(f"== {name} {arm} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
 
 
@@ -245,15 +249,16 @@ def main() -> int:
         dry_run(args.experiments, args.preset, args.seeds, arms)
         return 0
     started = time.time()
-    if not args.ledger_only:
-        for name in args.experiments:
-            recorded = _arms_of(name, args.preset)
-            for arm in arms:
-                if arm == "paper" and EXPERIMENTS[name].preset(args.preset).paper is None:
-                    continue
-                run_arm(name, args.preset, arm, args.seeds, args.pass_size, recorded)
-            write_ledger(args.preset)
-    write_ledger(args.preset)
+    if args.ledger_only:
+        write_ledger(args.preset)
+        return 0
+    for name in args.experiments:
+        recorded = _arms_of(name, args.preset)
+        for arm in arms:
+            if arm == "paper" and EXPERIMENTS[name].preset(args.preset).paper is None:
+                continue
+            run_arm(name, args.preset, arm, args.seeds, args.pass_size, recorded)
+        write_ledger(args.preset)
     log(f"total wall time {time.time() - started:.0f} s")
     return 0
 
