@@ -38,6 +38,9 @@ DEFAULT_MODELS = {
     "cifar100": "resnet18_cifar",
     "plantnet300k": "resnet50",
 }
+#: fields added after runs were cached: left out of the fingerprint at their default value, so that
+#: every run cached before they existed keeps its fingerprint (``loss_weight == 1.0`` is the old loss)
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {"loss_weight": 1.0}
 _SELECT = re.compile(r"^(top|avg)([0-9]+(?:\.[0-9]+)?)_(micro|macro)$")
 #: the largest float32: learning rates, loss hyperparameters and data options are used in float32
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -86,6 +89,9 @@ class TrainConfig:
     milestones: list[int] = _opt([], "epochs where the step schedule decays the lr, e.g. '151 226'")
     lr_gamma: float = _opt(0.1, "factor of each step decay")
     loss_lr_multiplier: float = _opt(1.0, "lr factor of the loss's own parameters (ROLE's table)")
+    loss_weight: float = _opt(
+        1.0, "a factor on the training loss: the tuned arm's weight knob of the multi-label baselines"
+    )
     seed: int = _opt(0, "random seed (initialisation, batches, noise)")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:1 ...")
     amp: Literal["auto", "bf16", "fp16", "off"] = _opt("auto", "mixed precision on CUDA")
@@ -123,6 +129,9 @@ class TrainConfig:
         display), salted with :data:`CACHE_FORMAT_VERSION`; equal for a config and its
         :meth:`validate` d copy."""
         keep = {k: v for k, v in dataclasses.asdict(self.normalized()).items() if k not in ("device", "workers")}
+        for name, default in HASHED_UNLESS_DEFAULT.items():
+            if keep.get(name) == default:
+                del keep[name]  # a field added later leaves the fingerprints of its default unchanged
         keep["cache_format_version"] = CACHE_FORMAT_VERSION
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -247,6 +256,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     _real(cfg, "weight_decay", 0.0)
     _real(cfg, "lr_gamma", 0.0, strict=True)
     _real(cfg, "loss_lr_multiplier", 0.0)
+    _real(cfg, "loss_weight", 0.0, strict=True)
 
 
 def _check_choices(cfg: TrainConfig) -> None:

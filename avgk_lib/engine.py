@@ -306,7 +306,7 @@ def _forward_loss(run: Run, batch) -> torch.Tensor:
     :class:`TrainingDiverged` instead of the loss's input-validation error."""
     outputs = run.forward_model(batch[0])
     try:
-        return run.objective.loss(outputs, batch)
+        return run.objective.loss(outputs, batch) * run.cfg.loss_weight
     except ValueError:
         parts = outputs if isinstance(outputs, tuple) else (outputs,)
         if not all(bool(torch.isfinite(p).all()) for p in parts):

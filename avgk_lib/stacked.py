@@ -231,7 +231,7 @@ class Stack:
     def _member_loss(self, m: Member, out: Any, batch: Any, epoch: int, step: int) -> torch.Tensor | None:
         torch.set_rng_state(m.rng["torch"])
         try:
-            loss = m.run.objective.loss(out, batch)
+            loss = m.run.objective.loss(out, batch) * m.run.cfg.loss_weight
         except ValueError:
             parts = out if isinstance(out, tuple) else (out,)
             if all(bool(torch.isfinite(p).all()) for p in parts):

@@ -12,14 +12,15 @@ from avgk_lib.models import MODELS, NormedLinear, build_model
 def test_every_experiment_defines_its_presets_with_valid_configs():
     for name, experiment in E.EXPERIMENTS.items():
         assert {"smoke", "cpu"} <= set(experiment.presets) <= set(E.PRESETS)
-        for preset in experiment.presets:
-            runs = E.expand(name, preset, [0, 1])
-            assert runs, (name, preset)
-            for run in runs:
-                run.config.validate()
-                assert run.labels["seed"] == run.config.seed
-            fingerprints = {run.config.fingerprint() for run in runs}
-            assert len(fingerprints) == len(runs), f"{name}/{preset}: two runs share a configuration"
+        for preset, spec in experiment.presets.items():
+            for arm in ("tuned", "paper") if spec.paper is not None else ("tuned",):
+                runs = E.expand(name, preset, [0, 1], arm=arm)
+                assert runs, (name, preset, arm)
+                for run in runs:
+                    run.config.validate()
+                    assert run.labels["seed"] == run.config.seed and run.labels["arm"] == arm
+                fingerprints = {run.config.fingerprint() for run in runs}
+                assert len(fingerprints) == len(runs), f"{name}/{preset}/{arm}: two runs share a configuration"
 
 
 def test_undefined_preset_raises_with_the_valid_names():
@@ -52,7 +53,7 @@ def test_chosen_values_reach_the_configs():
     setting = E.get_experiment("label_noise").preset("cpu").settings[1]
     key = E.tuning_key(setting, "noised_topk")
     runs = E.expand("label_noise", "cpu", [0], chosen={key: {"lr": 0.3, "epsilon": 0.05}})
-    wanted = {**setting.labels, "loss": "noised_topk", "seed": 0, "train_k": None}
+    wanted = {**setting.labels, "arm": "tuned", "loss": "noised_topk", "seed": 0, "train_k": None}
     (run,) = [r for r in runs if r.labels == wanted]
     assert run.config.lr == 0.3 and run.config.loss_options["epsilon"] == 0.05
 

@@ -1,32 +1,84 @@
-"""Compute the committed reference results and the claims ledger.
+"""Compute the committed reference results of both protocols and the claims ledger.
 
-    python tools/reference_runs.py --preset cpu --seeds 0 1 2 3 4
+    python tools/reference_runs.py                      # every experiment, both arms, seeds 0-4
+    python tools/reference_runs.py --dry-run            # runs per experiment and arm, estimated cost
+    python tools/reference_runs.py --arm paper --experiments label_noise
     python tools/reference_runs.py --ledger-only
 
-For each experiment: the tuning grid (validation split, tuning seed, equal lr grid for every
-method; skipped for presets without tuning), then the chosen values over the seeds, pass after
-pass (``--pass-size`` seeds at a time). After the tuning and after every pass the reference file
-``avgk_lib/reference_results/<experiment>_<preset>.json`` is rewritten, so an interrupted session
-still leaves usable references; the ledger ``claims.json`` is rebuilt from every reference of the
-preset at the end. Runs are cached (``$AVGK_CACHE_DIR``): a second invocation only adds what is
-missing.
+Per experiment (``book/protocol.md``):
+
+* **paper arm**: each method with its paper's fixed recipe over the seeds, nothing tuned;
+* **tuned arm**: the bracketing search on the validation split (every point on the two tuning
+  draws), then the chosen values over the seeds.
+
+The reference file ``avgk_lib/reference_results/<experiment>_<preset>.json`` (``"arms": {"paper":
+{"rows", "seeds", ...}, "tuned": {"rows", "seeds", "tuning", ...}}``) is rewritten after the
+tuning and after every pass (``--pass-size`` seeds at a time), so a killed session loses at most
+the runs in progress: runs are cached (``$AVGK_CACHE_DIR``) and resumed from their last epoch, and
+a part already finished is skipped: an arm whose recorded run fingerprints equal those of the
+runs it would train now, a tuning whose recorded base grid equals the current one. The ledger
+``claims.json`` is rebuilt from every reference of the preset after each experiment; the script
+prints its total wall time at the end.
 
 The ledger (format 2, :mod:`avgk_lib.book.claims`) reads every experiment reference of the preset
-(one arm, or ``"arms": {"paper": ..., "tuned": ...}``) and every loss benchmark
-``bench_losses_<device>.json`` (the cost claim, when it holds repeated timings); ``--ledger-only``
-rebuilds it from the committed files without training anything.
+and every loss benchmark ``bench_losses_<device>.json`` (the cost claim, when it holds repeated
+timings); ``--ledger-only`` rebuilds it from the committed files without training anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import time
+from typing import Any
 
 from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
 from avgk_lib.book.diagnostics import add_diagnostics
 from avgk_lib.checkpoint import atomic_write_json
-from avgk_lib.experiments import EXPERIMENTS, RESULTS_DIR, load_reference, run_experiment, save_reference, tune
+from avgk_lib.config import TrainConfig
+from avgk_lib.experiments import (
+    EXPERIMENTS,
+    RESULTS_DIR,
+    TUNING_SEEDS,
+    chosen_from_reference,
+    expand,
+    load_reference,
+    run_experiment,
+    save_arms_reference,
+    tune,
+)
+from avgk_lib.experiments.grid import _config, _methods_of, lr_grid_of
+from avgk_lib.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
 from avgk_lib.references import load_json_reference, reference_names, seal
+
+#: seconds per training epoch at batch 128, measured on this machine (2 CPU cores shared, torch on
+#: CPU): the median of wall_seconds / epochs over the runs of the committed cpu references of the
+#: single-arm protocol (November 2026), per dataset family and loss. An epoch at batch b is counted
+#: 128 / b times as long (its steps: an upper bound, a smaller batch's step is cheaper); a loss
+#: missing here costs as cross-entropy. Runs trained as one stack (train_many) cost less.
+SECONDS_PER_EPOCH = {
+    ("synthetic", "cross_entropy"): 0.19,
+    ("synthetic", "smooth_topk_svm"): 0.92,
+    ("synthetic", "noised_topk"): 0.40,
+    ("synthetic", "imbalanced_noised_topk"): 0.58,
+    ("synthetic", "focal"): 0.30,
+    ("synthetic", "ldam"): 0.36,
+    ("synthetic", "assume_negative"): 0.24,
+    ("synthetic", "an_ls"): 0.24,
+    ("synthetic", "wan"): 0.23,
+    ("synthetic", "epr"): 0.24,
+    ("synthetic", "role"): 0.66,
+    ("synthetic", "two_head"): 0.26,
+    ("fashion_mnist", "cross_entropy"): 22.3,
+    ("fashion_mnist", "smooth_topk_svm"): 21.0,
+    ("fashion_mnist", "noised_topk"): 21.7,
+    ("fashion_mnist", "two_head"): 24.2,
+}
+
+
+#: where the references and the ledger are written (the committed folder; a test points it elsewhere)
+OUT = RESULTS_DIR
 
 
 def log(message: str) -> None:
@@ -36,10 +88,10 @@ def log(message: str) -> None:
 def write_ledger(preset: str) -> None:
     """Rebuild ``claims.json`` from the references of ``preset`` (current format, with runs) and
     the committed loss benchmarks."""
-    references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset))}
+    references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset, OUT))}
     benchmarks = {stem: load_json_reference(stem) for stem in reference_names() if stem.startswith("bench_losses")}
     payload = ledger_document(references, benchmarks, preset=preset)
-    path = RESULTS_DIR / "claims.json"
+    path = OUT / "claims.json"
     atomic_write_json(path, seal(payload))
     counts = ", ".join(f"{sum(e['verdict'] == v for e in payload['claims'])} {v}" for v in VERDICTS)
     log(f"wrote {path} ({len(payload['claims'])} entries, Holm over {payload['holm_family_size']} tests: {counts})")
@@ -47,35 +99,167 @@ def write_ledger(preset: str) -> None:
         log(f"skipped {note['id']}: {note['reason']}")
 
 
+# ------------------------------------------------------------------------------ plans and costs
+
+
+def tuning_base(name: str, preset: str) -> list[tuple[str, TrainConfig]]:
+    """(method, config) of every run of the tuning's first round: each method's base grid on every
+    tuning draw (extensions come on top); empty for an experiment without tuning."""
+    experiment = EXPERIMENTS[name]
+    spec = experiment.preset(preset)
+    if experiment.tuned_by or not spec.tune:
+        return []
+    out = []
+    for setting in spec.settings:
+        if _unbalanced_twin(spec, setting) is not None:
+            continue
+        for method_name, method in _methods_of(experiment, setting).items():
+            grid = method.knob_grid(lr_grid_of(spec, setting, method))
+            for values, seed in itertools.product(itertools.product(*grid.values()), TUNING_SEEDS):
+                point = method.point(dict(zip(grid, values, strict=True)))
+                out.append((method_name, _config(setting, method, point, setting.tune_k, seed, {})))
+    return out
+
+
+def _extension_bound(name: str, preset: str) -> int:
+    """The most tuning runs the extensions can add: every knob extended twice (grid stays a product)."""
+    experiment = EXPERIMENTS[name]
+    spec = experiment.preset(preset)
+    if experiment.tuned_by or not spec.tune:
+        return 0
+    extra = 0
+    for setting in spec.settings:
+        if _unbalanced_twin(spec, setting) is None:
+            for method in _methods_of(experiment, setting).values():
+                sizes = [len(v) for v in method.knob_grid(lr_grid_of(spec, setting, method)).values()]
+                full = 1
+                for n in sizes:
+                    full *= n + MAX_EXTENSIONS if n > 1 else n
+                base = 1
+                for n in sizes:
+                    base *= n
+                extra += (full - base) * len(TUNING_SEEDS)
+    return extra
+
+
+def digest(configs: list[TrainConfig]) -> str:
+    return hashlib.sha256("".join(sorted(c.fingerprint() for c in configs)).encode()).hexdigest()[:16]
+
+
+def seconds(config: TrainConfig) -> float:
+    """Estimated training time of one run from :data:`SECONDS_PER_EPOCH`."""
+    family = "fashion_mnist" if config.dataset == "fashion_mnist" else "synthetic"
+    per_epoch = SECONDS_PER_EPOCH.get((family, config.loss), SECONDS_PER_EPOCH[(family, "cross_entropy")])
+    per_epoch *= 128 / config.batch_size
+    if config.max_batches:
+        n_train = config.dataset_options.get("n_train") or config.dataset_options.get("train_subset") or 10_000
+        per_epoch *= min(1.0, config.max_batches * config.batch_size / n_train)
+    return per_epoch * config.epochs
+
+
+def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) -> None:
+    """Print the runs per experiment and arm and their estimated cost on this machine."""
+    total = 0.0
+    print(f"preset {preset}, seeds {seeds}, tuning draws {list(TUNING_SEEDS)}")
+    print(f"{'experiment':22} {'arm':6} {'tuning runs':>22} {'seed runs':>9} {'estimate':>14}")
+    for name in names:
+        spec = EXPERIMENTS[name].preset(preset)
+        for arm in arms:
+            if arm == "paper" and spec.paper is None:
+                continue
+            runs = expand(name, preset, seeds, arm=arm)
+            cost = sum(seconds(r.config) for r in runs)
+            tuning = tuning_base(name, preset) if arm == "tuned" else []
+            extra = _extension_bound(name, preset) if arm == "tuned" else 0
+            base_cost = sum(seconds(c) for _, c in tuning)
+            worst = base_cost + (extra * base_cost / len(tuning) if tuning else 0.0)
+            total += cost + base_cost
+            cells = f"{len(tuning)} (+ <= {extra})" if tuning else "0"
+            hours = f"{(cost + base_cost) / 3600:.2f}-{(cost + worst) / 3600:.2f} h"
+            print(f"{name:22} {arm:6} {cells:>22} {len(runs):>9} {hours:>14}")
+    print(f"total (without extensions): {total / 3600:.2f} h on 2 cores, one run at a time (stacked runs: less)")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _arms_of(name: str, preset: str) -> dict[str, Any]:
+    reference = load_reference(name, preset, OUT)
+    return dict(reference["arms"]) if reference and "arms" in reference else {}
+
+
+def _passes(seeds: list[int], size: int) -> list[list[int]]:
+    return [seeds[: i + size] for i in range(0, len(seeds), size)]
+
+
+def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, arms: dict[str, Any]) -> None:
+    """One arm of one experiment (tuned: its tuning first), pass after pass, the reference
+    rewritten after each; a part recorded with the same runs as now is skipped."""
+    part = dict(arms.get(arm, {}))
+    chosen = None
+    if arm == "tuned":
+        base = digest([c for _, c in tuning_base(name, preset)])
+        if part.get("tuning") is not None and part.get("tuning_base") == base:
+            log(f"== {name} tuned: tuning recorded, skipped")
+        else:
+            start = time.time()
+            part = {"rows": [], "seeds": [], "tuning": tune(name, preset, log=log), "tuning_base": base}
+            arms[arm] = part
+            save_arms_reference(name, preset, arms, OUT)
+            log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
+        # None: an experiment tuned_by another (or untuned) reads the committed choices
+        chosen = {key: entry["chosen"] for key, entry in part["tuning"].items()} or None
+    if part.get("seeds") == seeds and part.get("fingerprints") == fingerprints(name, preset, seeds, chosen, arm):
+        log(f"== {name} {arm}: seeds {seeds} recorded with the same runs, skipped")
+        return
+    for done in _passes(seeds, pass_size):
+        start = time.time()
+        rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm)
+        part = {**part, "rows": add_diagnostics(rows), "seeds": done}
+        part["fingerprints"] = fingerprints(name, preset, done, chosen, arm)
+        arms[arm] = part
+        path = save_arms_reference(name, preset, arms, OUT)
+        log(f"== {name} {arm} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
+
+
+def fingerprints(name: str, preset: str, seeds: list[int], chosen: dict | None, arm: str) -> list[str]:
+    """The run fingerprints of an arm over ``seeds``, as :func:`run_experiment` would train them."""
+    if arm == "tuned" and chosen is None:
+        chosen = chosen_from_reference(name, preset, arm)
+    return [r.config.fingerprint() for r in expand(name, preset, seeds, chosen, arm=arm)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pass-size", type=int, default=3, help="seeds per pass between two reference writes")
-    parser.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS))
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
+    parser.add_argument("--arm", choices=["paper", "tuned", "both"], default="both")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost, train nothing")
     parser.add_argument("--ledger-only", action="store_true", help="only rebuild claims.json from the references")
     args = parser.parse_args()
     unknown = [n for n in args.experiments if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiments {unknown}; valid names: {', '.join(EXPERIMENTS)}")
+    if args.pass_size < 1:
+        parser.error("--pass-size must be >= 1")
+    arms = ["paper", "tuned"] if args.arm == "both" else [args.arm]
+    if args.dry_run:
+        dry_run(args.experiments, args.preset, args.seeds, arms)
+        return 0
+    started = time.time()
     if args.ledger_only:
         write_ledger(args.preset)
         return 0
-    tunings = {}
     for name in args.experiments:
-        start = time.time()
-        tunings[name] = tune(name, args.preset, log=log)
-        save_reference(name, args.preset, [], [], tuning=tunings[name])
-        log(f"== {name}: tuning done in {time.time() - start:.0f} s")
-    done: list[int] = []
-    for first in range(0, len(args.seeds), args.pass_size):
-        done += args.seeds[first : first + args.pass_size]
-        for name in args.experiments:
-            start = time.time()
-            rows = add_diagnostics(run_experiment(name, args.preset, done, progress=False, log=log))
-            path = save_reference(name, args.preset, done, rows, tuning=tunings[name])
-            log(f"== {name} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
+        recorded = _arms_of(name, args.preset)
+        for arm in arms:
+            if arm == "paper" and EXPERIMENTS[name].preset(args.preset).paper is None:
+                continue
+            run_arm(name, args.preset, arm, args.seeds, args.pass_size, recorded)
         write_ledger(args.preset)
+    log(f"total wall time {time.time() - started:.0f} s")
     return 0
 
 

@@ -5,15 +5,21 @@ sensitive knobs) and, for each **preset** it defines, its **settings** (a datase
 optimisation recipe, the K values). One function, :func:`expand`, turns an experiment, a preset,
 seeds and the chosen hyperparameters into :class:`Run` objects; nothing else branches on presets.
 
-Fair comparison (DESIGN section 11):
+Two protocols (DESIGN section 11, ``book/protocol.md``), the ``arm`` of every function and run:
 
-* **equal tuning budget**: every method is tuned on the *validation* split over the same learning-
-  rate grid (:attr:`Preset.lr_grid`) crossed with the grid of its own knobs, at one tuning seed
-  (:data:`TUNING_SEED`, a data draw of its own); the chosen values are then re-run over the
-  evaluation seeds. :func:`tune` returns the grid, the validation score of every point and the
-  choice; references record it under ``"tuning"``. For the imbalanced noised loss the learning
-  rate grid is on ``lr x scale`` (its loss is ``scale`` times a hinge, so ``lr x scale`` is its
-  effective step);
+* **paper arm** (``arm="paper"``, :attr:`Preset.paper`): each method with its paper's fixed recipe
+  scaled down, nothing tuned: P1's recipe (:func:`p1_recipe`: SGD Nesterov 0.9, weight decay 1e-4,
+  batch 64, lr 0.1, step decay at 50% and 75%) with P1's values (``Method.paper``), the two-head loss
+  with its own defaults, the weakly supervised baselines with Cole et al.'s Adam at lr 1e-3;
+* **tuned arm** (``arm="tuned"``): an **equal tuning budget** on the *validation* split, 9 trials
+  per method and setting (3 learning rates x 3 values of its own knob; cross-entropy 9 learning
+  rates, :data:`CE_LR_GRID`), each trial on the tuning draws :data:`TUNING_SEEDS` and scored by
+  its mean; **every knob bracketed** (a choice at a grid edge extends that knob, at most twice,
+  within :data:`KNOB_LIMITS`; an unbracketed choice is flagged). :func:`tune` returns the grid,
+  the validation score of every point, the budget and the choice; references record it under
+  ``"arms": {"tuned": {"tuning": ...}}``. For the scaled-logit losses (imbalanced noised top-K,
+  LDAM) the lr grid is on ``lr x scale`` (their effective step); the multi-label baselines get a
+  loss weight (:data:`LOSS_WEIGHTS`) against the C-times weight-decay coupling;
 * **randomness per seed**: a run's seed draws its initialisation, batch order *and* its data:
   the synthetic samples and their label noise (``sample_seed``), Fashion-MNIST's split, subsample
   and noise pattern (``split_seed``, ``noise_seed``) and CIFAR-100's split and noise;
@@ -28,22 +34,51 @@ resumed from its last checkpoint, an unreadable one re-run (with a warning namin
 
 from ..evaluation import k_label
 from .catalog import (
+    CE_LR_GRID,
+    CHAPTERS,
     CPU_FMNIST,
     CPU_SYNTHETIC,
     EXPERIMENTS,
     K_DEPENDENT,
+    KNOB_LIMITS,
+    LOSS_WEIGHTS,
     LR_GRID,
     P2_LOSSES,
     SYNTHETIC_100,
     SYNTHETIC_1000,
+    p1_recipe,
+    step_milestones,
 )
-from .grid import SEEDED_OPTIONS, chosen_from_reference, expand, get_experiment, presets_of, runs_of, tuning_key
-from .results import RESULTS_DIR, load_reference, save_reference, summarize
+from .grid import (
+    SEEDED_OPTIONS,
+    chosen_from_reference,
+    expand,
+    get_experiment,
+    paper_point,
+    preset_table,
+    presets_of,
+    reference_tuning,
+    runs_of,
+    tuning_key,
+)
+from .results import RESULTS_DIR, load_reference, save_arms_reference, save_reference, summarize
 from .runner import run_dir, run_experiment, run_row, train_or_load
-from .spec import PRESETS, TUNING_SEED, Experiment, Method, Preset, Run, Setting
+from .spec import ARMS, PRESETS, TUNING_SEED, TUNING_SEEDS, Experiment, Method, Preset, Run, Setting
 from .tuning import MAX_EXTENSIONS, tune
 
 __all__ = [
+    "ARMS",
+    "CE_LR_GRID",
+    "CHAPTERS",
+    "KNOB_LIMITS",
+    "LOSS_WEIGHTS",
+    "TUNING_SEEDS",
+    "p1_recipe",
+    "paper_point",
+    "preset_table",
+    "reference_tuning",
+    "save_arms_reference",
+    "step_milestones",
     "CPU_FMNIST",
     "CPU_SYNTHETIC",
     "EXPERIMENTS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .spec import Experiment, Method, Preset, Setting
+from .spec import RECIPE_KEYS, Experiment, Method, Preset, Setting
 
 SYNTHETIC_100 = {  # 100 classes in 20 groups of 5 similar classes, ambiguity uneven across groups
     "n_classes": 100,
@@ -62,38 +62,149 @@ PLANTNET_P1 = {  # ResNet-50 pre-trained on ImageNet, P1 recipe
     "workers": 8,
 }
 LR_GRID = [0.03, 0.1, 0.3]
+#: cross-entropy has no knob of its own: its 9 trials are 9 learning rates, 0.01 to 1 in equal ratios
+CE_LR_GRID = [round(0.01 * 10 ** (i / 4), 4) for i in range(9)]
+#: the tuned arm's weight on the multi-label baselines' loss (the two-head loss's own knob, ``weight``)
+LOSS_WEIGHTS = [1.0, 10.0, 100.0]
+#: hard limits of bracketing (:func:`avgk_lib.experiments.tuning._bracketing_search`): a knob chosen
+#: at an edge of its grid is extended one geometric step at a time (at most twice) but never beyond
+#: these bounds; a choice at a bound stays at an edge and is flagged unbracketed. Bounds are on the
+#: searched values (the lr on ``lr x scale`` for the scaled-logit losses). Reasons: an lr above 10
+#: diverges with any of these losses; noised top-K's epsilon and the SVM's tau beyond 10 smooth the
+#: loss into a constant; focal gamma > 5 ignores every example the model already ranks; a margin
+#: above 1 is as wide as the cosine logits' whole range; loss weights beyond 1000 exceed C x 10 at
+#: every C here (C <= 100 at the cpu preset).
+KNOB_LIMITS: dict[str, tuple[float, float]] = {
+    "lr": (1e-4, 10.0),
+    "epsilon": (1e-3, 10.0),
+    "tau": (1e-3, 10.0),
+    "gamma": (0.1, 5.0),
+    "max_margin": (0.01, 1.0),
+    "weight": (0.01, 1000.0),
+    "loss_weight": (0.01, 1000.0),
+}
+#: the paper arm's epochs per dataset (book/protocol.md): P1's recipe scaled down to 2 CPU cores
+PAPER_EPOCHS = {"synthetic": 40, "fashion_mnist": 10}
+#: Cole et al.'s optimiser for the weakly supervised baselines in the paper arm: Adam without weight
+#: decay (AdamW with decay 0 is Adam), lr 1e-3 (the middle of their grid)
+COLE_RECIPE = {"optimizer": "adamw", "weight_decay": 0.0, "lr": 1e-3}
+#: documented values of the untuned presets (colab, gpu) for the knobs the paper arm leaves harmful:
+#: the two-head weight (weight 1 costs about 14 points in chapter 7's ablation; 100 is the tuned
+#: choice on synthetic-100 at the cpu preset and about C at C = 100) and the multi-label baselines'
+#: loss weight (about C undoes the C-times coupling of weight decay against a loss averaged over C)
+DOCUMENTED_CHOICES = {
+    "two_head": {"weight": 100.0},
+    **{name: {"loss_weight": 100.0} for name in ("assume_negative", "an_ls", "wan", "epr", "role")},
+}
 
 
-def _smoke(setting: Setting) -> Setting:
-    """The smoke version of a cpu setting: the same code path on tiny data, one short epoch."""
+def step_milestones(epochs: int) -> list[int]:
+    """P1's step decay after 50% and 75% of ``epochs``: the 1-based epochs ``E // 2 + 1`` and
+    ``3E // 4 + 1`` (300 epochs: 151 and 226), those within ``2..E`` only (none for one epoch)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an integer >= 1, got {epochs!r}")
+    return sorted({m for m in (epochs // 2 + 1, 3 * epochs // 4 + 1) if 2 <= m <= epochs})
+
+
+def p1_recipe(epochs: int) -> dict[str, Any]:
+    """P1's optimisation recipe for ``epochs`` epochs: SGD with Nesterov momentum 0.9, weight decay
+    1e-4, batch 64, lr 0.1, step decay x0.1 at :func:`step_milestones`."""
+    return {
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,
+        "batch_size": 64,
+        "lr": 0.1,
+        "scheduler": "step",
+        "lr_gamma": 0.1,
+        "epochs": epochs,
+        "milestones": step_milestones(epochs),
+    }
+
+
+def _paper(setting: Setting, epochs: int | None = None) -> Setting:
+    """The paper-arm twin of a tuned setting: the same data and model, P1's recipe for ``epochs``
+    (default :data:`PAPER_EPOCHS` of the dataset); a setting whose recipe already is a P1 recipe
+    (it has milestones: the gpu presets) keeps it."""
+    if "milestones" in setting.recipe:
+        return setting
+    kept = {k: v for k, v in setting.recipe.items() if k in ("model", "workers", "pretrained")}
+    recipe = {**kept, **p1_recipe(epochs or PAPER_EPOCHS[setting.dataset])}
+    return dataclasses.replace(setting, recipe=recipe, defaults={})
+
+
+def _smoke(setting: Setting, paper: bool = False) -> Setting:
+    """The smoke version of a cpu setting: the same code path on tiny data, one short epoch (the
+    paper arm keeps its optimiser; the tuned arm tunes the lr over 0.1 only)."""
     options = dict(setting.options)
     if setting.dataset == "synthetic":
         options.update(SMOKE_DATA)
     else:
         options.update(train_subset=2000, n_val=1000, test_subset=1000)
+    if paper:
+        recipe = {**setting.recipe, "epochs": 1, "milestones": [], "max_batches": 8}
+        return dataclasses.replace(setting, options=options, recipe=recipe)
     recipe = {**SMOKE_RECIPE, **{k: v for k, v in setting.recipe.items() if k in ("model",)}}
-    return dataclasses.replace(setting, options=options, recipe=recipe)
+    return dataclasses.replace(setting, options=options, recipe=recipe, lr_grid=[0.1])
+
+
+def _documented(setting: Setting, methods: dict[str, Method]) -> Setting:
+    """An untuned setting (colab, gpu) with documented values: each method's paper loss options
+    (not its paper optimiser) and :data:`DOCUMENTED_CHOICES`, over the setting's own ``defaults``."""
+    defaults = {}
+    for name, method in methods.items():
+        paper = {k: v for k, v in method.paper.items() if k not in RECIPE_KEYS}
+        defaults[name] = {**paper, **DOCUMENTED_CHOICES.get(name, {}), **setting.defaults.get(name, {})}
+    return dataclasses.replace(setting, defaults=defaults)
 
 
 def _presets(
-    cpu: list[Setting], colab: list[Setting], gpu: list[Setting] | None, colab_note: str = "", gpu_note: str = ""
+    methods: dict[str, Method],
+    cpu: list[Setting],
+    colab: list[Setting],
+    gpu: list[Setting] | None,
+    colab_note: str = "",
+    gpu_note: str = "",
 ) -> dict[str, Preset]:
+    """Both arms at every preset: the tuned arm tuned at smoke and cpu, documented values at colab
+    and gpu; the paper arm everywhere (P1's recipe; the gpu settings already are P1's recipes)."""
     presets = {
-        "smoke": Preset([_smoke(s) for s in cpu], [0.1], note="CI: seconds, numbers are not findings"),
-        "cpu": Preset(cpu, LR_GRID, note="a 2-core laptop: minutes a run"),
-        "colab": Preset(colab, [0.1], tune=False, note=colab_note),
+        "smoke": Preset(
+            [_smoke(s) for s in cpu],
+            [0.1],
+            note="CI: seconds, numbers are not findings",
+            paper=[_smoke(_paper(s), paper=True) for s in cpu],
+        ),
+        "cpu": Preset(cpu, LR_GRID, note="a 2-core laptop: minutes a run", paper=[_paper(s) for s in cpu]),
+        "colab": Preset(
+            [_documented(s, methods) for s in colab],
+            [0.1],
+            tune=False,
+            note=colab_note,
+            paper=[_paper(s, s.recipe["epochs"]) for s in colab],
+        ),
     }
     if gpu is not None:
-        presets["gpu"] = Preset(gpu, [0.1], tune=False, note=gpu_note)
+        presets["gpu"] = Preset(
+            [_documented(s, methods) for s in gpu],
+            [0.1],
+            tune=False,
+            note=gpu_note,
+            paper=[_paper(s, s.recipe["epochs"]) for s in gpu],
+        )
     return presets
 
 
 # ------------------------------------------------------------------------------ P1
 
-P1_NOISE_METHODS = {
-    "cross_entropy": Method("cross_entropy"),
-    "smooth_topk_svm": Method("smooth_topk_svm", {"alpha": 1.0}, {"tau": [0.1, 1.0]}),
-    "noised_topk": Method("noised_topk", {"n_samples": 5}, {"epsilon": [0.05, 0.2, 1.0]}),
+CROSS_ENTROPY = Method("cross_entropy", lr_grid=CE_LR_GRID)
+P1_NOISE_METHODS = {  # paper: P1's values under label noise (CIFAR-100 command lines)
+    "cross_entropy": CROSS_ENTROPY,
+    "smooth_topk_svm": Method("smooth_topk_svm", {"alpha": 1.0}, {"tau": [0.1, 0.3, 1.0]}, paper={"tau": 1.0}),
+    "noised_topk": Method(
+        "noised_topk", {"n_samples": 5}, {"epsilon": [0.1, 0.3, 1.0]}, paper={"epsilon": 0.2, "n_samples": 10}
+    ),
 }
 
 
@@ -117,8 +228,6 @@ def _noise_setting(dataset: str, p: float, **kw: Any) -> Setting:
             [1.0, 2.0],
             2.0,
             "top{k}_micro",
-            max_seeds=3,
-            lr_grid=[0.05, 0.2],
         )
     epochs = kw.get("epochs", 15)
     recipe = dict(CIFAR_P1, lr=0.1) if epochs == 300 else dict(COLAB_CIFAR, epochs=epochs)
@@ -133,6 +242,7 @@ LABEL_NOISE = Experiment(
     "P1: cross-entropy, smooth top-K SVM and noised top-K under label noise inside groups of similar classes",
     P1_NOISE_METHODS,
     _presets(
+        P1_NOISE_METHODS,
         cpu=[_noise_setting("synthetic", p) for p in (0.0, 0.6)] + [_noise_setting("fashion_mnist", 0.6)],
         colab=[_noise_setting("cifar100", p) for p in (0.0, 0.4)],
         gpu=[_noise_setting("cifar100", p, epochs=300) for p in (0.0, 0.1, 0.2, 0.3, 0.4)],
@@ -141,16 +251,21 @@ LABEL_NOISE = Experiment(
     ),
 )
 
-P1_LT_METHODS = {
-    "cross_entropy": Method("cross_entropy"),
-    "focal": Method("focal", grid={"gamma": [1.0, 2.0]}),
-    "ldam": Method("ldam", {"scale": 30.0}, {"max_margin": [0.2, 0.5]}),
-    "noised_topk": Method("noised_topk", {"n_samples": 5}, {"epsilon": [0.05, 0.2, 1.0]}),
+P1_LT_METHODS = {  # paper: P1's values on long-tailed data (Pl@ntNet-300K command lines)
+    "cross_entropy": CROSS_ENTROPY,
+    "focal": Method("focal", grid={"gamma": [0.5, 1.0, 2.0]}, paper={"gamma": 2.0}),
+    "ldam": Method(
+        "ldam", {"scale": 40.0}, {"max_margin": [0.1, 0.2, 0.5]}, lr_per_scale=True, paper={"max_margin": 0.2}
+    ),
+    "noised_topk": Method(
+        "noised_topk", {"n_samples": 5}, {"epsilon": [0.1, 0.3, 1.0]}, paper={"epsilon": 1.0, "n_samples": 5}
+    ),
     "imbalanced_noised_topk": Method(
         "imbalanced_noised_topk",
         {"n_samples": 5, "epsilon": 0.01, "scale": 60.0},
-        {"max_margin": [0.0, 0.1, 0.2]},
+        {"max_margin": [0.05, 0.1, 0.2]},
         lr_per_scale=True,
+        paper={"max_margin": 0.2},
     ),
 }
 
@@ -163,8 +278,15 @@ P1_PLANTNET_VALUES = {  # P1's published command lines for Pl@ntNet-300K
 }
 
 
-def _lt_setting(name: str, options: dict[str, Any], recipe: dict[str, Any], ks: list[float], k: float) -> Setting:
-    return Setting({"dataset": name}, "synthetic", options, recipe, ks, k, "top{k}_macro")
+#: the balanced-test twin of a long-tailed setting draws its own data (seed + this offset), so that its
+#: runs are independent evidence and not the long-tailed runs evaluated again
+BALANCED_TWIN_OFFSET = 100
+
+
+def _lt_setting(
+    name: str, options: dict[str, Any], recipe: dict[str, Any], ks: list[float], k: float, offset: int = 0
+) -> Setting:
+    return Setting({"dataset": name}, "synthetic", options, recipe, ks, k, "top{k}_macro", data_seed_offset=offset)
 
 
 LONG_TAIL = Experiment(
@@ -172,6 +294,7 @@ LONG_TAIL = Experiment(
     "P1: CE, focal, LDAM, noised balanced and imbalanced top-K on long-tailed data (val/test long-tailed)",
     P1_LT_METHODS,
     _presets(
+        P1_LT_METHODS,
         cpu=[
             _lt_setting("synthetic-100-lt", {**SYNTHETIC_100, "imbalance_ratio": 100.0}, CPU_SYNTHETIC, [1.0, 5.0], 5),
             _lt_setting(
@@ -180,6 +303,7 @@ LONG_TAIL = Experiment(
                 CPU_SYNTHETIC,
                 [1.0, 5.0],
                 5,
+                offset=BALANCED_TWIN_OFFSET,
             ),
         ],
         colab=[
@@ -208,14 +332,20 @@ LONG_TAIL = Experiment(
 # ------------------------------------------------------------------------------ P2
 
 P2_METHODS = {
-    "cross_entropy": Method("cross_entropy"),
-    "assume_negative": Method("assume_negative"),
-    "an_ls": Method("an_ls", grid={"label_smoothing": [0.1, 0.3]}),
-    "wan": Method("wan"),
-    "epr": Method("epr", k_dependent=True),
-    "role": Method("role", grid={"loss_lr_multiplier": [1.0, 10.0]}, k_dependent=True),
-    # the multi-label head's loss is a mean over C classes: its weight grid spans 1 to C
-    "two_head": Method("two_head", grid={"weight": [1.0, 10.0, 100.0]}, k_dependent=True),
+    "cross_entropy": CROSS_ENTROPY,
+    # the multi-label baselines: tuned arm, a weight on their loss (a loss averaged over C sigmoid
+    # outputs has C times smaller gradients, against which SGD's weight decay weighs C times more);
+    # paper arm, Cole et al.'s Adam without weight decay at lr 1e-3
+    "assume_negative": Method("assume_negative", grid={"loss_weight": LOSS_WEIGHTS}, paper=COLE_RECIPE),
+    "an_ls": Method("an_ls", {"label_smoothing": 0.1}, {"loss_weight": LOSS_WEIGHTS}, paper=COLE_RECIPE),
+    "wan": Method("wan", grid={"loss_weight": LOSS_WEIGHTS}, paper=COLE_RECIPE),
+    "epr": Method("epr", grid={"loss_weight": LOSS_WEIGHTS}, k_dependent=True, paper=COLE_RECIPE),
+    "role": Method(
+        "role", {"loss_lr_multiplier": 10.0}, {"loss_weight": LOSS_WEIGHTS}, k_dependent=True, paper=COLE_RECIPE
+    ),
+    # the multi-label head's loss is a mean over C classes: its weight grid spans 1 to C; paper arm,
+    # the loss's own default weight 1 (a reconstruction: P2's recipe is not public)
+    "two_head": Method("two_head", grid={"weight": [1.0, 10.0, 100.0]}, k_dependent=True, paper={"weight": 1.0}),
 }
 P2_LOSSES = tuple(P2_METHODS)
 K_DEPENDENT = tuple(name for name, m in P2_METHODS.items() if m.k_dependent)
@@ -232,6 +362,7 @@ AVERAGE_K = Experiment(
     "P2: softmax thresholding, AN, AN-LS, WAN, EPR, ROLE and the two-head loss",
     P2_METHODS,
     _presets(
+        P2_METHODS,
         cpu=[
             _avgk_setting("synthetic-100", "synthetic", SYNTHETIC_100, CPU_SYNTHETIC, [2.0, 3.0, 5.0], 3.0),
             _avgk_setting(
@@ -242,8 +373,6 @@ AVERAGE_K = Experiment(
                 [1.5, 2.0],
                 1.5,
                 methods=["cross_entropy", "two_head"],
-                max_seeds=3,
-                lr_grid=[0.05, 0.2],
             ),
         ],
         colab=[
@@ -266,6 +395,7 @@ AVERAGE_K_LONG_TAIL = Experiment(
     "P2: two-head vs softmax thresholding on long-tailed data (val/test long-tailed)",
     {name: P2_METHODS[name] for name in ("cross_entropy", "two_head")},
     _presets(
+        P2_METHODS,
         cpu=[
             _avgk_setting(
                 "synthetic-100-lt",
@@ -297,9 +427,10 @@ TWO_HEAD_ABLATION = Experiment(
     "two_head_ablation",
     "P2: the choices the paper leaves open, one at a time around the tuned two-head loss (synthetic, K=3)",
     {"two_head": P2_METHODS["two_head"]},
-    {
-        name: preset
+    {  # an ablation around the tuned two-head loss: no paper arm
+        name: dataclasses.replace(preset, paper=None)
         for name, preset in _presets(
+            {"two_head": P2_METHODS["two_head"]},
             cpu=[_avgk_setting("synthetic-100", "synthetic", SYNTHETIC_100, CPU_SYNTHETIC, [3.0], 3.0)],
             colab=[],
             gpu=None,
@@ -316,6 +447,15 @@ TWO_HEAD_ABLATION = Experiment(
         "warm-up 5 epochs": {"loss_options": {"warmup_epochs": 5}},
     },
 )
+
+#: the chapter (notebook) that runs each experiment, for the how-to page's table of presets
+CHAPTERS = {
+    "label_noise": "04_label_noise",
+    "long_tail": "05_long_tail",
+    "average_k": "07_two_head_loss",
+    "two_head_ablation": "07_two_head_loss",
+    "average_k_long_tail": "08_where_gains_come_from",
+}
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e for e in (LABEL_NOISE, LONG_TAIL, AVERAGE_K, AVERAGE_K_LONG_TAIL, TWO_HEAD_ABLATION)

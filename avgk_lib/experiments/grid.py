@@ -10,9 +10,9 @@ from typing import Any
 from ..config import ConfigError, TrainConfig
 from ..data.base import SEED_LIMIT
 from ..evaluation import k_label
-from .catalog import EXPERIMENTS
+from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
-from .spec import Experiment, Method, Preset, Run, Setting
+from .spec import PRESETS, RECIPE_KEYS, Experiment, Method, Preset, Run, Setting, check_arm
 
 
 def get_experiment(name: str) -> Experiment:
@@ -24,6 +24,46 @@ def get_experiment(name: str) -> Experiment:
 def presets_of(name: str) -> list[str]:
     """The presets an experiment defines."""
     return list(get_experiment(name).presets)
+
+
+def _setting_label(setting: Setting) -> str:
+    dataset, *rest = (f"{v}" if k == "dataset" else f"{k}={v}" for k, v in setting.labels.items())
+    return f"{dataset} ({', '.join(rest)})" if rest else dataset
+
+
+def preset_table(presets: Iterable[str] = ("smoke", "cpu", "colab", "gpu")) -> str:
+    """Markdown table of which chapter runs which experiment at which preset, generated from the
+    catalog: per preset the settings and the runs per seed of each arm (tuned + paper), "not
+    defined" where the experiment raises on that preset.
+
+    Example:
+        >>> print(preset_table(["cpu"]).splitlines()[0])
+        | chapter | experiment | cpu |
+    """
+    if isinstance(presets, str) or not isinstance(presets, Iterable):
+        raise TypeError(f"`presets` must be a list of preset names, got {presets!r}")
+    presets = list(presets)
+    unknown = [p for p in presets if p not in PRESETS]
+    if not presets or unknown:
+        raise ValueError(f"`presets` must be a non-empty list of {', '.join(PRESETS)}, got {presets!r}")
+    lines = ["| chapter | experiment | " + " | ".join(presets) + " |", "|---" * (len(presets) + 2) + "|"]
+    for name, experiment in EXPERIMENTS.items():
+        cells = []
+        for preset in presets:
+            spec = experiment.presets.get(preset)
+            if spec is None:
+                cells.append("not defined")
+                continue
+            runs = {
+                arm: len(expand(name, preset, [0], arm=arm))
+                for arm in ("tuned", "paper")
+                if spec.paper or arm == "tuned"
+            }
+            counts = " + ".join(f"{n} {arm}" for arm, n in runs.items())
+            cells.append(f"{'; '.join(_setting_label(s) for s in spec.settings)}: {counts} runs a seed")
+        chapter = CHAPTERS.get(name, "")
+        lines.append(f"| {chapter} | `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ expansion
@@ -39,22 +79,25 @@ SEEDED_OPTIONS = {  # data randomness drawn from the run's seed, per dataset
 def _config(
     setting: Setting, method: Method, point: dict[str, Any], k: float, seed: int, overrides: dict[str, Any]
 ) -> TrainConfig:
-    """The TrainConfig of one method at one grid point, K and seed."""
-    point = dict(point)
-    recipe = {**setting.recipe}
-    recipe["lr"] = point.pop("lr", recipe.get("lr", 0.1))
-    loss_lr = point.pop("loss_lr_multiplier", None)
-    if loss_lr is not None:
-        recipe["loss_lr_multiplier"] = loss_lr
+    """The TrainConfig of one method at one grid point, K and seed: the setting's recipe, the
+    method's options and the point (keys of :data:`RECIPE_KEYS` set :class:`TrainConfig` fields,
+    the others are loss options), the data drawn from ``seed + setting.data_seed_offset``."""
+    recipe = {"lr": 0.1, **setting.recipe}
+    loss_options = {}
+    for key, value in {**method.options, **point}.items():
+        if key in RECIPE_KEYS:
+            recipe[key] = value
+        else:
+            loss_options[key] = value
     options = dict(setting.options)
     for key in SEEDED_OPTIONS.get(setting.dataset, ()):
-        options[key] = seed
+        options[key] = seed + setting.data_seed_offset
     fields = {
         "dataset": setting.dataset,
         "dataset_options": options,
         "loss": method.loss,
         "k": float(k),
-        "loss_options": {**method.options, **point},
+        "loss_options": loss_options,
         "eval_ks": sorted({float(x) for x in setting.ks} | {float(k)}),
         "select_metric": setting.select.format(k=k_label(k)),
         "seed": seed,
@@ -87,26 +130,36 @@ def expand(
     seeds: list[int],
     chosen: dict[str, dict[str, Any]] | None = None,
     overrides: dict[str, Any] | None = None,
+    arm: str = "tuned",
 ) -> list[Run]:
-    """Every run of an experiment at a preset: settings x methods x training K x seeds (x variants).
+    """Every run of an experiment at a preset in one arm: settings x methods x training K x seeds
+    (x variants); every run's labels hold ``arm``.
 
-    ``chosen`` maps ``tuning_key(setting, method)`` to the tuned grid point (``{"lr": ..., knobs}``);
-    a method without an entry uses the first lr of the preset's grid and its first knob values.
+    Tuned arm: ``chosen`` maps ``tuning_key(setting, method)`` to the tuned grid point (``{"lr":
+    ..., knobs}``); a method without an entry uses :func:`_untuned_point`. Paper arm
+    (``arm="paper"``): each method's fixed values (:func:`paper_point`), nothing chosen.
     ``overrides`` change any :class:`TrainConfig` field of every run (``dataset_options`` and
     ``loss_options`` are merged), e.g. ``{"epochs": 3}``."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
+    arm = check_arm(arm)
+    settings = spec.arm(arm)
     seeds = check_seeds(seeds)
     overrides = check_overrides(overrides, owned=("seed",))
-    chosen = check_chosen(chosen, name, preset)
+    chosen = check_chosen(chosen, name, preset, arm)
     runs = []
-    for setting in spec.settings:
+    for setting in settings:
         for method_name, method in _methods_of(experiment, setting).items():
-            point = chosen.get(tuning_key(setting, method_name)) or _untuned_point(spec, setting, method_name, method)
+            if arm == "paper":
+                point = paper_point(setting, method_name, method)
+            else:
+                point = chosen.get(tuning_key(setting, method_name)) or _untuned_point(
+                    spec, setting, method_name, method
+                )
             setting_seeds = seeds[: setting.max_seeds] if setting.max_seeds else seeds
             for k, seed in itertools.product(_train_ks(setting, method), setting_seeds):
                 for variant, change in (experiment.variants or {"": {}}).items():
-                    labels = {**setting.labels, "loss": method_name, "seed": seed}
+                    labels = {**setting.labels, "arm": arm, "loss": method_name, "seed": seed}
                     labels["train_k"] = k if method.k_dependent else None
                     if variant:
                         labels["variant"] = variant
@@ -125,30 +178,61 @@ def _check_run(run: Run) -> None:
         raise ConfigError(err.field, f"{err.detail} (run {labels})") from None
 
 
+def lr_grid_of(spec: Preset, setting: Setting, method: Method) -> list[float]:
+    """The tuned arm's lr grid of a method in a setting: the setting's own grid (smoke: 0.1), else
+    the method's (cross-entropy's finer ladder), else the preset's."""
+    return list(setting.lr_grid or method.lr_grid or spec.lr_grid)
+
+
 def _untuned_point(spec: Preset, setting: Setting, name: str, method: Method) -> dict[str, Any]:
-    """Without tuning: the recipe's lr (else the first of the grid) and the setting's paper values
-    for the method's knobs (else the loss's own defaults)."""
-    lr = setting.recipe.get("lr", method.points(setting.lr_grid or spec.lr_grid)[0]["lr"])
-    return {"lr": lr, **setting.defaults.get(name, {})}
+    """Tuned arm without tuning: the setting's documented values for the method's knobs (else the
+    loss's own defaults) at the recipe's lr (else the first of the lr grid), divided by ``scale``
+    for the scaled-logit losses (``lr_per_scale``) as in tuning."""
+    lr = setting.recipe.get("lr", lr_grid_of(spec, setting, method)[0])
+    return method.point({"lr": lr, **setting.defaults.get(name, {})})
 
 
-def runs_of(name: str, preset: str, seeds: list[int], overrides: dict[str, Any] | None = None) -> list[Run]:
-    """The runs of an experiment with the tuned values of its committed reference (if any)."""
-    return expand(name, preset, seeds, chosen_from_reference(name, preset), overrides)
+def paper_point(setting: Setting, name: str, method: Method) -> dict[str, Any]:
+    """Paper arm: the recipe's lr, then the method's paper values (``Method.paper``: loss options,
+    and for the multi-label baselines Adam's optimiser and lr), then the setting's (``defaults``);
+    nothing rescaled."""
+    if not isinstance(setting, Setting) or not isinstance(method, Method):
+        raise TypeError("`setting` and `method` must be a Setting and a Method")
+    return {"lr": setting.recipe.get("lr", 0.1), **method.paper, **setting.defaults.get(name, {})}
+
+
+def runs_of(
+    name: str, preset: str, seeds: list[int], overrides: dict[str, Any] | None = None, arm: str = "tuned"
+) -> list[Run]:
+    """The runs of an experiment in one arm, with the tuned values of its committed reference (if any)."""
+    return expand(name, preset, seeds, chosen_from_reference(name, preset, arm), overrides, arm)
 
 
 def tuning_key(setting: Setting, method: str) -> str:
     return "/".join([*(f"{k}={v}" for k, v in setting.labels.items()), method])
 
 
-def chosen_from_reference(name: str, preset: str) -> dict[str, dict[str, Any]]:
+def chosen_from_reference(name: str, preset: str, arm: str = "tuned") -> dict[str, dict[str, Any]]:
     """Tuned grid points recorded in the committed reference of this experiment and preset (of the
-    experiment it is ``tuned_by``: only the entries of this experiment's own settings and methods)."""
-    reference = load_reference(get_experiment(name).tuned_by or name, preset)
-    if not reference or "tuning" not in reference:
+    experiment it is ``tuned_by``: only the entries of this experiment's own settings and methods),
+    from its tuned arm (``"arms": {"tuned": {"tuning": ...}}``, or a one-arm reference's ``tuning``).
+    The paper arm tunes nothing: ``{}``."""
+    if check_arm(arm) == "paper":
         return {}
+    reference = load_reference(get_experiment(name).tuned_by or name, preset)
+    tuning = reference_tuning(reference)
     keys = tuning_keys(name, preset)
-    return {key: entry["chosen"] for key, entry in reference["tuning"].items() if key in keys}
+    return {key: entry["chosen"] for key, entry in tuning.items() if key in keys}
+
+
+def reference_tuning(reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The tuning record of a reference's tuned arm (``{}`` when it has none)."""
+    if not reference:
+        return {}
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"`reference` must be a dict, got {type(reference).__name__}")
+    part = reference.get("arms", {}).get("tuned", {}) if "arms" in reference else reference
+    return dict(part.get("tuning") or {})
 
 
 def tuning_keys(name: str, preset: str) -> list[str]:
@@ -208,11 +292,14 @@ def check_overrides(overrides: object, owned: tuple[str, ...] = tuple(OWNED_BY))
     return dict(overrides)
 
 
-def check_chosen(chosen: object, name: str, preset: str) -> dict[str, dict[str, Any]]:
+def check_chosen(chosen: object, name: str, preset: str, arm: str = "tuned") -> dict[str, dict[str, Any]]:
     """``chosen`` as a dict (``{}`` for None) whose keys are tuning keys of the experiment at the preset
-    (:func:`tuning_keys`) and whose values are dicts of grid values; an unknown key is rejected naming it."""
+    (:func:`tuning_keys`) and whose values are dicts of grid values; an unknown key is rejected naming it.
+    The paper arm takes no ``chosen`` (nothing is tuned)."""
     if chosen is None:
         return {}
+    if check_arm(arm) == "paper" and chosen:
+        raise ValueError("`chosen` must be empty in the paper arm: each method runs its paper's fixed values")
     if not isinstance(chosen, Mapping):
         raise TypeError(f"`chosen` must be a dict of tuning_key -> grid point (as tune() returns), got {chosen!r}")
     keys = tuning_keys(name, preset)

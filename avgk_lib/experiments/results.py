@@ -11,7 +11,7 @@ from typing import Any
 from ..checkpoint import atomic_write_json
 from ..references import load_json_reference, reference_dir, seal, unseal
 from ..train import provenance
-from .spec import TUNING_SEED
+from .spec import ARMS, TUNING_SEED, TUNING_SEEDS
 
 RESULTS_DIR = reference_dir()
 
@@ -40,6 +40,45 @@ def save_reference(
         "total_wall_seconds": sum(r["wall_seconds"] for r in rows),
         "tuning": tuning or {},
         "rows": [{k: v for k, v in r.items() if k != "run"} for r in rows],
+    }
+    atomic_write_json(path, seal(payload))
+    return path
+
+
+def save_arms_reference(name: str, preset: str, arms: dict[str, dict[str, Any]], directory: Path = RESULTS_DIR) -> Path:
+    """Write ``<name>_<preset>.json`` with both protocols: ``"arms": {arm: {"rows", "seeds", ...}}``
+    (the shape :func:`avgk_lib.book.claims.reference_arms` reads; the tuned arm also holds its
+    ``tuning``), the rows without local paths, each arm's total wall time, and provenance.
+
+    ``arms`` maps ``"paper"`` / ``"tuned"`` to a dict with ``rows`` (a list), ``seeds`` and any
+    other keys (``tuning``, ``fingerprints``), which are kept."""
+    import torch
+
+    if not isinstance(arms, dict) or not arms:
+        raise TypeError(f"`arms` must be a non-empty dict {{arm: {{'rows': [...], 'seeds': [...]}}}}, got {arms!r}")
+    for arm, part in arms.items():
+        if arm not in ARMS:
+            raise ValueError(f"`arms` key must be one of {', '.join(ARMS)}, got {arm!r}")
+        if not isinstance(part, dict) or not isinstance(part.get("rows"), list):
+            raise ValueError(f"`arms` entry {arm!r} must be a dict with a list of 'rows'")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}_{preset}.json"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    payload = {
+        "experiment": name,
+        "preset": preset,
+        "tuning_seeds": list(TUNING_SEEDS),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "provenance": provenance(device, 1),
+        "arms": {
+            arm: {
+                **part,
+                "seeds": list(part.get("seeds", [])),
+                "total_wall_seconds": sum(r.get("wall_seconds", 0.0) for r in part["rows"]),
+                "rows": [{k: v for k, v in r.items() if k != "run"} for r in part["rows"]],
+            }
+            for arm, part in arms.items()
+        },
     }
     atomic_write_json(path, seal(payload))
     return path

@@ -86,18 +86,21 @@ def run_experiment(
     device: str = "auto",
     overrides: dict[str, Any] | None = None,
     chosen: dict[str, dict[str, Any]] | None = None,
+    arm: str = "tuned",
 ) -> list[dict[str, Any]]:
     """Train (or reload) every run of an experiment; one row per run and seed (see :func:`run_row`).
 
-    Hyperparameters: ``chosen`` (e.g. from :func:`tune`), else the tuned values committed in the
-    experiment's reference for this preset, else each method's first grid point (logged).
+    ``arm``: ``"tuned"`` (equal bracketed tuning) or ``"paper"`` (each paper's fixed recipe;
+    ``book/protocol.md``). Tuned hyperparameters: ``chosen`` (e.g. from :func:`tune`), else the
+    tuned values committed in the experiment's reference for this preset, else each method's
+    untuned point (logged).
     ``device`` does not change a run's identity: a run cached on a GPU is reused on a CPU."""
     seeds, overrides = check_seeds(seeds), check_overrides(overrides)  # each error names the argument
     if chosen is None:
-        chosen = chosen_from_reference(name, preset)
-        if not chosen:
+        chosen = chosen_from_reference(name, preset, arm)
+        if not chosen and arm == "tuned":
             log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
-    runs = expand(name, preset, seeds, chosen, {**overrides, "device": device})
+    runs = expand(name, preset, seeds, chosen, {**overrides, "device": device}, arm=arm)
     started = time.time()
     outcomes = train_or_load_many([run.config for run in runs], force=force, progress=progress, log=_quiet)
     rows = []

@@ -9,29 +9,59 @@ from typing import Any
 from ..config import TrainConfig
 
 PRESETS = ("smoke", "cpu", "colab", "gpu")
-#: the data draw used for tuning: distinct from the evaluation seeds 0, 1, 2, ...
-TUNING_SEED = 1000
+#: the two protocols (``book/protocol.md``): each paper's fixed recipe, and equal bracketed tuning
+ARMS = ("paper", "tuned")
+#: the data draws used for tuning: distinct from the evaluation seeds 0, 1, 2, ...; a grid point's
+#: score is its mean best-validation metric over these draws
+TUNING_SEEDS = (1000, 1001)
+TUNING_SEED = TUNING_SEEDS[0]
+#: :class:`TrainConfig` fields a grid point or a method may set besides the loss options
+RECIPE_KEYS = ("lr", "loss_lr_multiplier", "loss_weight", "optimizer", "weight_decay", "momentum", "nesterov")
+
+
+def check_arm(arm: object) -> str:
+    """``arm`` checked: one of :data:`ARMS`."""
+    if not isinstance(arm, str) or arm not in ARMS:
+        raise ValueError(f"`arm` must be one of {', '.join(ARMS)}, got {arm!r}")
+    return arm
 
 
 @dataclass(frozen=True)
 class Method:
-    """A loss with fixed options and a grid of its own knobs (tuned together with the lr)."""
+    """A loss in both arms.
+
+    Tuned arm: fixed ``options`` and a ``grid`` of its own knobs, tuned together with the lr (over
+    ``lr_grid`` when the method has its own, e.g. cross-entropy's finer ladder, else the setting's
+    or preset's). With ``lr_per_scale`` the lr grid is on :math:`\\mathrm{lr} \\times s` (the loss is
+    :math:`s` times a hinge on scaled logits): the trained lr is the grid value divided by ``scale``.
+    Paper arm: ``paper`` holds the method's fixed values (loss options, and recipe fields such as
+    ``optimizer``, ``lr``, ``weight_decay``), over ``options``; nothing is tuned or rescaled.
+    Keys of :data:`RECIPE_KEYS` in options, grid or paper set :class:`TrainConfig` fields."""
 
     loss: str
     options: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     k_dependent: bool = False
     lr_per_scale: bool = False
+    lr_grid: list[float] | None = None
+    paper: dict[str, Any] = field(default_factory=dict)
+
+    def knob_grid(self, lr_grid: list[float]) -> dict[str, list[float]]:
+        """The tuned arm's base grid, lr first: ``{"lr": lr_grid, **knobs}`` (lr values on
+        ``lr x scale`` when ``lr_per_scale``); which lr grid applies is
+        :func:`~avgk_lib.experiments.grid.lr_grid_of`'s choice (the method's own ``lr_grid`` unless
+        the setting has one)."""
+        return {"lr": sorted(lr_grid), **{k: list(v) for k, v in self.grid.items()}}
+
+    def point(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        """The grid point trained for knob values: the lr divided by ``scale`` when ``lr_per_scale``."""
+        scale = {**self.options, **knobs}.get("scale", 1.0) if self.lr_per_scale else 1.0
+        return {**knobs, "lr": knobs["lr"] / scale}
 
     def points(self, lr_grid: list[float]) -> list[dict[str, Any]]:
-        """Every grid point: ``{"lr": ..., **knobs}`` (lr divided by ``scale`` when ``lr_per_scale``)."""
-        names = list(self.grid)
-        out = []
-        for lr, values in itertools.product(lr_grid, itertools.product(*self.grid.values())):
-            knobs = dict(zip(names, values, strict=True))
-            scale = {**self.options, **knobs}.get("scale", 1.0) if self.lr_per_scale else 1.0
-            out.append({"lr": lr / scale, **knobs})
-        return out
+        """Every point of the base grid (:meth:`knob_grid`), as trained (:meth:`point`)."""
+        grid = self.knob_grid(lr_grid)
+        return [self.point(dict(zip(grid, values, strict=True))) for values in itertools.product(*grid.values())]
 
 
 @dataclass(frozen=True)
@@ -50,16 +80,33 @@ class Setting:
     train_ks: list[float] | None = None
     methods: list[str] | None = None  # subset of the experiment's methods (None: all)
     max_seeds: int | None = None  # costly settings run only the first seeds
-    lr_grid: list[float] | None = None  # costly settings: a shorter lr grid (same for every method)
-    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # untuned presets: the papers' values
+    lr_grid: list[float] | None = None  # a setting's own lr grid (same for every method)
+    # untuned presets: each method's documented values; paper-arm settings: values over Method.paper
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # added to the seed for the data draw (not the initialisation): a twin setting that shares its
+    # twin's training data at equal offsets gets its own draws, so its runs are independent evidence
+    data_seed_offset: int = 0
 
 
 @dataclass(frozen=True)
 class Preset:
+    """The settings of one preset in both arms: ``settings`` and ``lr_grid`` are the tuned arm's
+    (tuned when ``tune``, else each setting's ``defaults``); ``paper`` the paper arm's settings
+    (recipe with each paper's fixed values; None: no paper arm at this preset)."""
+
     settings: list[Setting]
     lr_grid: list[float]
     tune: bool = True
     note: str = ""
+    paper: list[Setting] | None = None
+
+    def arm(self, arm: str) -> list[Setting]:
+        """The settings of an arm (``ValueError`` when the preset has no such arm)."""
+        if check_arm(arm) == "paper":
+            if self.paper is None:
+                raise ValueError("`arm` 'paper' is not defined at this preset (no paper arm)")
+            return self.paper
+        return self.settings
 
 
 @dataclass(frozen=True)
