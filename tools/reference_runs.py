@@ -79,6 +79,8 @@ SECONDS_PER_EPOCH = {
 
 #: where the references and the ledger are written (the committed folder; a test points it elsewhere)
 OUT = RESULTS_DIR
+#: the dataset families whose settings run (``--datasets``; None: all): a partial regeneration
+DATASETS: list[str] | None = None
 
 
 def log(message: str) -> None:
@@ -167,7 +169,7 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) ->
         for arm in arms:
             if arm == "paper" and spec.paper is None:
                 continue
-            runs = expand(name, preset, seeds, arm=arm)
+            runs = expand(name, preset, seeds, arm=arm, datasets=DATASETS)
             cost = sum(seconds(r.config) for r in runs)
             tuning = tuning_base(name, preset) if arm == "tuned" else []
             extra = _extension_bound(name, preset) if arm == "tuned" else 0
@@ -214,7 +216,7 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
         return
     for done in _passes(seeds, pass_size):
         start = time.time()
-        rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm)
+        rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm, datasets=DATASETS)
         part = {**part, "rows": add_diagnostics(rows), "seeds": done}
         part["fingerprints"] = fingerprints(name, preset, done, chosen, arm)
         arms[arm] = part
@@ -226,7 +228,7 @@ def fingerprints(name: str, preset: str, seeds: list[int], chosen: dict | None, 
     """The run fingerprints of an arm over ``seeds``, as :func:`run_experiment` would train them."""
     if arm == "tuned" and chosen is None:
         chosen = chosen_from_reference(name, preset, arm)
-    return [r.config.fingerprint() for r in expand(name, preset, seeds, chosen, arm=arm)]
+    return [r.config.fingerprint() for r in expand(name, preset, seeds, chosen, arm=arm, datasets=DATASETS)]
 
 
 def main() -> int:
@@ -236,6 +238,9 @@ def main() -> int:
     parser.add_argument("--pass-size", type=int, default=3, help="seeds per pass between two reference writes")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--arm", choices=["paper", "tuned", "both"], default="both")
+    parser.add_argument(
+        "--datasets", nargs="+", default=None, help="only the settings of these dataset families, e.g. synthetic"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost, train nothing")
     parser.add_argument("--ledger-only", action="store_true", help="only rebuild claims.json from the references")
     args = parser.parse_args()
@@ -245,6 +250,8 @@ def main() -> int:
     if args.pass_size < 1:
         parser.error("--pass-size must be >= 1")
     arms = ["paper", "tuned"] if args.arm == "both" else [args.arm]
+    global DATASETS
+    DATASETS = args.datasets
     if args.dry_run:
         dry_run(args.experiments, args.preset, args.seeds, arms)
         return 0

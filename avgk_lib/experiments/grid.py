@@ -131,6 +131,7 @@ def expand(
     chosen: dict[str, dict[str, Any]] | None = None,
     overrides: dict[str, Any] | None = None,
     arm: str = "tuned",
+    datasets: list[str] | None = None,
 ) -> list[Run]:
     """Every run of an experiment at a preset in one arm: settings x methods x training K x seeds
     (x variants); every run's labels hold ``arm``.
@@ -139,11 +140,17 @@ def expand(
     ..., knobs}``); a method without an entry uses :func:`_untuned_point`. Paper arm
     (``arm="paper"``): each method's fixed values (:func:`paper_point`), nothing chosen.
     ``overrides`` change any :class:`TrainConfig` field of every run (``dataset_options`` and
-    ``loss_options`` are merged), e.g. ``{"epochs": 3}``."""
+    ``loss_options`` are merged), e.g. ``{"epochs": 3}``. ``datasets`` keeps only the settings
+    of these dataset families (e.g. ``["synthetic"]``; ``None``: every setting)."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
     arm = check_arm(arm)
     settings = spec.arm(arm)
+    if datasets is not None:
+        known = {s.dataset for s in settings}
+        if not isinstance(datasets, (list, tuple)) or not set(datasets) <= known:
+            raise ValueError(f"`datasets` must be a list of {sorted(known)}, got {datasets!r}")
+        settings = [s for s in settings if s.dataset in datasets]
     seeds = check_seeds(seeds)
     overrides = check_overrides(overrides, owned=("seed",))
     chosen = check_chosen(chosen, name, preset, arm)

@@ -87,6 +87,7 @@ def run_experiment(
     overrides: dict[str, Any] | None = None,
     chosen: dict[str, dict[str, Any]] | None = None,
     arm: str = "tuned",
+    datasets: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train (or reload) every run of an experiment; one row per run and seed (see :func:`run_row`).
 
@@ -100,7 +101,7 @@ def run_experiment(
         chosen = chosen_from_reference(name, preset, arm)
         if not chosen and arm == "tuned":
             log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
-    runs = expand(name, preset, seeds, chosen, {**overrides, "device": device}, arm=arm)
+    runs = expand(name, preset, seeds, chosen, {**overrides, "device": device}, arm=arm, datasets=datasets)
     started = time.time()
     outcomes = train_or_load_many([run.config for run in runs], force=force, progress=progress, log=_quiet)
     rows = []
