@@ -256,6 +256,9 @@ def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
         F.ledger_findings_markdown("entries")
     with pytest.raises(TypeError, match="`entry`"):
         F.entry_markdown(None)
+    own = F.findings_markdown([entry], "your run")
+    assert "your run" in own and "tuned arm" not in own and "-0.94 pp" in own
+    assert "In all: 1 entry (tuned arm)" in F.ledger_findings_markdown([entry], ceilings=False)
     with pytest.raises(TypeError, match="`source`"):
         F.findings_markdown([], "")
 

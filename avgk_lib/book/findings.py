@@ -224,17 +224,21 @@ def _p_text(p: float | None, label: str) -> str:
     return "" if p is None else f", {label} {p:.2g}" if p >= 0.001 else f", {label} < 0.001"
 
 
-def entry_markdown(entry: Mapping[str, Any], *, ceiling: float | None = None, holm: bool = True) -> str:
+def entry_markdown(
+    entry: Mapping[str, Any], *, ceiling: float | None = None, holm: bool = True, arm: bool = True
+) -> str:
     """One result in words, every number from the entry: verdict, arm, setting, K, seeds, both
     methods' means (readable names), the paired effect with its 95% interval, the (Holm) p-value,
     the equivalence margin or the gain where the claim looks, the precondition, the Bayes ceiling
-    when given, and the entry's notes."""
+    when given, and the entry's notes. ``arm=False`` leaves the arm out (the reader's own run is
+    no arm of the ledger)."""
     if not isinstance(entry, Mapping):
         raise TypeError(f"`entry` must be a ledger entry dict, got {type(entry).__name__}")
     ours, rival = method_label(entry["ours"]), method_label(entry["rival"]) if entry.get("rival") else "-"
     seeds = entry["n_seeds"]
     head = (
-        f"**{entry['verdict']}** ({entry['arm']} arm; {setting_label(entry['setting'])}; K = {entry['K']:g}; "
+        f"**{entry['verdict']}** ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
+        f"K = {entry['K']:g}; "
         f"{seeds} seed{'s' * (seeds != 1)}): {entry['claim']}."
     )
     what = metric_text(entry["metric"])
@@ -296,9 +300,9 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
     missing = [a for a in ARMS if a not in arms]
     absent = f" The {' and '.join(missing)} arm has no runs in the committed references yet." if missing else ""
-    return "\n".join(f"- {line}" for line in lines) + (
-        f"\n\nIn all: {len(entries)} entries ({' and '.join(arms)} arm{'s' * (len(arms) > 1)}): {tally}.{absent}"
-    )
+    noun = "entry" if len(entries) == 1 else "entries"
+    held = f"{' and '.join(arms)} arm{'s' * (len(arms) > 1)}"
+    return "\n".join(f"- {line}" for line in lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
 
 
 def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
@@ -309,7 +313,7 @@ def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
     if not entries:
         return f"_No claim could be evaluated on {source}._"
     lines = [f"Verdicts on {source} (paired per-seed differences, 95% Student-t interval, Holm over this run):", ""]
-    lines += [f"- {entry_markdown(e)}" for e in entries]
+    lines += [f"- {entry_markdown(e, arm=False)}" for e in entries]
     return "\n".join(lines)
 
 
