@@ -245,7 +245,9 @@ def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
         assert piece in text, piece
     page = F.ledger_findings_markdown([entry, _ledger_entry(verdict="supported", effect=0.02, ci95=[0.01, 0.03])],
                                       ceilings=False)  # fmt: skip
-    assert page.count("\n- ") == 1 and "+2.00 pp [+1.00, +3.00]" in page
+    assert page.startswith("- **P1-noise-topk-vs-ce**: the noised top-K loss outperforms cross-entropy.\n  - **")
+    assert page.count("\n  - ") == 2 and page.count("outperforms cross-entropy") == 1
+    assert "+2.00 pp [+1.00, +3.00]" in page
     assert "1 contradicted, 1 supported" in page and "The paper arm has no runs in the committed references yet" in page
     both = F.ledger_findings_markdown([entry, _ledger_entry(arm="paper")], ceilings=False)
     assert "(paper and tuned arms)" in both and "no runs" not in both

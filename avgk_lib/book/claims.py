@@ -812,7 +812,7 @@ def side_by_side(ledger: Any) -> list[dict[str, Any]]:
 def _arm_cell(e: Mapping[str, Any] | None) -> str:
     if e is None:
         return "not run"
-    p = f", p_Holm {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
+    p = f", Holm p {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
     pre = e.get("precondition")
     extra = ""
     if pre is not None:
@@ -967,7 +967,8 @@ def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     where = "; ".join(f"{_chapter_link(ch, link_from)}: {', '.join(ids)}" for ch, ids in sorted(chapters.items()))
     parts.append(f"Each verdict is explained in its chapter ({where}).")
     if skipped:
-        parts.append("Not tested: " + "; ".join(f"{s['id']} ({s['reason']})" for s in skipped) + ".")
+        # the reason's first clause (what is missing); the rest says how to supply it (in claims.json)
+        parts.append("Not tested: " + "; ".join(f"{s['id']} ({s['reason'].split(': ')[0]})" for s in skipped) + ".")
     return " ".join(parts)
 
 

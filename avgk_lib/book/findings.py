@@ -225,13 +225,18 @@ def _p_text(p: float | None, label: str) -> str:
 
 
 def entry_markdown(
-    entry: Mapping[str, Any], *, ceiling: float | None = None, holm: bool = True, arm: bool = True
+    entry: Mapping[str, Any],
+    *,
+    ceiling: float | None = None,
+    holm: bool = True,
+    arm: bool = True,
+    claim: bool = True,
 ) -> str:
     """One result in words, every number from the entry: verdict, arm, setting, K, seeds, both
     methods' means (readable names), the paired effect with its 95% interval, the (Holm) p-value,
     the equivalence margin or the gain where the claim looks, the precondition, the Bayes ceiling
     when given, and the entry's notes. ``arm=False`` leaves the arm out (the reader's own run is
-    no arm of the ledger)."""
+    no arm of the ledger); ``claim=False`` leaves the claim's wording out (it heads a group)."""
     if not isinstance(entry, Mapping):
         raise TypeError(f"`entry` must be a ledger entry dict, got {type(entry).__name__}")
     ours, rival = method_label(entry["ours"]), method_label(entry["rival"]) if entry.get("rival") else "-"
@@ -239,7 +244,7 @@ def entry_markdown(
     head = (
         f"**{entry['verdict']}** ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
         f"K = {entry['K']:g}; "
-        f"{seeds} seed{'s' * (seeds != 1)}): {entry['claim']}."
+        f"{seeds} seed{'s' * (seeds != 1)})" + (f": {entry['claim']}." if claim else ":")
     )
     what = metric_text(entry["metric"])
     p = _p_text(entry.get("p_holm") if holm else entry.get("p"), "Holm-adjusted p" if holm else "p")
@@ -286,15 +291,24 @@ def readable_note(note: str) -> str:
 
 
 def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool = True) -> str:
-    """The committed verdicts of a chapter, one bullet per ledger entry (:func:`entry_markdown`),
-    with the Bayes ceiling (:func:`bayes_ceiling`) where the posterior is known, and a closing
+    """The committed verdicts of a chapter: one bullet per claim (its id and wording) and under it
+    one bullet per ledger entry (:func:`entry_markdown`: setting, arm, numbers, verdict), with the
+    Bayes ceiling (:func:`bayes_ceiling`) where the posterior is known, and a closing
     line with the verdict counts. ``entries`` come from
     :func:`avgk_lib.book.claims.entries_for` (Holm over the whole ledger)."""
     if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
         raise TypeError("`entries` must be a list of ledger entry dicts")
     if not entries:
         return "_The committed ledger has no entry for this experiment._"
-    lines = [entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None) for e in entries]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(e["id"], []).append(e)
+    lines = []
+    for claim_id, group in groups.items():
+        lines.append(f"- **{claim_id}**: {group[0]['claim']}.")
+        for e in group:
+            text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
+            lines.append(f"  - {text}")
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
@@ -302,7 +316,7 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     absent = f" The {' and '.join(missing)} arm has no runs in the committed references yet." if missing else ""
     noun = "entry" if len(entries) == 1 else "entries"
     held = f"{' and '.join(arms)} arm{'s' * (len(arms) > 1)}"
-    return "\n".join(f"- {line}" for line in lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
+    return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
 
 
 def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
