@@ -377,6 +377,17 @@ def test_verdict_counts_and_preconditions_per_arm():
     assert "| P1-noise-topk-vs-ce | paper |" in table and "| **no** |" in table and "| yes |" in table
 
 
+def test_intro_states_the_main_result_the_arms_and_links_the_ledger_page():
+    doc = _two_arm_doc()
+    text = C.intro_markdown(doc)
+    assert text.startswith(C.main_result(doc)) and "the paper arm and the tuned arm." in text
+    assert "[claims ledger](../notebooks/10_claims_ledger.ipynb)" in text and "no runs" not in text
+    only_tuned = C.intro_markdown(_doc(_noise_rows(0.9)), ledger_page="ledger.html")
+    assert "from the tuned arm; the paper arm has no runs in the committed references yet" in only_tuned
+    assert "[claims ledger](ledger.html)" in only_tuned
+    assert C.intro_markdown({"claims": []}).startswith("_The ledger is empty")
+
+
 def test_synthesis_states_counts_main_result_and_links():
     doc = _two_arm_doc()
     text = C.synthesis_markdown(doc)
@@ -414,7 +425,10 @@ def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
     axes = fig.get_axes()
     assert len(axes) == 2 and axes[1].get_xscale() == "log"
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
-    assert any(label.startswith("P1-noise-topk-vs-ce\n[precondition absent]\n") for label in labels)
+    assert any(
+        label.startswith("P1-noise-topk-vs-ce\n") and label.endswith("\n(precondition absent)") for label in labels
+    )
+    assert fig.get_size_inches()[0] <= 6.5  # the column width: the fonts are the sizes the reader sees
     texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
     texts += list(fig.legends[0].get_texts())
     assert all(t.get_fontsize() >= 9 for t in texts if t.get_text())
@@ -457,6 +471,8 @@ def test_entries_for_selects_an_experiment_and_arm():
         (lambda: C.synthesis_markdown({"claims": []}, link_from=None), TypeError, "link_from"),
         (lambda: C.ledger_markdown([], link_from=3), TypeError, "link_from"),
         (lambda: C.main_result("x"), TypeError, "ledger"),
+        (lambda: C.intro_markdown("x"), TypeError, "ledger"),
+        (lambda: C.intro_markdown({"claims": []}, ledger_page=""), TypeError, "ledger_page"),
         (lambda: C.forest_data(None), TypeError, "ledger"),
         (lambda: C.side_by_side(3), TypeError, "ledger"),
         (lambda: C.preconditions_markdown({"claims": "x"}), TypeError, "ledger"),

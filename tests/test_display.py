@@ -195,3 +195,89 @@ def test_show_source_rejects_non_code():
 def test_admonition_validates_kind():
     with pytest.raises(ValueError, match="kind"):
         D.admonition("x", title="t", kind="loud")
+
+
+def _ledger_entry(**changes):
+    entry = {
+        "id": "P1-noise-topk-vs-ce", "claim": "the noised top-K loss outperforms cross-entropy", "arm": "tuned",
+        "experiment": "label_noise", "preset": "cpu", "setting": {"dataset": "synthetic-100", "label_noise": 0.6},
+        "K": 5.0, "metric": "test_top5_micro", "unit": "accuracy", "ours": "noised_topk", "rival": "cross_entropy",
+        "test": "superiority", "per_seed": {"seeds": [0], "ours": [0.8], "rival": [0.81]}, "n_seeds": 5,
+        "ours_mean": 0.80584, "rival_mean": 0.8152, "effect": -0.00936, "ci95": [-0.0134, -0.0053], "p": 0.003,
+        "p_holm": 0.047, "verdict": "contradicted", "notes": ["unbracketed tuning of ours (noised_topk): epsilon=1"],
+    }  # fmt: skip
+    return {**entry, **changes}
+
+
+def test_results_tables_use_readable_method_names_and_integer_ks():
+    from avgk_lib.book import findings as F
+
+    rows = [{"loss": loss, "train_k": k, "seed": s, "acc": 0.5} for loss, k in [("cross_entropy", None),
+            ("two_head", 3.0)] for s in range(2)]  # fmt: skip
+    table = F.results_markdown(rows, ["loss", "train_k"], {"acc": "accuracy"})
+    assert "| cross-entropy | - |" in table and "| two-head | 3 |" in table and "cross_entropy" not in table
+    assert table.splitlines()[0].startswith("| method | train_k |")
+
+
+def test_metric_text_and_readable_notes():
+    from avgk_lib.book import findings as F
+
+    assert F.metric_text("test_top5_micro") == "top-5 accuracy (best-validation checkpoint)"
+    assert F.metric_text("test_avg1.5_micro") == "average-1.5 accuracy (best-validation checkpoint)"
+    assert F.metric_text("test_avg3_tail - test_avg3_head").startswith("average-3 macro accuracy over the rarest")
+    assert F.readable_note("merged X (`last_top2_micro`), ours (smooth_topk_svm)") == (
+        "merged X (top-2 accuracy (last epoch)), ours (smooth top-K SVM)"
+    )
+    with pytest.raises(TypeError, match="`metric`"):
+        F.metric_text("")
+    with pytest.raises(TypeError, match="`note`"):
+        F.readable_note(None)
+
+
+def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
+    from avgk_lib.book import findings as F
+
+    entry = _ledger_entry()
+    text = F.entry_markdown(entry, ceiling=0.8594)
+    for piece in ["**contradicted**", "tuned arm", "K = 5", "5 seeds", "noised top-K 0.8058", "cross-entropy 0.8152",
+                  "-0.94 pp [-1.34, -0.53]", "Holm-adjusted p 0.047", "Bayes ceiling on these test inputs: 0.8594",
+                  "ours (noised top-K)"]:  # fmt: skip
+        assert piece in text, piece
+    page = F.ledger_findings_markdown([entry, _ledger_entry(verdict="supported", effect=0.02, ci95=[0.01, 0.03])],
+                                      ceilings=False)  # fmt: skip
+    assert page.startswith("- **P1-noise-topk-vs-ce**: the noised top-K loss outperforms cross-entropy.\n  - **")
+    assert page.count("\n  - ") == 2 and page.count("outperforms cross-entropy") == 1
+    assert "+2.00 pp [+1.00, +3.00]" in page
+    assert "1 contradicted, 1 supported" in page and "The paper arm has no runs in the committed references yet" in page
+    both = F.ledger_findings_markdown([entry, _ledger_entry(arm="paper")], ceilings=False)
+    assert "(paper and tuned arms)" in both and "no runs" not in both
+    gain = _ledger_entry(test="gain", metric="test_avg3_ambiguous - test_avg3_clear", gain_where=-0.0596,
+                         gain_where_ci95=[-0.0748, -0.0444], effect=-0.0666, ci95=[-0.0794, -0.0538])  # fmt: skip
+    assert "where the claim looks: -5.96 pp [-7.48, -4.44]" in F.entry_markdown(gain)
+    with pytest.raises(TypeError, match="`entries`"):
+        F.ledger_findings_markdown("entries")
+    with pytest.raises(TypeError, match="`entry`"):
+        F.entry_markdown(None)
+    own = F.findings_markdown([entry], "your run")
+    assert "your run" in own and "tuned arm" not in own and "-0.94 pp" in own
+    assert "In all: 1 entry (tuned arm)" in F.ledger_findings_markdown([entry], ceilings=False)
+    with pytest.raises(TypeError, match="`source`"):
+        F.findings_markdown([], "")
+
+
+def test_bayes_ceiling_is_the_oracle_accuracy_of_the_entry_setting():
+    from avgk_lib import experiments as E
+    from avgk_lib.book import findings as F
+    from avgk_lib.data import load_dataset
+    from avgk_lib.data.oracle import bayes_topk_sets, expected_set_accuracy
+
+    entry = _ledger_entry()
+    run = next(r for r in E.expand("label_noise", "cpu", [0]) if r.labels["dataset"] == "synthetic-100")
+    posterior = load_dataset("synthetic", **run.config.dataset_options).extra["test_posterior"]
+    expected = expected_set_accuracy(posterior, bayes_topk_sets(posterior, 5))
+    assert F.bayes_ceiling(entry) == pytest.approx(expected) and 0.5 < expected < 1.0
+    assert F.bayes_ceiling(_ledger_entry(setting={"dataset": "fashion_mnist", "label_noise": 0.6})) is None
+    assert F.bayes_ceiling(_ledger_entry(metric="test_avg3_ambiguous - test_avg3_clear")) is None
+    assert F.bayes_ceiling(_ledger_entry(per_seed=None)) is None
+    with pytest.raises(TypeError, match="`entry`"):
+        F.bayes_ceiling([])

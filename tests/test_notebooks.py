@@ -166,6 +166,26 @@ def test_runner_folds_injected_parameters_into_the_parameters_cell():
         )
 
 
+def test_runner_writes_the_intro_main_result_from_the_ledger(tmp_path):
+    from avgk_lib.book.claims import intro_markdown
+    from avgk_lib.references import load_json_reference
+
+    runner = _tool("run_notebooks")
+    source = (ROOT / "book" / "intro.md").read_text()
+    assert source.count(runner.MAIN_RESULT_MARKER) == 1  # the committed page carries the marker
+    page = tmp_path / "intro.md"
+    page.write_text(source)
+    text = runner.render_main_result(page)
+    staged = page.read_text()
+    assert text == intro_markdown(load_json_reference("claims")) and text in staged
+    assert runner.MAIN_RESULT_MARKER not in staged and "**Main result**" in staged
+    ledger = {"claims": []}
+    page.write_text(source)
+    assert runner.render_main_result(page, ledger).startswith("_The ledger is empty")
+    with pytest.raises(ValueError, match="page"):
+        runner.render_main_result(page)  # the marker is gone: a second rendering is refused
+
+
 def test_site_check_reports_overflow_raw_math_cdn_and_missing_captions():
     site = _tool("check_site")
     clean = {"overflow": [], "untypeset": 0, "raw_math": [], "uncaptioned": [], "images": 1, "mathjax": "3.2.2"}

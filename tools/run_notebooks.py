@@ -14,7 +14,10 @@ What the reader sees is kept clean:
   ``parameters`` cell is rewritten with the values actually run (``PRESET = "smoke"``), so the
   page never shows ``PRESET = "cpu"`` above a smoke run;
 * MathJax is copied from the installed ``django-static-mathjax`` package (MathJax 3) into
-  ``book/_static/mathjax`` of the staging tree, so the built site renders math offline.
+  ``book/_static/mathjax`` of the staging tree, so the built site renders math offline;
+* the intro page's main result is generated from the committed ledger: the line
+  ``% MAIN-RESULT`` of ``book/intro.md`` (a MyST comment, invisible if left) is replaced in the
+  staged copy by :func:`avgk_lib.book.claims.intro_markdown` (a Markdown page runs no code).
 """
 
 from __future__ import annotations
@@ -106,13 +109,36 @@ def _other_mathjax_builds(source: Path):
     return ignore
 
 
+MAIN_RESULT_MARKER = "% MAIN-RESULT"
+
+
+def render_main_result(page: Path, ledger: dict | None = None) -> str:
+    """Replace the ``% MAIN-RESULT`` line of ``page`` by the main result of ``ledger`` (default:
+    the committed ``claims.json``); returns the generated text. Raises ``ValueError`` when the page
+    has no such line, so a renamed marker fails the build instead of dropping the result."""
+    from avgk_lib.book.claims import intro_markdown
+    from avgk_lib.references import load_json_reference
+
+    lines = page.read_text().splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.startswith(MAIN_RESULT_MARKER)]
+    if len(hits) != 1:
+        raise ValueError(f"`page` {page} must hold one line starting with {MAIN_RESULT_MARKER!r}, found {len(hits)}")
+    ledger = load_json_reference("claims") if ledger is None else ledger
+    text = intro_markdown(ledger) if ledger else "_No claims ledger is committed yet: run `make references`._"
+    lines[hits[0]] = text + "\n"
+    page.write_text("".join(lines))
+    return text
+
+
 def stage_book(out: Path) -> None:
-    """Copy ``book/`` (config, pages, bibliography, static files) and MathJax into ``out``."""
+    """Copy ``book/`` (config, pages, bibliography, static files) and MathJax into ``out``, and
+    write the intro page's main result from the committed ledger."""
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     if (out / "book").exists():
         shutil.rmtree(out / "book")
     shutil.copytree(ROOT / "book", out / "book", ignore=shutil.ignore_patterns("mathjax"))
     copy_mathjax(out / "book" / "_static")
+    render_main_result(out / "book" / "intro.md")
 
 
 def execute(nb: Path, target: Path, preset: str, timeout: int) -> str:

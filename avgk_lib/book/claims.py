@@ -76,7 +76,8 @@ tools/reference_runs.py --ledger-only``); it is never written by hand.
 the committed ledger gives them, Holm over the whole ledger), :func:`ledger_markdown` (claims
 table, then both arms side by side), :func:`preconditions_markdown`, :func:`verdict_counts`,
 :func:`forest_data` and :func:`forest_plot` (both arms per claim), :func:`main_result` (one
-sentence) and :func:`synthesis_markdown` (a paragraph with links to the chapters).
+sentence), :func:`intro_markdown` (the intro page's main result) and :func:`synthesis_markdown`
+(a paragraph with links to the chapters).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ FORMAT = 2
 ARMS = ("paper", "tuned")
 VERDICTS = ("supported", "contradicted", "inconclusive", "not reproduced here")
 TESTS = ("superiority", "equivalence", "gain")
+COLUMN_WIDTH_IN = 6.5  # the book's column (avgk_lib.book.plotting.COLUMN_WIDTH_IN)
 FIT_THRESHOLD = 0.5  # share of the flipped training labels cross-entropy must fit at some epoch
 
 
@@ -811,7 +813,7 @@ def side_by_side(ledger: Any) -> list[dict[str, Any]]:
 def _arm_cell(e: Mapping[str, Any] | None) -> str:
     if e is None:
         return "not run"
-    p = f", p_Holm {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
+    p = f", Holm p {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
     pre = e.get("precondition")
     extra = ""
     if pre is not None:
@@ -860,7 +862,7 @@ def preconditions_markdown(ledger: Any) -> str:
     """The measured preconditions: one row per entry that has one."""
     rows = [e for e in _entries(ledger) if e.get("precondition")]
     if not rows:
-        return "_No claim of the ledger has a precondition._"
+        return "_No claim here has a precondition: the verdicts stand on the statistics alone._"
     lines = ["| id | arm | setting | precondition | measured | threshold | met |", "|---|---|---|---|---|---|---|"]
     for e in rows:
         pre = e["precondition"]
@@ -909,6 +911,28 @@ def main_result(ledger: Any) -> str:
     )
 
 
+def intro_markdown(ledger: Any, *, ledger_page: str = "../notebooks/10_claims_ledger.ipynb") -> str:
+    """The main result for the intro page, generated from the ledger: :func:`main_result`, the
+    arms the ledger holds (an arm without runs is named), and a link to the ledger page
+    (``ledger_page``, relative to the page that shows it)."""
+    if not isinstance(ledger_page, str) or not ledger_page:
+        raise TypeError(
+            f"`ledger_page` must be a relative link such as '../notebooks/10_claims_ledger.ipynb', got {ledger_page!r}"
+        )
+    entries = _entries(ledger)
+    arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
+    missing = [a for a in ARMS if a not in arms]
+    parts = [main_result(entries)]
+    if entries:
+        held = " and ".join(f"the {a} arm" for a in arms)
+        parts.append(
+            f"These verdicts come from {held}"
+            + (f"; the {' and '.join(missing)} arm has no runs in the committed references yet." if missing else ".")
+        )
+    parts.append(f"Every verdict, with its effect, interval and seeds, is on the [claims ledger]({ledger_page}) page.")
+    return " ".join(parts)
+
+
 def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     """A paragraph generated from the ledger: the main result in one sentence, the counts per
     verdict for each paper and arm, where each verdict is explained (links relative to the folder
@@ -944,7 +968,8 @@ def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     where = "; ".join(f"{_chapter_link(ch, link_from)}: {', '.join(ids)}" for ch, ids in sorted(chapters.items()))
     parts.append(f"Each verdict is explained in its chapter ({where}).")
     if skipped:
-        parts.append("Not tested: " + "; ".join(f"{s['id']} ({s['reason']})" for s in skipped) + ".")
+        # the reason's first clause (what is missing); the rest says how to supply it (in claims.json)
+        parts.append("Not tested: " + "; ".join(f"{s['id']} ({s['reason'].split(': ')[0]})" for s in skipped) + ".")
     return " ".join(parts)
 
 
@@ -990,14 +1015,12 @@ def forest_data(ledger: Any) -> list[dict[str, Any]]:
 
 
 def _flagged(row: str, states: set) -> str:
-    """A forest-plot row label: the claim id, its precondition state on a line of its own
-    ("[precondition absent]" or "[precondition not measured]") and the setting."""
-    head, _, rest = row.partition("\n")
+    """A forest-plot row label with its precondition state on a third line."""
     if "absent" in states:
-        head += "\n[precondition absent]"
-    elif "precondition not measured" in states:
-        head += "\n[precondition not measured]"
-    return f"{head}\n{rest}"
+        return f"{row}\n(precondition absent)"
+    if "precondition not measured" in states:
+        return f"{row}\n(precondition not measured)"
+    return row
 
 
 def _wrapped(label: str, width: int = 32) -> str:
@@ -1010,7 +1033,8 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict; a grey band
     marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
     effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
-    Fonts are at least 9 pt. Returns the figure."""
+    The figure is as wide as the book's column (:data:`COLUMN_WIDTH_IN`), so its fonts (at least
+    9 pt) are the sizes the reader sees. Returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -1025,9 +1049,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     units = list(dict.fromkeys(p["unit"] for p in points))
     rows_of = {u: list(dict.fromkeys(p["row"] for p in points if p["unit"] == u)) for u in units}
     heights = [max(len(rows_of[u]), 1) for u in units]
-    from .plotting import COLUMN_WIDTH_IN
-
-    width, height = figsize or (COLUMN_WIDTH_IN, 0.8 * sum(heights) + 1.3 * len(units) + 1.2)
+    width, height = figsize or (COLUMN_WIDTH_IN, 0.72 * sum(heights) + 1.3 * len(units) + 1.1)
     fig, axes = plt.subplots(
         len(units), 1, figsize=(width, height), squeeze=False, gridspec_kw={"height_ratios": heights}
     )
@@ -1052,12 +1074,13 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.tick_params(axis="x", labelsize=9)
         ax.grid(axis="x", alpha=0.4)
-        ax.set_xlabel(f"paired effect in the claimed direction, {unit} (95% interval)", fontsize=10)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(f"paired effect, {unit}\n(claimed direction > 0; 95% interval)", fontsize=10)
     handles = [Line2D([], [], marker=MARKERS[a], ls="", color="black", label=f"{a} arm") for a in ARMS]
     handles += [Line2D([], [], color=c, lw=3, label=v) for v, c in COLOURS.items()]
     handles.append(Patch(color="#d9d9d9", label="equivalence margin"))
     fig.legend(handles=handles, fontsize=9, loc="lower center", ncol=3, frameon=False)
     if title:
         axes[0, 0].set_title(title, fontsize=11)
-    fig.tight_layout(rect=(0.0, 1.1 / height, 1.0, 1.0), pad=1.0)
+    fig.tight_layout(rect=(0.0, 0.95 / height, 1.0, 1.0), pad=1.0)
     return fig

@@ -8,11 +8,14 @@ the reader's own numbers are always labelled with their source (preset, seeds, c
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from .. import experiments as E
 from ..evaluation import k_label
-from .claims import build_ledger
+from .claims import ARMS, build_ledger, effect_text, setting_label
+from .plotting import METHOD_LABELS, method_label
 
 
 def source_line(reference: dict[str, Any] | None, rows: list[dict[str, Any]], preset: str, seeds) -> str:
@@ -51,7 +54,7 @@ def setting_markdown(name: str, preset: str) -> str:
         knobs = ", ".join(f"{k} in {v}" for k, v in m.grid.items()) or "lr only"
         if m.lr_per_scale:
             knobs += " (grid on lr x scale)"
-        lines.append(f"| `{method_name}` | {fixed} | {knobs} |")
+        lines.append(f"| {method_label(method_name)} | {fixed} | {knobs} |")
     grid = ", ".join(f"{x:g}" for x in spec.lr_grid)
     tuned = f"lr grid {{{grid}}}, tuned on validation" if spec.tune and not experiment.tuned_by else "not tuned here"
     lines += ["", f"Preset `{preset}`: {tuned}. {spec.note}"]
@@ -67,8 +70,11 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
         values = [p["val"] for p in entry["grid"]]
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["chosen"].items())
         reused = " (reused)" if "reused_from" in entry else ""
+        *labels, method = key.split("/")
+        key_text = ", ".join([*labels, method_label(method)])
         lines.append(
-            f"| {key}{reused} | {len(values)} | {min(values):.3f} - {max(values):.3f} | {chosen} | {max(values):.3f} |"
+            f"| {key_text}{reused} | {len(values)} | {min(values):.3f} - {max(values):.3f} | {chosen} "
+            f"| {max(values):.3f} |"
         )
     return "\n".join(lines)
 
@@ -88,6 +94,17 @@ def _mean_cell(value: float, ci: float, n_seeds: int, integer: bool) -> str:
     return f"{value:.4f} ± {ci:.4f}" if n_seeds > 1 else f"{value:.4f}"
 
 
+def _group_cell(column: str, value: Any) -> str:
+    """A grouping cell: a readable method name for ``loss``, ``-`` for None, ``3`` for ``3.0``."""
+    if value is None:
+        return "-"
+    if column == "loss" and isinstance(value, str):
+        return method_label(value)
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:.0f}"
+    return str(value)
+
+
 def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[str, str]) -> str:
     """Mean and 95% interval over seeds of ``metrics`` (column -> header) per group ``by``.
 
@@ -95,10 +112,10 @@ def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[st
     seed agrees, else with one decimal, never as ``5.0000 ± 0.0000``."""
     summary = E.summarize(rows, by=by, metrics=list(metrics))
     integer = {m: _all_integers([r[m] for r in rows if m in r]) for m in metrics}
-    head = "| " + " | ".join(by + list(metrics.values()) + ["seeds"]) + " |"
+    head = "| " + " | ".join([{"loss": "method"}.get(b, b) for b in by] + list(metrics.values()) + ["seeds"]) + " |"
     lines = [head, "|" + "---|" * (len(by) + len(metrics) + 1)]
     for entry in sorted(summary, key=lambda e: tuple(str(e[b]) for b in by)):
-        cells = [str(entry[b]) if entry[b] is not None else "-" for b in by]
+        cells = [_group_cell(b, entry[b]) for b in by]
         cells += [_mean_cell(entry[m], entry[f"{m}_ci95"], entry["n_seeds"], integer[m]) for m in metrics]
         lines.append("| " + " | ".join(cells + [str(entry["n_seeds"])]) + " |")
     return "\n".join(lines)
@@ -111,24 +128,206 @@ def ledger_for(name: str, reference: dict[str, Any] | None) -> list[dict[str, An
     return build_ledger({name: reference})
 
 
+_PART = {
+    "micro": "accuracy",
+    "macro": "macro accuracy",
+    "ambiguous": "accuracy on the most ambiguous 20% of test inputs",
+    "clear": "accuracy on the clearest 20% of test inputs",
+    "tail": "macro accuracy over the rarest third of the classes",
+    "head": "macro accuracy over the most frequent third of the classes",
+}
+_METRIC = re.compile(r"(test|last|softmax)_(top|avg)([0-9p.]+)_([a-z_]+)")
+
+
+def metric_text(metric: str) -> str:
+    """A ledger metric in words: ``"test_top5_micro"`` -> ``"top-5 accuracy (best-validation
+    checkpoint)"``; a gain metric ``"a - b"`` reads "a minus b".
+
+    Example:
+        >>> metric_text("last_avg1p5_macro")
+        'average-1.5 macro accuracy (last epoch)'
+    """
+    if not isinstance(metric, str) or not metric:
+        raise TypeError(f"`metric` must be a non-empty string, got {metric!r}")
+    if " - " in metric:
+        where, elsewhere = (metric_text(m).split(" (")[0] for m in metric.split(" - ", 1))
+        return f"{where}, minus the {elsewhere.split(' ', 1)[1]}"
+    match = _METRIC.fullmatch(metric)
+    if not match:
+        return metric
+    when, kind, k, part = match.groups()
+    k = k.replace("p", ".")
+    name = f"top-{k}" if kind == "top" else f"average-{k}"
+    checkpoint = {"test": "best-validation checkpoint", "last": "last epoch", "softmax": "softmax head"}[when]
+    return f"{name} {_PART.get(part, part)} ({checkpoint})"
+
+
+def _ceiling_metric(metric: str, options: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(set kind, K) when the Bayes sets bound ``metric`` on this synthetic setting, else None:
+    micro accuracy always; macro accuracy only on a balanced test split (the Bayes sets of the
+    balanced posterior maximise it); the ambiguity and frequency slices are not bounded here."""
+    match = _METRIC.fullmatch(metric)
+    if not match or match.group(1) == "softmax":
+        return None
+    balanced = options.get("balanced_eval") or options.get("imbalance_ratio", 1.0) == 1.0
+    if match.group(4) != "micro" and not (match.group(4) == "macro" and balanced):
+        return None
+    return ("topk" if match.group(2) == "top" else "average_k"), float(match.group(3).replace("p", "."))
+
+
+_CEILINGS: dict[tuple, float | None] = {}
+
+
+def bayes_ceiling(entry: Mapping[str, Any]) -> float | None:
+    r"""The Bayes ceiling of a ledger entry: on a synthetic setting (posterior known) the expected
+    accuracy of the Bayes-optimal sets on the test inputs of each of the entry's seeds,
+    :math:`\frac1n \sum_i \sum_{j \in S^*(x_i)} p(j \mid x_i)` with :math:`S^*` the top-K of the
+    posterior (top-K metrics) or its average-K sets at one global threshold (average-K metrics),
+    averaged over the seeds. No trained model can beat it in expectation. None for real data,
+    for metrics it does not bound (see :func:`_ceiling_metric`) and for entries without seeds."""
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"`entry` must be a ledger entry dict, got {type(entry).__name__}")
+    seeds = tuple((entry.get("per_seed") or {}).get("seeds") or ())
+    if not seeds or not isinstance(entry.get("metric"), str) or entry.get("experiment") not in E.EXPERIMENTS:
+        return None
+    key = (entry["experiment"], entry["preset"], tuple(sorted(entry["setting"].items())), entry["metric"], seeds)
+    if key not in _CEILINGS:
+        _CEILINGS[key] = _compute_ceiling(entry, seeds)
+    return _CEILINGS[key]
+
+
+def _compute_ceiling(entry: Mapping[str, Any], seeds: tuple[int, ...]) -> float | None:
+    from ..data import load_dataset
+    from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+
+    values = []
+    for seed in seeds:
+        runs = [
+            r
+            for r in E.expand(entry["experiment"], entry["preset"], [seed])
+            if all(r.labels.get(k) == v for k, v in entry["setting"].items())
+        ]
+        if not runs or runs[0].config.dataset != "synthetic":
+            return None
+        options = runs[0].config.dataset_options
+        target = _ceiling_metric(entry["metric"], options)
+        if target is None:
+            return None
+        kind, k = target
+        posterior = load_dataset("synthetic", **options).extra["test_posterior"]
+        sets = bayes_topk_sets(posterior, int(k)) if kind == "topk" else bayes_average_k_sets(posterior, k)
+        values.append(expected_set_accuracy(posterior, sets))
+    return math.fsum(values) / len(values)
+
+
+def _p_text(p: float | None, label: str) -> str:
+    return "" if p is None else f", {label} {p:.2g}" if p >= 0.001 else f", {label} < 0.001"
+
+
+def entry_markdown(
+    entry: Mapping[str, Any],
+    *,
+    ceiling: float | None = None,
+    holm: bool = True,
+    arm: bool = True,
+    claim: bool = True,
+) -> str:
+    """One result in words, every number from the entry: verdict, arm, setting, K, seeds, both
+    methods' means (readable names), the paired effect with its 95% interval, the (Holm) p-value,
+    the equivalence margin or the gain where the claim looks, the precondition, the Bayes ceiling
+    when given, and the entry's notes. ``arm=False`` leaves the arm out (the reader's own run is
+    no arm of the ledger); ``claim=False`` leaves the claim's wording out (it heads a group)."""
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"`entry` must be a ledger entry dict, got {type(entry).__name__}")
+    ours, rival = method_label(entry["ours"]), method_label(entry["rival"]) if entry.get("rival") else "-"
+    seeds = entry["n_seeds"]
+    head = (
+        f"**{entry['verdict']}** ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
+        f"K = {entry['K']:g}; "
+        f"{seeds} seed{'s' * (seeds != 1)})" + (f": {entry['claim']}." if claim else ":")
+    )
+    what = metric_text(entry["metric"])
+    p = _p_text(entry.get("p_holm") if holm else entry.get("p"), "Holm-adjusted p" if holm else "p")
+    if entry.get("test") == "gain":
+        ci = entry.get("gain_where_ci95") or [math.nan, math.nan]
+        gain = effect_text({"effect": entry["gain_where"], "ci95": ci, "unit": "accuracy"})
+        body = (
+            f"Gain of {ours} over {rival} where the claim looks: {gain}; that gain minus the gain elsewhere "
+            f"({what}): {effect_text(entry)}{p}."
+        )
+    else:
+        body = (
+            f"{ours} {entry['ours_mean']:.4f} against {rival} {entry['rival_mean']:.4f} in {what}: paired effect "
+            f"{effect_text(entry)}{p}."
+        )
+        if entry.get("margin"):
+            low, high = entry.get("ci90", [math.nan, math.nan])
+            margin = f"±{100 * entry['margin']:g} pp"
+            body += f" Equivalence margin {margin}, 90% interval [{100 * low:+.2f}, {100 * high:+.2f}] pp."
+    pre = entry.get("precondition")
+    if pre:
+        measured = "not measured" if pre["measured"] is None else f"measured {pre['measured']:.3f}, {pre['status']}"
+        body += f" Precondition ({pre['name']}, threshold {pre['threshold']:g}): {measured}."
+    if ceiling is not None:
+        body += f" Bayes ceiling on these test inputs: {ceiling:.4f}."
+    notes = [readable_note(n) for n in entry.get("notes", []) if not n.startswith("precondition not measured")]
+    if notes:
+        body += " Notes: " + "; ".join(notes) + "."
+    return f"{head} {body}"
+
+
+def readable_note(note: str) -> str:
+    """A ledger note with readable names: a method key in parentheses becomes its label and a
+    metric in backticks its description.
+
+    Example:
+        >>> readable_note("unbracketed tuning of ours (noised_topk): epsilon=1")
+        'unbracketed tuning of ours (noised top-K): epsilon=1'
+    """
+    if not isinstance(note, str):
+        raise TypeError(f"`note` must be a string, got {note!r}")
+    note = re.sub(r"\((\w+)\)", lambda m: f"({METHOD_LABELS.get(m.group(1), m.group(1))})", note)
+    return re.sub(r"`([a-z0-9_.]+)`", lambda m: metric_text(m.group(1)), note)
+
+
+def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool = True) -> str:
+    """The committed verdicts of a chapter: one bullet per claim (its id and wording) and under it
+    one bullet per ledger entry (:func:`entry_markdown`: setting, arm, numbers, verdict), with the
+    Bayes ceiling (:func:`bayes_ceiling`) where the posterior is known, and a closing
+    line with the verdict counts. ``entries`` come from
+    :func:`avgk_lib.book.claims.entries_for` (Holm over the whole ledger)."""
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise TypeError("`entries` must be a list of ledger entry dicts")
+    if not entries:
+        return "_The committed ledger has no entry for this experiment._"
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(e["id"], []).append(e)
+    lines = []
+    for claim_id, group in groups.items():
+        lines.append(f"- **{claim_id}**: {group[0]['claim']}.")
+        for e in group:
+            text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
+            lines.append(f"  - {text}")
+    counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
+    tally = ", ".join(f"{n} {v}" for v, n in counts.items())
+    arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
+    missing = [a for a in ARMS if a not in arms]
+    absent = f" The {' and '.join(missing)} arm has no runs in the committed references yet." if missing else ""
+    noun = "entry" if len(entries) == 1 else "entries"
+    held = f"{' and '.join(arms)} arm{'s' * (len(arms) > 1)}"
+    return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
+
+
 def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
-    """One bullet per claim and setting: effect in percentage points, interval, seeds, verdict."""
+    """Verdicts computed on ``source`` (the reader's run), one bullet per claim and setting, with
+    uncorrected p-values (Holm over this run's tests only): :func:`entry_markdown` without ceiling."""
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"`source` must be a non-empty string, got {source!r}")
     if not entries:
         return f"_No claim could be evaluated on {source}._"
-    lines = [f"Verdicts on {source} (paired per-seed differences, 95% Student-t interval):", ""]
-    for e in entries:
-        low, high = e["ci95"]
-        ci = f"[{100 * low:+.2f}, {100 * high:+.2f}] pp" if math.isfinite(low) else "no interval (one seed)"
-        versus = f" vs `{e['rival']}`" if e.get("rival") else ""
-        extra = ""
-        if "ours_mean" in e:
-            extra = f" ({e['ours_mean']:.4f} vs {e['rival_mean']:.4f})"
-        if "gain_where" in e:
-            extra = f" (gain where the claim looks: {100 * e['gain_where']:+.2f} pp)"
-        lines.append(
-            f"- **{e['verdict']}**: {e['claim']}: {e['dataset']}, K={e['K']:g}{versus}, `{e['metric']}` "
-            f"{100 * e['effect']:+.2f} pp{extra}, {ci}, {e['n_seeds']} seed{'s' * (e['n_seeds'] != 1)}."
-        )
+    lines = [f"Verdicts on {source} (paired per-seed differences, 95% Student-t interval, Holm over this run):", ""]
+    lines += [f"- {entry_markdown(e, arm=False)}" for e in entries]
     return "\n".join(lines)
 
 
@@ -146,14 +345,17 @@ def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str
 
 def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: list[float]) -> str:
     """Bayes oracle against softmax thresholding and the two-head loss (both heads), with the
-    share of pseudo-positives inside the Bayes top-ceil(K), on a synthetic setting of ``name``."""
+    share of pseudo-positives inside the Bayes top-ceil(K), on a synthetic setting of ``name``;
+    every column is a mean over the seeds of ``rows`` (the oracle on each seed's own test inputs)."""
     from .analysis import synthetic_oracle
 
     part = [r for r in rows if r.get("dataset") == dataset]
     if not part:
         return f"_No run on {dataset}._"
-    run = next(r for r in E.expand(name, "cpu", [0]) if r.labels["dataset"] == dataset)
-    oracle = synthetic_oracle(run.config.dataset_options, ks)
+    seeds = sorted({r["seed"] for r in part})
+    runs = {r.labels["seed"]: r for r in E.expand(name, "cpu", seeds) if r.labels["dataset"] == dataset}
+    per_seed = [synthetic_oracle(runs[s].config.dataset_options, ks) for s in seeds]  # each seed draws its test set
+    oracle = {k: math.fsum(o[k] for o in per_seed) / len(per_seed) for k in ks}
     lines = [
         "| K | Bayes oracle | softmax thresholding | two-head, multi-label head | two-head, softmax head "
         "| pseudo-positives in Bayes top-K |",
