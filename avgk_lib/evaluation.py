@@ -1,7 +1,7 @@
 r"""Scores of a model on a split, the metric dictionary of every epoch and of the test, and the
 degeneracy diagnostics of a finished run.
 
-Metric names come from :func:`avgk_lib.sets.metric_key`: ``top{K}_{micro,macro}`` for integer K
+Metric names come from :func:`avgk_lib.metrics.metric_key`: ``top{K}_{micro,macro}`` for integer K
 (<= C), ``avg{K}_{micro,macro,size,threshold}`` for every K. Test metrics add
 ``top1_mode_share``: the share of inputs whose top-1 class is the most frequent top-1 class
 (1/C for a balanced, healthy classifier; near 1 when the model predicts one class for all).
@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from . import metrics as M
+from .metrics import k_label, metric_key
 from .objectives import Objective
-from .sets import AverageK, k_label, metric_key, set_coverage, set_size
+from .sets import AverageK, set_coverage, set_size
 
 __all__ = [
     "collect_scores",

@@ -362,24 +362,17 @@ def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "data
 
     A loss whose training depends on K (``train_k`` set: EPR, ROLE, two-head) is evaluated at
     the K it was trained for; the others (one model for every K) at each K."""
-    from ..evaluation import k_label
     from ..experiments import summarize
 
+    stats = ("micro", "macro", "size")
     out = []
     for k in ks:
-        name = k_label(k)
         selected = [
-            {
-                **r,
-                "K": k,
-                "micro": r[f"test_avg{name}_micro"],
-                "macro": r[f"test_avg{name}_macro"],
-                "size": r[f"test_avg{name}_size"],
-            }
+            {**r, "K": k, **{s: r["test_" + M.metric_key("avg", k, s)] for s in stats}}
             for r in rows
             if r.get("train_k") in (None, k)
         ]
-        out += summarize(selected, by=[by, "loss", "K"], metrics=["micro", "macro", "size"])
+        out += summarize(selected, by=[by, "loss", "K"], metrics=list(stats))
     return out
 
 

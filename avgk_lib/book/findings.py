@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from .. import experiments as E
-from ..evaluation import k_label
+from ..metrics import k_label, metric_key
 from .claims import build_ledger
 
 
@@ -160,9 +160,9 @@ def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: lis
         "|---|---|---|---|---|---|",
     ]
     for k in ks:
-        name_k = k_label(k)
-        ce = E.summarize([r for r in part if r["loss"] == "cross_entropy"], ["loss"], [f"test_avg{name_k}_micro"])
-        metrics = [f"test_avg{name_k}_micro", f"softmax_avg{name_k}_micro", "pseudo_in_bayes_topk"]
+        key = metric_key("avg", k, "micro")
+        ce = E.summarize([r for r in part if r["loss"] == "cross_entropy"], ["loss"], ["test_" + key])
+        metrics = ["test_" + key, "softmax_" + key, "pseudo_in_bayes_topk"]
         th = E.summarize([r for r in part if r["loss"] == "two_head" and r["train_k"] == k], ["loss"], metrics)
         if not ce or not th:
             continue
