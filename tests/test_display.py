@@ -132,6 +132,9 @@ def test_results_markdown_prints_counts_as_integers():
 
 @pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])
 def test_presets_are_validated(bad, exc):
+    from avgk_lib.experiments import PRESETS
+
+    assert D.PRESETS is PRESETS  # one list of presets, the experiments'
     with pytest.raises(exc, match="preset"):
         D.preset_banner(bad)
 

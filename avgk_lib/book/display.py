@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("smoke", "cpu", "colab", "gpu")
+from ..experiments.spec import PRESETS
+
 SMOKE_TEXT = (
     "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
     "its code runs. Its numbers, tables, timings and verdicts are not findings. "
