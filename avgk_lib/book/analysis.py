@@ -357,25 +357,6 @@ def run_results(run: str | Path) -> dict[str, Any]:
     return result.to_dict()
 
 
-def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "dataset") -> list[dict[str, Any]]:
-    """Average-K accuracy (micro, macro; mean and 95% CI over seeds) per ``by`` value, loss and K.
-
-    A loss whose training depends on K (``train_k`` set: EPR, ROLE, two-head) is evaluated at
-    the K it was trained for; the others (one model for every K) at each K."""
-    from ..experiments import summarize
-
-    stats = ("micro", "macro", "size")
-    out = []
-    for k in ks:
-        selected = [
-            {**r, "K": k, **{s: r["test_" + M.metric_key("avg", k, s)] for s in stats}}
-            for r in rows
-            if r.get("train_k") in (None, k)
-        ]
-        out += summarize(selected, by=[by, "loss", "K"], metrics=list(stats))
-    return out
-
-
 def synthetic_oracle(dataset_options: dict[str, Any], ks: list[float]) -> dict[float, float]:
     """Expected average-K accuracy of the Bayes oracle on the test inputs of a synthetic dataset."""
     from ..data import load_dataset

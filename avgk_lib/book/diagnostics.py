@@ -25,7 +25,7 @@ import torch
 from .. import functional as AF
 from .. import metrics as M
 from ..data import load_dataset
-from ..evaluation import k_label
+from ..metrics import k_label
 from ..rundir import RunDir
 from .analysis import load_run_scores, run_results
 
