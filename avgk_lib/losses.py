@@ -62,14 +62,7 @@ __all__ = [
 ]
 
 
-class _FunctionalDefault:
-    """The marker ``FROM_F``: a constructor default taken from the functional form."""
-
-    def __repr__(self) -> str:
-        return "FROM_F"
-
-
-FROM_F: Any = _FunctionalDefault()
+FROM_F: Any = object()  # marks a constructor default taken from the functional form
 _Init = TypeVar("_Init", bound=Callable[..., None])
 
 

@@ -180,21 +180,6 @@ def test_findings_box_is_relabelled_under_smoke():
         D.findings([])
 
 
-def test_claims_table_puts_verdict_last_and_checks_keys():
-    claims = [
-        {"claim": "A beats B", "ours": 0.5, "rival": "B", "rival_value": 0.4, "verdict": "supported"},
-        {"claim": "C beats D", "verdict": "not evaluated (missing runs)"},
-    ]
-    block = D.claims_table(claims, preset="smoke")
-    cells = _cells(block.markdown)
-    assert cells[:5] == ["claim", "ours", "rival", "rival_value", "verdict"]
-    assert "0.5000" in cells and "Smoke run" in block.markdown
-    with pytest.raises(ValueError, match="claims"):
-        D.claims_table([{"claim": "x"}])
-    assert D.verdict_kind("supported") == "tip" and D.verdict_kind("contradicted (1 seed)") == "danger"
-    assert D.verdict_kind("inconclusive (95% intervals overlap)") == "warning"
-
-
 def test_show_source_is_the_library_code_itself_without_docstrings():
     block = D.show_source(ops.noised_topk_unchecked)
     source, origin = D.source_of(ops.noised_topk_unchecked)

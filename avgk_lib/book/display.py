@@ -34,7 +34,6 @@ SMOKE_TEXT = (
     'Run the notebook with `PRESET = "cpu"` (or larger) to reproduce the results the text discusses.'
 )
 GLUE_MIME_PREFIX = "application/papermill.record/"
-_VERDICT_CLASSES = {"supported": "tip", "contradicted": "danger", "inconclusive": "warning"}
 
 
 class Block:
@@ -252,27 +251,6 @@ def findings(items: Sequence[str], *, title: str = "What this run shows", preset
     title_html = f'<p class="admonition-title">{html.escape(heading)}</p>'
     html_text = f'<div class="admonition {kind} avgk-box">{title_html}<ul>{lis}</ul></div>'
     return Block(html_text, f"**{heading}**\n\n" + "\n".join(f"* {i}" for i in items))
-
-
-def verdict_kind(verdict: str) -> str:
-    """Admonition kind of a verdict string: supported -> tip, contradicted -> danger, else warning."""
-    if not isinstance(verdict, str):
-        raise TypeError(f"`verdict` must be a string, got {type(verdict).__name__}")
-    return next((kind for word, kind in _VERDICT_CLASSES.items() if verdict.startswith(word)), "warning")
-
-
-def claims_table(claims: Sequence[Mapping[str, Any]], *, preset: str | None = None) -> Block:
-    """Checked claims (dicts with at least ``claim`` and ``verdict``) as a table; the other keys
-    present (``ours``, ``rival``, ``effect``, ``ci95`` ...) become columns in a stable order."""
-    if isinstance(claims, Mapping) or not all(isinstance(c, Mapping) for c in claims):
-        raise TypeError("`claims` must be a sequence of dicts")
-    if not claims or any("claim" not in c or "verdict" not in c for c in claims):
-        raise ValueError("`claims` must be a non-empty sequence of dicts with 'claim' and 'verdict'")
-    preferred = ["claim", "dataset", "metric", "ours", "rival", "rival_value", "effect", "ci95", "n_seeds"]
-    keys = {k for c in claims for k in c}
-    columns = [k for k in preferred if k in keys] + ["verdict"]
-    caption = "Smoke run: these verdicts are not findings" if preset is not None and is_smoke(preset) else ""
-    return table(claims, columns, floatfmt=".4f", caption=caption)
 
 
 def _strip_docstring(source: str) -> str:

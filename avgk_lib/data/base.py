@@ -230,10 +230,6 @@ class DatasetBundle:
     crop_padding: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, TensorSplit)
-
     def summary(self) -> str:
         sizes = "/".join(str(len(s)) for s in (self.train, self.val, self.test))
         return f"{self.name}: {self.n_classes} classes, train/val/test {sizes}, input {self.input_shape}"
