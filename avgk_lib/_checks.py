@@ -171,21 +171,6 @@ def check_k(
     return result
 
 
-def check_loss_k(k: object, n_classes: int, name: str = "k") -> int:
-    """Integer k with 1 <= k < C (a top-K loss needs a (k+1)-th score to compare with)."""
-    return int(check_k(k, name, n_classes=n_classes, below_n_classes=True))
-
-
-def check_topk_k(k: object, n_classes: int, name: str = "k") -> int:
-    """Integer k with 1 <= k <= C (top-K accuracy)."""
-    return int(check_k(k, name, n_classes=n_classes))
-
-
-def check_average_k(k: object, n_classes: int, name: str = "k") -> float:
-    """Real average set size with 0 < k <= C (average-K may be fractional, e.g. 1.5)."""
-    return float(check_k(k, name, n_classes=n_classes, integer=False))
-
-
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     """One of the strings ``choices`` (the values of a ``Literal`` option)."""
     if not isinstance(value, str) or value not in choices:

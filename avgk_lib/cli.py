@@ -25,7 +25,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, dataset_option_types
 from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
-from .rundir import RunDirError
+from .rundir import RunDir, RunDirError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 #: errno values of environment problems the user fixes (permissions, read-only disks, link loops)
@@ -156,7 +156,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or cache_dir() / "runs" / cfg.fingerprint()
     args.run_folder, args.run_log = Path(out), _EpochLog()
     train(cfg, out, resume=args.resume, progress=not args.no_progress, log=args.run_log)
-    print(f"results: {Path(out) / 'results.json'}")
+    print(f"results: {RunDir(out).results}")
     return 0
 
 
@@ -165,7 +165,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     folder, log = getattr(args, "run_folder", None), getattr(args, "run_log", None)
     if args.command == "train" and folder is not None:
         done = log.epochs_done if log is not None else 0
-        if done and (folder / "last.pt").exists():
+        if done and RunDir(folder).last.exists():
             return f"interrupted after epoch {done}; resume with --resume --out {folder} (from its last checkpoint)"
         return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
     if args.command == "run":

@@ -1,7 +1,7 @@
 r"""Scores of a model on a split, the metric dictionary of every epoch and of the test, and the
 degeneracy diagnostics of a finished run.
 
-Metric names come from :func:`avgk_lib.sets.metric_key`: ``top{K}_{micro,macro}`` for integer K
+Metric names come from :func:`avgk_lib.metrics.metric_key`: ``top{K}_{micro,macro}`` for integer K
 (<= C), ``avg{K}_{micro,macro,size,threshold}`` for every K. Test metrics add
 ``top1_mode_share``: the share of inputs whose top-1 class is the most frequent top-1 class
 (1/C for a balanced, healthy classifier; near 1 when the model predicts one class for all).
@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 
 from . import metrics as M
+from .metrics import k_label, metric_key
 from .objectives import Objective
-from .sets import AverageK, k_label, metric_key, set_coverage, set_size
 
 __all__ = [
     "collect_scores",
@@ -79,7 +79,9 @@ def metric_dict(
     ks: list[float],
     thresholds: dict[float, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[float, torch.Tensor]]:
-    """Top-K (integer K <= C) and average-K metrics, micro and macro, for every K in ``ks``.
+    """Top-K (integer K <= C) and average-K metrics, micro and macro, for every K in ``ks``
+    (average-K: the sets of :func:`~avgk_lib.metrics.average_k_sets`, also the mean set size and
+    the threshold).
 
     ``thresholds`` (per K) calibrated elsewhere are reused (test time); otherwise they are
     calibrated on these scores (validation). Returns the metrics and the thresholds used."""
@@ -91,17 +93,14 @@ def metric_dict(
             hits = M.topk_correct(scores, targets, int(k))
             for average in ("micro", "macro"):
                 out[metric_key("top", k, average)] = M.aggregate_hits(hits, targets, n_classes, average)
-        predictor = AverageK(k)
-        if thresholds is None:
-            predictor.calibrate(scores, targets)
-        else:
-            predictor.threshold = thresholds[k]
-        used[k] = predictor.threshold
-        sets = predictor.predict(scores)
+        threshold = M.average_k_threshold(scores, float(k)) if thresholds is None else thresholds[k]
+        used[k] = threshold
+        sets = M.average_k_sets(scores, threshold)
+        hits = sets.gather(1, targets[:, None].to(sets.device)).squeeze(1)
         for average in ("micro", "macro"):
-            out[metric_key("avg", k, average)] = set_coverage(sets, targets, average)
-        out[metric_key("avg", k, "size")] = set_size(sets)
-        out[metric_key("avg", k, "threshold")] = float(predictor.threshold)
+            out[metric_key("avg", k, average)] = M.aggregate_hits(hits, targets.to(sets.device), n_classes, average)
+        out[metric_key("avg", k, "size")] = float(sets.sum(dim=1).double().mean())
+        out[metric_key("avg", k, "threshold")] = float(threshold)
     return out, used
 
 

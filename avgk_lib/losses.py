@@ -1,9 +1,12 @@
 """``nn.Module`` wrappers of :mod:`avgk_lib.functional` (same names in CamelCase).
 
 Each module stores its hyperparameters, validates them at construction, and forwards to the
-functional form. Per-class state (``class_counts``) is a registered buffer and ROLE's label
-estimates are a parameter, so ``.to(device)``, ``.half()`` and ``state_dict()`` behave like any
-PyTorch module.
+functional form. Hyperparameter defaults are written once, in the functional signatures: a
+constructor parameter declared ``= FROM_F`` takes the default of the functional form's parameter of
+the same name (:func:`_defaults_from`; ``inspect.signature`` and ``help`` show the value).
+
+Per-class state (``class_counts``) is a registered buffer and ROLE's label estimates are a
+parameter, so ``.to(device)``, ``.half()`` and ``state_dict()`` behave like any PyTorch module.
 
 Stacked form (see :mod:`avgk_lib.functional`): every module also takes ``(M, B, C)`` scores
 with ``(M, B)`` targets and returns one loss per member (``(M,)`` for ``"mean"``/``"sum"``);
@@ -14,9 +17,11 @@ n_members=M)`` holds one table per member; the noised losses take a list of M ge
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -57,6 +62,33 @@ __all__ = [
 ]
 
 
+FROM_F: Any = object()  # marks a constructor default taken from the functional form
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def _defaults_from(functional: Callable[..., Any]) -> Callable[[_Init], _Init]:
+    """Decorator of a loss constructor: each parameter whose default is ``FROM_F`` gets the default of
+    the same-named parameter of ``functional`` (checked at import: a marker without a functional
+    default is a ``TypeError``)."""
+    source = inspect.signature(functional).parameters
+
+    def decorate(init: _Init) -> _Init:
+        def resolve(p: inspect.Parameter) -> Any:
+            if p.default is not FROM_F:
+                return p.default
+            if p.name not in source or source[p.name].default is inspect.Parameter.empty:
+                raise TypeError(f"{init.__qualname__}: `{p.name}` has no default in {functional.__name__}")
+            return source[p.name].default
+
+        params = [p for p in inspect.signature(init).parameters.values() if p.default is not p.empty]
+        positional = [resolve(p) for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        init.__defaults__ = tuple(positional) or None
+        init.__kwdefaults__ = {p.name: resolve(p) for p in params if p.kind is p.KEYWORD_ONLY} or None
+        return init
+
+    return decorate
+
+
 def _hyper(value: object, name: str, check):
     """A constructor hyperparameter: a number (validated by ``check``) or a tensor of per-row /
     per-member values (any shape here; its shape against the scores is checked in ``forward``,
@@ -91,7 +123,7 @@ def _generators(generator: object) -> torch.Generator | list[torch.Generator] | 
 
 
 class _Loss(nn.Module):
-    def __init__(self, reduction: Reduction = "mean") -> None:
+    def __init__(self, reduction: Reduction) -> None:
         super().__init__()
         self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
 
@@ -108,13 +140,14 @@ class NoisedTopKLoss(_Loss):
     then draws exactly the noise a single model with ``generator[m]`` draws.
     """
 
+    @_defaults_from(F_.noised_topk_loss)
     def __init__(
         self,
         k: int,
-        epsilon: float = 1.0,
-        n_samples: int = 5,
-        reduction: Reduction = "mean",
-        generator: torch.Generator | None = None,
+        epsilon: float = FROM_F,
+        n_samples: int = FROM_F,
+        reduction: Reduction = FROM_F,
+        generator: torch.Generator | None = FROM_F,
     ) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
@@ -143,16 +176,17 @@ class ImbalancedNoisedTopKLoss(_Loss):
     r"""Imbalanced noised top-K loss with LDAM-style margins [P1];
     see :func:`avgk_lib.functional.imbalanced_noised_topk_loss`."""
 
+    @_defaults_from(F_.imbalanced_noised_topk_loss)
     def __init__(
         self,
         k: int,
         class_counts: Sequence[float] | torch.Tensor,
-        epsilon: float = 0.01,
-        n_samples: int = 5,
-        max_margin: float = 0.2,
-        scale: float = 60.0,
-        reduction: Reduction = "mean",
-        generator: torch.Generator | None = None,
+        epsilon: float = FROM_F,
+        n_samples: int = FROM_F,
+        max_margin: float = FROM_F,
+        scale: float = FROM_F,
+        reduction: Reduction = FROM_F,
+        generator: torch.Generator | None = FROM_F,
     ) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
@@ -185,7 +219,8 @@ class ImbalancedNoisedTopKLoss(_Loss):
 class TopKHingeLoss(_Loss):
     """Hard top-K calibrated hinge loss; see :func:`avgk_lib.functional.topk_hinge_loss`."""
 
-    def __init__(self, k: int, reduction: Reduction = "mean") -> None:
+    @_defaults_from(F_.topk_hinge_loss)
+    def __init__(self, k: int, reduction: Reduction = FROM_F) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
 
@@ -196,7 +231,8 @@ class TopKHingeLoss(_Loss):
 class SmoothTopKSVMLoss(_Loss):
     """Smooth top-k SVM of Berrada et al. (2018); see :func:`avgk_lib.functional.smooth_topk_svm_loss`."""
 
-    def __init__(self, k: int, tau: float = 1.0, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
+    @_defaults_from(F_.smooth_topk_svm_loss)
+    def __init__(self, k: int, tau: float = FROM_F, alpha: float = FROM_F, reduction: Reduction = FROM_F) -> None:
         super().__init__(reduction)
         self.k = _check_int_k(k)
         self.tau = _hyper(tau, "tau", lambda v: check_positive(v, "tau"))
@@ -209,7 +245,8 @@ class SmoothTopKSVMLoss(_Loss):
 class FocalLoss(_Loss):
     """Focal loss (Lin et al. 2017); see :func:`avgk_lib.functional.focal_loss`."""
 
-    def __init__(self, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
+    @_defaults_from(F_.focal_loss)
+    def __init__(self, gamma: float = FROM_F, reduction: Reduction = FROM_F) -> None:
         super().__init__(reduction)
         self.gamma = _hyper(gamma, "gamma", F_._check_gamma)
 
@@ -220,12 +257,13 @@ class FocalLoss(_Loss):
 class LDAMLoss(_Loss):
     """LDAM loss (Cao et al. 2019); see :func:`avgk_lib.functional.ldam_loss`."""
 
+    @_defaults_from(F_.ldam_loss)
     def __init__(
         self,
         class_counts: Sequence[float] | torch.Tensor,
-        max_margin: float = 0.5,
-        scale: float = 30.0,
-        reduction: Reduction = "mean",
+        max_margin: float = FROM_F,
+        scale: float = FROM_F,
+        reduction: Reduction = FROM_F,
     ) -> None:
         super().__init__(reduction)
         self.max_margin = _hyper(max_margin, "max_margin", lambda v: check_nonnegative(v, "max_margin"))
@@ -239,8 +277,9 @@ class LDAMLoss(_Loss):
 class AssumeNegativeLoss(_Loss):
     """AN / AN-LS / WAN (Cole et al. 2021); see :func:`avgk_lib.functional.assume_negative_loss`."""
 
+    @_defaults_from(F_.assume_negative_loss)
     def __init__(
-        self, label_smoothing: float = 0.0, negative_weight: float = 1.0, reduction: Reduction = "mean"
+        self, label_smoothing: float = FROM_F, negative_weight: float = FROM_F, reduction: Reduction = FROM_F
     ) -> None:
         super().__init__(reduction)
         self.label_smoothing = _hyper(
@@ -259,7 +298,8 @@ class AssumeNegativeLoss(_Loss):
 class EPRLoss(_Loss):
     """Expected-positive regularization (Cole et al. 2021); see :func:`avgk_lib.functional.epr_loss`."""
 
-    def __init__(self, expected_positives: float, reduction: Reduction = "mean") -> None:
+    @_defaults_from(F_.epr_loss)
+    def __init__(self, expected_positives: float, reduction: Reduction = FROM_F) -> None:
         super().__init__(reduction)
         self.expected_positives = _hyper(
             expected_positives,
@@ -309,13 +349,14 @@ class ROLELoss(_Loss):
         init_probability: if given, the constant initial estimate of the unknown entries.
     """
 
+    @_defaults_from(F_.role_loss)
     def __init__(
         self,
         n_train: int,
         n_classes: int,
         expected_positives: float,
         init_probability: float | None = None,
-        reduction: Reduction = "mean",
+        reduction: Reduction = FROM_F,
         memory_warning_bytes: int = 1 << 30,
         *,
         init_width: float = 0.1,
@@ -431,13 +472,14 @@ class TwoHeadLoss(_Loss):
     :meth:`set_epoch`. P2 does not say whether it warms up; the default is no warm-up.
     """
 
+    @_defaults_from(F_.two_head_loss)
     def __init__(
         self,
         k: float,
-        weight: float = 1.0,
-        reduction: Reduction = "mean",
-        rule: PseudoLabelRule = "exact",
-        class_reduction: ClassReduction = "mean",
+        weight: float = FROM_F,
+        reduction: Reduction = FROM_F,
+        rule: PseudoLabelRule = FROM_F,
+        class_reduction: ClassReduction = FROM_F,
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(reduction)

@@ -10,11 +10,16 @@ Conventions:
   strictly higher than it (the optimistic rank). With tie-free scores this is the usual top-K.
 * **Average-K calibration** (:func:`average_k_threshold`): one global threshold for the whole
   dataset, so set sizes adapt to each input while averaging K (Lorieul et al. 2021; P2).
+* **Metric names** (:func:`metric_key`, read back by :func:`parse_metric_key`): ``top{K}_{micro,macro}``
+  for integer K, ``avg{K}_{micro,macro,size,threshold}``; K written by :func:`k_label`. Results,
+  configurations (``select_metric``) and tables spell metrics only through these.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from typing import Literal
 
 import torch
 
@@ -33,6 +38,9 @@ from ._checks import (
 )
 
 __all__ = [
+    "k_label",
+    "metric_key",
+    "parse_metric_key",
     "topk_accuracy",
     "topk_correct",
     "aggregate_hits",
@@ -45,6 +53,62 @@ __all__ = [
     "per_class_accuracy",
     "accuracy_by_class_frequency",
 ]
+
+MetricKind = Literal["top", "avg"]
+MetricStat = Literal["micro", "macro", "size", "threshold"]
+_STATS = {"top": AVERAGES, "avg": (*AVERAGES, "size", "threshold")}
+_METRIC_KEY = re.compile(r"^(top|avg)([0-9]+(?:\.[0-9]+)?)_([a-z]+)$")
+
+
+def _real(value: object, name: str) -> float:
+    """A finite real number (Python or NumPy scalar, or a one-element real tensor)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}")
+    out = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(out):
+        raise ValueError(f"`{name}` must be finite, got {out}")
+    return out
+
+
+def k_label(k: float) -> str:
+    """``2.0 -> "2"``, ``1.5 -> "1.5"``: K as written in metric names."""
+    k = _real(k, "k")
+    return str(int(k)) if k.is_integer() else f"{k:g}"
+
+
+def metric_key(kind: MetricKind, k: float, average: MetricStat = "micro") -> str:
+    """Name of a metric in results: ``top5_micro``, ``avg1.5_macro``, ``avg2_size``, ``avg2_threshold``.
+
+    ``kind="top"`` (top-K accuracy) needs an integer K and ``average`` in micro/macro;
+    ``kind="avg"`` (average-K) also names the mean set size and the calibrated threshold."""
+    check_choice(kind, "kind", ("top", "avg"))
+    check_choice(average, "average", _STATS[kind])
+    if kind == "top" and not _real(k, "k").is_integer():
+        raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
+    if _real(k, "k") <= 0:
+        raise ValueError(f"`k` must be > 0, got {k!r}")
+    return f"{kind}{k_label(k)}_{average}"
+
+
+def parse_metric_key(name: str) -> tuple[MetricKind, float, MetricStat]:
+    """The inverse of :func:`metric_key`: ``"avg1.5_macro" -> ("avg", 1.5, "macro")``.
+
+    ``ValueError`` naming ``name`` when it is not a metric name, or when it is one written
+    another way (``top05_micro``: the message gives the spelling :func:`metric_key` writes)."""
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a metric name (a string like top5_micro), got {type(name).__name__}")
+    match = _METRIC_KEY.match(name)
+    if match is None or match.group(3) not in _STATS[match.group(1)]:
+        raise ValueError(f"`name` must be a metric name like top5_micro, avg1.5_macro or avg2_size, got {name!r}")
+    kind, k, average = match.group(1), float(match.group(2)), match.group(3)
+    if k <= 0 or (kind == "top" and not k.is_integer()):
+        raise ValueError(f"`name` {name!r} names no metric: K must be > 0 (and an integer for top-K)")
+    canonical = metric_key(kind, k, average)  # type: ignore[arg-type]
+    if canonical != name:
+        raise ValueError(f"`name` {name!r} is not a metric name: write it {canonical}")
+    return kind, k, average  # type: ignore[return-value]
 
 
 def aggregate_hits(correct: torch.Tensor, targets: torch.Tensor, n_classes: int, average: Average = "micro") -> float:

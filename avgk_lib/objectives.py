@@ -78,11 +78,6 @@ class ObjectiveSpec:
         hints = {**_signature_types(self.module), **_signature_types(self.function)}
         return {name: hints[name] for name in self.options}
 
-    @property
-    def scores(self) -> ScoreKind:
-        """Score kind of the main head (name kept from earlier versions)."""
-        return self.score_kind
-
 
 def _callable_of(obj: Any) -> Callable[..., Any] | None:
     return obj.__init__ if isinstance(obj, type) else obj

@@ -5,7 +5,7 @@ installed from PyPI or on Colab) and are read through :mod:`importlib.resources`
 by ``make references`` (``tools/reference_runs.py``) and by the benchmarks under ``benchmarks/``
 (:func:`write_reference`), each with the same provenance block and a checksum of its content
 (verified on every load: :func:`unseal`) (git commit, library and package
-versions, device; see :func:`avgk_lib.train.provenance`).
+versions, device; see :func:`avgk_lib.rundir.provenance`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def load_json_reference(stem: str) -> dict[str, Any] | None:
 
 def write_reference(stem: str, payload: dict[str, Any], *, device: Any, directory: str | Path | None = None) -> Path:
     """Write ``payload`` to ``<directory>/<stem>.json`` (default: :func:`reference_dir`, the package's
-    source tree) with ``"created"`` (ISO time) and ``"provenance"`` (:func:`avgk_lib.train.provenance`
+    source tree) with ``"created"`` (ISO time) and ``"provenance"`` (:func:`avgk_lib.rundir.provenance`
     of ``device``: git commit, versions, device name) added; atomic (a tmp file, then a rename).
 
     Keys of ``payload`` win over ``"created"`` but never over ``"provenance"``."""
@@ -84,7 +84,7 @@ def write_reference(stem: str, payload: dict[str, Any], *, device: Any, director
         raise ValueError("`payload` must not carry its own 'provenance': it is measured here")
     import torch  # heavy: only the writers of references need it, not the readers
 
-    from .train import provenance
+    from .rundir import provenance
 
     folder = Path(directory) if directory is not None else reference_dir()
     block = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}

@@ -28,7 +28,6 @@ scores), ``targets`` ``(n,)`` class indices, as everywhere in :mod:`avgk_lib`.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -36,6 +35,7 @@ import torch
 from . import conformal as _conformal
 from . import metrics as M
 from ._checks import AVERAGES, check_choice, check_scores, check_targets, check_tensor
+from .metrics import _real, k_label, metric_key  # metric names live in metrics.py (re-exported here)
 
 __all__ = [
     "AverageK",
@@ -49,25 +49,11 @@ __all__ = [
     "set_size",
 ]
 
-MetricKind = Literal["top", "avg"]
-MetricStat = Literal["micro", "macro", "size", "threshold"]
 ConformalScore = Literal["lac", "aps", "raps"]
 
 
 class NotCalibratedError(ValueError):
     """``predict`` was called before ``calibrate``."""
-
-
-def _real(value: object, name: str) -> float:
-    """A finite real number (Python or numpy scalar, or a 0-dim tensor)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
-        value = value.item()
-    if isinstance(value, bool) or not hasattr(value, "__float__"):
-        raise TypeError(f"`{name}` must be a real number, got {value!r}")
-    out = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(out):
-        raise ValueError(f"`{name}` must be finite, got {out}")
-    return out
 
 
 def _int(value: object, name: str, minimum: int) -> int:
@@ -78,27 +64,6 @@ def _int(value: object, name: str, minimum: int) -> int:
     if number < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {int(number)}")
     return int(number)
-
-
-def k_label(k: float) -> str:
-    """``2.0 -> "2"``, ``1.5 -> "1.5"``: K as written in metric names."""
-    k = _real(k, "k")
-    return str(int(k)) if k.is_integer() else f"{k:g}"
-
-
-def metric_key(kind: MetricKind, k: float, average: MetricStat = "micro") -> str:
-    """Name of a metric in results: ``top5_micro``, ``avg1.5_macro``, ``avg2_size``, ``avg2_threshold``.
-
-    ``kind="top"`` (top-K accuracy) needs an integer K and ``average`` in micro/macro;
-    ``kind="avg"`` (average-K) also names the mean set size and the calibrated threshold."""
-    check_choice(kind, "kind", ("top", "avg"))
-    allowed = AVERAGES if kind == "top" else (*AVERAGES, "size", "threshold")
-    check_choice(average, "average", allowed)
-    if kind == "top" and not _real(k, "k").is_integer():
-        raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
-    if _real(k, "k") <= 0:
-        raise ValueError(f"`k` must be > 0, got {k!r}")
-    return f"{kind}{k_label(k)}_{average}"
 
 
 def _check_sets(sets: object) -> torch.Tensor:

@@ -244,6 +244,21 @@ BAD: dict[str, list[tuple[str, Callable[[], object]]]] = {
     ],
     "device": [("int-list", lambda: [0]), ("unknown", lambda: "nosuch")],
     "dtype": [("int", lambda: torch.int64), ("str", lambda: "float32")],
+    "label_k": [("str", lambda: "2"), ("none", lambda: None), ("bool", lambda: True), ("nan", lambda: NAN)],
+    "metric_k": [("str", lambda: "2"), ("nan", lambda: NAN), ("zero", lambda: 0), ("negative", lambda: -1.0)],
+    "metric_kind": [*_STRING, ("bottom", lambda: "bottom")],
+    "metric_name": [
+        ("none", lambda: None),
+        ("int", lambda: 5),
+        ("empty", lambda: ""),
+        ("no-k", lambda: "top_micro"),
+        ("top-size", lambda: "top2_size"),
+        ("unknown-stat", lambda: "avg2_mean"),
+        ("leading-zero", lambda: "top02_micro"),
+        ("trailing-zero", lambda: "avg1.50_micro"),
+        ("fractional-top", lambda: "top1.5_micro"),
+        ("zero-k", lambda: "avg0_micro"),
+    ],
 }
 
 
@@ -529,6 +544,13 @@ SPECS: dict[str, Spec] = {
         {"correct": hits, "targets": targets, "train_counts": _v(COUNTS), "n_bins": _v(2)},
         {"correct": "hits", "targets": "targets", "train_counts": "train_counts", "n_bins": "count"},
     ),
+    "M.k_label": Spec(M.k_label, {"k": _v(1.5)}, {"k": "label_k"}),
+    "M.metric_key": Spec(
+        M.metric_key,
+        {"kind": _v("avg"), "k": _v(1.5), "average": _v("size")},
+        {"kind": "metric_kind", "k": "metric_k", "average": "average"},
+    ),
+    "M.parse_metric_key": Spec(M.parse_metric_key, {"name": _v("avg1.5_macro")}, {"name": "metric_name"}),
     # ---- conformal ----
     "CF.class_scores": Spec(
         CF.class_scores,

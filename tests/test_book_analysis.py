@@ -89,3 +89,25 @@ def test_cost_findings_state_the_computed_ranges():
     assert "3.0 to 3.0 times the noised loss" in text[2] and "2.0 to 2.0 times ours" in text[2]
     with pytest.raises(ValueError, match="ratios"):
         A.cost_findings([])
+
+
+def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
+    import json
+
+    from avgk_lib.book import diagnostics
+    from avgk_lib.train import TrainConfig, train
+
+    tiny = {"n_classes": 6, "dim": 4, "n_groups": 2, "n_train": 256, "n_val": 128, "n_test": 128}
+    cfg = TrainConfig(dataset="synthetic", dataset_options=tiny, epochs=1, batch_size=64, eval_ks=[1, 2], k=2)
+    returned = train(cfg, tmp_path, progress=False, log=lambda *_: None)
+    read = A.run_results(tmp_path)
+    assert read["test"] == returned["test"] and read["summary"]["class_counts"] == returned["summary"]["class_counts"]
+    extra = diagnostics.run_diagnostics(tmp_path)
+    assert {"test_avg2_tail", "test_avg2_head", "test_avg2_ambiguous", "test_avg2_clear"} <= set(extra)
+    edited = json.loads((tmp_path / "results.json").read_text())
+    edited["test"]["top1_micro"] = 1.0 - edited["test"]["top1_micro"]
+    (tmp_path / "results.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="checksum"):
+        A.run_results(tmp_path)
+    with pytest.raises(ValueError, match="checksum"):
+        diagnostics.run_diagnostics(tmp_path)

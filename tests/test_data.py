@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from avgk_lib.data import DATASETS, LOADERS, dataset_info, dataset_input_shape, load_dataset, make_loader
 from avgk_lib.data import cifar100 as cifar_module
 from avgk_lib.data import fashion_mnist as fm
-from avgk_lib.data import load_dataset, make_loader
 from avgk_lib.data.corruption import block_label_noise, long_tail_subsample
 from avgk_lib.data.fashion_mnist import DEBIAN_DIR
 from avgk_lib.data.loader import random_crop_flip
@@ -665,8 +665,6 @@ def test_seeds_up_to_int64_work_and_derived_seeds_keep_small_seeds(tmp_path):
 
 
 def test_dataset_input_shape_is_known_before_loading(tmp_path, no_debian):
-    from avgk_lib.data import dataset_input_shape
-
     write_fmnist(tmp_path / "FashionMNIST" / "raw", fake_fmnist_arrays())
     write_fake_cifar100(tmp_path)
     write_fake_plantnet(tmp_path / "plantnet")
@@ -677,9 +675,35 @@ def test_dataset_input_shape_is_known_before_loading(tmp_path, no_debian):
         ("plantnet300k", {"root": tmp_path / "plantnet", "resize": 32, "crop": 24}),
     ]
     for name, options in cases:
-        assert dataset_input_shape(name, options) == load_dataset(name, **options).input_shape, name
+        bundle = load_dataset(name, **options)
+        assert dataset_input_shape(name, options) == bundle.input_shape, name
+        if name != "plantnet300k":  # the fake Pl@ntNet holds a few species, not the 1081 of the data
+            assert dataset_info(name).classes(options) == bundle.n_classes, name
     with pytest.raises(ValueError, match="valid names"):
         dataset_input_shape("mnist")
+
+
+def test_each_loader_declares_its_dataset_facts():
+    """Default model, classes and which integer options are counts are declared per loader."""
+    import typing
+
+    from avgk_lib.models import MODELS, check_model_input
+
+    assert set(DATASETS) == set(LOADERS) and all(DATASETS[n].loader is LOADERS[n] for n in DATASETS)
+    for name, info in DATASETS.items():
+        hints = typing.get_type_hints(info.loader)
+        ints = {k for k, h in hints.items() if h is int or typing.get_args(h) == (int, type(None))}
+        assert set(info.counts) <= ints, name
+        assert info.default_model in MODELS
+        check_model_input(info.default_model, dataset_input_shape(name))
+        assert info.classes_option is None or info.classes_option in hints
+    assert [DATASETS[n].classes() for n in DATASETS] == [20, 10, 100, 1081]
+    assert dataset_info("plantnet300k").classes({"max_classes": 12}) == 12
+    assert dataset_info("synthetic").classes({"n_classes": 7}) == 7
+    with pytest.raises(TypeError, match="options"):
+        dataset_info("cifar100").classes([("n_val", 3)])
+    with pytest.raises(ValueError, match="valid names"):
+        dataset_info("mnist")
 
 
 def test_synthetic_sizes_beyond_memory_are_refused_before_allocating(monkeypatch):

@@ -2,6 +2,7 @@
 
 import html.parser
 import inspect
+import re
 
 import pytest
 
@@ -37,20 +38,48 @@ def _parse(text):
     return p
 
 
+def _cells(markdown):
+    """Cells of the pipe tables in ``markdown`` as the reader sees them: rows split at unescaped
+    pipes, the delimiter row dropped, backslash escapes (``\\|``, ``\\<``) undone."""
+    out = []
+    for line in markdown.splitlines():
+        if not line.startswith("|") or set(line) <= set("|-"):
+            continue
+        parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        out += [re.sub(r"\\([|<])", r"\1", part.strip()) for part in parts]
+    return out
+
+
 def test_table_formats_floats_orders_columns_and_escapes():
-    rows = [{"method": "a<b", "acc": 0.123456, "n": 3}, {"method": "c", "acc": float("nan")}]
+    rows = [{"method": "a<b", "acc": 0.123456, "n": 3}, {"method": "c|d `x|y`", "acc": float("nan")}]
     block = D.table(rows, {"method": "loss", "acc": "accuracy", "n": "seeds"}, floatfmt=".2f", caption="T")
-    p = _parse(block.html)
-    assert p.cells == ["loss", "accuracy", "seeds", "a<b", "0.12", "3", "c", "nan"]
-    assert "a&lt;b" in block.html
+    assert block.html is None and block._repr_html_() is None  # tables are Markdown only
+    assert _cells(block.markdown) == ["loss", "accuracy", "seeds", "a<b", "0.12", "3", "c|d `x|y`", "nan", ""]
+    assert "a\\<b" in block.markdown  # never read as an HTML tag
     lines = block.markdown.splitlines()
     assert lines[0] == "T" and lines[2] == "| loss | accuracy | seeds |"
-    assert lines[-1] == "| c | nan |  |"
+    assert lines[-1] == "| c\\|d `x\\|y` | nan |  |"
+
+
+def test_table_markdown_renders_as_the_cells_with_the_books_parser():
+    markdown_it = pytest.importorskip("markdown_it")
+    block = D.table([{"method": "a<b", "code": "`k|v`", "acc": 0.5}], floatfmt=".1f", caption="T")
+    html_text = markdown_it.MarkdownIt("commonmark").enable("table").render(block.markdown)
+    assert _parse(html_text).cells == ["method", "code", "acc", "a<b", "0.5"]  # (text directly in a cell)
+    assert "a&lt;b" in html_text and "<code>k|v</code>" in html_text
 
 
 def test_table_infers_columns_and_formats_float_lists():
     block = D.table([{"x": 1, "ci": [0.1, 0.25]}], floatfmt=".1f")
-    assert _parse(block.html).cells == ["x", "ci", "1", "[0.1, 0.2]"]
+    assert _cells(block.markdown) == ["x", "ci", "1", "[0.1, 0.2]"]
+
+
+def test_markdown_table_checks_its_rows():
+    assert D.markdown_table(["a", "b"], [[1, "x"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | x |"]
+    with pytest.raises(ValueError, match="rows"):
+        D.markdown_table(["a", "b"], [[1]])
+    with pytest.raises(TypeError, match="header"):
+        D.markdown_table("ab", [])
 
 
 @pytest.mark.parametrize(
@@ -132,6 +161,9 @@ def test_results_markdown_prints_counts_as_integers():
 
 @pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])
 def test_presets_are_validated(bad, exc):
+    from avgk_lib.experiments import PRESETS
+
+    assert D.PRESETS is PRESETS  # one list of presets, the experiments'
     with pytest.raises(exc, match="preset"):
         D.preset_banner(bad)
 
@@ -146,21 +178,6 @@ def test_findings_box_is_relabelled_under_smoke():
         D.findings("a single string")
     with pytest.raises(ValueError, match="items"):
         D.findings([])
-
-
-def test_claims_table_puts_verdict_last_and_checks_keys():
-    claims = [
-        {"claim": "A beats B", "ours": 0.5, "rival": "B", "rival_value": 0.4, "verdict": "supported"},
-        {"claim": "C beats D", "verdict": "not evaluated (missing runs)"},
-    ]
-    block = D.claims_table(claims, preset="smoke")
-    cells = _parse(block.html).cells
-    assert cells[:5] == ["claim", "ours", "rival", "rival_value", "verdict"]
-    assert "0.5000" in cells and "Smoke run" in block.html
-    with pytest.raises(ValueError, match="claims"):
-        D.claims_table([{"claim": "x"}])
-    assert D.verdict_kind("supported") == "tip" and D.verdict_kind("contradicted (1 seed)") == "danger"
-    assert D.verdict_kind("inconclusive (95% intervals overlap)") == "warning"
 
 
 def test_show_source_is_the_library_code_itself_without_docstrings():

@@ -77,6 +77,36 @@ def test_module_wrappers_forward_to_functional():
     torch.testing.assert_close(AL.LDAMLoss(counts, 0.3, 10)(s, y), AF.ldam_loss(s, y, counts, 0.3, 10))
 
 
+def test_module_defaults_are_the_functional_defaults():
+    """Loss defaults are written once (the functional signatures); the modules read them from there."""
+    import inspect
+
+    pairs = {
+        "NoisedTopKLoss": AF.noised_topk_loss,
+        "ImbalancedNoisedTopKLoss": AF.imbalanced_noised_topk_loss,
+        "TopKHingeLoss": AF.topk_hinge_loss,
+        "SmoothTopKSVMLoss": AF.smooth_topk_svm_loss,
+        "FocalLoss": AF.focal_loss,
+        "LDAMLoss": AF.ldam_loss,
+        "AssumeNegativeLoss": AF.assume_negative_loss,
+        "EPRLoss": AF.epr_loss,
+        "ROLELoss": AF.role_loss,
+        "TwoHeadLoss": AF.two_head_loss,
+    }
+    assert set(pairs) == set(AL.__all__)
+    for name, fn in pairs.items():
+        module = inspect.signature(getattr(AL, name)).parameters
+        shared = [p for p in inspect.signature(fn).parameters.values() if p.name in module and p.default is not p.empty]
+        assert shared, name
+        for p in shared:
+            assert module[p.name].default == p.default, (name, p.name)
+    with pytest.raises(TypeError, match="`k` has no default"):
+
+        @AL._defaults_from(AF.noised_topk_loss)
+        def init(self, k=AL.FROM_F):
+            return None
+
+
 def test_epsilon_zero_noised_loss_is_the_hard_hinge():
     s = tie_free_scores(12, 9)
     y = random_targets(12, 9)

@@ -8,6 +8,7 @@ import torch
 from mapie.metrics.classification import classification_coverage_score, classification_mean_width_score
 
 from avgk_lib import conformal as C
+from avgk_lib import sets as sets_module
 from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
 from avgk_lib.evaluation import metric_dict
 from avgk_lib.sets import (
@@ -117,6 +118,16 @@ def test_macro_coverage_and_size_equal_brute_force():
     assert set_size(sets, "macro", targets=targets) == pytest.approx(sum(per_class_size) / len(per_class_size))
     assert set_coverage(sets, targets) == pytest.approx(sum(bool(sets[i, targets[i]]) for i in range(200)) / 200)
     assert set_size(sets) == pytest.approx(int(sets.sum()) / 200)
+
+
+def test_metric_names_are_read_back_as_written():
+    from avgk_lib import metrics as M
+
+    for kind, k, stat in [("top", 5, "micro"), ("top", 1, "macro"), ("avg", 1.5, "size"), ("avg", 2, "threshold")]:
+        assert M.parse_metric_key(metric_key(kind, k, stat)) == (kind, float(k), stat)
+    with pytest.raises(ValueError, match="write it avg1.5_micro"):
+        M.parse_metric_key("avg1.50_micro")
+    assert sets_module.metric_key is M.metric_key and sets_module.k_label is M.k_label
 
 
 def test_metric_key_keeps_the_results_format():

@@ -287,9 +287,9 @@ def average_k_gain_vs_ambiguity(
 
 def load_run_scores(run: str | Path) -> dict[str, torch.Tensor]:
     """Validation and test scores (float32) and labels saved by a finished run (``scores.pt``)."""
-    from ..checkpoint import load_checkpoint
+    from ..rundir import RunDir
 
-    data = load_checkpoint(Path(run) / "scores.pt")  # verifies the format version and checksum
+    data = RunDir(run).load_scores()  # verifies the format version and checksum
     return {k: (v.float() if v.is_floating_point() else v) for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
@@ -345,36 +345,16 @@ def by_quantile(
 
 
 def run_results(run: str | Path) -> dict[str, Any]:
-    """The ``results.json`` of a finished run."""
-    import json
+    """The result of a finished run (``config``, ``summary``, ``history``, ``test`` ...), read and
+    verified by :meth:`avgk_lib.rundir.RunDir.read_result`; ``ValueError`` when the folder holds no
+    intact result."""
+    from ..rundir import RunDir
 
-    return json.loads((Path(run) / "results.json").read_text())
-
-
-def average_k_table(rows: list[dict[str, Any]], ks: list[float], by: str = "dataset") -> list[dict[str, Any]]:
-    """Average-K accuracy (micro, macro; mean and 95% CI over seeds) per ``by`` value, loss and K.
-
-    A loss whose training depends on K (``train_k`` set: EPR, ROLE, two-head) is evaluated at
-    the K it was trained for; the others (one model for every K) at each K."""
-    from ..evaluation import k_label
-    from ..experiments import summarize
-
-    out = []
-    for k in ks:
-        name = k_label(k)
-        selected = [
-            {
-                **r,
-                "K": k,
-                "micro": r[f"test_avg{name}_micro"],
-                "macro": r[f"test_avg{name}_macro"],
-                "size": r[f"test_avg{name}_size"],
-            }
-            for r in rows
-            if r.get("train_k") in (None, k)
-        ]
-        out += summarize(selected, by=[by, "loss", "K"], metrics=["micro", "macro", "size"])
-    return out
+    folder = RunDir(run)
+    result, why = folder.read_result()
+    if result is None:
+        raise ValueError(why or f"{folder.path} holds no finished run")
+    return result.to_dict()
 
 
 def synthetic_oracle(dataset_options: dict[str, Any], ks: list[float]) -> dict[float, float]:

@@ -9,7 +9,6 @@ loss is the time to draw its Gaussian noise. Times are medians of
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
@@ -33,11 +32,6 @@ def import_peers():
         import difftopk
         import pytopk
     return difftopk, pytopk
-
-
-def peers_available() -> bool:
-    """Whether the peer packages (test/book extras) are installed."""
-    return all(importlib.util.find_spec(m) is not None for m in ("pytopk", "difftopk"))
 
 
 def _median_ms(fn, min_run_time: float) -> float:

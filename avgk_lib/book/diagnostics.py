@@ -25,7 +25,9 @@ import torch
 from .. import functional as AF
 from .. import metrics as M
 from ..data import load_dataset
-from ..evaluation import k_label
+from ..metrics import k_label
+from ..rundir import RunDir
+from .analysis import load_run_scores, run_results
 
 EXTREME_SHARE = 0.2
 
@@ -34,12 +36,6 @@ EXTREME_SHARE = 0.2
 def _posteriors(options_json: str) -> tuple[torch.Tensor, torch.Tensor]:
     bundle = load_dataset("synthetic", **json.loads(options_json))
     return bundle.extra["val_posterior"], bundle.extra["test_posterior"]
-
-
-def _load(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from .analysis import load_run_scores
-
-    return json.loads((folder / "results.json").read_text()), load_run_scores(folder)
 
 
 def _hits(val: torch.Tensor, test: torch.Tensor, targets: torch.Tensor, k: float) -> torch.Tensor:
@@ -82,10 +78,9 @@ def pseudo_label_quality(val_probs: torch.Tensor, targets: torch.Tensor, posteri
 
 def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, float]:
     """The diagnostics of one finished run (empty when its scores were not saved)."""
-    folder = Path(folder)
-    if not (folder / "scores.pt").exists():
+    if not RunDir(folder).scores.exists():
         return {}
-    results, scores = _load(folder)
+    results, scores = run_results(folder), load_run_scores(folder)
     config = results["config"]
     k = float(k if k is not None else config["k"])
     name = k_label(k)

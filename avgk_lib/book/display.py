@@ -1,15 +1,18 @@
-r"""Rich outputs for the book: tables, banners, findings and library source, as HTML and Markdown.
+r"""Rich outputs for the book: tables, banners, findings and library source.
 
 Every helper returns a :class:`Block`, an object that Jupyter (and the book, through MyST-NB)
-renders as HTML when it is the value of a cell, and as Markdown where HTML is not shown.
+renders when it is the value of a cell: tables as Markdown (:func:`markdown_table`, the book's one
+table renderer, also used by the chapter texts of :mod:`avgk_lib.book.findings`), boxes and source
+listings as HTML with a Markdown fallback.
 Nothing here computes a number: the tables and findings come from :mod:`avgk_lib.book.analysis`
 and the experiments; this module only lays them out so that they fit the page column (no long
 ``print`` lines that scroll sideways).
 
 Example:
-    >>> block = table([{"K": 1, "accuracy": 0.51234}], floatfmt=".2f")
-    >>> "<td>0.51</td>" in block.html
-    True
+    >>> print(table([{"K": 1, "accuracy": 0.51234}], floatfmt=".2f"))
+    | K | accuracy |
+    |---|---|
+    | 1 | 0.51 |
 """
 
 from __future__ import annotations
@@ -23,29 +26,30 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("smoke", "cpu", "colab", "gpu")
+from ..experiments.spec import PRESETS
+
 SMOKE_TEXT = (
     "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
     "its code runs. Its numbers, tables, timings and verdicts are not findings. "
     'Run the notebook with `PRESET = "cpu"` (or larger) to reproduce the results the text discusses.'
 )
 GLUE_MIME_PREFIX = "application/papermill.record/"
-_VERDICT_CLASSES = {"supported": "tip", "contradicted": "danger", "inconclusive": "warning"}
 
 
 class Block:
-    """A piece of rich output: ``html`` for the book and Jupyter, ``markdown`` as the fallback.
+    """A piece of rich output: ``markdown`` (parsed as MyST by the book) and, for boxes and source
+    listings, ``html`` (``None`` for tables, which are Markdown only: :func:`markdown_table`).
 
     ``_repr_html_`` and ``_repr_markdown_`` make the object display itself when it is the last
-    expression of a cell (IPython's display protocol)."""
+    expression of a cell (IPython's display protocol; without ``html`` the Markdown is shown)."""
 
-    def __init__(self, html_text: str, markdown_text: str) -> None:
-        if not isinstance(html_text, str) or not isinstance(markdown_text, str):
-            raise TypeError("`html_text` and `markdown_text` must be strings")
+    def __init__(self, html_text: str | None, markdown_text: str) -> None:
+        if not isinstance(html_text, (str, type(None))) or not isinstance(markdown_text, str):
+            raise TypeError("`html_text` (or None) and `markdown_text` must be strings")
         self.html = html_text
         self.markdown = markdown_text
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
         return self.html
 
     def _repr_markdown_(self) -> str:
@@ -184,6 +188,27 @@ def _format(value: Any, floatfmt: str) -> str:
     return str(value)
 
 
+def _md_cell(text: str) -> str:
+    """One Markdown table cell: pipes escaped (also inside `code` spans, as GFM tables need), ``<``
+    escaped outside code spans (never read as an HTML tag), line breaks as spaces."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "\\<") for i, p in enumerate(parts))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The book's one table renderer: a Markdown pipe table (the book parses cell outputs and
+    chapter text as MyST, so it becomes an HTML table on the page).
+
+    Cells are ``str()``-ed and escaped (:func:`_md_cell`); every row must have one cell per header."""
+    if isinstance(header, str) or not header or not all(isinstance(h, str) for h in header):
+        raise TypeError(f"`header` must be a non-empty sequence of strings, got {header!r}")
+    if isinstance(rows, (str, Mapping)) or any(isinstance(r, (str, Mapping)) or len(r) != len(header) for r in rows):
+        raise ValueError(f"`rows` must be sequences of {len(header)} cells (one per header)")
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(str(c)) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def table(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[str] | Mapping[str, str] | None = None,
@@ -191,7 +216,8 @@ def table(
     floatfmt: str = ".3f",
     caption: str = "",
 ) -> Block:
-    """Rows of dicts as a table; ``columns`` picks and orders keys (a mapping renames them).
+    """Rows of dicts as a table (:func:`markdown_table`); ``columns`` picks and orders keys (a
+    mapping renames them), ``caption`` is a line above the table.
 
     Floats are formatted with ``floatfmt``; missing keys show as empty cells."""
     if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
@@ -207,13 +233,8 @@ def table(
     if not names:
         raise ValueError("`columns` is empty")
     cells = [[_format(r.get(c), floatfmt) for c in names] for r in rows]
-    head = "".join(f"<th>{_inline(str(n))}</th>" for n in names.values())
-    body = "".join("<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in row) + "</tr>" for row in cells)
-    cap = f"<caption>{_inline(caption)}</caption>" if caption else ""
-    html_text = f'<table class="table avgk-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-    md = ["| " + " | ".join(names.values()) + " |", "|" + "---|" * len(names)]
-    md += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in cells]
-    return Block(html_text, (f"{caption}\n\n" if caption else "") + "\n".join(md))
+    body = markdown_table([str(n) for n in names.values()], cells)
+    return Block(None, (f"{caption}\n\n" if caption else "") + body)
 
 
 def findings(items: Sequence[str], *, title: str = "What this run shows", preset: str | None = None) -> Block:
@@ -230,27 +251,6 @@ def findings(items: Sequence[str], *, title: str = "What this run shows", preset
     title_html = f'<p class="admonition-title">{html.escape(heading)}</p>'
     html_text = f'<div class="admonition {kind} avgk-box">{title_html}<ul>{lis}</ul></div>'
     return Block(html_text, f"**{heading}**\n\n" + "\n".join(f"* {i}" for i in items))
-
-
-def verdict_kind(verdict: str) -> str:
-    """Admonition kind of a verdict string: supported -> tip, contradicted -> danger, else warning."""
-    if not isinstance(verdict, str):
-        raise TypeError(f"`verdict` must be a string, got {type(verdict).__name__}")
-    return next((kind for word, kind in _VERDICT_CLASSES.items() if verdict.startswith(word)), "warning")
-
-
-def claims_table(claims: Sequence[Mapping[str, Any]], *, preset: str | None = None) -> Block:
-    """Checked claims (dicts with at least ``claim`` and ``verdict``) as a table; the other keys
-    present (``ours``, ``rival``, ``effect``, ``ci95`` ...) become columns in a stable order."""
-    if isinstance(claims, Mapping) or not all(isinstance(c, Mapping) for c in claims):
-        raise TypeError("`claims` must be a sequence of dicts")
-    if not claims or any("claim" not in c or "verdict" not in c for c in claims):
-        raise ValueError("`claims` must be a non-empty sequence of dicts with 'claim' and 'verdict'")
-    preferred = ["claim", "dataset", "metric", "ours", "rival", "rival_value", "effect", "ci95", "n_seeds"]
-    keys = {k for c in claims for k in c}
-    columns = [k for k in preferred if k in keys] + ["verdict"]
-    caption = "Smoke run: these verdicts are not findings" if preset is not None and is_smoke(preset) else ""
-    return table(claims, columns, floatfmt=".4f", caption=caption)
 
 
 def _strip_docstring(source: str) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import experiments as E
-from ..evaluation import k_label
+from ..metrics import k_label, metric_key
 from .claims import ARMS, build_ledger, effect_text, setting_label
+from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
 
 
@@ -36,7 +37,7 @@ def setting_markdown(name: str, preset: str) -> str:
     """The settings and methods of an experiment at a preset, read from its definition."""
     experiment = E.get_experiment(name)
     spec = experiment.preset(preset)
-    lines = ["| setting | data | K | selection metric | epochs | seeds |", "|---|---|---|---|---|---|"]
+    rows = []
     for s in spec.settings:
         label = ", ".join(f"{k}={v}" for k, v in s.labels.items())
         data = s.dataset + (f" ({s.options['n_classes']} classes)" if "n_classes" in s.options else "")
@@ -45,16 +46,16 @@ def setting_markdown(name: str, preset: str) -> str:
             data += ", balanced val/test" if s.options.get("balanced_eval") else ", val/test long-tailed"
         ks = ", ".join(f"{k:g}" for k in s.ks)
         seeds = f"first {s.max_seeds}" if s.max_seeds else "all"
-        lines.append(
-            f"| {label} | {data} | {ks} | `{s.select.format(k=k_label(s.tune_k))}` | {s.recipe['epochs']} | {seeds} |"
-        )
-    lines += ["", "| method | fixed options | tuned knobs (x lr grid) |", "|---|---|---|"]
+        rows.append([label, data, ks, f"`{s.select.format(k=k_label(s.tune_k))}`", s.recipe["epochs"], seeds])
+    lines = [markdown_table(["setting", "data", "K", "selection metric", "epochs", "seeds"], rows), ""]
+    methods = []
     for method_name, m in experiment.methods.items():
         fixed = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-"
         knobs = ", ".join(f"{k} in {v}" for k, v in m.grid.items()) or "lr only"
         if m.lr_per_scale:
             knobs += " (grid on lr x scale)"
-        lines.append(f"| {method_label(method_name)} | {fixed} | {knobs} |")
+        methods.append([method_label(method_name), fixed, knobs])
+    lines.append(markdown_table(["method", "fixed options", "tuned knobs (x lr grid)"], methods))
     grid = ", ".join(f"{x:g}" for x in spec.lr_grid)
     tuned = f"lr grid {{{grid}}}, tuned on validation" if spec.tune and not experiment.tuned_by else "not tuned here"
     lines += ["", f"Preset `{preset}`: {tuned}. {spec.note}"]
@@ -65,18 +66,16 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
     """The tuning of a reference: per setting and method, the grid size, best validation score and choice."""
     if not reference or not reference.get("tuning"):
         return "_No tuning recorded for this preset._"
-    lines = ["| setting / method | points | val range | chosen | best val |", "|---|---|---|---|---|"]
+    rows = []
     for key, entry in reference["tuning"].items():
         values = [p["val"] for p in entry["grid"]]
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["chosen"].items())
         reused = " (reused)" if "reused_from" in entry else ""
         *labels, method = key.split("/")
         key_text = ", ".join([*labels, method_label(method)])
-        lines.append(
-            f"| {key_text}{reused} | {len(values)} | {min(values):.3f} - {max(values):.3f} | {chosen} "
-            f"| {max(values):.3f} |"
-        )
-    return "\n".join(lines)
+        span = f"{min(values):.3f} - {max(values):.3f}"
+        rows.append([f"{key_text}{reused}", len(values), span, chosen, f"{max(values):.3f}"])
+    return markdown_table(["setting / method", "points", "val range", "chosen", "best val"], rows)
 
 
 def _all_integers(values: list[Any]) -> bool:
@@ -112,13 +111,12 @@ def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[st
     seed agrees, else with one decimal, never as ``5.0000 ± 0.0000``."""
     summary = E.summarize(rows, by=by, metrics=list(metrics))
     integer = {m: _all_integers([r[m] for r in rows if m in r]) for m in metrics}
-    head = "| " + " | ".join([{"loss": "method"}.get(b, b) for b in by] + list(metrics.values()) + ["seeds"]) + " |"
-    lines = [head, "|" + "---|" * (len(by) + len(metrics) + 1)]
+    rows = []
     for entry in sorted(summary, key=lambda e: tuple(str(e[b]) for b in by)):
         cells = [_group_cell(b, entry[b]) for b in by]
         cells += [_mean_cell(entry[m], entry[f"{m}_ci95"], entry["n_seeds"], integer[m]) for m in metrics]
-        lines.append("| " + " | ".join(cells + [str(entry["n_seeds"])]) + " |")
-    return "\n".join(lines)
+        rows.append([*cells, entry["n_seeds"]])
+    return markdown_table([*({"loss": "method"}.get(b, b) for b in by), *metrics.values(), "seeds"], rows)
 
 
 def ledger_for(name: str, reference: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -356,18 +354,15 @@ def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: lis
     runs = {r.labels["seed"]: r for r in E.expand(name, "cpu", seeds) if r.labels["dataset"] == dataset}
     per_seed = [synthetic_oracle(runs[s].config.dataset_options, ks) for s in seeds]  # each seed draws its test set
     oracle = {k: math.fsum(o[k] for o in per_seed) / len(per_seed) for k in ks}
-    lines = [
-        "| K | Bayes oracle | softmax thresholding | two-head, multi-label head | two-head, softmax head "
-        "| pseudo-positives in Bayes top-K |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for k in ks:
-        name_k = k_label(k)
-        ce = E.summarize([r for r in part if r["loss"] == "cross_entropy"], ["loss"], [f"test_avg{name_k}_micro"])
-        metrics = [f"test_avg{name_k}_micro", f"softmax_avg{name_k}_micro", "pseudo_in_bayes_topk"]
+        key = metric_key("avg", k, "micro")
+        ce = E.summarize([r for r in part if r["loss"] == "cross_entropy"], ["loss"], ["test_" + key])
+        metrics = ["test_" + key, "softmax_" + key, "pseudo_in_bayes_topk"]
         th = E.summarize([r for r in part if r["loss"] == "two_head" and r["train_k"] == k], ["loss"], metrics)
         if not ce or not th:
             continue
         cells = [oracle[k], ce[0][metrics[0]], *(th[0][m] for m in metrics)]
-        lines.append(f"| {k:g} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
-    return "\n".join(lines)
+        rows.append([f"{k:g}", *(f"{v:.4f}" for v in cells)])
+    header = ["K", "Bayes oracle", "softmax thresholding", "two-head, multi-label head", "two-head, softmax head"]
+    return markdown_table([*header, "pseudo-positives in Bayes top-K"], rows)

@@ -5,15 +5,15 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from .._checks import check_count
-from . import base
+from . import base, cifar100, fashion_mnist, plantnet
 from .base import (
     DataFolderError,
     DatasetBundle,
+    DatasetInfo,
     DownloadError,
     TensorSplit,
     cache_dir,
@@ -26,7 +26,7 @@ from .base import (
 )
 from .cifar100 import load_cifar100
 from .corruption import group_label_noise
-from .fashion_mnist import IMAGE_SHAPE, load_fashion_mnist
+from .fashion_mnist import load_fashion_mnist
 from .loader import InMemoryLoader, make_loader
 from .plantnet import load_plantnet300k
 from .synthetic import SyntheticSpec, SyntheticTask, long_tail_counts
@@ -119,41 +119,46 @@ def _check_synthetic_memory(sizes: dict[str, int], n_classes: int, dim: int) -> 
     check_memory(nbytes, name, what, available)
 
 
-LOADERS: dict[str, Callable[..., DatasetBundle]] = {
-    "synthetic": load_synthetic,
-    "fashion_mnist": load_fashion_mnist,
-    "cifar100": load_cifar100,
-    "plantnet300k": load_plantnet300k,
+SYNTHETIC = DatasetInfo(
+    "synthetic",
+    load_synthetic,
+    default_model="mlp",
+    input_shape=lambda options: (options["dim"],),
+    counts=("n_classes", "dim", "n_groups", "n_train", "n_val", "n_test"),
+    classes_option="n_classes",
+)
+#: every dataset's declaration (:class:`DatasetInfo`), by name
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info for info in (SYNTHETIC, fashion_mnist.INFO, cifar100.INFO, plantnet.INFO)
 }
+LOADERS: dict[str, Callable[..., DatasetBundle]] = {name: info.loader for name, info in DATASETS.items()}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of dataset ``name``; ``ValueError`` listing the valid names otherwise."""
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
 
 
 def dataset_input_shape(name: str, options: dict[str, Any] | None = None) -> tuple[int, ...]:
     """The shape of one input of dataset ``name`` with loader ``options``, known before loading:
     ``(dim,)`` synthetic features, ``(1, 28, 28)`` Fashion-MNIST, ``(3, 32, 32)`` CIFAR-100,
     ``(3, crop, crop)`` Pl@ntNet-300K (the loaders' defaults fill missing options)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(LOADERS))}")
-    defaults = {p.name: p.default for p in inspect.signature(LOADERS[name]).parameters.values()}
-    values = {**defaults, **(options or {})}
-    shapes = {
-        "synthetic": lambda: (values["dim"],),
-        "fashion_mnist": lambda: (1, *IMAGE_SHAPE),
-        "cifar100": lambda: (3, 32, 32),
-        "plantnet300k": lambda: (3, values["crop"], values["crop"]),
-    }
-    return shapes[name]()
+    info = dataset_info(name)
+    return info.input_shape(info.options(options))
 
 
 def load_dataset(name: str, **options: Any) -> DatasetBundle:
     """Load a dataset by name with loader-specific options (see each ``load_*`` function)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name](**options)
+    return LOADERS[dataset_info(name).name](**options)
 
 
 __all__ = [
     "DataFolderError",
     "DatasetBundle",
+    "DatasetInfo",
+    "DATASETS",
     "DownloadError",
     "TensorSplit",
     "InMemoryLoader",
@@ -162,6 +167,7 @@ __all__ = [
     "LOADERS",
     "cache_dir",
     "data_dir",
+    "dataset_info",
     "dataset_input_shape",
     "load_dataset",
     "load_synthetic",

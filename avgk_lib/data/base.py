@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,13 +230,44 @@ class DatasetBundle:
     crop_padding: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, TensorSplit)
-
     def summary(self) -> str:
         sizes = "/".join(str(len(s)) for s in (self.train, self.val, self.test))
         return f"{self.name}: {self.n_classes} classes, train/val/test {sizes}, input {self.input_shape}"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the library knows about a dataset before loading it, declared next to its loader.
+
+    ``default_model``: the model of ``model="auto"``; ``counts``: the integer options that must be
+    >= 1 (the loader's other integer options, seeds, must be >= 0); ``n_classes``: the number of
+    classes when the data fix it (``None`` when an option sets it); ``classes_option``: the option
+    that sets the number of classes (``n_classes is None``) or caps it (e.g. a species subset);
+    ``input_shape``: the shape of one input from the loader options (defaults filled in)."""
+
+    name: str
+    loader: Callable[..., DatasetBundle]
+    default_model: str
+    input_shape: Callable[[dict[str, Any]], tuple[int, ...]]
+    counts: tuple[str, ...] = ()
+    n_classes: int | None = None
+    classes_option: str | None = None
+
+    def options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The loader's keyword defaults updated with ``options``."""
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"`options` must be a dict of {self.name} loader options, got {type(options).__name__}")
+        params = inspect.signature(self.loader).parameters.values()
+        return {**{p.name: p.default for p in params if p.default is not p.empty}, **(options or {})}
+
+    def classes(self, options: Mapping[str, Any] | None = None) -> int:
+        """Number of classes of the data loaded with ``options`` (e.g. 1081 for the full Pl@ntNet-300K,
+        ``min(1081, max_classes)`` for a subset; the ``n_classes`` option of synthetic data)."""
+        values = self.options(options)
+        chosen = values[self.classes_option] if self.classes_option else None
+        if self.n_classes is None:
+            return int(chosen)
+        return self.n_classes if chosen is None else min(self.n_classes, int(chosen))
 
 
 def class_counts(y: torch.Tensor, n_classes: int) -> list[int]:

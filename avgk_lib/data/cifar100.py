@@ -27,6 +27,7 @@ from .base import (
     DATA_ENV,
     OFFLINE_ENV,
     DatasetBundle,
+    DatasetInfo,
     DownloadError,
     TensorSplit,
     check_folder,
@@ -186,16 +187,26 @@ def load_cifar100(
         train = TensorSplit(train.x, block_label_noise(train.y, label_noise, 5, 100, noise_seed), train.y.clone())
     return DatasetBundle(
         name="cifar100",
-        n_classes=100,
+        n_classes=N_CLASSES,
         train=train,
         val=TensorSplit(x_all[val_idx], y_all[val_idx]),
         test=TensorSplit(x_test, y_test),
         input_shape=(3, 32, 32),
         class_names=names,
-        train_counts=class_counts(train.y, 100),
+        train_counts=class_counts(train.y, N_CLASSES),
         mean=MEAN,
         std=STD,
         augment="crop_flip",
         crop_padding=4,
         extra={"label_noise": label_noise},
     )
+
+
+INFO = DatasetInfo(
+    "cifar100",
+    load_cifar100,
+    default_model="resnet18_cifar",
+    input_shape=lambda options: (3, 32, 32),
+    counts=("n_val", "train_subset"),
+    n_classes=N_CLASSES,
+)

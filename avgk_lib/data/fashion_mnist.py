@@ -38,6 +38,7 @@ from . import base
 from .base import (
     DATA_ENV,
     DatasetBundle,
+    DatasetInfo,
     DownloadError,
     TensorSplit,
     check_folder,
@@ -333,3 +334,13 @@ def _check_options(
         allowed = typing.get_args(choices)
         if value not in allowed and not (name == "augment" and value is None):
             raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {value!r}")
+
+
+INFO = DatasetInfo(
+    "fashion_mnist",
+    load_fashion_mnist,
+    default_model="small_cnn",
+    input_shape=lambda options: (1, *IMAGE_SHAPE),
+    counts=("n_val", "noise_block_size", "train_subset", "test_subset"),
+    n_classes=len(CLASSES),
+)

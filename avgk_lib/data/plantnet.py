@@ -35,8 +35,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .base import DATA_ENV, DataFolderError, DatasetBundle, check_folder, data_dir
+from .base import DATA_ENV, DataFolderError, DatasetBundle, DatasetInfo, check_folder, data_dir
 
+N_SPECIES = 1081  # v1.1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NAMES_FILE = "plantnet300K_species_id_2_name.json"
@@ -213,3 +214,14 @@ def load_plantnet300k(
         std=IMAGENET_STD,
         extra={"species_ids": species, "max_classes": max_classes, "max_per_class": max_per_class},
     )
+
+
+INFO = DatasetInfo(
+    "plantnet300k",
+    load_plantnet300k,
+    default_model="resnet50",
+    input_shape=lambda options: (3, options["crop"], options["crop"]),
+    counts=("resize", "crop", "max_classes", "max_per_class"),
+    n_classes=N_SPECIES,
+    classes_option="max_classes",
+)
