@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,26 +21,20 @@ from typing import Any, Literal
 
 import torch
 
-from .data import LOADERS, dataset_input_shape
+from .data import DATASETS, LOADERS, dataset_input_shape
 from .data.base import SEED_LIMIT, available_memory, check_memory
+from .metrics import metric_key, parse_metric_key
 from .models import MODELS, check_model_input
 from .objectives import OBJECTIVES, get_objective
-from .sets import metric_key
 
 # Bump when the content of results.json or of the checkpoints changes meaning: cached runs of an
 # older format then get a new fingerprint and are trained again instead of being reused.
 CACHE_FORMAT_VERSION = 2
 
-DEFAULT_MODELS = {
-    "synthetic": "mlp",
-    "fashion_mnist": "small_cnn",
-    "cifar100": "resnet18_cifar",
-    "plantnet300k": "resnet50",
-}
+DEFAULT_MODELS = {name: info.default_model for name, info in DATASETS.items()}
 #: fields added after runs were cached: left out of the fingerprint at their default value, so that
 #: every run cached before they existed keeps its fingerprint (``loss_weight == 1.0`` is the old loss)
 HASHED_UNLESS_DEFAULT: dict[str, Any] = {"loss_weight": 1.0}
-_SELECT = re.compile(r"^(top|avg)([0-9]+(?:\.[0-9]+)?)_(micro|macro)$")
 #: the largest float32: learning rates, loss hyperparameters and data options are used in float32
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -212,10 +205,6 @@ def _optional_dataset_options(dataset: str) -> set[str]:
     return {n for n, h in hints.items() if n != "return" and type(None) in typing.get_args(h)}
 
 
-def _is_count(name: str) -> bool:
-    return name.startswith("n_") or name.endswith(("_subset", "_size")) or name in ("dim", "resize", "crop")
-
-
 def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
     """Known option names, the annotated types, counts >= 1 and seeds >= 0 (each error names the option)."""
     types, optional = dataset_option_types(dataset), _optional_dataset_options(dataset)
@@ -237,8 +226,8 @@ def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         ):
             raise ConfigError(key, f"must be a finite number, got {value!r}")
-        if kind is int and value < (1 if _is_count(key) else 0):
-            raise ConfigError(key, f"must be >= {1 if _is_count(key) else 0}, got {value}")
+        if kind is int and value < (minimum := int(key in DATASETS[dataset].counts)):
+            raise ConfigError(key, f"must be >= {minimum}, got {value}")
         if kind is int and key.endswith("seed") and value >= SEED_LIMIT:
             raise ConfigError(key, f"must be < 2**63 (an int64 seed), got {value}")
 
@@ -293,18 +282,15 @@ def _check_lists(cfg: TrainConfig) -> None:
 def _check_select_metric(cfg: TrainConfig) -> None:
     if cfg.select_metric == "auto":
         return
-    match = _SELECT.match(str(cfg.select_metric))
-    if match is None:
-        raise ConfigError("select_metric", f"must be auto or like top5_micro, avg1.5_macro, got {cfg.select_metric!r}")
-    kind, k = match.group(1), float(match.group(2))
-    canonical = metric_key(kind, k, match.group(3)) if k > 0 and (kind == "avg" or k.is_integer()) else None
-    if canonical is not None and canonical != cfg.select_metric:
-        raise ConfigError("select_metric", f"{cfg.select_metric!r} is not a metric name: write it {canonical}")
-    if k not in cfg.eval_ks or (kind == "top" and not k.is_integer()):
+    try:
+        kind, k, average = parse_metric_key(cfg.select_metric)
+    except (TypeError, ValueError) as err:
+        raise ConfigError("select_metric", str(err).removeprefix("`name` ")) from None
+    if average not in ("micro", "macro") or k not in cfg.eval_ks:
         raise ConfigError(
             "select_metric",
-            f"{cfg.select_metric!r} is not computed: its K must be an integer in eval_ks for top-K "
-            f"and in eval_ks for average-K ({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
+            f"{cfg.select_metric!r} is not computed: it must be a micro or macro accuracy whose K is in eval_ks "
+            f"({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
         )
 
 

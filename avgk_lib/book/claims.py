@@ -331,14 +331,12 @@ def usable_reference(reference: Mapping[str, Any] | None) -> bool:
 
 def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
     """Per dataset label of an experiment: number of classes and the K its claims are tested at."""
+    from ..data import dataset_info
     from ..experiments import get_experiment
 
     out = {}
     for s in get_experiment(name).preset(preset).settings:
-        n_classes = s.options.get(
-            "n_classes", {"fashion_mnist": 10, "cifar100": 100, "plantnet300k": 1081}.get(s.dataset)
-        )
-        out[s.labels["dataset"]] = {"n_classes": n_classes, "k": s.tune_k}
+        out[s.labels["dataset"]] = {"n_classes": dataset_info(s.dataset).classes(s.options), "k": s.tune_k}
     return out
 
 
