@@ -186,6 +186,19 @@ def test_runner_writes_the_intro_main_result_from_the_ledger(tmp_path):
         runner.render_main_result(page)  # the marker is gone: a second rendering is refused
 
 
+def test_runner_writes_the_how_to_preset_table_from_the_catalog(tmp_path):
+    from avgk_lib.experiments.grid import preset_table
+
+    runner = _tool("run_notebooks")
+    source = (ROOT / "book" / "how_to_run.md").read_text()
+    assert source.count(runner.PRESET_TABLE_MARKER) == 1
+    page = tmp_path / "how_to_run.md"
+    page.write_text(source)
+    assert runner.render_preset_table(page) == preset_table()
+    staged = page.read_text()
+    assert runner.PRESET_TABLE_MARKER not in staged and "| chapter | experiment | smoke | cpu |" in staged
+
+
 def test_site_check_reports_overflow_raw_math_cdn_and_missing_captions():
     site = _tool("check_site")
     clean = {"overflow": [], "untypeset": 0, "raw_math": [], "uncaptioned": [], "images": 1, "mathjax": "3.2.2"}

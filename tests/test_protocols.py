@@ -349,3 +349,24 @@ def test_smoke_preset_trains_the_paper_arm(tmp_path, monkeypatch):
     rows = E.run_experiment("average_k_long_tail", "smoke", [0], arm="paper", progress=False, log=lambda *_: None)
     assert {r["arm"] for r in rows} == {"paper"} and {r["loss"] for r in rows} == {"cross_entropy", "two_head"}
     assert all(math.isfinite(r["test_avg3_macro"]) for r in rows)
+
+
+def test_load_arm_reads_one_arm_of_either_reference_format(tmp_path):
+    from avgk_lib.experiments.results import load_arm
+    from avgk_lib.references import seal
+
+    old = {"experiment": "x", "preset": "cpu", "provenance": {}, "seeds": [0], "rows": [{"seed": 0}], "tuning": {}}
+    (tmp_path / "x_cpu.json").write_text(json.dumps(seal(old)))
+    assert load_arm("x", "cpu", directory=tmp_path)["arm"] == "tuned"
+    assert load_arm("x", "cpu", "paper", directory=tmp_path) is None
+    new = {
+        "experiment": "y",
+        "preset": "cpu",
+        "provenance": {"git_commit": "abc"},
+        "arms": {"paper": {"rows": [], "seeds": [0]}},
+    }
+    (tmp_path / "y_cpu.json").write_text(json.dumps(seal(new)))
+    view = load_arm("y", "cpu", directory=tmp_path)
+    assert view["arm"] == "paper" and view["provenance"] == {"git_commit": "abc"} and "arms" not in view
+    with pytest.raises(ValueError, match="arm"):
+        load_arm("y", "cpu", "both", directory=tmp_path)

@@ -112,6 +112,21 @@ def _other_mathjax_builds(source: Path):
 MAIN_RESULT_MARKER = "% MAIN-RESULT"
 
 
+PRESET_TABLE_MARKER = "% PRESET-TABLE"
+
+
+def _replace_marker(page: Path, marker: str, text: str) -> str:
+    """Replace the one line of ``page`` starting with ``marker`` by ``text``; ``ValueError`` when
+    the page has no such line (or several), so a renamed marker fails the build."""
+    lines = page.read_text().splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.startswith(marker)]
+    if len(hits) != 1:
+        raise ValueError(f"`page` {page} must hold one line starting with {marker!r}, found {len(hits)}")
+    lines[hits[0]] = text + "\n"
+    page.write_text("".join(lines))
+    return text
+
+
 def render_main_result(page: Path, ledger: dict | None = None) -> str:
     """Replace the ``% MAIN-RESULT`` line of ``page`` by the main result of ``ledger`` (default:
     the committed ``claims.json``); returns the generated text. Raises ``ValueError`` when the page
@@ -119,15 +134,17 @@ def render_main_result(page: Path, ledger: dict | None = None) -> str:
     from avgk_lib.book.claims import intro_markdown
     from avgk_lib.references import load_json_reference
 
-    lines = page.read_text().splitlines(keepends=True)
-    hits = [i for i, line in enumerate(lines) if line.startswith(MAIN_RESULT_MARKER)]
-    if len(hits) != 1:
-        raise ValueError(f"`page` {page} must hold one line starting with {MAIN_RESULT_MARKER!r}, found {len(hits)}")
     ledger = load_json_reference("claims") if ledger is None else ledger
     text = intro_markdown(ledger) if ledger else "_No claims ledger is committed yet: run `make references`._"
-    lines[hits[0]] = text + "\n"
-    page.write_text("".join(lines))
-    return text
+    return _replace_marker(page, MAIN_RESULT_MARKER, text)
+
+
+def render_preset_table(page: Path) -> str:
+    """Replace the ``% PRESET-TABLE`` line of ``page`` by the catalog's table of which chapter
+    runs which experiment at which preset (:func:`avgk_lib.experiments.preset_table`)."""
+    from avgk_lib.experiments.grid import preset_table
+
+    return _replace_marker(page, PRESET_TABLE_MARKER, preset_table())
 
 
 def stage_book(out: Path) -> None:
@@ -139,6 +156,7 @@ def stage_book(out: Path) -> None:
     shutil.copytree(ROOT / "book", out / "book", ignore=shutil.ignore_patterns("mathjax"))
     copy_mathjax(out / "book" / "_static")
     render_main_result(out / "book" / "intro.md")
+    render_preset_table(out / "book" / "how_to_run.md")
 
 
 def execute(nb: Path, target: Path, preset: str, timeout: int) -> str:

@@ -25,9 +25,12 @@ def source_line(reference: dict[str, Any] | None, rows: list[dict[str, Any]], pr
     if reference is None:
         return f"{own}; no committed reference for this preset."
     prov = reference["provenance"]
+    arm = reference.get("arm", "tuned")
+    draws = reference.get("tuning_seeds") or [reference.get("tuning_seed", "n/a")]
+    tuning = f"tuning draws {draws}, " if arm == "tuned" else "nothing tuned, "
     ref = (
-        f"**committed reference**: preset `{reference['preset']}`, seeds {reference['seeds']}, "
-        f"tuning seed {reference.get('tuning_seed', 'n/a')}, commit `{prov['git_commit'][:8]}`, {prov['device_name']}, "
+        f"**committed reference** ({arm} arm): preset `{reference['preset']}`, seeds {reference['seeds']}, "
+        f"{tuning}commit `{prov['git_commit'][:8]}`, {prov['device_name']}, "
         f"{reference['total_wall_seconds'] / 60:.0f} min of training"
     )
     return f"{ref}; {own}."
@@ -64,6 +67,8 @@ def setting_markdown(name: str, preset: str) -> str:
 
 def tuning_markdown(reference: dict[str, Any] | None) -> str:
     """The tuning of a reference: per setting and method, the grid size, best validation score and choice."""
+    if reference and reference.get("arm") == "paper":
+        return "_The paper arm tunes nothing: each method runs with its paper's own values (the protocol page)._"
     if not reference or not reference.get("tuning"):
         return "_No tuning recorded for this preset._"
     rows = []

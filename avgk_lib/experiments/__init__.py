@@ -61,7 +61,7 @@ from .grid import (
     runs_of,
     tuning_key,
 )
-from .results import RESULTS_DIR, load_reference, save_arms_reference, save_reference, summarize
+from .results import RESULTS_DIR, load_arm, load_reference, save_arms_reference, save_reference, summarize
 from .runner import run_dir, run_experiment, run_row, train_or_load
 from .spec import ARMS, PRESETS, TUNING_SEED, TUNING_SEEDS, Experiment, Method, Preset, Run, Setting
 from .tuning import MAX_EXTENSIONS, tune
@@ -101,6 +101,7 @@ __all__ = [
     "expand",
     "get_experiment",
     "k_label",
+    "load_arm",
     "load_reference",
     "presets_of",
     "run_dir",

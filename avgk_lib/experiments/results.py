@@ -92,6 +92,28 @@ def load_reference(name: str, preset: str = "cpu", directory: Path = RESULTS_DIR
     return load_json_reference(f"{name}_{preset}")
 
 
+def load_arm(
+    name: str, preset: str = "cpu", arm: str | None = None, directory: Path = RESULTS_DIR
+) -> dict[str, Any] | None:
+    """One arm of an experiment's committed reference as a flat dict, what a chapter's tables
+    read: the arm's ``rows``, ``seeds`` (and ``tuning`` for the tuned arm) with the file's
+    ``experiment``, ``preset``, ``created`` and ``provenance``, and ``"arm"``.
+
+    ``arm=None`` takes the tuned arm when the reference has one, else the paper arm; a reference
+    of the single-arm format is its tuned arm. ``None`` when there is no such reference or arm."""
+    if arm is not None and arm not in ARMS:
+        raise ValueError(f"`arm` must be None or one of {', '.join(ARMS)}, got {arm!r}")
+    reference = load_reference(name, preset, directory)
+    if reference is None:
+        return None
+    arms = reference["arms"] if "arms" in reference else {"tuned": reference}
+    chosen = arm or ("tuned" if "tuned" in arms else "paper")
+    if chosen not in arms:
+        return None
+    outer = {k: v for k, v in reference.items() if k not in ("arms", "rows", "tuning", "seeds")}
+    return {**outer, **arms[chosen], "arm": chosen}
+
+
 def summarize(rows: list[dict[str, Any]], by: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """Mean and 95% confidence half-width (Student t over seeds) of ``metrics`` per group ``by``."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
