@@ -12,7 +12,8 @@ Forward + backward of one batch (B=128 by default, float32) for
          F.cross_entropy
   floor: drawing the (n_samples, B, C) Gaussian noise alone (torch.randn)
 and the average-K calibration at Pl@ntNet-300K validation size (31,118 x 1,081) against a full
-torch.sort. Times are medians of torch.utils.benchmark's blocked_autorange.
+torch.sort. Times are medians of torch.utils.benchmark's blocked_autorange, in ``--rounds``
+interleaved rounds (each row keeps every round's time in ``repeats_ms``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--n-samples", type=int, default=5)
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per loss and setting, all rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the ledger's cost claim pairs them)")
     parser.add_argument("--json", help="write the results here (default: the package's reference_results folder)")
     parser.add_argument("--no-json", action="store_true", help="print only")
     parser.add_argument("--skip-calibration", action="store_true")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         f"float32, B={args.batch}, n_samples={args.n_samples}; times in ms (fwd+bwd, median)"
     )
     print(HEADER)
-    rows = bench_losses(device, args.batch, args.n_samples, args.min_run_time)
+    rows = bench_losses(device, args.batch, args.n_samples, args.min_run_time, rounds=args.rounds)
     calibration = None
     if not args.skip_calibration:
         calibration = bench_calibration(device)
@@ -66,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             "device_name": name,
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": {"batch": args.batch, "n_samples": args.n_samples, "min_run_time": args.min_run_time},
+            "settings": {
+                "batch": args.batch,
+                "n_samples": args.n_samples,
+                "min_run_time": args.min_run_time,
+                "rounds": args.rounds,
+            },
             "losses": rows,
             "calibration": calibration,
         }

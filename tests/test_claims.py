@@ -500,3 +500,23 @@ def test_committed_ledger_is_generated_from_the_committed_references():
         "claims.json is stale: run `python tools/reference_runs.py --ledger-only`"
     )
     assert all(e["verdict"] in C.VERDICTS and e["arm"] in C.ARMS for e in committed["claims"])
+
+
+def test_the_loss_benchmark_records_interleaved_rounds_the_cost_claim_reads():
+    import statistics
+
+    import torch
+
+    from avgk_lib.book.benchmarking import bench_losses
+
+    rows = bench_losses(
+        torch.device("cpu"), batch=8, n_samples=2, min_run_time=0.03, classes=(12,), ks=(2,), echo=False, rounds=3
+    )
+    repeats = rows[0]["repeats_ms"]
+    assert all(len(v) == 3 for v in repeats.values())
+    assert rows[0]["ours_noised"] == statistics.median(repeats["ours_noised"])
+    claim = next(c for c in C.CLAIMS if c.id == "P1-cost")
+    entries, skipped = C.cost_entries(claim, "bench_losses_cpu", {"losses": rows, "device": "cpu"})
+    assert len(entries) == 1 and not skipped and entries[0]["per_seed"]["seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="rounds"):
+        bench_losses(torch.device("cpu"), rounds=0)
