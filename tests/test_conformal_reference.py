@@ -171,3 +171,19 @@ def test_writer_seals_and_summaries_give_intervals(tmp_path):
 def test_bad_inputs_name_the_argument(call, name):
     with pytest.raises((ValueError, TypeError), match=f"`{name}"):
         call()
+
+
+def test_script_refuses_a_partial_reference(tmp_path, monkeypatch, capsys):
+    """With an empty run cache every run is missing: the script names them and writes nothing."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "conformal_reference.py"
+    spec = importlib.util.spec_from_file_location("conformal_reference_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path / "cache"))
+    assert tool.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "missing from the run cache" in err and "average_k_long_tail: dataset=" in err and "--allow-partial" in err
+    assert not (tmp_path / "out").exists()
