@@ -187,3 +187,26 @@ def test_script_refuses_a_partial_reference(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "missing from the run cache" in err and "average_k_long_tail: dataset=" in err and "--allow-partial" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_long_rows_unfold_every_number(tmp_path):
+    counts = [500, 400, 300, 200, 100, 50, 20, 10]
+    entry = {
+        "run": _run(tmp_path, 7),
+        "labels": {"dataset": "toy", "seed": 7},
+        "ks": [2.0, 3.0],
+        "class_counts": counts,
+    }
+    (row,) = CR.conformal_rows([entry], alphas=[0.05, 0.1])
+    conformal = CR.long_rows([row], "conformal")
+    assert len(conformal) == 3 * 2
+    lac = next(r for r in conformal if r["sets"] == "lac" and r["alpha"] == 0.05)
+    assert lac["coverage"] == row["lac_a0.05_micro"] and lac["mean size"] == row["lac_a0.05_size"]
+    assert [r["K"] for r in CR.long_rows([row], "average_k")] == [2.0, 3.0]
+    matched = CR.long_rows([row], "matched_size")
+    assert len(matched) == 2 * 4 and {r["sets"] for r in matched} == {"average-K", *C.METHODS}
+    rare = CR.long_rows([row], "rare")
+    assert [r["rarest third"] for r in rare] == [row["rare_lac"], row["rare_avgk"]]
+    assert all(r["dataset"] == "toy" and r["seed"] == 7 for r in conformal + matched + rare)
+    with pytest.raises(ValueError, match="`part`"):
+        CR.long_rows([row], "curves")

@@ -32,6 +32,7 @@ the classes present in the test targets of each class's coverage); size is
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -312,3 +313,70 @@ def interval(summary: Mapping[str, Any], key: str, digits: int = 3) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+_CONFORMAL_KEY = re.compile(r"^(lac|aps|raps)_a([0-9.]+)_micro$")
+_AVERAGE_K_KEY = re.compile(r"^avg([0-9.]+)_micro$")
+_MATCHED_KEY = re.compile(r"^size([0-9.]+)_(lac|aps|raps)_micro$")
+#: the label columns a long row keeps from its reference row
+LABELS = ("experiment", "dataset", "loss", "seed", "arm", "head")
+
+
+def long_rows(rows: Sequence[Mapping[str, Any]], part: str) -> list[dict[str, Any]]:
+    """Reference rows unfolded for a table, one row per (run, method, level or K), with the labels
+    of :data:`LABELS` and the columns ``coverage`` (micro), ``macro coverage`` and ``mean size``:
+
+    * ``part="conformal"``: ``sets`` (LAC, APS, RAPS) and ``alpha``;
+    * ``part="average_k"``: ``K``;
+    * ``part="matched_size"``: ``K`` and ``sets`` (average-K and each conformal method at mean
+      size K on the validation split; no macro coverage for the conformal ones);
+    * ``part="rare"``: ``sets`` (LAC at 0.1, average-K at LAC's size) with ``rarest third``,
+      ``other classes`` and ``lowest class`` (rows of long-tailed settings only)."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must be a list of reference rows (dicts)")
+    if part not in ("conformal", "average_k", "matched_size", "rare"):
+        raise ValueError(f"`part` must be 'conformal', 'average_k', 'matched_size' or 'rare', got {part!r}")
+    out = []
+    for row in rows:
+        labels = {k: row[k] for k in LABELS if k in row}
+        for key in row:
+            if part == "conformal" and (m := _CONFORMAL_KEY.match(key)):
+                method, alpha = m.group(1), float(m.group(2))
+                out.append({**labels, "sets": method, "alpha": alpha, **_stats(row, key[: -len("micro")])})
+            elif part == "average_k" and (m := _AVERAGE_K_KEY.match(key)):
+                out.append({**labels, "K": float(m.group(1)), **_stats(row, key[: -len("micro")])})
+            elif part == "matched_size" and (m := _AVERAGE_K_KEY.match(key)):
+                k = float(m.group(1))
+                out.append({**labels, "K": k, "sets": "average-K", **_stats(row, key[: -len("micro")])})
+                for method in C.METHODS:
+                    prefix = f"size{M.k_label(k)}_{method}_"
+                    if f"{prefix}micro" in row:
+                        out.append(
+                            {
+                                **labels,
+                                "K": k,
+                                "sets": method,
+                                "coverage": row[f"{prefix}micro"],
+                                "mean size": row[f"{prefix}size"],
+                            }
+                        )
+        if part == "rare" and "rare_lac" in row:
+            for name, sets in (("lac", f"LAC (alpha = {MAIN_ALPHA:g})"), ("avgk", "average-K at LAC's size")):
+                out.append(
+                    {
+                        **labels,
+                        "sets": sets,
+                        "rarest third": row[f"rare_{name}"],
+                        "other classes": row[f"rest_{name}"],
+                        "lowest class": row[f"lowest_{name}"],
+                    }
+                )
+    return out
+
+
+def _stats(row: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        "coverage": row[f"{prefix}micro"],
+        "macro coverage": row[f"{prefix}macro"],
+        "mean size": row[f"{prefix}size"],
+    }
