@@ -210,3 +210,37 @@ def test_long_rows_unfold_every_number(tmp_path):
     assert all(r["dataset"] == "toy" and r["seed"] == 7 for r in conformal + matched + rare)
     with pytest.raises(ValueError, match="`part`"):
         CR.long_rows([row], "curves")
+
+
+def test_findings_state_the_computed_numbers(tmp_path):
+    counts = [500, 400, 300, 200, 100, 50, 20, 10]
+    entries = [
+        {
+            "run": _run(tmp_path, s),
+            "labels": {"dataset": "toy-lt", "loss": "cross_entropy", "seed": s},
+            "ks": [2.0],
+            "class_counts": counts,
+        }
+        for s in (0, 1)
+    ]
+    rows = CR.conformal_rows(entries)
+    statements = CR.reference_findings(rows)
+    (lac,) = summarize(rows, ["dataset"], ["lac_a0.1_micro", "rare_lac", "avg2_micro"])
+    assert len(statements) == 3
+    assert CR.interval(lac, "lac_a0.1_micro") in statements[0] and "2 seeds" in statements[0]
+    assert CR.interval(lac, "avg2_micro") in statements[1] and "matched mean size 2" in statements[1]
+    assert CR.interval(lac, "rare_lac") in statements[2]
+    assert ("does not reach" in statements[2]) == (lac["rare_lac"] < 0.9)
+    reference = {
+        "rows": rows,
+        "sources": {"average_k": {"created": "then", "runs": 2, "missing": 1}},
+        "arm": "paper",
+        "preset": "cpu",
+        "seeds": [0, 1],
+    }
+    line = CR.source_line(reference)
+    assert "paper arm" in line and "seeds 0, 1" in line and "2 runs" in line and "1 missing" in line
+    with pytest.raises(ValueError, match="`rows`"):
+        CR.reference_findings([])
+    with pytest.raises(ValueError, match="`reference`"):
+        CR.source_line({"rows": rows})

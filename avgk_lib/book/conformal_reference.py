@@ -380,3 +380,75 @@ def _stats(row: Mapping[str, Any], prefix: str) -> dict[str, float]:
         "macro coverage": row[f"{prefix}macro"],
         "mean size": row[f"{prefix}size"],
     }
+
+
+def source_line(reference: Mapping[str, Any]) -> str:
+    """One sentence naming what a conformal reference was computed from: arm, preset, training
+    seeds, number of runs and, per source reference, its creation time and runs (missing ones too)."""
+    if not isinstance(reference, Mapping) or not {"rows", "sources", "arm", "preset", "seeds"} <= set(reference):
+        raise ValueError("`reference` must be a loaded conformal reference (rows, sources, arm, preset, seeds)")
+    sources = "; ".join(
+        f"`{name}_{reference['preset']}.json` of {source.get('created')} ({source.get('runs')} runs"
+        + (f", {source['missing']} missing" if source.get("missing") else "")
+        + ")"
+        for name, source in reference["sources"].items()
+    )
+    return (
+        f"Reference: {reference['arm']} arm, {reference['preset']} preset, training seeds "
+        f"{', '.join(map(str, reference['seeds']))}, {len(reference['rows'])} runs, computed from {sources}."
+    )
+
+
+def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_ALPHA) -> list[str]:
+    """The statements the chapter makes about the reference rows, every number computed: per
+    dataset and model, LAC's and APS's coverage at ``alpha`` (mean ± 95% interval over seeds, and
+    whether the interval lies at or above :math:`1 - \\alpha`) with average-K at matched coverage;
+    coverage at the smallest matched mean size among K = 2, 3; and, on long-tailed settings, the
+    coverage of the rarest third of the classes against the others."""
+    from ..experiments import summarize
+    from .plotting import method_label
+
+    if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, Mapping) for r in rows):
+        raise ValueError("`rows` must be a non-empty list of reference rows")
+    alpha = _alpha(alpha)
+    lac, aps = conformal_key("lac", alpha, "micro"), conformal_key("aps", alpha, "micro")
+    out = []
+    for s in summarize(list(rows), ["dataset", "loss"], [lac, aps, "coverage_k", "coverage_avgk_micro"]):
+        above = s[lac] - s[f"{lac}_ci95"] >= 1 - alpha
+        out.append(
+            f"`{s['dataset']}` ({method_label(s['loss'])}, {s['n_seeds']} seeds): LAC at alpha = {alpha:g} covers "
+            f"{interval(s, lac)} of the test inputs ({'at or above' if above else 'not clearly above'} the target "
+            f"{1 - alpha:g} across seeds), APS {interval(s, aps)}; average-K reaches LAC's validation coverage at "
+            f"K = {interval(s, 'coverage_k', 2)} and then covers {interval(s, 'coverage_avgk_micro')}."
+        )
+    sizes = [matched_size_key(k, m, "micro") for k in (2, 3) for m in C.METHODS] + ["avg2_micro", "avg3_micro"]
+    for s in summarize(list(rows), ["dataset", "loss"], sizes):
+        k = next(
+            (k for k in ("2", "3") if not math.isnan(s[f"avg{k}_micro"]) and not math.isnan(s[f"size{k}_aps_micro"])),
+            None,
+        )
+        if k is None:
+            continue
+        gap = s[f"avg{k}_micro"] - s[f"size{k}_aps_micro"]
+        compared = (
+            "average-K and APS within 0.005 of each other on average"
+            if abs(gap) < 0.005
+            else f"average-K {'above' if gap > 0 else 'below'} APS by {abs(gap):.3f} on average"
+        )
+        out.append(
+            f"`{s['dataset']}`, matched mean size {k}: average-K covers {interval(s, f'avg{k}_micro')}, LAC "
+            f"{interval(s, f'size{k}_lac_micro')}, APS {interval(s, f'size{k}_aps_micro')} ({compared})."
+        )
+    rare = [r for r in rows if "rare_lac" in r]
+    for s in summarize(rare, ["dataset"], ["rare_lac", "rest_lac", "rare_avgk", "lowest_lac"]) if rare else []:
+        verdict = (
+            "the marginal guarantee does not reach the rare classes"
+            if s["rare_lac"] < 1 - alpha
+            else f"on this setting the rare classes keep the coverage of {1 - alpha:g}"
+        )
+        out.append(
+            f"`{s['dataset']}`: LAC at alpha = {alpha:g} covers the rarest third of the classes "
+            f"{interval(s, 'rare_lac')} against {interval(s, 'rest_lac')} for the others (lowest class "
+            f"{interval(s, 'lowest_lac')}); average-K at the same size {interval(s, 'rare_avgk')}: {verdict}."
+        )
+    return out
