@@ -244,3 +244,14 @@ def test_findings_state_the_computed_numbers(tmp_path):
         CR.reference_findings([])
     with pytest.raises(ValueError, match="`reference`"):
         CR.source_line({"rows": rows})
+
+
+def test_models_trained_at_a_k_are_told_apart():
+    rows = [
+        {"dataset": "d", "loss": "cross_entropy", "train_k": None},
+        {"dataset": "d", "loss": "two_head", "train_k": 3.0},
+    ]
+    assert CR.group_columns(rows) == ["dataset", "loss", "train_k"]
+    assert CR.group_columns(rows[:1]) == ["dataset", "loss"]
+    with pytest.raises(TypeError, match="`rows`"):
+        CR.group_columns("rows")

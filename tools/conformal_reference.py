@@ -9,8 +9,10 @@ rows without local paths. Each row's run folder is recomputed from its configura
 :func:`avgk_lib.experiments.expand` rebuilds the runs of the arm (its seeds, and in the tuned arm the
 recorded tuning choices) and :func:`avgk_lib.experiments.run_dir` names the folder in the run cache
 ``$AVGK_CACHE_DIR``. Only the runs whose (dataset, loss, seed, train_k) appear in the reference are
-used. A run whose folder holds no intact result of that configuration or no ``scores.pt`` is
-*missing*: the script lists every missing run and writes nothing unless ``--allow-partial`` is given.
+used; when the arm records its run fingerprints, a run whose configuration is not among them (the
+library changed since) counts as missing, as does a run whose folder holds no intact result of that
+configuration or no ``scores.pt``: the script lists every missing run and writes nothing unless
+``--allow-partial`` is given.
 
 Nothing is trained here. The rows (:func:`avgk_lib.book.conformal_reference.conformal_rows`) go to
 ``avgk_lib/reference_results/conformal_<preset>.json`` with provenance, a checksum and, per source
@@ -52,11 +54,15 @@ def source_runs(
     runs = [
         r for r in expand(name, preset, part["seeds"], chosen=chosen, arm=chosen_arm) if _row_key(r.labels) in wanted
     ]
+    recorded = set(part.get("fingerprints") or [])  # the arm's run fingerprints, when the reference records them
     entries, missing = [], []
     for run in runs:
         folder = run_dir(run.config)
-        result, why = RunDir(folder).read_result(run.config.fingerprint())
         label = ", ".join(f"{k}={v}" for k, v in run.labels.items() if v is not None)
+        if recorded and run.config.fingerprint() not in recorded:
+            missing.append(f"{name}: {label}: its configuration today is not one the reference recorded ({folder})")
+            continue
+        result, why = RunDir(folder).read_result(run.config.fingerprint())
         if result is None or not (folder / "scores.pt").is_file():
             missing.append(
                 f"{name}: {label}: {why or 'no finished run'}{'' if result is None else ', no scores.pt'} ({folder})"

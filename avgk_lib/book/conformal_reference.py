@@ -319,7 +319,7 @@ _CONFORMAL_KEY = re.compile(r"^(lac|aps|raps)_a([0-9.]+)_micro$")
 _AVERAGE_K_KEY = re.compile(r"^avg([0-9.]+)_micro$")
 _MATCHED_KEY = re.compile(r"^size([0-9.]+)_(lac|aps|raps)_micro$")
 #: the label columns a long row keeps from its reference row
-LABELS = ("experiment", "dataset", "loss", "seed", "arm", "head")
+LABELS = ("experiment", "dataset", "loss", "train_k", "seed", "arm", "head")
 
 
 def long_rows(rows: Sequence[Mapping[str, Any]], part: str) -> list[dict[str, Any]]:
@@ -399,6 +399,14 @@ def source_line(reference: Mapping[str, Any]) -> str:
     )
 
 
+def group_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns that tell the models of a reference apart: ``dataset``, ``loss`` and, when some
+    model was trained at a K (two-head runs), ``train_k``; what is left is the seed."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must be a list of reference rows (dicts)")
+    return ["dataset", "loss"] + (["train_k"] if any(r.get("train_k") is not None for r in rows) else [])
+
+
 def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_ALPHA) -> list[str]:
     """The statements the chapter makes about the reference rows, every number computed: per
     dataset and model, LAC's and APS's coverage at ``alpha`` (mean ± 95% interval over seeds, and
@@ -412,17 +420,24 @@ def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_AL
         raise ValueError("`rows` must be a non-empty list of reference rows")
     alpha = _alpha(alpha)
     lac, aps = conformal_key("lac", alpha, "micro"), conformal_key("aps", alpha, "micro")
+    by = group_columns(rows)
+
+    def model(s: Mapping[str, Any]) -> str:
+        trained = "" if s.get("train_k") is None else f" trained at K = {s['train_k']:g}"
+        seeds = f"{s['n_seeds']} seed{'s' if s['n_seeds'] != 1 else ''}"
+        return f"`{s['dataset']}` ({method_label(s['loss'])}{trained}, {seeds})"
+
     out = []
-    for s in summarize(list(rows), ["dataset", "loss"], [lac, aps, "coverage_k", "coverage_avgk_micro"]):
+    for s in summarize(list(rows), by, [lac, aps, "coverage_k", "coverage_avgk_micro"]):
         above = s[lac] - s[f"{lac}_ci95"] >= 1 - alpha
         out.append(
-            f"`{s['dataset']}` ({method_label(s['loss'])}, {s['n_seeds']} seeds): LAC at alpha = {alpha:g} covers "
+            f"{model(s)}: LAC at alpha = {alpha:g} covers "
             f"{interval(s, lac)} of the test inputs ({'at or above' if above else 'not clearly above'} the target "
             f"{1 - alpha:g} across seeds), APS {interval(s, aps)}; average-K reaches LAC's validation coverage at "
             f"K = {interval(s, 'coverage_k', 2)} and then covers {interval(s, 'coverage_avgk_micro')}."
         )
     sizes = [matched_size_key(k, m, "micro") for k in (2, 3) for m in C.METHODS] + ["avg2_micro", "avg3_micro"]
-    for s in summarize(list(rows), ["dataset", "loss"], sizes):
+    for s in summarize(list(rows), by, sizes):
         k = next(
             (k for k in ("2", "3") if not math.isnan(s[f"avg{k}_micro"]) and not math.isnan(s[f"size{k}_aps_micro"])),
             None,
@@ -436,18 +451,18 @@ def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_AL
             else f"average-K {'above' if gap > 0 else 'below'} APS by {abs(gap):.3f} on average"
         )
         out.append(
-            f"`{s['dataset']}`, matched mean size {k}: average-K covers {interval(s, f'avg{k}_micro')}, LAC "
+            f"{model(s)}, matched mean size {k}: average-K covers {interval(s, f'avg{k}_micro')}, LAC "
             f"{interval(s, f'size{k}_lac_micro')}, APS {interval(s, f'size{k}_aps_micro')} ({compared})."
         )
     rare = [r for r in rows if "rare_lac" in r]
-    for s in summarize(rare, ["dataset"], ["rare_lac", "rest_lac", "rare_avgk", "lowest_lac"]) if rare else []:
+    for s in summarize(rare, by, ["rare_lac", "rest_lac", "rare_avgk", "lowest_lac"]) if rare else []:
         verdict = (
             "the marginal guarantee does not reach the rare classes"
             if s["rare_lac"] < 1 - alpha
             else f"on this setting the rare classes keep the coverage of {1 - alpha:g}"
         )
         out.append(
-            f"`{s['dataset']}`: LAC at alpha = {alpha:g} covers the rarest third of the classes "
+            f"{model(s)}: LAC at alpha = {alpha:g} covers the rarest third of the classes "
             f"{interval(s, 'rare_lac')} against {interval(s, 'rest_lac')} for the others (lowest class "
             f"{interval(s, 'lowest_lac')}); average-K at the same size {interval(s, 'rare_avgk')}: {verdict}."
         )
