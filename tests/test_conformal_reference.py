@@ -225,9 +225,11 @@ def test_findings_state_the_computed_numbers(tmp_path):
     ]
     rows = CR.conformal_rows(entries)
     statements = CR.reference_findings(rows)
-    (lac,) = summarize(rows, ["dataset"], ["lac_a0.1_micro", "rare_lac", "avg2_micro"])
+    (lac,) = summarize(rows, ["dataset"], ["lac_a0.1_micro", "aps_a0.1_micro", "coverage_k", "rare_lac", "avg2_micro"])
     assert len(statements) == 3
     assert CR.interval(lac, "lac_a0.1_micro") in statements[0] and "2 seeds" in statements[0]
+    assert CR.interval(lac, "aps_a0.1_micro") in statements[0] and CR.interval(lac, "coverage_k", 2) in statements[0]
+    assert "{" not in "".join(statements)  # every placeholder filled
     assert CR.interval(lac, "avg2_micro") in statements[1] and "matched mean size 2" in statements[1]
     assert CR.interval(lac, "rare_lac") in statements[2]
     assert ("does not reach" in statements[2]) == (lac["rare_lac"] < 0.9)
