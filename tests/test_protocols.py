@@ -370,3 +370,16 @@ def test_load_arm_reads_one_arm_of_either_reference_format(tmp_path):
     assert view["arm"] == "paper" and view["provenance"] == {"git_commit": "abc"} and "arms" not in view
     with pytest.raises(ValueError, match="arm"):
         load_arm("y", "cpu", "both", directory=tmp_path)
+
+
+def test_tuning_and_runs_can_be_restricted_to_dataset_families(monkeypatch):
+    from avgk_lib.experiments import expand, tuning
+
+    runs = expand("label_noise", "smoke", [0], datasets=["synthetic"])
+    assert runs and {r.config.dataset for r in runs} == {"synthetic"}
+    with pytest.raises(ValueError, match="datasets"):
+        expand("label_noise", "smoke", [0], datasets=["cifar100"])
+    seen = []
+    monkeypatch.setattr(tuning, "_tune_setting", lambda name, spec, setting, **kw: seen.append(setting.dataset) or {})
+    tuning.tune("label_noise", "smoke", datasets=["synthetic"])
+    assert seen and set(seen) == {"synthetic"}

@@ -113,7 +113,7 @@ def tuning_base(name: str, preset: str) -> list[tuple[str, TrainConfig]]:
         return []
     out = []
     for setting in spec.settings:
-        if _unbalanced_twin(spec, setting) is not None:
+        if _unbalanced_twin(spec, setting) is not None or (DATASETS is not None and setting.dataset not in DATASETS):
             continue
         for method_name, method in _methods_of(experiment, setting).items():
             grid = method.knob_grid(lr_grid_of(spec, setting, method))
@@ -131,7 +131,7 @@ def _extension_bound(name: str, preset: str) -> int:
         return 0
     extra = 0
     for setting in spec.settings:
-        if _unbalanced_twin(spec, setting) is None:
+        if _unbalanced_twin(spec, setting) is None and (DATASETS is None or setting.dataset in DATASETS):
             for method in _methods_of(experiment, setting).values():
                 sizes = [len(v) for v in method.knob_grid(lr_grid_of(spec, setting, method)).values()]
                 full = 1
@@ -205,7 +205,8 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
             log(f"== {name} tuned: tuning recorded, skipped")
         else:
             start = time.time()
-            part = {"rows": [], "seeds": [], "tuning": tune(name, preset, log=log), "tuning_base": base}
+            tuning = tune(name, preset, log=log, datasets=DATASETS)
+            part = {"rows": [], "seeds": [], "tuning": tuning, "tuning_base": base}
             arms[arm] = part
             save_arms_reference(name, preset, arms, OUT)
             log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")

@@ -37,6 +37,7 @@ def tune(
     progress: bool = False,
     log: Callable[[str], None] = print,
     device: str = "auto",
+    datasets: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Tuned arm: the bracketing search of every method of every setting (the paper arm, an
     experiment ``tuned_by`` another and an untuned preset return ``{}``).
@@ -46,18 +47,21 @@ def tune(
     metric, and ``val_draws``), ``chosen`` (the best point), ``trials`` (points tried), ``knobs``
     (per knob: ``values`` tried, ``extensions``, ``bracketed``, ``limit``), ``bracketed`` (every
     knob), ``metric`` and ``draws`` (the tuning seeds). A balanced-test twin reuses its long-tailed
-    twin's entries (``reused_from``)."""
+    twin's entries (``reused_from``). ``datasets`` tunes only the settings of these dataset
+    families (as :func:`~avgk_lib.experiments.grid.expand`'s)."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
     if check_arm(arm) == "paper" or experiment.tuned_by or not spec.tune:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for setting in spec.settings:
+        if datasets is not None and setting.dataset not in datasets:
+            continue
         if _unbalanced_twin(spec, setting) is None:
             out.update(_tune_setting(name, spec, setting, progress=progress, log=log, device=device))
     for setting in spec.settings:  # balanced-test twins take the long-tailed choices
         twin = _unbalanced_twin(spec, setting)
-        if twin is not None:
+        if twin is not None and (datasets is None or setting.dataset in datasets):
             for method_name in _methods_of(experiment, setting):
                 key = tuning_key(twin, method_name)
                 out[tuning_key(setting, method_name)] = {**out[key], "reused_from": key}
