@@ -273,10 +273,14 @@ def test_run_seeds_beyond_int64_are_one_line(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
-def test_reference_choices_of_another_experiment_are_limited_to_this_one():
+def test_reference_choices_of_another_experiment_are_limited_to_this_one(monkeypatch):
     keys = set(grid.tuning_keys("two_head_ablation", "cpu"))
+    # a tuned arm of average_k whose tuning holds entries of settings the ablation does not have
+    tuning = {key: {"chosen": {"lr": 0.1, "weight": 10.0}} for key in grid.tuning_keys("average_k", "cpu")}
+    reference = {"arms": {"tuned": {"rows": [], "tuning": tuning}}}
+    monkeypatch.setattr(grid, "load_reference", lambda name, preset: reference if name == "average_k" else None)
     chosen = E.chosen_from_reference("two_head_ablation", "cpu")
-    assert chosen and set(chosen) <= keys
+    assert chosen and set(chosen) <= keys < set(tuning)
     assert E.runs_of("two_head_ablation", "cpu", [0])
 
 
