@@ -99,11 +99,12 @@ def test_run_experiment_caches_and_summarizes(tmp_path, monkeypatch):
     assert len(table) == len(rows) // 2 and all(t["n_seeds"] == 2 for t in table)
     first = [r["test_avg3_micro"] for r in rows if r["variant"] == "default"]
     assert table[0]["test_avg3_micro"] == pytest.approx(sum(first) / 2)
-    path = E.save_reference("two_head_ablation", "smoke", [0, 1], rows, directory=tmp_path, tuning={"x": 1})
-    saved = json.loads(path.read_text())
-    assert saved["seeds"] == [0, 1] and "git_commit" in saved["provenance"] and "run" not in saved["rows"][0]
-    assert saved["tuning"] == {"x": 1}
-    assert E.load_reference("two_head_ablation", "smoke", directory=tmp_path)["rows"] == saved["rows"]
+    arms = {"tuned": {"rows": rows, "seeds": [0, 1], "tuning": {"x": 1}}}
+    path = E.save_arms_reference("two_head_ablation", "smoke", arms, directory=tmp_path)
+    saved = json.loads(path.read_text())["arms"]["tuned"]
+    assert saved["seeds"] == [0, 1] and "run" not in saved["rows"][0] and saved["tuning"] == {"x": 1}
+    assert "git_commit" in json.loads(path.read_text())["provenance"]
+    assert E.load_arm("two_head_ablation", "smoke", directory=tmp_path)["rows"] == saved["rows"]
 
 
 def test_an_unreadable_cached_run_is_trained_again(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ from .grid import (
     runs_of,
     tuning_key,
 )
-from .results import RESULTS_DIR, load_arm, load_reference, save_arms_reference, save_reference, summarize
+from .results import RESULTS_DIR, load_arm, load_reference, save_arms_reference, summarize
 from .runner import run_dir, run_experiment, run_row, train_or_load
 from .spec import ARMS, PRESETS, TUNING_SEED, TUNING_SEEDS, Experiment, Method, Preset, Run, Setting
 from .tuning import MAX_EXTENSIONS, tune
@@ -108,7 +108,6 @@ __all__ = [
     "run_experiment",
     "run_row",
     "runs_of",
-    "save_reference",
     "summarize",
     "train_or_load",
     "tune",

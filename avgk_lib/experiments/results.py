@@ -11,38 +11,9 @@ from typing import Any
 from ..checkpoint import atomic_write_json
 from ..references import load_json_reference, reference_dir, seal, unseal
 from ..train import provenance
-from .spec import ARMS, TUNING_SEED, TUNING_SEEDS
+from .spec import ARMS, TUNING_SEEDS
 
 RESULTS_DIR = reference_dir()
-
-
-def save_reference(
-    name: str,
-    preset: str,
-    seeds: list[int],
-    rows: list[dict[str, Any]],
-    directory: Path = RESULTS_DIR,
-    tuning: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``<name>_<preset>.json``: the rows (without local paths), the tuning and provenance."""
-    import torch
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}_{preset}.json"
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    payload = {
-        "experiment": name,
-        "preset": preset,
-        "seeds": list(seeds),
-        "tuning_seed": TUNING_SEED,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "provenance": provenance(device, 1),
-        "total_wall_seconds": sum(r["wall_seconds"] for r in rows),
-        "tuning": tuning or {},
-        "rows": [{k: v for k, v in r.items() if k != "run"} for r in rows],
-    }
-    atomic_write_json(path, seal(payload))
-    return path
 
 
 def save_arms_reference(name: str, preset: str, arms: dict[str, dict[str, Any]], directory: Path = RESULTS_DIR) -> Path:
