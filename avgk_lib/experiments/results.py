@@ -70,7 +70,7 @@ def load_arm(
     read: the arm's ``rows``, ``seeds`` (and ``tuning`` for the tuned arm) with the file's
     ``experiment``, ``preset``, ``created`` and ``provenance``, and ``"arm"``.
 
-    ``arm=None`` takes the tuned arm when the reference has one, else the paper arm; a reference
+    ``arm=None`` takes the tuned arm when the reference has its runs, else the paper arm; a reference
     of the single-arm format is its tuned arm. ``None`` when there is no such reference or arm."""
     if arm is not None and arm not in ARMS:
         raise ValueError(f"`arm` must be None or one of {', '.join(ARMS)}, got {arm!r}")
@@ -78,7 +78,7 @@ def load_arm(
     if reference is None:
         return None
     arms = reference["arms"] if "arms" in reference else {"tuned": reference}
-    chosen = arm or ("tuned" if "tuned" in arms else "paper")
+    chosen = arm or ("tuned" if arms.get("tuned", {}).get("rows") else "paper")
     if chosen not in arms:
         return None
     outer = {k: v for k, v in reference.items() if k not in ("arms", "rows", "tuning", "seeds")}
