@@ -183,7 +183,7 @@ def test_script_refuses_a_partial_reference(tmp_path, monkeypatch, capsys):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path / "cache"))
-    assert tool.main(["--out", str(tmp_path / "out")]) == 1
+    assert tool.main(["--arm", "paper", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "missing from the run cache" in err and "average_k_long_tail: dataset=" in err and "--allow-partial" in err
     assert not (tmp_path / "out").exists()
