@@ -40,6 +40,7 @@ from .checkpoint import (
     CheckpointError,
     TrainState,
     atomic_write_json,
+    atomic_write_text,
     load_checkpoint,
     load_train_state,
     save_checkpoint,
@@ -392,7 +393,7 @@ class RunDir:
     # -- results --------------------------------------------------------------------------------
 
     def write_result(self, result: RunResult) -> None:
-        atomic_write_json(self.results, json.loads(result.to_json()))
+        atomic_write_text(self.results, result.to_json())
 
     def read_result(self, fingerprint: str | None = None) -> tuple[RunResult | None, str]:
         """``(result, "")`` for an intact ``results.json`` of this configuration, else

@@ -873,19 +873,25 @@ def preconditions_markdown(ledger: Any) -> str:
     return "\n".join(lines)
 
 
+def _tallies(entries: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
+    """(paper, arm, entries, "n supported, n contradicted, ...") per paper and arm with entries."""
+    out = []
+    for paper in sorted({e["paper"] for e in entries}):
+        for arm in ARMS:
+            mine = [e for e in entries if e["paper"] == paper and e["arm"] == arm]
+            if mine:
+                out.append(
+                    (paper, arm, len(mine), ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS))
+                )
+    return out
+
+
 def verdict_counts(ledger: Any) -> str:
     """One Markdown line per paper and arm: how many entries have each verdict."""
     entries = _entries(ledger)
     if not entries:
         return "_The ledger is empty._"
-    lines = []
-    for paper in sorted({e["paper"] for e in entries}):
-        for arm in ARMS:
-            mine = [e for e in entries if e["paper"] == paper and e["arm"] == arm]
-            if mine:
-                counts = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
-                lines.append(f"- **{paper}, {arm} arm**: {len(mine)} entries: {counts}.")
-    return "\n".join(lines)
+    return "\n".join(f"- **{paper}, {arm} arm**: {n} entries: {tally}." for paper, arm, n, tally in _tallies(entries))
 
 
 def _ids_with(entries: list[Mapping[str, Any]], verdict: str) -> list[str]:
@@ -952,12 +958,7 @@ def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
             f"{merged} duplicated entr{'y was' if merged == 1 else 'ies were'} merged (identical per-seed values), "
             f"and {few} entr{'y has' if few == 1 else 'ies have'} fewer than {MIN_SEEDS} seeds (flagged)."
         )
-    for paper in sorted({e["paper"] for e in entries}):
-        for arm in ARMS:
-            mine = [e for e in entries if e["paper"] == paper and e["arm"] == arm]
-            if mine:
-                tally = ", ".join(f"{sum(e['verdict'] == v for e in mine)} {v}" for v in VERDICTS)
-                parts.append(f"{paper}, {arm} arm ({len(mine)} entries): {tally}.")
+    parts += [f"{paper}, {arm} arm ({n} entries): {tally}." for paper, arm, n, tally in _tallies(entries)]
     chapters: dict[str, list[str]] = {}
     for e in entries:
         ids = chapters.setdefault(e["chapter"], [])

@@ -34,6 +34,18 @@ class DownloadError(RuntimeError):
     how else to get them."""
 
 
+def download_failed(dataset: str, folder: Path, err: Exception, otherwise: str) -> DownloadError:
+    """The one-line :class:`DownloadError` of a failed download into ``folder`` (``otherwise``: the
+    routes that need no download); a full disk is re-raised as it is."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        raise err
+    why = " ".join(str(err).split())  # one line: torchvision's messages span several
+    return DownloadError(
+        f"downloading {dataset} into {folder} failed ({why}); check the internet connection (and a proxy, "
+        f"HTTPS_PROXY) and try again, or {otherwise}"
+    )
+
+
 def check_seed(value: object, name: str) -> int:
     """``value`` as a seed: an integer in ``[0, 2**63)`` (``TypeError``/``ValueError`` naming ``name``)."""
     if isinstance(value, bool) or not isinstance(value, int):

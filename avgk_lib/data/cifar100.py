@@ -16,7 +16,6 @@ horizontal flip; normalisation with the CIFAR-100 channel statistics.
 
 from __future__ import annotations
 
-import errno
 import pickle
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from .base import (
     OFFLINE_ENV,
     DatasetBundle,
     DatasetInfo,
-    DownloadError,
     TensorSplit,
     check_folder,
     check_label_noise,
@@ -36,6 +34,7 @@ from .base import (
     check_seed,
     class_counts,
     data_dir,
+    download_failed,
     resolve_download,
     split_indices,
 )
@@ -108,13 +107,7 @@ def download_cifar100(root: Path) -> None:
     try:
         torchvision.datasets.CIFAR100(str(root), train=True, download=True)
     except (OSError, RuntimeError) as err:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise
-        why = " ".join(str(err).split())  # one line: torchvision's messages span several
-        raise DownloadError(
-            f"downloading CIFAR-100 into {root / FOLDER} failed ({why}); check the internet connection (and a "
-            f"proxy, HTTPS_PROXY) and try again, or {_copy_route(root)}"
-        ) from err
+        raise download_failed("CIFAR-100", root / FOLDER, err, _copy_route(root)) from err
 
 
 def _copy_route(root: Path) -> str:

@@ -39,7 +39,6 @@ from .base import (
     DATA_ENV,
     DatasetBundle,
     DatasetInfo,
-    DownloadError,
     TensorSplit,
     check_folder,
     check_imbalance_ratio,
@@ -49,6 +48,7 @@ from .base import (
     class_counts,
     data_dir,
     derived_seed,
+    download_failed,
     split_indices,
 )
 from .corruption import block_label_noise, group_label_noise, long_tail_subsample
@@ -178,13 +178,8 @@ def download_fashion_mnist(root: Path) -> None:
         for train in (True, False):
             torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
     except (OSError, RuntimeError) as err:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise
-        why = " ".join(str(err).split())  # one line: torchvision's messages span several
-        raise DownloadError(
-            f"downloading Fashion-MNIST into {raw} failed ({why}); check the internet connection (and a proxy, "
-            f"HTTPS_PROXY) and try again, or get the files without downloading: {_other_routes(raw)}"
-        ) from err
+        otherwise = f"get the files without downloading: {_other_routes(raw)}"
+        raise download_failed("Fashion-MNIST", raw, err, otherwise) from err
 
 
 def _materialise(source: Path, target: Path) -> bool:
