@@ -159,15 +159,22 @@ def seconds(config: TrainConfig) -> float:
     return per_epoch * config.epochs
 
 
+def runs_here(name: str, preset: str, arm: str) -> bool:
+    """Whether ``name`` has an ``arm`` at ``preset`` with a setting of the asked dataset families."""
+    spec = EXPERIMENTS[name].preset(preset)
+    if arm == "paper" and spec.paper is None:
+        return False
+    return DATASETS is None or any(s.dataset in DATASETS for s in spec.arm(arm))
+
+
 def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) -> None:
     """Print the runs per experiment and arm and their estimated cost on this machine."""
     total = 0.0
     print(f"preset {preset}, seeds {seeds}, tuning draws {list(TUNING_SEEDS)}")
     print(f"{'experiment':22} {'arm':6} {'tuning runs':>22} {'seed runs':>9} {'estimate':>14}")
     for name in names:
-        spec = EXPERIMENTS[name].preset(preset)
         for arm in arms:
-            if arm == "paper" and spec.paper is None:
+            if not runs_here(name, preset, arm):
                 continue
             runs = expand(name, preset, seeds, arm=arm, datasets=DATASETS)
             cost = sum(seconds(r.config) for r in runs)
@@ -188,6 +195,20 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) ->
 def _arms_of(name: str, preset: str) -> dict[str, Any]:
     reference = load_reference(name, preset, OUT)
     return dict(reference["arms"]) if reference and "arms" in reference else {}
+
+
+def _other_families(name: str, preset: str, recorded: dict[str, Any]) -> list[str]:
+    """The dataset labels of ``recorded`` rows outside the asked families (``DATASETS``)."""
+    spec = EXPERIMENTS[name].preset(preset)
+    asked = {
+        s.labels["dataset"]
+        for arm in ("paper", "tuned")
+        if runs_here(name, preset, arm)
+        for s in spec.arm(arm)
+        if s.dataset in DATASETS
+    }
+    held = {row["dataset"] for part in recorded.values() for row in part.get("rows", [])}
+    return sorted(held - asked)
 
 
 def _passes(seeds: list[int], size: int) -> list[list[int]]:
@@ -261,9 +282,16 @@ def main() -> int:
         write_ledger(args.preset)
         return 0
     for name in args.experiments:
+        if not any(runs_here(name, args.preset, arm) for arm in arms):
+            continue
         recorded = _arms_of(name, args.preset)
+        if DATASETS is not None and (others := _other_families(name, args.preset, recorded)):
+            parser.error(
+                f"{name}: the committed reference also holds {others}, which --datasets would drop; "
+                "run without --datasets (runs already in the run cache are reused, not retrained)"
+            )
         for arm in arms:
-            if arm == "paper" and EXPERIMENTS[name].preset(args.preset).paper is None:
+            if not runs_here(name, args.preset, arm):
                 continue
             run_arm(name, args.preset, arm, args.seeds, args.pass_size, recorded)
         write_ledger(args.preset)
