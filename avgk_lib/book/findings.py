@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import experiments as E
-from ..metrics import k_label, metric_key
+from ..metrics import metric_key
 from .claims import ARMS, build_ledger, effect_text, setting_label
 from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
@@ -49,7 +49,7 @@ def setting_markdown(name: str, preset: str) -> str:
             data += ", balanced val/test" if s.options.get("balanced_eval") else ", val/test long-tailed"
         ks = ", ".join(f"{k:g}" for k in s.ks)
         seeds = f"first {s.max_seeds}" if s.max_seeds else "all"
-        rows.append([label, data, ks, f"`{s.select.format(k=k_label(s.tune_k))}`", s.recipe["epochs"], seeds])
+        rows.append([label, data, ks, f"`{s.select_key(s.tune_k)}`", s.recipe["epochs"], seeds])
     lines = [markdown_table(["setting", "data", "K", "selection metric", "epochs", "seeds"], rows), ""]
     methods = []
     for method_name, m in experiment.methods.items():

@@ -9,7 +9,6 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..data.base import SEED_LIMIT
-from ..evaluation import k_label
 from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
 from .spec import PRESETS, RECIPE_KEYS, Experiment, Method, Preset, Run, Setting, check_arm
@@ -99,7 +98,7 @@ def _config(
         "k": float(k),
         "loss_options": loss_options,
         "eval_ks": sorted({float(x) for x in setting.ks} | {float(k)}),
-        "select_metric": setting.select.format(k=k_label(k)),
+        "select_metric": setting.select_key(k),
         "seed": seed,
         **recipe,
     }

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TrainConfig
+from ..metrics import metric_key
 
 PRESETS = ("smoke", "cpu", "colab", "gpu")
 #: the two protocols (``book/protocol.md``): each paper's fixed recipe, and equal bracketed tuning
@@ -86,6 +87,17 @@ class Setting:
     # added to the seed for the data draw (not the initialisation): a twin setting that shares its
     # twin's training data at equal offsets gets its own draws, so its runs are independent evidence
     data_seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.select.count("{k}_") != 1:
+            raise ValueError(f"`select` must be a template like 'top{{k}}_micro', got {self.select!r}")
+        self.select_key(self.tune_k)  # a kind or average metric_key refuses fails here, at definition
+
+    def select_key(self, k: float) -> str:
+        """The selection metric at ``k`` (``"top{k}_micro"`` at 5: ``"top5_micro"``), spelled by
+        :func:`~avgk_lib.metrics.metric_key`."""
+        kind, average = self.select.split("{k}_")
+        return metric_key(kind, k, average)
 
 
 @dataclass(frozen=True)

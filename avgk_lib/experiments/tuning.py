@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..evaluation import degenerate_sets, k_label
+from ..evaluation import degenerate_sets
 from .catalog import KNOB_LIMITS
 from .grid import _config, _methods_of, get_experiment, lr_grid_of, tuning_key
 from .runner import train_or_load_many
@@ -90,7 +90,7 @@ def _tune_setting(name: str, spec: Preset, setting: Setting, **kw: Any) -> dict[
         return out
 
     entries = _bracketing_search(grids, score, point_of=lambda m, knobs: methods[m].point(knobs))
-    metric = setting.select.format(k=k_label(setting.tune_k))
+    metric = setting.select_key(setting.tune_k)
     return {tuning_key(setting, m): {**e, "metric": metric, "draws": list(TUNING_SEEDS)} for m, e in entries.items()}
 
 
