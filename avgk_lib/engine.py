@@ -63,10 +63,6 @@ class Run:
         return self.spec.config
 
     @property
-    def model_name(self) -> str:
-        return self.spec.model
-
-    @property
     def head(self) -> str:
         return self.spec.head
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from .checkpoint import rng_state, set_rng_state
+from .checkpoint import set_rng_state
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, Run, TrainingDiverged
 from .evaluation import metric_dict
@@ -286,6 +286,3 @@ class Stack:
     def member_rng(self, m: Member) -> None:
         """Make the member's generator states the global ones (before its checkpoint is taken)."""
         set_rng_state(m.rng)
-
-    def capture_rng(self, m: Member) -> None:
-        m.rng = rng_state()
