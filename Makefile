@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
 
 references: $(STAMP)
-	$(BIN)/python tools/reference_runs.py --preset cpu
+	$(BIN)/python tools/reference_runs.py --preset cpu --jobs 2
 
 wheel-test: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_wheel_install.py

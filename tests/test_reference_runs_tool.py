@@ -41,3 +41,58 @@ def test_a_partial_run_over_a_fuller_reference_ends_in_one_clear_line(tool, monk
         tool.main()
     assert exit_.value.code == 2
     assert "would drop" in capsys.readouterr().err
+
+
+def test_job_groups_balance_cost_and_keep_a_tuned_by_experiment_after_its_tuner(tool):
+    cost = {
+        "label_noise": 5.0,
+        "long_tail": 1.0,
+        "average_k": 4.0,
+        "average_k_long_tail": 1.0,
+        "two_head_ablation": 0.5,
+    }
+    groups = tool.job_groups(list(cost), cost, 2)
+    assert sorted(n for g, _ in groups for n in g) == sorted(cost)  # every experiment once
+    for group, total in groups:
+        assert total == sum(cost[n] for n in group)
+        if "two_head_ablation" in group:  # it reads average_k's tuning: same process, after it
+            assert group.index("average_k") < group.index("two_head_ablation")
+    assert max(t for _, t in groups) <= 6.0  # longest first to the cheapest group: 5+1 | 4.5+1+...
+    assert len(tool.job_groups(["long_tail"], cost, 4)) == 1  # never more jobs than experiments
+
+
+def test_dry_run_with_jobs_prints_the_split_and_its_wall_time(tool, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reference_runs.py", "--dry-run", "--jobs", "2"])
+    assert tool.main() == 0
+    out = capsys.readouterr().out
+    assert "job 1:" in out and "job 2:" in out and "wall time with --jobs 2" in out
+
+
+def test_bad_jobs_ends_in_one_clear_line(tool, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reference_runs.py", "--jobs", "0"])
+    with pytest.raises(SystemExit):
+        tool.main()
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_jobs_start_one_single_thread_process_per_group_then_write_the_ledger(tool, monkeypatch):
+    started, ledgers = [], []
+
+    class FakeProcess:  # the job holding long_tail fails with status 3
+        def __init__(self, command, env):
+            started.append((command, env))
+            self.experiments = command[command.index("--experiments") + 1 :]
+
+        def wait(self):
+            return 3 if "long_tail" in self.experiments else 0
+
+    monkeypatch.setattr(tool.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(tool, "write_ledger", ledgers.append)
+    argv = ["reference_runs.py", "--jobs", "2", "--arm", "paper", "--experiments", "long_tail", "average_k_long_tail"]
+    monkeypatch.setattr(sys, "argv", argv)
+    code = tool.main()
+    assert len(started) == 2 and ledgers == ["cpu"]
+    groups = [command[command.index("--experiments") + 1 :] for command, _ in started]
+    assert sorted(n for g in groups for n in g) == ["average_k_long_tail", "long_tail"]
+    assert all(env["OMP_NUM_THREADS"] == "1" and "--arm" in command for command, env in started)
+    assert code == 3  # a failing job's status, after the ledger was written

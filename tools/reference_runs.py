@@ -1,6 +1,7 @@
 """Compute the committed reference results of both protocols and the claims ledger.
 
     python tools/reference_runs.py                      # every experiment, both arms, seeds 0-4
+    python tools/reference_runs.py --jobs 2             # the same in two processes (what `make references` runs)
     python tools/reference_runs.py --dry-run            # runs per experiment and arm, estimated cost
     python tools/reference_runs.py --arm paper --experiments label_noise
     python tools/reference_runs.py --ledger-only
@@ -18,7 +19,9 @@ the runs in progress: runs are cached (``$AVGK_CACHE_DIR``) and resumed from the
 a part already finished is skipped: an arm whose recorded run fingerprints equal those of the
 runs it would train now, a tuning whose recorded base grid equals the current one. The ledger
 ``claims.json`` is rebuilt from every reference of the preset after each experiment; the script
-prints its total wall time at the end.
+prints its total wall time at the end. ``--jobs N`` splits the experiments into N processes of one
+thread each, balanced by the estimated cost (an experiment tuned by another runs after it in the
+same process), and rebuilds the ledger when all are done.
 
 The ledger (format 2, :mod:`avgk_lib.book.claims`) reads every experiment reference of the preset
 and every loss benchmark ``bench_losses_<device>.json`` (the cost claim, when it holds repeated
@@ -30,6 +33,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -84,7 +90,8 @@ DATASETS: list[str] | None = None
 
 
 def log(message: str) -> None:
-    print(time.strftime("%H:%M:%S"), message, flush=True)
+    job = os.environ.get("AVGK_JOB")
+    print(time.strftime("%H:%M:%S"), *([f"[job {job}]"] if job else []), message, flush=True)
 
 
 def write_ledger(preset: str) -> None:
@@ -167,7 +174,30 @@ def runs_here(name: str, preset: str, arm: str) -> bool:
     return DATASETS is None or any(s.dataset in DATASETS for s in spec.arm(arm))
 
 
-def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) -> None:
+def arm_cost(name: str, preset: str, seeds: list[int], arm: str) -> dict[str, Any]:
+    """Estimated seconds of one arm: ``seed_runs`` and ``tuning_runs`` (counts), ``seconds`` (the
+    tuning's base grid and the seed runs) and ``worst`` (every knob extended twice)."""
+    runs = expand(name, preset, seeds, arm=arm, datasets=DATASETS)
+    cost = sum(seconds(r.config) for r in runs)
+    tuning = tuning_base(name, preset) if arm == "tuned" else []
+    extra = _extension_bound(name, preset) if arm == "tuned" else 0
+    base_cost = sum(seconds(c) for _, c in tuning)
+    worst = base_cost + (extra * base_cost / len(tuning) if tuning else 0.0)
+    return {
+        "seed_runs": len(runs),
+        "tuning_runs": len(tuning),
+        "extensions": extra,
+        "seconds": cost + base_cost,
+        "worst": cost + worst,
+    }
+
+
+def experiment_cost(name: str, preset: str, seeds: list[int], arms: list[str]) -> float:
+    """Estimated seconds of every asked arm of one experiment (extensions not counted)."""
+    return sum(arm_cost(name, preset, seeds, arm)["seconds"] for arm in arms if runs_here(name, preset, arm))
+
+
+def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str], jobs: int = 1) -> None:
     """Print the runs per experiment and arm and their estimated cost on this machine."""
     total = 0.0
     print(f"preset {preset}, seeds {seeds}, tuning draws {list(TUNING_SEEDS)}")
@@ -176,17 +206,66 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str]) ->
         for arm in arms:
             if not runs_here(name, preset, arm):
                 continue
-            runs = expand(name, preset, seeds, arm=arm, datasets=DATASETS)
-            cost = sum(seconds(r.config) for r in runs)
-            tuning = tuning_base(name, preset) if arm == "tuned" else []
-            extra = _extension_bound(name, preset) if arm == "tuned" else 0
-            base_cost = sum(seconds(c) for _, c in tuning)
-            worst = base_cost + (extra * base_cost / len(tuning) if tuning else 0.0)
-            total += cost + base_cost
-            cells = f"{len(tuning)} (+ <= {extra})" if tuning else "0"
-            hours = f"{(cost + base_cost) / 3600:.2f}-{(cost + worst) / 3600:.2f} h"
-            print(f"{name:22} {arm:6} {cells:>22} {len(runs):>9} {hours:>14}")
-    print(f"total (without extensions): {total / 3600:.2f} h on 2 cores, one run at a time (stacked runs: less)")
+            c = arm_cost(name, preset, seeds, arm)
+            total += c["seconds"]
+            cells = f"{c['tuning_runs']} (+ <= {c['extensions']})" if c["tuning_runs"] else "0"
+            hours = f"{c['seconds'] / 3600:.2f}-{c['worst'] / 3600:.2f} h"
+            print(f"{name:22} {arm:6} {cells:>22} {c['seed_runs']:>9} {hours:>14}")
+    print(f"total (without extensions): {total / 3600:.2f} h of process time, one run at a time (stacked runs: less)")
+    if jobs > 1:
+        groups = job_groups(names, {n: experiment_cost(n, preset, seeds, arms) for n in names}, jobs)
+        for i, (group, cost) in enumerate(groups):
+            print(f"job {i + 1}: {' '.join(group)} ({cost / 3600:.2f} h)")
+        print(f"wall time with --jobs {jobs} (one thread each): about {max(c for _, c in groups) / 3600:.2f} h")
+
+
+def job_groups(names: list[str], cost: dict[str, float], jobs: int) -> list[tuple[list[str], float]]:
+    """Split ``names`` into at most ``jobs`` groups of about equal estimated cost (longest first to
+    the cheapest group); an experiment ``tuned_by`` another goes after it in its group (it reads
+    that experiment's tuning)."""
+    chains: dict[str, list[str]] = {}
+    for name in names:
+        root = EXPERIMENTS[name].tuned_by
+        chains.setdefault(root if root in names else name, []).append(name)
+    for root, chain in chains.items():
+        chain.sort(key=lambda n: n != root)  # the tuner first
+    groups: list[tuple[list[str], float]] = [([], 0.0) for _ in range(max(1, min(jobs, len(chains))))]
+    for chain in sorted(chains.values(), key=lambda c: -sum(cost[n] for n in c)):
+        i = min(range(len(groups)), key=lambda j: groups[j][1])
+        groups[i] = (groups[i][0] + chain, groups[i][1] + sum(cost[n] for n in chain))
+    return [g for g in groups if g[0]]
+
+
+def run_jobs(args: argparse.Namespace, arms: list[str]) -> int:
+    """``--jobs N``: the experiments in N processes of one thread each (:func:`job_groups`), then the
+    ledger; the exit status is the first failing job's."""
+    groups = job_groups(
+        args.experiments, {n: experiment_cost(n, args.preset, args.seeds, arms) for n in args.experiments}, args.jobs
+    )
+    common = [
+        "--preset",
+        args.preset,
+        "--seeds",
+        *map(str, args.seeds),
+        "--pass-size",
+        str(args.pass_size),
+        "--arm",
+        args.arm,
+    ]
+    if args.datasets:
+        common += ["--datasets", *args.datasets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for i, (group, cost) in enumerate(groups):
+        log(f"job {i + 1}: {' '.join(group)} (estimate {cost / 3600:.2f} h)")
+        command = [sys.executable, __file__, *common, "--experiments", *group]
+        procs.append(subprocess.Popen(command, env={**env, "AVGK_JOB": str(i + 1)}))
+    codes = [p.wait() for p in procs]
+    write_ledger(args.preset)
+    failed = [i + 1 for i, code in enumerate(codes) if code]
+    if failed:
+        log(f"jobs {failed} failed (their output above); rerun the same command to resume")
+    return next((c for c in codes if c), 0)
 
 
 # ------------------------------------------------------------------------------ running
@@ -263,6 +342,9 @@ def main() -> int:
     parser.add_argument(
         "--datasets", nargs="+", default=None, help="only the settings of these dataset families, e.g. synthetic"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes in parallel, one thread each (2 on a 2-core machine)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the runs and the estimated cost, train nothing")
     parser.add_argument("--ledger-only", action="store_true", help="only rebuild claims.json from the references")
     args = parser.parse_args()
@@ -271,25 +353,31 @@ def main() -> int:
         parser.error(f"unknown experiments {unknown}; valid names: {', '.join(EXPERIMENTS)}")
     if args.pass_size < 1:
         parser.error("--pass-size must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     arms = ["paper", "tuned"] if args.arm == "both" else [args.arm]
     global DATASETS
     DATASETS = args.datasets
     if args.dry_run:
-        dry_run(args.experiments, args.preset, args.seeds, arms)
+        dry_run(args.experiments, args.preset, args.seeds, arms, args.jobs)
         return 0
     started = time.time()
     if args.ledger_only:
         write_ledger(args.preset)
         return 0
-    for name in args.experiments:
-        if not any(runs_here(name, args.preset, arm) for arm in arms):
-            continue
-        recorded = _arms_of(name, args.preset)
-        if DATASETS is not None and (others := _other_families(name, args.preset, recorded)):
+    args.experiments = [n for n in args.experiments if any(runs_here(n, args.preset, arm) for arm in arms)]
+    for name in args.experiments if DATASETS is not None else []:
+        if others := _other_families(name, args.preset, _arms_of(name, args.preset)):
             parser.error(
                 f"{name}: the committed reference also holds {others}, which --datasets would drop; "
                 "run without --datasets (runs already in the run cache are reused, not retrained)"
             )
+    if args.jobs > 1:
+        code = run_jobs(args, arms)
+        log(f"total wall time {time.time() - started:.0f} s")
+        return code
+    for name in args.experiments:
+        recorded = _arms_of(name, args.preset)
         for arm in arms:
             if not runs_here(name, args.preset, arm):
                 continue
