@@ -111,3 +111,18 @@ def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
         A.run_results(tmp_path)
     with pytest.raises(ValueError, match="checksum"):
         diagnostics.run_diagnostics(tmp_path)
+
+
+def test_collapse_markdown_flags_runs_over_the_threshold_and_names_the_worst_otherwise():
+    from avgk_lib.book.findings import collapse_markdown
+
+    rows = [
+        {"arm": "paper", "dataset": "d", "loss": "a", "seed": 0, "test_top1_mode_share": 0.29},
+        {"arm": "tuned", "dataset": "d", "loss": "b", "seed": 1, "test_top1_mode_share": 0.04},
+    ]
+    assert collapse_markdown(rows) == (
+        "No collapsed run: the largest share of test inputs given the same top-1 class is 29.0% (paper, d, a, seed 0)."
+    )
+    flagged = collapse_markdown(rows, threshold=0.2)
+    assert flagged.startswith("**1 collapsed run(s)**") and "d/a/seed 0: 29%" in flagged
+    assert collapse_markdown([]) == "No run to check for collapse."

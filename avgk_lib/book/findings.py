@@ -337,9 +337,15 @@ def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
 def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str:
     """Runs whose top-1 prediction is one class for more than ``threshold`` of the test inputs."""
     flagged = [r for r in rows if r.get("test_top1_mode_share", 0.0) > threshold]
-    worst = max((r.get("test_top1_mode_share", 0.0) for r in rows), default=math.nan)
     if not flagged:
-        return f"No collapsed run: the largest share of test inputs given the same top-1 class is {worst:.1%}."
+        if not rows:
+            return "No run to check for collapse."
+        worst = max(rows, key=lambda r: r.get("test_top1_mode_share", 0.0))
+        where = ", ".join(str(worst[k]) for k in ("arm", "dataset", "loss") if k in worst)
+        return (
+            f"No collapsed run: the largest share of test inputs given the same top-1 class is "
+            f"{worst.get('test_top1_mode_share', 0.0):.1%} ({where}, seed {worst.get('seed')})."
+        )
     names = "; ".join(
         f"{r.get('dataset')}/{r['loss']}/seed {r['seed']}: {r['test_top1_mode_share']:.0%}" for r in flagged
     )
