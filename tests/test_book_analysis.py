@@ -126,3 +126,29 @@ def test_collapse_markdown_flags_runs_over_the_threshold_and_names_the_worst_oth
     flagged = collapse_markdown(rows, threshold=0.2)
     assert flagged.startswith("**1 collapsed run(s)**") and "d/a/seed 0: 29%" in flagged
     assert collapse_markdown([]) == "No run to check for collapse."
+
+
+def test_memorisation_facts_are_computed_from_the_rows():
+    from avgk_lib.book.findings import memorisation_facts
+
+    def row(loss, seed, curve, fits, best, last):
+        history = [{"train_fit": {"flipped_acc": f}} for f in fits]
+        return {"dataset": "d", "label_noise": 0.6, "loss": loss, "seed": seed, "val_curve": curve,
+                "history": history, "best_epoch": curve.index(max(curve)) + 1,
+                "test_top2_micro": best, "last_top2_micro": last}  # fmt: skip
+
+    rows = [row("cross_entropy", 0, [0.5, 0.9, 0.8], [0.2, 0.7, 0.9], 0.9, 0.8),
+            row("cross_entropy", 1, [0.6, 0.8, 0.7], [0.1, 0.5, 0.7], 0.8, 0.7),
+            {**row("noised_topk", 0, [0.4, 0.5, 0.5], [0.1, 0.2, 0.2], 0.5, 0.5), "label_noise": 0.6}]  # fmt: skip
+    tuning = {"dataset=d/label_noise=0.6/noised_topk": {"grid": [{"epsilon": 0.3}, {"epsilon": 1.0}],
+                                                         "chosen": {"epsilon": 1.0}}}  # fmt: skip
+    facts = memorisation_facts({"paper": {"rows": rows + [{**rows[0], "label_noise": 0.0}]},
+                                "tuned": {"rows": [], "tuning": tuning}, "other": None}, {"d": 2})  # fmt: skip
+    assert facts[0] == (
+        "paper arm, d, p = 0.6, cross-entropy: best epoch 2 of 3 (mean of 2 seeds), last epoch -10.00 pp from "
+        "the best in test top-2; it fits 80% of the flipped training labels at most; validation top-2 0.500 "
+        "after the first epoch (seed 0), +30.0 pp to its best (mean)."
+    )
+    assert facts[1].startswith("paper arm, d, p = 0.6, noised top-K: best epoch 2 of 3 (mean of 1 seeds)")
+    assert "+10.0 pp to its best" in facts[1] and "20% of the flipped" in facts[1]
+    assert len(facts) == 2  # the clean setting (p = 0) and an arm without rows add nothing

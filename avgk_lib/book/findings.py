@@ -334,6 +334,48 @@ def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
     return "\n".join(lines)
 
 
+def memorisation_facts(arms: Mapping[str, Mapping[str, Any] | None], ks: Mapping[str, int]) -> list[str]:
+    """One sentence per (arm, noisy setting, loss) of a label-noise reference, for cross-entropy and
+    the noised loss: the mean best epoch, the last epoch's distance from the best in test top-K,
+    the largest fit of the flipped training labels (mean over seeds of the max over epochs of
+    ``train_fit["flipped_acc"]``, when the rows carry a ``history``), the first seed's validation
+    top-K after epoch 1 and the mean rise from there to the best; then the tuned arm's choice of
+    epsilon. ``arms`` maps an arm to its part (:func:`~avgk_lib.experiments.load_arm`; None: not
+    run), ``ks`` a dataset label to the K of its top-K metric."""
+    facts = []
+    for arm, part in arms.items():
+        rows = part["rows"] if part else []
+        for dataset, p in sorted({(r["dataset"], r["label_noise"]) for r in rows if r["label_noise"]}):
+            k = ks[dataset]
+            for loss in ("cross_entropy", "noised_topk"):
+                runs = [r for r in rows if (r["dataset"], r["label_noise"], r["loss"]) == (dataset, p, loss)]
+                if runs:
+                    facts.append(f"{arm} arm, {dataset}, p = {p}, {method_label(loss)}: {_fit_text(runs, k)}.")
+            tuning = part.get("tuning", {}).get(f"dataset={dataset}/label_noise={p}/noised_topk")
+            if tuning:
+                grid = sorted({g["epsilon"] for g in tuning["grid"]})
+                facts.append(
+                    f"{arm} arm, {dataset}, p = {p}: the noised loss's tuning chose epsilon = "
+                    f"{tuning['chosen']['epsilon']} from {grid}."
+                )
+    return facts
+
+
+def _fit_text(runs: list[Mapping[str, Any]], k: int) -> str:
+    n = len(runs)
+    best = sum(r["best_epoch"] for r in runs) / n
+    gap = sum(r[f"last_top{k}_micro"] - r[f"test_top{k}_micro"] for r in runs) / n
+    fits = [max(e["train_fit"]["flipped_acc"] for e in r["history"]) for r in runs if r.get("history")]
+    fit = f"; it fits {sum(fits) / len(fits):.0%} of the flipped training labels at most" if fits else ""
+    rise = sum(max(r["val_curve"]) - r["val_curve"][0] for r in runs) / n
+    return (
+        f"best epoch {best:.3g} of {len(runs[0]['val_curve'])} (mean of {n} seeds), last epoch "
+        f"{100 * gap:+.2f} pp from the best in test top-{k}{fit}; validation top-{k} "
+        f"{runs[0]['val_curve'][0]:.3f} after the first epoch (seed {runs[0]['seed']}), "
+        f"{100 * rise:+.1f} pp to its best (mean)"
+    )
+
+
 def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str:
     """Runs whose top-1 prediction is one class for more than ``threshold`` of the test inputs."""
     flagged = [r for r in rows if r.get("test_top1_mode_share", 0.0) > threshold]
