@@ -205,6 +205,7 @@ def experiment_cost(name: str, preset: str, seeds: list[int], arms: list[str]) -
 
 def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str], jobs: int = 1) -> None:
     """Print the runs per experiment and arm and their estimated cost on this machine."""
+    names = [n for n in names if any(runs_here(n, preset, arm) for arm in arms)]
     total = 0.0
     print(f"preset {preset}, seeds {seeds}, tuning draws {list(TUNING_SEEDS)}")
     print(f"{'experiment':22} {'arm':6} {'tuning runs':>22} {'seed runs':>9} {'estimate':>14}")
