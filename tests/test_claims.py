@@ -362,7 +362,7 @@ def test_side_by_side_pairs_the_arms_of_each_claim_and_setting():
     cost = next(r for r in rows if r["id"] == "P1-cost")
     assert cost["tuned"] is None and cost["paper"] is not None
     text = C.ledger_markdown(doc)
-    assert "| paper arm | tuned arm |" in text and "not run" in text
+    assert "| paper arm | tuned arm |" in text and "n/a (a benchmark: one protocol)" in text
     assert "[chapter 4](04_label_noise.ipynb)" in text and "not reproduced here" in text
     assert "margin ±1 pp" in text
 
@@ -520,3 +520,27 @@ def test_the_loss_benchmark_records_interleaved_rounds_the_cost_claim_reads():
     assert len(entries) == 1 and not skipped and entries[0]["per_seed"]["seeds"] == [0, 1, 2]
     with pytest.raises(ValueError, match="rounds"):
         bench_losses(torch.device("cpu"), rounds=0)
+
+
+def test_side_by_side_cells_tell_a_benchmark_from_a_pending_arm_and_show_both_equivalence_tests():
+    bench = {"preset": "benchmark", "effect": 1.0, "ci95": [0.9, 1.1], "unit": "log_ratio", "n_seeds": 7,
+             "p_holm": 1e-8, "verdict": "supported"}  # fmt: skip
+    assert C._arm_cell(None, bench) == "n/a (a benchmark: one protocol)"
+    assert C._arm_cell(None, {"preset": "cpu"}) == C._arm_cell(None) == "not run yet"
+    eq = {"test": "equivalence", "effect": -0.25, "ci95": [-0.26, -0.24], "unit": "accuracy", "n_seeds": 5,
+          "p_holm": 1.0, "inferiority": {"p": 1e-10, "p_holm": 1.2e-8}, "verdict": "contradicted"}  # fmt: skip
+    cell = C._arm_cell(eq)
+    assert "Holm p 1 (equivalent?), 1.2e-08 (worse by > margin?)" in cell and cell.endswith("**contradicted**")
+
+
+def test_an_equivalence_entry_in_words_names_the_test_that_decided():
+    from avgk_lib.book.findings import entry_markdown
+
+    e = {"verdict": "contradicted", "arm": "paper", "setting": {"dataset": "d"}, "K": 2.0, "n_seeds": 5,
+         "claim": "competitive", "ours": "noised_topk", "rival": "smooth_topk_svm", "metric": "test_top2_micro",
+         "ours_mean": 0.68, "rival_mean": 0.93, "effect": -0.25, "ci95": [-0.26, -0.24], "unit": "accuracy",
+         "p_holm": 1.0, "margin": 0.01, "ci90": [-0.258, -0.244], "test": "equivalence",
+         "inferiority": {"p": 1e-10, "p_holm": 1.2e-8}}  # fmt: skip
+    text = entry_markdown(e)
+    assert "Holm-adjusted p 1." in text
+    assert "The p above tests equivalence (TOST); worse by more than the margin, Holm-adjusted p < 0.001." in text

@@ -808,10 +808,14 @@ def side_by_side(ledger: Any) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _arm_cell(e: Mapping[str, Any] | None) -> str:
+def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = None) -> str:
+    """One arm's cell of the side-by-side table; ``other`` is the other arm's entry of the row (a
+    benchmark claim has one protocol only, a missing arm otherwise means its runs are pending)."""
     if e is None:
-        return "not run"
+        return "n/a (a benchmark: one protocol)" if (other or {}).get("preset") == "benchmark" else "not run yet"
     p = f", Holm p {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
+    if e.get("test") == "equivalence" and (e.get("inferiority") or {}).get("p_holm") is not None:
+        p = f", Holm p {e['p_holm']:.3g} (equivalent?), {e['inferiority']['p_holm']:.3g} (worse by > margin?)"
     pre = e.get("precondition")
     extra = ""
     if pre is not None:
@@ -851,7 +855,8 @@ def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
     lines += ["", "| id | setting | K | paper arm | tuned arm |", "|---|---|---|---|---|"]
     for row in side_by_side(entries):
         lines.append(
-            f"| {row['id']} | {row['setting']} | {row['K']} | {_arm_cell(row['paper'])} | {_arm_cell(row['tuned'])} |"
+            f"| {row['id']} | {row['setting']} | {row['K']} | {_arm_cell(row['paper'], row['tuned'])} "
+            f"| {_arm_cell(row['tuned'], row['paper'])} |"
         )
     return "\n".join(lines)
 
@@ -907,11 +912,15 @@ def main_result(ledger: Any) -> str:
     family = sum(len(_hypotheses(e)) for e in entries)
     supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
     counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
+    timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in entries)
+    timing = f", {timed} of them timing benchmarks" if timed else ""
+    extra = family - len(entries)
+    tests = f"{family} tests" + (f" (an equivalence or gain entry adds a second test: {extra})" if extra else "")
     return (
-        f"**Main result**: after Holm's correction over {family} tests, {counts['supported']} of {len(entries)} "
-        f"entries are supported ({', '.join(supported) or 'no claim in any setting'}), {counts['contradicted']} "
-        f"contradicted ({', '.join(contradicted) or 'none'}), {counts['inconclusive']} inconclusive and "
-        f"{counts['not reproduced here']} not reproduced here."
+        f"**Main result**: after Holm's correction over {tests}, {counts['supported']} of {len(entries)} "
+        f"entries are supported ({', '.join(supported) or 'no claim in any setting'}{timing}), "
+        f"{counts['contradicted']} contradicted ({', '.join(contradicted) or 'none'}), "
+        f"{counts['inconclusive']} inconclusive and {counts['not reproduced here']} not reproduced here."
     )
 
 

@@ -267,6 +267,12 @@ def entry_markdown(
             low, high = entry.get("ci90", [math.nan, math.nan])
             margin = f"±{100 * entry['margin']:g} pp"
             body += f" Equivalence margin {margin}, 90% interval [{100 * low:+.2f}, {100 * high:+.2f}] pp."
+            worse = (entry.get("inferiority") or {}).get("p_holm" if holm else "p")
+            if worse is not None:
+                body += (
+                    f" The p above tests equivalence (TOST); worse by more than the margin"
+                    f"{_p_text(worse, 'Holm-adjusted p' if holm else 'p')}."
+                )
     pre = entry.get("precondition")
     if pre:
         measured = "not measured" if pre["measured"] is None else f"measured {pre['measured']:.3f}, {pre['status']}"
