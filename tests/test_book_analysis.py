@@ -152,3 +152,15 @@ def test_memorisation_facts_are_computed_from_the_rows():
     assert facts[1].startswith("paper arm, d, p = 0.6, noised top-K: best epoch 2 of 3 (mean of 1 seeds)")
     assert "+10.0 pp to its best" in facts[1] and "20% of the flipped" in facts[1]
     assert len(facts) == 2  # the clean setting (p = 0) and an arm without rows add nothing
+
+
+def test_ledger_findings_name_an_arm_not_run_yet_on_a_setting():
+    from avgk_lib.book.findings import _pending_arms
+
+    def e(arm, dataset, preset="cpu"):
+        return {"arm": arm, "setting": {"dataset": dataset}, "preset": preset}
+
+    group = [e("paper", "a"), e("paper", "b"), e("tuned", "a")]
+    assert _pending_arms(group) == ["  - *tuned arm: not run yet on b.*"]
+    assert _pending_arms([e("paper", "a"), e("tuned", "a")]) == []
+    assert _pending_arms([e("paper", "x", "benchmark")]) == []  # one protocol by design

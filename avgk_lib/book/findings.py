@@ -318,6 +318,7 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
         for e in group:
             text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
             lines.append(f"  - {text}")
+        lines += _pending_arms(group)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
@@ -326,6 +327,19 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     noun = "entry" if len(entries) == 1 else "entries"
     held = f"{' and '.join(arms)} arm{'s' * (len(arms) > 1)}"
     return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
+
+
+def _pending_arms(group: list[Mapping[str, Any]]) -> list[str]:
+    """A line per arm that lacks some setting the other arm has (a benchmark has one protocol)."""
+    if any(e.get("preset") == "benchmark" for e in group):
+        return []
+    settings = list(dict.fromkeys(setting_label(e["setting"]) for e in group))
+    out = []
+    for arm in ARMS:
+        held = {setting_label(e["setting"]) for e in group if e["arm"] == arm}
+        if missing := [s for s in settings if s not in held]:
+            out.append(f"  - *{arm} arm: not run yet on {'; '.join(missing)}.*")
+    return out
 
 
 def findings_markdown(entries: list[dict[str, Any]], source: str) -> str:
