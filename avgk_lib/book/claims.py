@@ -913,7 +913,7 @@ def main_result(ledger: Any) -> str:
     supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
     counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
     timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in entries)
-    timing = f", {timed} of them timing benchmarks" if timed else ""
+    timing = f"; {timed} of the {counts['supported']} are timing benchmarks" if timed else ""
     extra = family - len(entries)
     tests = f"{family} tests" + (f" (an equivalence or gain entry adds a second test: {extra})" if extra else "")
     return (
