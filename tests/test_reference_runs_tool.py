@@ -96,3 +96,8 @@ def test_jobs_start_one_single_thread_process_per_group_then_write_the_ledger(to
     assert sorted(n for g in groups for n in g) == ["average_k_long_tail", "long_tail"]
     assert all(env["OMP_NUM_THREADS"] == "1" and "--arm" in command for command, env in started)
     assert code == 3  # a failing job's status, after the ledger was written
+
+
+def test_only_the_cpu_preset_writes_the_ledger_the_book_reads(tool):
+    assert tool.ledger_path("cpu").name == "claims.json"
+    assert tool.ledger_path("smoke").name == "claims_smoke.json"

@@ -37,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
@@ -99,13 +100,19 @@ def log(message: str) -> None:
     print(time.strftime("%H:%M:%S"), *([f"[job {job}]"] if job else []), message, flush=True)
 
 
+def ledger_path(preset: str) -> Path:
+    """The ledger of ``preset``: ``claims.json`` for ``cpu`` (the one the book reads), else
+    ``claims_<preset>.json`` (a smoke or colab regeneration never overwrites the book's ledger)."""
+    return OUT / ("claims.json" if preset == "cpu" else f"claims_{preset}.json")
+
+
 def write_ledger(preset: str) -> None:
-    """Rebuild ``claims.json`` from the references of ``preset`` (current format, with runs) and
-    the committed loss benchmarks."""
+    """Rebuild the ledger of ``preset`` (:func:`ledger_path`) from its references (current format,
+    with runs) and the committed loss benchmarks."""
     references = {name: ref for name in EXPERIMENTS if usable_reference(ref := load_reference(name, preset, OUT))}
     benchmarks = {stem: load_json_reference(stem) for stem in reference_names() if stem.startswith("bench_losses")}
     payload = ledger_document(references, benchmarks, preset=preset)
-    path = OUT / "claims.json"
+    path = ledger_path(preset)
     atomic_write_json(path, seal(payload))
     counts = ", ".join(f"{sum(e['verdict'] == v for e in payload['claims'])} {v}" for v in VERDICTS)
     log(f"wrote {path} ({len(payload['claims'])} entries, Holm over {payload['holm_family_size']} tests: {counts})")
