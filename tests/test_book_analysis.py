@@ -164,3 +164,11 @@ def test_ledger_findings_name_an_arm_not_run_yet_on_a_setting():
     assert _pending_arms(group) == ["  - *tuned arm: not run yet on b.*"]
     assert _pending_arms([e("paper", "a"), e("tuned", "a")]) == []
     assert _pending_arms([e("paper", "x", "benchmark")]) == []  # one protocol by design
+
+
+def test_a_wholly_absent_arm_is_named_once_in_the_closing_line_not_per_claim():
+    from avgk_lib.book.findings import _pending_arms
+
+    group = [{"arm": "tuned", "setting": {"dataset": "a"}, "preset": "cpu"}]
+    assert _pending_arms(group, ["tuned"]) == []
+    assert _pending_arms(group) == ["  - *paper arm: not run yet on a.*"]

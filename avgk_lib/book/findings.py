@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import experiments as E
@@ -313,12 +313,13 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     for e in entries:
         groups.setdefault(e["id"], []).append(e)
     lines = []
+    present = [a for a in ARMS if any(e["arm"] == a for e in entries)]  # an absent arm: the closing line
     for claim_id, group in groups.items():
         lines.append(f"- **{claim_id}**: {group[0]['claim']}.")
         for e in group:
             text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
             lines.append(f"  - {text}")
-        lines += _pending_arms(group)
+        lines += _pending_arms(group, present)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
@@ -329,13 +330,14 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
 
 
-def _pending_arms(group: list[Mapping[str, Any]]) -> list[str]:
-    """A line per arm that lacks some setting the other arm has (a benchmark has one protocol)."""
+def _pending_arms(group: list[Mapping[str, Any]], arms: Sequence[str] = ARMS) -> list[str]:
+    """A line per arm of ``arms`` that lacks some setting of ``group`` that another arm has (a
+    benchmark has one protocol)."""
     if any(e.get("preset") == "benchmark" for e in group):
         return []
     settings = list(dict.fromkeys(setting_label(e["setting"]) for e in group))
     out = []
-    for arm in ARMS:
+    for arm in arms:
         held = {setting_label(e["setting"]) for e in group if e["arm"] == arm}
         if missing := [s for s in settings if s not in held]:
             out.append(f"  - *{arm} arm: not run yet on {'; '.join(missing)}.*")
