@@ -408,3 +408,19 @@ def check_hyper(
         if underflow and bool(((out != 0) & (out.abs() < info.tiny)).any()):
             raise ValueError(f"`{name}` underflows {dtype} (smallest normal value {info.tiny:g})")
     return out
+
+
+def check_threshold(threshold: object, scores: torch.Tensor) -> torch.Tensor:
+    """A threshold as a 0-dim tensor of ``scores``' dtype and device: a real number (Python,
+    NumPy) or a one-element real tensor; NaN rejected, +-inf allowed (``+inf`` is what
+    :func:`~avgk_lib.metrics.average_k_threshold` returns for empty sets)."""
+    if isinstance(threshold, torch.Tensor):
+        if threshold.numel() != 1:
+            raise ValueError(f"`threshold` must be a scalar, got shape {tuple(threshold.shape)}")
+        if threshold.dtype == torch.bool or threshold.is_complex():
+            raise TypeError(f"`threshold` must be a real number, got dtype {threshold.dtype}")
+        if bool(torch.isnan(threshold)):
+            raise ValueError("`threshold` is NaN")
+        return threshold.reshape(()).to(device=scores.device, dtype=scores.dtype)
+    threshold = check_real(threshold, "threshold", allow_inf=True)
+    return torch.tensor(threshold, dtype=scores.dtype, device=scores.device)

@@ -21,11 +21,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, dataset_option_types
 from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
-from .rundir import RunDir, RunDirError
+from .rundir import CheckpointError, RunDir, RunDirError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 #: errno values of environment problems the user fixes (permissions, read-only disks, link loops)

@@ -25,7 +25,7 @@ from .data import DATASETS, LOADERS, dataset_input_shape
 from .data.base import SEED_LIMIT, available_memory, check_memory
 from .metrics import metric_key, parse_metric_key
 from .models import MODELS, check_model_input
-from .objectives import OBJECTIVES, get_objective
+from .objectives import OBJECTIVES, ObjectiveSpec, get_objective
 
 # Bump when the content of results.json or of the checkpoints changes meaning: cached runs of an
 # older format then get a new fingerprint and are trained again instead of being reused.
@@ -103,12 +103,6 @@ class TrainConfig:
     def resolved_model(self) -> str:
         return DEFAULT_MODELS.get(self.dataset, "mlp") if self.model == "auto" else self.model
 
-    def resolved_select_metric(self) -> str:
-        if self.select_metric != "auto":
-            return self.select_metric
-        kind = "top" if get_objective(self.loss).integer_k else "avg"
-        return metric_key(kind, self.k, "micro")
-
     def normalized(self) -> TrainConfig:
         """A copy with ``eval_ks`` as sorted floats including ``k`` (never raises on bad values)."""
         try:
@@ -130,15 +124,21 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every field; return a new normalised config. Raises :class:`ConfigError`."""
-        _check_names(self)
-        _check_numbers(self)
-        _check_choices(self)
-        _check_lists(self)
-        _check_float32(self)
-        _check_model_fits(self)
-        cfg = self.normalized()
-        _check_select_metric(cfg)
-        return cfg
+        return validated(self)[0]
+
+
+def validated(cfg: TrainConfig) -> tuple[TrainConfig, ObjectiveSpec, str]:
+    """:meth:`TrainConfig.validate`, with what it looked up: the loss's spec and the selection
+    metric (``select_metric``, or for ``auto`` the micro top-K accuracy of ``k`` for top-K
+    losses, the micro average-K accuracy otherwise)."""
+    objective = _check_names(cfg)
+    _check_numbers(cfg)
+    _check_choices(cfg)
+    _check_lists(cfg)
+    _check_float32(cfg, objective.option_types)
+    _check_model_fits(cfg)
+    cfg = cfg.normalized()
+    return cfg, objective, _select_metric(cfg, objective)
 
 
 def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
@@ -163,7 +163,7 @@ def _int(cfg: TrainConfig, name: str, low: int, *, optional: bool = False) -> No
         raise ConfigError(name, f"must be >= {low}, got {value}")
 
 
-def _check_names(cfg: TrainConfig) -> None:
+def _check_names(cfg: TrainConfig) -> ObjectiveSpec:
     if cfg.dataset not in LOADERS:
         raise ConfigError("dataset", f"is unknown: {cfg.dataset!r}; valid names: {', '.join(sorted(LOADERS))}")
     if cfg.model != "auto" and cfg.model not in MODELS:
@@ -184,6 +184,7 @@ def _check_names(cfg: TrainConfig) -> None:
         raise ConfigError("k", f"must be an integer for the top-K loss {cfg.loss!r}, got {k:g}")
     if spec.two_head and k < 1:
         raise ConfigError("k", f"must be >= 1 for the two-head loss (the true label is a positive), got {k:g}")
+    return spec
 
 
 def dataset_option_types(dataset: str | None = None) -> dict[str, type]:
@@ -279,9 +280,9 @@ def _check_lists(cfg: TrainConfig) -> None:
             raise ConfigError("eval_ks", f"must hold finite K values > 0, got {k!r}")
 
 
-def _check_select_metric(cfg: TrainConfig) -> None:
+def _select_metric(cfg: TrainConfig, objective: ObjectiveSpec) -> str:
     if cfg.select_metric == "auto":
-        return
+        return metric_key("top" if objective.integer_k else "avg", cfg.k, "micro")
     try:
         kind, k, average = parse_metric_key(cfg.select_metric)
     except (TypeError, ValueError) as err:
@@ -292,14 +293,15 @@ def _check_select_metric(cfg: TrainConfig) -> None:
             f"{cfg.select_metric!r} is not computed: it must be a micro or macro accuracy whose K is in eval_ks "
             f"({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
         )
+    return cfg.select_metric
 
 
-def _float_values(cfg: TrainConfig) -> list[tuple[str, Any]]:
+def _float_values(cfg: TrainConfig, loss_types: dict[str, type]) -> list[tuple[str, Any]]:
     """(name, value) of every real-valued setting of ``cfg``: float fields, eval_ks, and the loss and
     dataset options annotated ``float``."""
     out = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.type in ("float", float)]
     out += [("eval_ks", k) for k in cfg.eval_ks]
-    loss_types, data_types = get_objective(cfg.loss).option_types, dataset_option_types(cfg.dataset)
+    data_types = dataset_option_types(cfg.dataset)
     out += [(key, v) for key, v in cfg.loss_options.items() if loss_types.get(key) is float]
     out += [(key, v) for key, v in cfg.dataset_options.items() if data_types.get(key) is float]
     return [(n, v) for n, v in out if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -319,10 +321,10 @@ def _too_large(name: str, value: float) -> ConfigError:
     return ConfigError(name, f"must be at most {FLOAT32_MAX:.4g} in magnitude (float32), got {shown}")
 
 
-def _check_float32(cfg: TrainConfig) -> None:
+def _check_float32(cfg: TrainConfig, loss_types: dict[str, type]) -> None:
     """Real numbers beyond float32 (the dtype they are used in) are rejected naming the option; so is
     a learning rate whose product with ``loss_lr_multiplier`` overflows."""
-    for name, value in _float_values(cfg):
+    for name, value in _float_values(cfg, loss_types):
         if _beyond_float32(value):
             raise _too_large(name, value)
     if abs(cfg.lr * cfg.loss_lr_multiplier) > FLOAT32_MAX:
@@ -332,7 +334,8 @@ def _check_float32(cfg: TrainConfig) -> None:
 def _check_model_fits(cfg: TrainConfig) -> None:
     """The model against the dataset's input shape, before any data is loaded (``ConfigError("model")``)."""
     try:
-        check_model_input(cfg.resolved_model(), dataset_input_shape(cfg.dataset, cfg.dataset_options))
+        shape = dataset_input_shape(cfg.dataset, cfg.dataset_options)
+        check_model_input(cfg.resolved_model(), shape)
     except ValueError as err:
         detail = str(err).removeprefix("`model` ")
         raise ConfigError("model", f"{detail} (dataset {cfg.dataset!r})") from None
@@ -349,17 +352,20 @@ def _device_memory(device: str) -> int | None:
         return None
 
 
-def check_run_memory(cfg: TrainConfig, n_classes: int, input_shape: tuple[int, ...]) -> None:
+def check_run_memory(
+    cfg: TrainConfig, n_classes: int, input_shape: tuple[int, ...], loss_options: dict[str, Any]
+) -> None:
     """Estimates, before allocating, of the largest per-step buffers of a run against the memory of its
     device (``ConfigError`` naming the option): an evaluation batch of inputs (float32, with the copies
     of augmentation and normalisation) and, for the noised top-K losses, the noise of ``n_samples``
-    perturbations of a batch of scores (float64 working copies, perturbed and gradient buffers)."""
+    perturbations of a batch of scores (float64 working copies, perturbed and gradient buffers).
+    ``loss_options``: the loss's options merged with its defaults (:attr:`RunSpec.loss_options`)."""
     available = _device_memory(cfg.device)
     if available is None:
         return
     batch = max(cfg.batch_size, 256)
     needs = {"batch_size": (3 * batch * math.prod(input_shape) * 4, f"a batch of {batch} inputs of {input_shape}")}
-    n_samples = {**get_objective(cfg.loss).defaults, **cfg.loss_options}.get("n_samples")
+    n_samples = loss_options.get("n_samples")
     if isinstance(n_samples, int):
         what = f"the noise of {n_samples} samples x {cfg.batch_size} inputs x {n_classes} classes"
         needs["n_samples"] = (2 * 8 * n_samples * cfg.batch_size * n_classes, what)

@@ -1,253 +1,54 @@
-"""The parts of a training run (pytorch/examples' imagenet style): :func:`build_run` assembles a
-:class:`Run` from a :class:`~avgk_lib.config.TrainConfig`; :func:`train_one_epoch` makes one pass
-over the training data; :func:`evaluate` scores a split and :func:`evaluate_final` gives the
-test metrics of the current weights; :class:`DivergenceGuard` stops a run whose loss explodes.
-
-CUDA runs use automatic mixed precision (bfloat16 where supported, else float16 with a grad
-scaler), channels_last for convolutional models and optionally ``torch.compile``. Launched by
-``torchrun``, training is data-parallel (DistributedDataParallel); validation scores are
-all-gathered before a threshold is calibrated.
+"""The training loop (pytorch/examples' imagenet style): :func:`train_one_epoch` makes one pass
+over the training data, :func:`evaluate` scores a split, :func:`fit` trains the remaining epochs
+(validating, selecting and checkpointing after each), :func:`finish` tests the best and the
+last epoch and writes the results; :func:`complete` is all of it for one built run.
+:class:`DivergenceGuard` stops a run whose loss explodes. Under ``torchrun`` validation scores
+are all-gathered before a threshold is calibrated, and rank 0 writes the files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from .checkpoint import seed_everything
-from .config import ConfigError, TrainConfig, check_run_memory
-from .data import DatasetBundle, load_dataset, make_loader
-from .evaluation import calibrated_test_metrics, collect_scores, metric_dict
-from .models import build_model
-from .objectives import Objective, build_objective
+from .build import Run, build_run, bundle_counts, resolve_device
+from .data import make_loader
+from .evaluation import collect_scores, degeneracy_warnings
+from .metrics import calibrated_test_metrics, degenerate_sets, metric_dict
+from .rundir import RunDir, RunResult, TrainState, provenance
 from .runspec import RunSpec
+from .seeding import rng_state
+
+__all__ = [
+    "DivergenceGuard",
+    "Progress",
+    "Run",
+    "RunInterrupted",
+    "TrainingDiverged",
+    "build_run",
+    "bundle_counts",
+    "complete",
+    "evaluate",
+    "evaluate_final",
+    "finish",
+    "fit",
+    "resolve_device",
+    "train_one_epoch",
+    "validation_metrics",
+]
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became non-finite or exploded (see :class:`DivergenceGuard`)."""
-
-
-@dataclass(kw_only=True)
-class Run:
-    """Everything one training run is made of (built by :func:`build_run`)."""
-
-    spec: RunSpec
-    bundle: DatasetBundle
-    device: torch.device
-    rank: int
-    world: int
-    model: nn.Module  # the bare model (state dicts, evaluation)
-    forward_model: nn.Module  # what the training step calls (DDP and/or compiled wrapper)
-    objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    schedule_unit: str  # "batch", "epoch" or "none"
-    scaler: torch.amp.GradScaler | None
-    autocast: Callable[[], Any]
-    amp_mode: str
-    train_loader: Any
-    val_loader: Any
-    test_loader: Any
-    steps_per_epoch: int
-
-    @property
-    def cfg(self) -> TrainConfig:
-        return self.spec.config
-
-    @property
-    def head(self) -> str:
-        return self.spec.head
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def loss_fn(self) -> nn.Module:
-        return self.objective.loss_fn
-
-
-def distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; initialise the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("AVGK_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available; ``ConfigError("device")`` for an unusable device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError("device", f"is not a device name: {name!r} (auto, cpu, cuda, cuda:1 ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", f"is {name!r} but CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError("device", f"is {name!r} but only {torch.cuda.device_count()} CUDA devices exist")
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ConfigError("device", f"must be cpu or cuda, got {name!r}")
-    return device
-
-
-def _autocast_setup(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None, str]:
-    if device.type != "cuda" or cfg.amp == "off":
-        return nullcontext, None, "off"
-    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler, mode
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW; no weight decay on biases and norms; the loss's own parameters (ROLE's
-    table) in their own group with ``lr * loss_lr_multiplier``."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "weight_decay": 0.0, "lr": cfg.lr * cfg.loss_lr_multiplier})
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Any, str]:
-    """(scheduler, unit): stepped per epoch for ``step``, per batch for ``cosine``/``onecycle``."""
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    if cfg.scheduler == "step":
-        milestones = [m - 1 for m in cfg.milestones]
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_gamma), "epoch"
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total), "batch"
-    if cfg.scheduler == "onecycle":
-        max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=total), "batch"
-    return None, "none"
-
-
-def bundle_counts(bundle: DatasetBundle) -> list[int]:
-    """Training class counts, at least 1 each (margins need positive counts)."""
-    return [max(1, int(c)) for c in bundle.train_counts]
-
-
-def _check_against_data(spec: RunSpec, bundle: DatasetBundle) -> None:
-    """The checks that need the number of classes and samples."""
-    cfg, c = spec.config, bundle.n_classes
-    if cfg.k >= c if spec.integer_k else cfg.k > c:
-        raise ConfigError(
-            "k", f"must be < the number of classes ({c}) for a top-K loss, <= it otherwise; got {cfg.k:g}"
-        )
-    too_big = [k for k in cfg.eval_ks if k > c]
-    if too_big:
-        raise ConfigError("eval_ks", f"must be <= the number of classes ({c}), got {too_big}")
-    if len(bundle.train) < cfg.batch_size:
-        raise ConfigError("batch_size", f"{cfg.batch_size} leaves no full training batch ({len(bundle.train)} samples)")
-    check_run_memory(cfg, c, bundle.input_shape)
-
-
-def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shard, channels_last: bool):
-    return tuple(
-        make_loader(
-            bundle,
-            split,
-            cfg.batch_size if split == "train" else max(cfg.batch_size, 256),
-            device,
-            train=split == "train",
-            seed=cfg.seed,
-            shard=shard,
-            workers=cfg.workers,
-            channels_last=channels_last,
-        )
-        for split in ("train", "val", "test")
-    )
-
-
-def build_run(spec: RunSpec | TrainConfig, bundle: DatasetBundle | None = None) -> Run:
-    """Set up the process group and device, seed, load the data (unless ``bundle`` is given)
-    and build model, objective, loaders, optimizer and scheduler for a resolved run (a
-    :class:`TrainConfig` is resolved first). Every configuration mistake raises
-    :class:`~avgk_lib.config.ConfigError` here, before training."""
-    spec = RunSpec.resolve(spec)
-    cfg = spec.config
-    rank, world, local_rank = distributed()
-    device = resolve_device(cfg.device, local_rank)
-    seed_everything(cfg.seed)
-    bundle = bundle if bundle is not None else load_dataset(cfg.dataset, **cfg.dataset_options)
-    _check_against_data(spec, bundle)
-    model = build_model(
-        spec.model,
-        bundle.n_classes,
-        bundle.input_shape,
-        head=spec.head,
-        two_head=spec.two_head,
-        detach_multilabel=cfg.detach_multilabel,
-        pretrained=cfg.pretrained,
-    ).to(device)
-    # the loss is built after the model, as in earlier versions, so that seeded runs reproduce
-    objective = build_objective(spec, run=run_facts(spec, bundle))
-    objective.loss_fn.to(device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    channels_last = channels_last and len(bundle.input_shape) == 3
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    autocast, scaler, amp_mode = _autocast_setup(cfg, device)
-    train_loader, val_loader, test_loader = _loaders(cfg, bundle, device, (rank, world), channels_last)
-    steps = len(train_loader) if cfg.max_batches is None else min(len(train_loader), cfg.max_batches)
-    if steps == 0:
-        raise ConfigError("batch_size", f"{cfg.batch_size} leaves no full training batch on each of {world} processes")
-    optimizer = build_optimizer(cfg, model, objective.loss_fn)
-    scheduler, unit = build_scheduler(cfg, optimizer, steps)
-    wrapped: nn.Module = model
-    if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    return Run(
-        spec=spec,
-        bundle=bundle,
-        device=device,
-        rank=rank,
-        world=world,
-        model=model,
-        forward_model=torch.compile(wrapped) if cfg.compile else wrapped,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        schedule_unit=unit,
-        scaler=scaler,
-        autocast=autocast,
-        amp_mode=amp_mode,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        test_loader=test_loader,
-        steps_per_epoch=steps,
-    )
-
-
-def run_facts(spec: RunSpec, bundle: DatasetBundle) -> dict[str, Any]:
-    """What a loss may need to know about the data: K, classes, class counts, training size."""
-    counts = bundle_counts(bundle)
-    return {"k": spec.k, "n_classes": bundle.n_classes, "class_counts": counts, "n_train": len(bundle.train)}
 
 
 class DivergenceGuard:
@@ -415,3 +216,218 @@ def train_fit(run: Run) -> dict[str, float | None] | None:
         "flipped_acc": float(hit[flipped].float().mean()) if bool(flipped.any()) else None,
         "flipped_share": float(flipped.float().mean()),
     }
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says at which epoch and how to resume (``last.pt`` holds every
+    finished epoch)."""
+
+    def __init__(self, epoch: int, folder: Path | None) -> None:
+        where = f"; resume with --resume (--out {folder})" if folder is not None else " (nothing was saved: no --out)"
+        super().__init__(f"interrupted during epoch {epoch + 1}{where}")
+        self.epoch = epoch
+        self.folder = folder
+
+
+def _snapshot(run: Run, epoch: int, book: Progress) -> TrainState:
+    return TrainState(
+        epoch=epoch,
+        model=run.model.state_dict(),
+        loss=run.loss_fn.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict() if run.scheduler else None,
+        scaler=run.scaler.state_dict() if run.scaler else None,
+        rng=rng_state(),
+        history=book.history,
+        best_value=book.best_value,
+        best_epoch=book.best_epoch,
+    )
+
+
+@dataclass
+class Progress:
+    """The run's record so far: per-epoch history and the best epoch (1-based; 0 before any)."""
+
+    history: list[dict[str, Any]]
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    best_weights: dict[str, Any] | None = None  # in-memory runs only
+
+    def record(self, entry: dict[str, Any], value: float) -> bool:
+        """Append an epoch's entry; ``True`` when it is the new best (the first epoch always is)."""
+        self.history.append(entry)
+        improved = value > self.best_value or self.best_epoch == 0
+        if improved:
+            self.best_value, self.best_epoch = value, entry["epoch"]
+        return improved
+
+
+def epoch_entry(run: Run, epoch: int, train_loss: float, seconds: float, val: dict[str, float]) -> dict[str, Any]:
+    """One epoch of the history: loss, lr, time, validation metrics and, on data with injected
+    label noise, ``train_fit`` (how well the model fits the noisy, clean and flipped labels)."""
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
+    entry.update(seconds=seconds, val=val)
+    fit = train_fit(run)
+    if fit is not None:
+        entry["train_fit"] = fit
+    return entry
+
+
+def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progress: bool, log) -> None:
+    """Train epochs ``start..epochs-1``; after each, :func:`end_epoch`."""
+    reference = book.history[0]["train_loss"] if book.history else None
+    guard = DivergenceGuard(reference, 1 if run.device.type == "cpu" else 50, run.world)
+    for epoch in range(start, run.cfg.epochs):
+        began = time.time()
+        try:
+            train_loss = train_one_epoch(run, epoch, guard, show_progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch, folder.path if folder else None) from None
+        guard.reference = book.history[0]["train_loss"] if book.history else train_loss
+        end_epoch(run, folder, book, epoch, train_loss, began, log)
+
+
+def end_epoch(
+    run: Run,
+    folder: RunDir | None,
+    book: Progress,
+    epoch: int,
+    train_loss: float,
+    began: float,
+    log,
+    val: dict[str, float] | None = None,
+) -> None:
+    """Validate (unless ``val``, the validation metrics, is given), track the best epoch,
+    checkpoint ``best.pt`` and ``last.pt`` (rank 0). ``began`` is when the epoch's time started
+    (validation included)."""
+    spec, cfg = run.spec, run.cfg
+    val = validation_metrics(run) if val is None else val
+    value = -math.inf if degenerate_sets(val, cfg.k) else val[spec.select]
+    improved = book.record(epoch_entry(run, epoch, train_loss, time.time() - began, val), value)
+    if run.is_main:
+        log(
+            f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {train_loss:.4f}  val {spec.select} {val[spec.select]:.4f}"
+            f"{' *' if improved else ''}  ({book.history[-1]['seconds']:.1f}s)"
+        )
+    if folder is not None and run.is_main:
+        if improved:
+            weights = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
+            folder.save_best(weights, spec.fingerprint)
+        folder.save_state(_snapshot(run, epoch + 1, book), spec.fingerprint, dataclasses.asdict(cfg))
+    elif folder is None and improved:
+        book.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    if run.world > 1:
+        dist.barrier()
+
+
+def _load_best(run: Run, folder: RunDir | None, book: Progress) -> None:
+    if folder is None:
+        run.model.load_state_dict(book.best_weights)
+        return
+    if run.world > 1:
+        dist.barrier()
+    run.model.load_state_dict(folder.load_best(run.spec.fingerprint)["model"])
+
+
+def final_evaluations(run: Run, folder: RunDir | None, book: Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(best, last): :func:`~avgk_lib.engine.evaluate_final` of the best and of the last epoch."""
+    last = evaluate_final(run)
+    if book.best_epoch == len(book.history) == run.cfg.epochs:
+        return last, last
+    _load_best(run, folder, book)
+    return evaluate_final(run), last
+
+
+def saved_scores(spec: RunSpec, best: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What ``scores.pt`` holds: half-precision validation and test scores of the evaluated head
+    (and of every head of a two-head model) with the targets."""
+    scores = {
+        "val_scores": best["val"][spec.eval_head].half().cpu(),
+        "val_targets": best["val_targets"].cpu(),
+        "test_scores": best["test"][spec.eval_head].half().cpu(),
+        "test_targets": best["test_targets"].cpu(),
+    }
+    if spec.two_head:
+        for h in spec.heads:
+            scores[f"val_scores_{h}"] = best["val"][h].half().cpu()
+            scores[f"test_scores_{h}"] = best["test"][h].half().cpu()
+    return scores
+
+
+def run_result(run: Run, book: Progress, best, last, started: float, share: int = 1) -> RunResult:
+    """The :class:`RunResult` of a finished run (``share``: the number of runs trained together
+    in one stack, whose wall time is split evenly between them)."""
+    spec, cfg = run.spec, run.cfg
+    warnings = []
+    for label, evaluation in (("best epoch", best), ("last epoch", last)):
+        warnings += degeneracy_warnings(evaluation["heads"][spec.eval_head], run.bundle.n_classes, cfg.eval_ks, label)
+    finished = time.time()
+    summary = {
+        "best_epoch": book.best_epoch,
+        "select_metric": spec.select,
+        "best_val": book.best_value,
+        "model": spec.model,
+        "head": spec.head,
+        "amp": run.amp_mode,
+        "fingerprint": spec.fingerprint,
+        "train_samples": len(run.bundle.train),
+        "class_counts": bundle_counts(run.bundle),
+    }
+    times = {"seed": cfg.seed, "start_time": _iso(started), "end_time": _iso(finished)}
+    times["wall_seconds"] = (finished - started) / share
+    if share > 1:
+        times["stack_size"] = share
+    return RunResult(
+        config=dataclasses.asdict(cfg),
+        history=book.history,
+        test=best["heads"][spec.eval_head],
+        test_last=last["heads"][spec.eval_head],
+        summary=summary,
+        provenance={**provenance(run.device, run.world), **times},
+        warnings=warnings,
+        test_heads=best["heads"] if spec.two_head else None,
+    )
+
+
+def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log, share: int = 1) -> RunResult:
+    """Test the best and the last epoch, write ``scores.pt`` and ``results.json`` (rank 0)."""
+    best, last = final_evaluations(run, folder, book)
+    keep_scores = folder is not None and run.is_main and run.cfg.save_scores
+    scores = saved_scores(run.spec, best) if keep_scores else None
+    result = run_result(run, book, best, last, started, share)
+    if not run.is_main:
+        return result
+    for line in result.warnings:
+        log(f"warning: {line}")
+    if folder is not None:
+        if scores is not None:
+            folder.save_scores(scores)
+        folder.write_result(result)
+    log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items() if "threshold" not in k))
+    return result
+
+
+def complete(
+    run: Run, folder: RunDir | None, state: TrainState | None, *, progress: bool, log, started: float
+) -> RunResult:
+    """Everything after :func:`~avgk_lib.build.build_run` for one run: the epochs left after
+    ``state`` (all of them for a fresh start), then :func:`finish`."""
+    book = Progress([]) if state is None else Progress(state.history, state.best_value, state.best_epoch)
+    if run.is_main:
+        if state is not None:
+            log(f"resumed from {folder.last} after epoch {state.epoch}")
+        log(_banner(run))
+    fit(run, folder, book, state.epoch if state else 0, progress, log)
+    return finish(run, folder, book, started, log)
+
+
+def _banner(run: Run) -> str:
+    heads = ", two heads" if run.spec.two_head else ""
+    return (
+        f"{run.bundle.summary()} | model {run.spec.model} ({run.spec.head} head{heads})"
+        f" | loss {run.cfg.loss} K={run.cfg.k:g} | device {run.device}, amp {run.amp_mode}, world {run.world}"
+    )
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))

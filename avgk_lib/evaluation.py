@@ -16,8 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import metrics as M
-from .metrics import k_label, metric_key
+from .metrics import calibrated_test_metrics, k_label, metric_dict, metric_key, top1_mode_share
 from .objectives import Objective
 
 __all__ = [
@@ -71,64 +70,6 @@ def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
-
-
-def metric_dict(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    ks: list[float],
-    thresholds: dict[float, torch.Tensor] | None = None,
-) -> tuple[dict[str, float], dict[float, torch.Tensor]]:
-    """Top-K (integer K <= C) and average-K metrics, micro and macro, for every K in ``ks``
-    (average-K: the sets of :func:`~avgk_lib.metrics.average_k_sets`, also the mean set size and
-    the threshold).
-
-    ``thresholds`` (per K) calibrated elsewhere are reused (test time); otherwise they are
-    calibrated on these scores (validation). Returns the metrics and the thresholds used."""
-    out: dict[str, float] = {}
-    used: dict[float, torch.Tensor] = {}
-    n_classes = scores.shape[1]
-    for k in ks:
-        if float(k).is_integer() and k <= n_classes:
-            hits = M.topk_correct(scores, targets, int(k))
-            for average in ("micro", "macro"):
-                out[metric_key("top", k, average)] = M.aggregate_hits(hits, targets, n_classes, average)
-        threshold = M.average_k_threshold(scores, float(k)) if thresholds is None else thresholds[k]
-        used[k] = threshold
-        sets = M.average_k_sets(scores, threshold)
-        hits = sets.gather(1, targets[:, None].to(sets.device)).squeeze(1)
-        for average in ("micro", "macro"):
-            out[metric_key("avg", k, average)] = M.aggregate_hits(hits, targets.to(sets.device), n_classes, average)
-        out[metric_key("avg", k, "size")] = float(sets.sum(dim=1).double().mean())
-        out[metric_key("avg", k, "threshold")] = float(threshold)
-    return out, used
-
-
-def top1_mode_share(scores: torch.Tensor) -> float:
-    """Share of inputs whose top-1 class is the most frequent top-1 class (collapse diagnostic)."""
-    top1 = scores.argmax(dim=1)
-    return float(torch.bincount(top1, minlength=scores.shape[1]).max()) / max(len(top1), 1)
-
-
-def calibrated_test_metrics(
-    val_scores: torch.Tensor, val_targets: torch.Tensor, test_scores: torch.Tensor, test_targets: torch.Tensor, ks
-) -> dict[str, float]:
-    """Test metrics with average-K thresholds calibrated on validation, plus ``top1_mode_share``."""
-    _, thresholds = metric_dict(val_scores, val_targets, ks)
-    metrics, _ = metric_dict(test_scores, test_targets, ks, thresholds)
-    metrics["top1_mode_share"] = top1_mode_share(test_scores)
-    return metrics
-
-
-def degenerate_sets(metrics: dict[str, Any], k: float, factor: float = 1.5) -> bool:
-    """Whether the average-K sets of the run's K are degenerate: mean size above ``factor`` K.
-
-    Scores tied at the threshold (saturated sigmoids, underflowed probabilities) put every tied
-    class in every set, and a tie also counts as a top-K hit (optimistic rank), so such an epoch
-    can score a perfect accuracy. The trainer never selects it as the best epoch, and tuning never
-    chooses it."""
-    size = metrics.get(metric_key("avg", k, "size"))
-    return size is not None and size > factor * float(k)
 
 
 def degeneracy_warnings(metrics: dict[str, Any], n_classes: int, ks, label: str) -> list[str]:

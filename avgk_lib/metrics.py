@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -31,10 +31,11 @@ from ._checks import (
     check_counts_vector,
     check_hits,
     check_k,
-    check_real,
+    check_positive,
     check_scores,
     check_sets,
     check_targets,
+    check_threshold,
 )
 
 __all__ = [
@@ -48,6 +49,10 @@ __all__ = [
     "average_k_threshold",
     "average_k_sets",
     "average_k_accuracy",
+    "metric_dict",
+    "calibrated_test_metrics",
+    "top1_mode_share",
+    "degenerate_sets",
     "set_sizes",
     "set_size_stats",
     "per_class_accuracy",
@@ -89,7 +94,12 @@ def metric_key(kind: MetricKind, k: float, average: MetricStat = "micro") -> str
         raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
     if _real(k, "k") <= 0:
         raise ValueError(f"`k` must be > 0, got {k!r}")
-    return f"{kind}{k_label(k)}_{average}"
+    return _key(kind, k, average)
+
+
+def _key(kind: str, k: float, stat: str) -> str:
+    """:func:`metric_key` of validated arguments: the one place a metric name is spelled."""
+    return f"{kind}{k_label(k)}_{stat}"
 
 
 def parse_metric_key(name: str) -> tuple[MetricKind, float, MetricStat]:
@@ -148,9 +158,12 @@ def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
     r"""Bool ``(n,)``: :math:`\#\{j : s_j > s_y\} < K` (is the true class in the top K)."""
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    k = int(check_k(k, n_classes=scores.shape[1]))
-    target_scores = scores.gather(1, targets[:, None])
-    return (scores > target_scores).sum(dim=1) < k
+    return _topk_hits(scores, targets, int(check_k(k, n_classes=scores.shape[1])))
+
+
+def _topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`topk_correct` on validated arguments."""
+    return (scores > scores.gather(1, targets[:, None])).sum(dim=1) < k
 
 
 def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int, average: Average = "micro") -> float:
@@ -238,9 +251,13 @@ def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
         tensor(0.3000)
     """
     scores = check_scores(scores)
-    n, n_classes = scores.shape
-    k = float(check_k(k, n_classes=n_classes, integer=False))
-    m = int(math.floor(n * k + 0.5))
+    n_classes = scores.shape[1]
+    return _threshold(scores, float(check_k(k, n_classes=n_classes, integer=False)))
+
+
+def _threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
+    """:func:`average_k_threshold` on validated arguments."""
+    m = int(math.floor(scores.shape[0] * k + 0.5))
     flat = scores.detach().reshape(-1)
     if m <= 0:
         return torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
@@ -251,25 +268,10 @@ def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
     return torch.where((mid > nxt) & (mid <= kth), mid, kth)
 
 
-def _check_threshold(threshold, scores: torch.Tensor) -> torch.Tensor:
-    """A real number (Python, NumPy) or a one-element real tensor; NaN rejected, +-inf allowed
-    (``+inf`` is what :func:`average_k_threshold` returns for empty sets)."""
-    if isinstance(threshold, torch.Tensor):
-        if threshold.numel() != 1:
-            raise ValueError(f"`threshold` must be a scalar, got shape {tuple(threshold.shape)}")
-        if threshold.dtype == torch.bool or threshold.is_complex():
-            raise TypeError(f"`threshold` must be a real number, got dtype {threshold.dtype}")
-        if bool(torch.isnan(threshold)):
-            raise ValueError("`threshold` is NaN")
-        return threshold.reshape(()).to(device=scores.device, dtype=scores.dtype)
-    threshold = check_real(threshold, "threshold", allow_inf=True)
-    return torch.tensor(threshold, dtype=scores.dtype, device=scores.device)
-
-
 def average_k_sets(scores: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     r"""Bool ``(n, C)`` prediction sets :math:`\{j : s_{ij} \ge \lambda\}` (may be empty)."""
     scores = check_scores(scores)
-    return scores >= _check_threshold(threshold, scores)
+    return scores >= check_threshold(threshold, scores)
 
 
 def average_k_accuracy(
@@ -280,7 +282,7 @@ def average_k_accuracy(
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
     average = check_choice(average, "average", AVERAGES)
-    correct = scores.gather(1, targets[:, None]).squeeze(1) >= _check_threshold(threshold, scores)
+    correct = scores.gather(1, targets[:, None]).squeeze(1) >= check_threshold(threshold, scores)
     return _aggregate_hits(correct, targets, scores.shape[1], average)
 
 
@@ -347,3 +349,81 @@ def accuracy_by_class_frequency(
         "bin_min_count": torch.stack([freq[b].min() for b in bins]),
         "bin_max_count": torch.stack([freq[b].max() for b in bins]),
     }
+
+
+def metric_dict(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    ks,
+    thresholds: dict[float, torch.Tensor] | None = None,
+) -> tuple[dict[str, float], dict[float, torch.Tensor]]:
+    """Every metric of an evaluation, the arguments validated once: for each K in ``ks``, top-K
+    micro and macro (integer K <= C, :func:`topk_correct`) and average-K micro, macro, mean set
+    size and threshold (the sets of :func:`average_k_sets`).
+
+    ``thresholds`` (per K) calibrated elsewhere are reused (test time); otherwise each is
+    calibrated on these scores (:func:`average_k_threshold`, validation). Returns the metrics
+    and the thresholds used."""
+    scores = check_scores(scores)
+    n_classes = scores.shape[1]
+    targets = check_targets(targets, scores.shape[0], n_classes)
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
+        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
+    for k in ks:
+        check_k(k, "ks", n_classes=n_classes, integer=False)
+    if thresholds is not None:
+        if not isinstance(thresholds, dict) or any(k not in thresholds for k in ks):
+            raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
+        cut = {k: check_threshold(thresholds[k], scores) for k in ks}
+    out: dict[str, float] = {}
+    used: dict[float, torch.Tensor] = {}
+    for k in ks:
+        if float(k).is_integer() and k <= n_classes:
+            hits = _topk_hits(scores, targets, int(k))
+            for average in AVERAGES:
+                out[_key("top", k, average)] = _aggregate_hits(hits, targets, n_classes, average)
+        used[k] = _threshold(scores, float(k)) if thresholds is None else thresholds[k]
+        sets = scores >= (used[k] if thresholds is None else cut[k])
+        hits = sets.gather(1, targets[:, None].to(sets.device)).squeeze(1)
+        for average in AVERAGES:
+            out[_key("avg", k, average)] = _aggregate_hits(hits, targets.to(sets.device), n_classes, average)
+        out[_key("avg", k, "size")] = float(sets.sum(dim=1).double().mean())
+        out[_key("avg", k, "threshold")] = float(used[k])
+    return out, used
+
+
+def top1_mode_share(scores: torch.Tensor) -> float:
+    """Share of inputs whose top-1 class is the most frequent top-1 class (collapse diagnostic)."""
+    scores = check_scores(scores)
+    top1 = scores.argmax(dim=1)
+    return float(torch.bincount(top1, minlength=scores.shape[1]).max()) / max(len(top1), 1)
+
+
+def calibrated_test_metrics(
+    val_scores: torch.Tensor, val_targets: torch.Tensor, test_scores: torch.Tensor, test_targets: torch.Tensor, ks
+) -> dict[str, float]:
+    """Test metrics with average-K thresholds calibrated on validation, plus ``top1_mode_share``."""
+    val_scores, test_scores = check_scores(val_scores, "val_scores"), check_scores(test_scores, "test_scores")
+    val_targets = check_targets(val_targets, val_scores.shape[0], val_scores.shape[1], "val_targets")
+    test_targets = check_targets(test_targets, test_scores.shape[0], test_scores.shape[1], "test_targets")
+    if val_scores.shape[1] != test_scores.shape[1]:
+        raise ValueError(f"`test_scores` must have the {val_scores.shape[1]} classes of val_scores")
+    _, thresholds = metric_dict(val_scores, val_targets, ks)
+    metrics, _ = metric_dict(test_scores, test_targets, ks, thresholds)
+    metrics["top1_mode_share"] = top1_mode_share(test_scores)
+    return metrics
+
+
+def degenerate_sets(metrics: dict[str, Any], k: float, factor: float = 1.5) -> bool:
+    """Whether the average-K sets of the run's K are degenerate: mean size above ``factor`` K.
+
+    Scores tied at the threshold (saturated sigmoids, underflowed probabilities) put every tied
+    class in every set, and a tie also counts as a top-K hit (optimistic rank), so such an epoch
+    can score a perfect accuracy. The trainer never selects it as the best epoch, and tuning never
+    chooses it."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"`metrics` must be a dict of metric names to values, got {type(metrics).__name__}")
+    k = check_k(k, n_classes=None, integer=False)
+    factor = check_positive(factor, "factor")
+    size = metrics.get(_key("avg", k, "size"))
+    return size is not None and size > factor * k

@@ -10,12 +10,13 @@ versions, device; see :func:`avgk_lib.rundir.provenance`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .rundir import atomic_write_text, json_digest, provenance
 
 PACKAGE_DIR = "reference_results"
 CHECKSUM = "sha256"
@@ -23,13 +24,6 @@ CHECKSUM = "sha256"
 
 class ReferenceError(ValueError):
     """A reference file that cannot be trusted: damaged, edited by hand, or without its checksum."""
-
-
-def json_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a JSON object's content (keys sorted), leaving out its own ``"sha256"`` key:
-    the checksum that ``results.json`` and every reference file carry."""
-    body = {k: v for k, v in data.items() if k != CHECKSUM}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def seal(payload: dict[str, Any]) -> dict[str, Any]:
@@ -82,16 +76,10 @@ def write_reference(stem: str, payload: dict[str, Any], *, device: Any, director
         raise TypeError(f"`payload` must be a dict, got {type(payload).__name__}")
     if "provenance" in payload:
         raise ValueError("`payload` must not carry its own 'provenance': it is measured here")
-    import torch  # heavy: only the writers of references need it, not the readers
-
-    from .rundir import provenance
-
     folder = Path(directory) if directory is not None else reference_dir()
     block = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
-    block["provenance"] = provenance(torch.device(device), 1)
+    block["provenance"] = provenance(device, 1)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(path, json.dumps(seal(block), indent=1) + "\n")
     return path

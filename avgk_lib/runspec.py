@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TrainConfig
-from .objectives import ObjectiveSpec, get_objective
+from .config import TrainConfig, validated
+from .objectives import ObjectiveSpec
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ class RunSpec:
             return cfg
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
-        cfg = cfg.validate()
-        objective = get_objective(cfg.loss)
+        cfg, objective, select = validated(cfg)
         heads = ("softmax", "multilabel") if objective.two_head else ("main",)
         return cls(
             config=cfg,
@@ -57,7 +56,7 @@ class RunSpec:
             head=objective.head if cfg.head == "auto" else cfg.head,
             heads=heads,
             eval_head=cfg.eval_head if objective.two_head else "main",
-            select=cfg.resolved_select_metric(),
+            select=select,
             eval_ks=tuple(cfg.eval_ks),
         )
 

@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from .checkpoint import set_rng_state
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, Run, TrainingDiverged
-from .evaluation import metric_dict
+from .metrics import metric_dict
+from .seeding import set_rng_state
 
 
 def stack_key(run: Run) -> tuple | None:

@@ -22,6 +22,7 @@ from avgk_lib.config import ConfigError, TrainConfig
 from avgk_lib.data import base
 from avgk_lib.data import fashion_mnist as fm
 from avgk_lib.experiments import grid
+from avgk_lib.runspec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-train", "300", "--n-val", "100", "--n-test", "100", "--n-classes", "8", "--dim", "4", "--n-groups", "2"]
@@ -91,8 +92,7 @@ def test_train_values_are_checked_naming_the_flag(args, words, capsys, tmp_path,
 
 
 def test_select_metric_in_its_written_form_is_accepted():
-    cfg = TrainConfig(select_metric="top2_micro").validate()
-    assert cfg.resolved_select_metric() == "top2_micro"
+    assert RunSpec.resolve(TrainConfig(select_metric="top2_micro")).select == "top2_micro"
     with pytest.raises(ConfigError, match="write it avg1.5_macro"):
         TrainConfig(select_metric="avg01.5_macro", eval_ks=[1.5]).validate()
 

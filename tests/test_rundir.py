@@ -12,9 +12,8 @@ import textwrap
 
 import pytest
 
-from avgk_lib.checkpoint import CheckpointError
 from avgk_lib.experiments import runner
-from avgk_lib.rundir import RunDir, RunDirBusy, RunDirError, RunDirForeign
+from avgk_lib.rundir import CheckpointError, RunDir, RunDirBusy, RunDirError, RunDirForeign
 from avgk_lib.train import TrainConfig, train
 
 TINY = {"n_classes": 6, "dim": 4, "n_groups": 2, "n_train": 256, "n_val": 128, "n_test": 128}
@@ -123,7 +122,7 @@ def test_an_empty_out_is_refused():
 
 def test_an_unreadable_checkpoint_is_not_called_damaged(tmp_path):
     if os.geteuid() == 0:  # root reads every file: make the check see a denied read
-        import avgk_lib.checkpoint as ckpt
+        import avgk_lib.rundir as ckpt
 
         real = os.access
         ckpt.os.access = lambda path, mode: False if str(path).endswith("last.pt") else real(path, mode)
@@ -137,7 +136,7 @@ def test_an_unreadable_checkpoint_is_not_called_damaged(tmp_path):
         assert "delete" not in str(info.value)
     finally:
         if real is not None:
-            import avgk_lib.checkpoint as ckpt
+            import avgk_lib.rundir as ckpt
 
             ckpt.os.access = real
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from avgk_lib.checkpoint import CheckpointError, load_checkpoint
 from avgk_lib.config import ConfigError
 from avgk_lib.data import TensorSplit, load_dataset
 from avgk_lib.engine import (
@@ -25,6 +24,7 @@ from avgk_lib.engine import (
 )
 from avgk_lib.evaluation import degeneracy_warnings, top1_mode_share
 from avgk_lib.objectives import OBJECTIVES, build_objective
+from avgk_lib.rundir import CheckpointError, load_checkpoint
 from avgk_lib.train import RunResult, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,7 +455,7 @@ def test_atomic_writer_on_a_full_disk_names_the_file_and_leaves_no_tmp(tmp_path,
     import errno
     import os
 
-    from avgk_lib import checkpoint as ckpt
+    from avgk_lib import rundir as ckpt
 
     target = tmp_path / "last.pt"
     ckpt.atomic_write_bytes(target, b"old")
@@ -474,7 +474,7 @@ def test_atomic_writer_on_a_full_disk_names_the_file_and_leaves_no_tmp(tmp_path,
 def test_checksum_catches_a_bit_flip_that_torch_load_accepts(tmp_path):
     import io
 
-    from avgk_lib import checkpoint as ckpt
+    from avgk_lib import rundir as ckpt
 
     weights = torch.arange(4096, dtype=torch.float32)
     path = tmp_path / "best.pt"
@@ -505,7 +505,8 @@ def test_content_digest_is_stable_through_save_and_load(tmp_path):
 
     import numpy as np
 
-    from avgk_lib.checkpoint import content_digest, rng_state
+    from avgk_lib.rundir import content_digest
+    from avgk_lib.seeding import rng_state
 
     random.seed(1)
     obj = {"rng": rng_state(), "h": [{"a": 1.5, "b": None}], 3: (torch.ones(2, dtype=torch.bfloat16), np.arange(3))}

@@ -7,9 +7,8 @@ import statistics
 import pytest
 import torch
 
-from avgk_lib.checkpoint import load_checkpoint
 from avgk_lib.engine import TrainingDiverged
-from avgk_lib.rundir import RunDir
+from avgk_lib.rundir import RunDir, load_checkpoint
 from avgk_lib.stacked import Stack
 from avgk_lib.train import TrainConfig, train, train_many
 

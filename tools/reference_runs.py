@@ -42,7 +42,6 @@ from typing import Any
 
 from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
 from avgk_lib.book.diagnostics import add_diagnostics
-from avgk_lib.checkpoint import atomic_write_json
 from avgk_lib.config import TrainConfig
 from avgk_lib.experiments import (
     EXPERIMENTS,
@@ -58,6 +57,7 @@ from avgk_lib.experiments import (
 from avgk_lib.experiments.grid import _config, _methods_of, lr_grid_of
 from avgk_lib.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
 from avgk_lib.references import load_json_reference, reference_names, seal
+from avgk_lib.rundir import atomic_write_json
 
 #: seconds per training epoch, measured on this machine (2 CPU cores, two single-thread processes
 #: at a time), per dataset family and loss; a loss missing here costs as cross-entropy.

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_json
 from ..references import load_json_reference, reference_dir, seal, unseal
+from ..rundir import atomic_write_json
 from ..train import provenance
 from .spec import ARMS, TUNING_SEEDS
 

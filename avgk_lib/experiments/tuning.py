@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..evaluation import degenerate_sets
+from ..metrics import degenerate_sets
 from .catalog import KNOB_LIMITS
 from .grid import _config, _methods_of, get_experiment, lr_grid_of, tuning_key
 from .runner import train_or_load_many
