@@ -11,7 +11,7 @@ Core modules (need only torch and numpy): :mod:`~avgk_lib.functional` (pure loss
 :mod:`~avgk_lib.losses` (``nn.Module`` wrappers), :mod:`~avgk_lib.metrics` (top-K / average-K
 metrics), :mod:`~avgk_lib.sets` (set predictors ``TopK``, ``AverageK``, ``SplitConformal``),
 :mod:`~avgk_lib.ops` (differentiable primitives). Training (``pip install avgk_lib[train]``):
-:mod:`~avgk_lib.train`, :mod:`~avgk_lib.engine`, :mod:`~avgk_lib.config`, :mod:`~avgk_lib.cli`.
+:mod:`~avgk_lib.train`, :mod:`~avgk_lib.build`, :mod:`~avgk_lib.engine`, :mod:`~avgk_lib.config`, :mod:`~avgk_lib.cli`.
 """
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ the members, each member's loss is computed on its own slice and the losses are 
 backward pass gives every member its own gradient (the members share no parameter, hence
 :math:`\partial \sum_i L_i / \partial \theta_j = \partial L_j / \partial \theta_j`).
 
-Per member, exactly as in its single run (:func:`avgk_lib.engine.build_run` builds each member,
+Per member, exactly as in its single run (:func:`avgk_lib.build.build_run` builds each member,
 so initialisation and data come from the member's own seed):
 
 * its own data draw, batch order and augmentation (its own loaders);
@@ -88,7 +88,7 @@ def _step_schedule(run: Run) -> None:
 
 @dataclass
 class Member:
-    """One run of a stack: its built :class:`~avgk_lib.engine.Run`, its generator states, its
+    """One run of a stack: its built :class:`~avgk_lib.build.Run`, its generator states, its
     divergence guard and, once it diverged, the error."""
 
     run: Run

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from avgk_lib.engine import build_run
+from avgk_lib.build import build_run
 from avgk_lib.experiments.catalog import SYNTHETIC_100
 from avgk_lib.references import write_reference
 from avgk_lib.train import TrainConfig, train, train_many
