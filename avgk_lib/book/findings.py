@@ -373,7 +373,8 @@ def memorisation_facts(arms: Mapping[str, Mapping[str, Any] | None], ks: Mapping
                 runs = [r for r in rows if (r["dataset"], r["label_noise"], r["loss"]) == (dataset, p, loss)]
                 if runs:
                     facts.append(f"{arm} arm, {dataset}, p = {p}, {method_label(loss)}: {_fit_text(runs, k)}.")
-            tuning = part.get("tuning", {}).get(f"dataset={dataset}/label_noise={p}/noised_topk")
+            key = E.tuning_key({"dataset": dataset, "label_noise": p}, "noised_topk")
+            tuning = part.get("tuning", {}).get(key)
             if tuning:
                 grid = sorted({g["epsilon"] for g in tuning["grid"]})
                 facts.append(

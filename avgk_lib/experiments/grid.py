@@ -214,8 +214,11 @@ def runs_of(
     return expand(name, preset, seeds, chosen_from_reference(name, preset, arm), overrides, arm)
 
 
-def tuning_key(setting: Setting, method: str) -> str:
-    return "/".join([*(f"{k}={v}" for k, v in setting.labels.items()), method])
+def tuning_key(setting: Setting | Mapping[str, Any], method: str) -> str:
+    """The key of a method's tuning on a setting (or on a setting's labels, e.g. a reference row's
+    ``{"dataset": ..., "label_noise": ...}``): ``dataset=synthetic-100/label_noise=0.6/noised_topk``."""
+    labels = setting.labels if isinstance(setting, Setting) else setting
+    return "/".join([*(f"{k}={v}" for k, v in labels.items()), method])
 
 
 def chosen_from_reference(name: str, preset: str, arm: str = "tuned") -> dict[str, dict[str, Any]]:
