@@ -176,13 +176,14 @@ def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shar
     )
 
 
-def build_run(spec: RunSpec | TrainConfig, bundle: DatasetBundle | None = None, state: TrainState | None = None) -> Run:
+def build_run(spec: RunSpec, bundle: DatasetBundle | None = None, state: TrainState | None = None) -> Run:
     """Set up the process group and device, seed, load the data (unless ``bundle`` is given)
-    and build model, objective, loaders, optimizer and scheduler for a resolved run (a
-    :class:`TrainConfig` is resolved first), then :func:`restore` ``state`` (a resumed run).
-    Every configuration mistake raises :class:`~avgk_lib.config.ConfigError` here, before
-    training."""
-    spec = RunSpec.resolve(spec)
+    and build model, objective, loaders, optimizer and scheduler for a resolved run
+    (``RunSpec.resolve(cfg)``), then :func:`restore` ``state`` (a resumed run). The mistakes
+    that only the data reveal (K against the number of classes, a batch larger than the
+    training set, memory) raise :class:`~avgk_lib.config.ConfigError` here, before training."""
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"`spec` must be a RunSpec (RunSpec.resolve(cfg)), got {type(spec).__name__}")
     cfg = spec.config
     rank, world, local_rank = distributed()
     device = resolve_device(cfg.device, local_rank)

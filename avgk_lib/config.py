@@ -170,16 +170,16 @@ def _check_names(cfg: TrainConfig) -> ObjectiveSpec:
         raise ConfigError("model", f"is unknown: {cfg.model!r}; valid names: auto, {', '.join(MODELS)}")
     if cfg.loss not in OBJECTIVES:
         raise ConfigError("loss", f"is unknown: {cfg.loss!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
-    spec = get_objective(cfg.loss)
     for name, options in (("loss_options", cfg.loss_options), ("dataset_options", cfg.dataset_options)):
         if not isinstance(options, dict):
             raise ConfigError(name, f"must be a dict, got {type(options).__name__}")
+    _check_dataset_options(cfg.dataset, cfg.dataset_options)
+    k = _real(cfg, "k", 0.0, strict=True)
+    spec = get_objective(cfg.loss)  # the one lookup of the loss during validation
     for key in cfg.loss_options:
         if key not in spec.options:
             accepted = ", ".join(spec.options) or "none"
             raise ConfigError(key, f"is not an option of the loss {cfg.loss!r} (its options: {accepted})")
-    _check_dataset_options(cfg.dataset, cfg.dataset_options)
-    k = _real(cfg, "k", 0.0, strict=True)
     if spec.integer_k and not k.is_integer():
         raise ConfigError("k", f"must be an integer for the top-K loss {cfg.loss!r}, got {k:g}")
     if spec.two_head and k < 1:

@@ -23,6 +23,7 @@ import torch
 from avgk_lib.build import build_run
 from avgk_lib.experiments.catalog import SYNTHETIC_100
 from avgk_lib.references import write_reference
+from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many
 
 TASKS = {
@@ -49,7 +50,7 @@ def _configs(task: str, members: int, epochs: int, device: str) -> list[TrainCon
 
 def _bare_loop(cfg: TrainConfig) -> float:
     """Seconds of ``cfg.epochs`` epochs of one model in a plain loop (the floor)."""
-    run = build_run(cfg)
+    run = build_run(RunSpec.resolve(cfg))
     model, loss_fn = run.model, run.objective.loss_fn
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     began = time.perf_counter()

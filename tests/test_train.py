@@ -25,6 +25,7 @@ from avgk_lib.engine import (
 from avgk_lib.evaluation import degeneracy_warnings, top1_mode_share
 from avgk_lib.objectives import OBJECTIVES, build_objective
 from avgk_lib.rundir import CheckpointError, load_checkpoint
+from avgk_lib.runspec import RunSpec
 from avgk_lib.train import RunResult, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +275,7 @@ def test_test_and_test_last_are_the_best_and_last_checkpoints_metrics(tmp_path):
     bundle = load_dataset("synthetic", **TINY)
     cfg = TrainConfig(dataset="synthetic", dataset_options=TINY, epochs=3, batch_size=64, lr=0.3, eval_ks=[1, 2])
     results = train(cfg, tmp_path, progress=False, bundle=bundle, log=_quiet)
-    run = build_run(cfg, bundle)
+    run = build_run(RunSpec.resolve(cfg), bundle)
     for name, key in (("last.pt", "test_last"), ("best.pt", "test")):
         run.model.load_state_dict(load_checkpoint(tmp_path / name)["model"])
         assert evaluate_final(run)["heads"]["main"] == results[key], name
@@ -387,7 +388,7 @@ def test_checks_against_the_data_run_before_training():
         ({"batch_size": 601}, "batch_size"),
     ]:
         with pytest.raises(ConfigError) as info:
-            build_run(TrainConfig(dataset="synthetic", dataset_options=TINY, **changes), bundle)
+            build_run(RunSpec.resolve(TrainConfig(dataset="synthetic", dataset_options=TINY, **changes)), bundle)
         assert info.value.field == field
 
 
@@ -520,7 +521,7 @@ def test_content_digest_is_stable_through_save_and_load(tmp_path):
 def test_nan_outputs_are_divergence_not_bad_input():
     bundle = load_dataset("synthetic", **TINY)
     cfg = TrainConfig(dataset="synthetic", dataset_options=TINY, loss="noised_topk", k=2, epochs=1, batch_size=64)
-    run = build_run(cfg, bundle)
+    run = build_run(RunSpec.resolve(cfg), bundle)
     with torch.no_grad():
         for p in run.model.parameters():
             p.fill_(float("nan"))
