@@ -1,8 +1,9 @@
-r"""Scores of a model on a split, the metric dictionary of every epoch and of the test, and the
-degeneracy diagnostics of a finished run.
+r"""Scores of a model on a split (:func:`collect_scores`, every head, all-gathered under
+``torch.distributed``) and the degeneracy warnings of a finished run.
 
-Metric names come from :func:`avgk_lib.metrics.metric_key`: ``top{K}_{micro,macro}`` for integer K
-(<= C), ``avg{K}_{micro,macro,size,threshold}`` for every K. Test metrics add
+The metrics of those scores are :mod:`avgk_lib.metrics`' (:func:`~avgk_lib.metrics.metric_dict`,
+:func:`~avgk_lib.metrics.calibrated_test_metrics`, re-exported here): ``top{K}_{micro,macro}``
+for integer K (<= C), ``avg{K}_{micro,macro,size,threshold}`` for every K, and at test time
 ``top1_mode_share``: the share of inputs whose top-1 class is the most frequent top-1 class
 (1/C for a balanced, healthy classifier; near 1 when the model predicts one class for all).
 """
