@@ -37,11 +37,16 @@ __all__ = [
     "build_run",
     "bundle_counts",
     "complete",
+    "end_epoch",
     "evaluate",
     "evaluate_final",
     "finish",
     "fit",
+    "progress_bar",
     "resolve_device",
+    "run_result",
+    "saved_scores",
+    "train_fit",
     "train_one_epoch",
     "validation_metrics",
 ]
@@ -415,7 +420,7 @@ def complete(
     book = Progress([]) if state is None else Progress(state.history, state.best_value, state.best_epoch)
     if run.is_main:
         if state is not None:
-            log(f"resumed from {folder.last} after epoch {state.epoch}")
+            log(f"resumed from {folder.last if folder else 'a checkpoint'} after epoch {state.epoch}")
         log(_banner(run))
     fit(run, folder, book, state.epoch if state else 0, progress, log)
     return finish(run, folder, book, started, log)

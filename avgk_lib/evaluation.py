@@ -17,12 +17,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .metrics import calibrated_test_metrics, k_label, metric_dict, metric_key, top1_mode_share
+from .metrics import calibrated_test_metrics, degenerate_sets, k_label, metric_dict, metric_key, top1_mode_share
 from .objectives import Objective
 
 __all__ = [
     "collect_scores",
     "degeneracy_warnings",
+    "degenerate_sets",
     "k_label",
     "metric_dict",
     "calibrated_test_metrics",

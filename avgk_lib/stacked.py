@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from .build import Run
 from .data.loader import InMemoryLoader
-from .engine import DivergenceGuard, Run, TrainingDiverged
+from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import metric_dict
 from .seeding import set_rng_state
 

@@ -49,6 +49,7 @@ __all__ = [
     "provenance",
     "resolve_device",
     "train",
+    "train_many",
 ]
 
 

@@ -21,7 +21,7 @@ KS = [1.5, 3.0]
 
 
 def _scores(seed: int, n_val: int = 400, n_test: int = 500) -> dict[str, torch.Tensor]:
-    """What ``train.saved_scores`` writes: half-precision probabilities and int64 targets."""
+    """What ``engine.saved_scores`` writes: half-precision probabilities and int64 targets."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for split, n in (("val", n_val), ("test", n_test)):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from avgk_lib.build import build_run
 from avgk_lib.config import ConfigError
 from avgk_lib.data import TensorSplit, load_dataset
 from avgk_lib.engine import (
     DivergenceGuard,
     TrainingDiverged,
-    build_run,
     evaluate_final,
     progress_bar,
     train_one_epoch,
@@ -390,6 +390,12 @@ def test_checks_against_the_data_run_before_training():
         with pytest.raises(ConfigError) as info:
             build_run(RunSpec.resolve(TrainConfig(dataset="synthetic", dataset_options=TINY, **changes)), bundle)
         assert info.value.field == field
+
+
+def test_build_run_takes_a_resolved_run():
+    cfg = TrainConfig(dataset="synthetic", dataset_options=TINY)
+    with pytest.raises(TypeError, match=r"RunSpec\.resolve\(cfg\)"):
+        build_run(cfg)
 
 
 def test_objective_scores_and_defaults_come_from_the_loss():
