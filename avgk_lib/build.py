@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError, TrainConfig, check_run_memory
+from .config import ConfigError, TrainConfig, check_run_memory, parse_device
 from .data import DatasetBundle, load_dataset, make_loader
 from .models import build_model
 from .objectives import Objective, build_objective
@@ -84,10 +84,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available; ``ConfigError("device")`` for an unusable device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError("device", f"is not a device name: {name!r} (auto, cpu, cuda, cuda:1 ...)") from None
+    device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device", f"is {name!r} but CUDA is not available on this machine")

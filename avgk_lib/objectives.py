@@ -214,9 +214,10 @@ def loss_option_types() -> dict[str, type]:
     return out
 
 
-def check_loss_options(name: str, options: dict[str, Any]) -> None:
-    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use."""
-    spec = get_objective(name)
+def check_loss_options(name: str, options: dict[str, Any], spec: ObjectiveSpec | None = None) -> None:
+    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use
+    (``spec``: the loss's spec, when already looked up)."""
+    spec = spec or get_objective(name)
     for key in options:
         if key not in spec.options:
             accepted = ", ".join(spec.options) or "none"
