@@ -387,7 +387,8 @@ def memorisation_facts(arms: Mapping[str, Mapping[str, Any] | None], ks: Mapping
 def _fit_text(runs: list[Mapping[str, Any]], k: int) -> str:
     n = len(runs)
     best = sum(r["best_epoch"] for r in runs) / n
-    gap = sum(r[f"last_top{k}_micro"] - r[f"test_top{k}_micro"] for r in runs) / n
+    key = metric_key("top", k)
+    gap = sum(r[f"last_{key}"] - r[f"test_{key}"] for r in runs) / n
     fits = [max(e["train_fit"]["flipped_acc"] for e in r["history"]) for r in runs if r.get("history")]
     fit = f"; it fits {sum(fits) / len(fits):.0%} of the flipped training labels at most" if fits else ""
     rise = sum(max(r["val_curve"]) - r["val_curve"][0] for r in runs) / n
