@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,31 +138,43 @@ class Stack:
 
     # -- the optimizer ----------------------------------------------------------------------------
 
-    def _view(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+    @staticmethod
+    def _per_member(values: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``values`` (one per member) as a tensor shaped to broadcast over a stacked parameter
+        ``(M, ...)``: built once per dtype and device, viewed per parameter."""
+        made: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+        def like(p: torch.Tensor) -> torch.Tensor:
+            key = (p.dtype, p.device)
+            if key not in made:
+                made[key] = torch.tensor(values, dtype=p.dtype, device=p.device)
+            return made[key].view(-1, *([1] * (p.dim() - 1)))
+
+        return like
 
     @torch.no_grad()
     def sgd_step(self) -> None:
         """One ``torch.optim.SGD`` step of every alive member (dead members keep their weights)."""
         groups = [m.run.optimizer.param_groups[0] for m in self.members]
-        lrs = [g["lr"] if m.alive else 0.0 for g, m in zip(groups, self.members, strict=True)]
+        lrs = self._per_member([g["lr"] if m.alive else 0.0 for g, m in zip(groups, self.members, strict=True)])
         decays = [m.run.cfg.weight_decay for m in self.members]
-        momenta = [g.get("momentum", 0.0) for g in groups]  # OneCycleLR cycles it per step
+        decay = self._per_member(decays)
+        momenta = self._per_member([g.get("momentum", 0.0) for g in groups])  # OneCycleLR cycles it per step
         for name, p in self.params.items():
             if p.grad is None:
                 continue
             d = p.grad
             if self.decay[name] and any(decays):
-                d = d.add(p * self._view(decays, p))
+                d = d.add(p * decay(p))
             if self.uses_momentum:
-                mu = self._view(momenta, p)
+                mu = momenta(p)
                 buf = self.buf[name]
                 if buf is None:
                     buf = self.buf[name] = d.clone()
                 else:
                     buf.mul_(mu).add_(d)
                 d = d.add(buf * mu) if self.nesterov else buf
-            p.sub_(d * self._view(lrs, p))
+            p.sub_(d * lrs(p))
             p.grad = None
 
     def _load_momentum(self) -> None:
@@ -219,10 +232,16 @@ class Stack:
     def _losses(self, outputs: Any, batches: list, epoch: int, step: int) -> torch.Tensor | None:
         """Sum of the alive members' losses, each drawn with the member's own generator."""
         total = None
+        # unbind, not outputs[i]: its backward stacks the M gradients once, where M index
+        # backwards would each add a full (M, B, C) tensor of zeros
+        if isinstance(outputs, tuple):
+            split = list(zip(*(o.unbind(0) for o in outputs), strict=True))
+        else:
+            split = outputs.unbind(0)
         for i, (m, batch) in enumerate(zip(self.members, batches, strict=True)):
             if not m.alive:
                 continue
-            out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
+            out = split[i]
             loss = self._member_loss(m, out, batch, epoch, step)
             if loss is None:
                 continue
