@@ -172,3 +172,22 @@ def test_a_wholly_absent_arm_is_named_once_in_the_closing_line_not_per_claim():
     group = [{"arm": "tuned", "setting": {"dataset": "a"}, "preset": "cpu"}]
     assert _pending_arms(group, ["tuned"]) == []
     assert _pending_arms(group) == ["  - *paper arm: not run yet on a.*"]
+
+
+def test_tuning_table_says_which_knobs_are_bracketed():
+    from avgk_lib.book import findings as F
+
+    knob = {"values": [0.1, 0.3, 1.0], "extensions": 0, "bracketed": True, "limit": False}
+    grid = [{"lr": 0.3, "val": 0.8}, {"lr": 1.0, "val": 0.7}]
+    tuning = {
+        "dataset=synthetic-100/cross_entropy": {"grid": grid, "chosen": {"lr": 0.3}, "knobs": {"lr": knob}},
+        "dataset=synthetic-100/noised_topk": {
+            "grid": grid,
+            "chosen": {"lr": 0.3, "epsilon": 10.0},
+            "knobs": {"lr": knob, "epsilon": {**knob, "bracketed": False, "limit": True}},
+        },
+    }
+    table = F.tuning_markdown({"arm": "tuned", "tuning": tuning})
+    lines = [line for line in table.splitlines() if "synthetic-100" in line]
+    assert lines[0].rstrip(" |").endswith("yes")
+    assert "no: epsilon (hard limit) at an edge" in lines[1]

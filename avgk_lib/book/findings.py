@@ -66,7 +66,8 @@ def setting_markdown(name: str, preset: str) -> str:
 
 
 def tuning_markdown(reference: dict[str, Any] | None) -> str:
-    """The tuning of a reference: per setting and method, the grid size, best validation score and choice."""
+    """The tuning of a reference: per setting and method, the grid size, best validation score,
+    choice and whether every knob was bracketed (the best inside the values tried)."""
     if reference and reference.get("arm") == "paper":
         return "_The paper arm tunes nothing: each method runs with its paper's own values (the protocol page)._"
     if not reference or not reference.get("tuning"):
@@ -79,8 +80,19 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
         *labels, method = key.split("/")
         key_text = ", ".join([*labels, method_label(method)])
         span = f"{min(values):.3f} - {max(values):.3f}"
-        rows.append([f"{key_text}{reused}", len(values), span, chosen, f"{max(values):.3f}"])
-    return markdown_table(["setting / method", "points", "val range", "chosen", "best val"], rows)
+        rows.append([f"{key_text}{reused}", len(values), span, chosen, f"{max(values):.3f}", _bracket_text(entry)])
+    headers = ["setting / method", "points", "val range", "chosen", "best val", "bracketed"]
+    return markdown_table(headers, rows)
+
+
+def _bracket_text(entry: Mapping[str, Any]) -> str:
+    """``yes`` when every knob's choice is inside the values tried; else the knobs left at an edge
+    (``hard limit`` where the extension stopped at the knob's documented limit)."""
+    knobs = entry.get("knobs")
+    if not knobs:
+        return "n/a"
+    edges = [f"{name}{' (hard limit)' if k.get('limit') else ''}" for name, k in knobs.items() if not k["bracketed"]]
+    return "yes" if not edges else "no: " + ", ".join(edges) + " at an edge"
 
 
 def _all_integers(values: list[Any]) -> bool:
