@@ -25,7 +25,7 @@ from .data import DATASETS, LOADERS, dataset_input_shape
 from .data.base import SEED_LIMIT, available_memory, check_memory
 from .metrics import metric_key, parse_metric_key
 from .models import MODELS, check_model_input
-from .objectives import OBJECTIVES, ObjectiveSpec, check_loss_options, get_objective
+from .objectives import OBJECTIVES, ObjectiveSpec, get_objective, unknown_loss_option
 
 # Bump when the content of results.json or of the checkpoints changes meaning: cached runs of an
 # older format then get a new fingerprint and are trained again instead of being reused.
@@ -176,11 +176,9 @@ def _check_names(cfg: TrainConfig) -> ObjectiveSpec:
     _check_dataset_options(cfg.dataset, cfg.dataset_options)
     k = _real(cfg, "k", 0.0, strict=True)
     spec = get_objective(cfg.loss)  # the one lookup of the loss during validation
-    try:
-        check_loss_options(cfg.loss, cfg.loss_options, spec)
-    except ValueError as err:
-        key = next(k for k in cfg.loss_options if k not in spec.options)
-        raise ConfigError(key, str(err).removeprefix(f"`{key}` ")) from None
+    unknown = unknown_loss_option(cfg.loss, cfg.loss_options, spec)
+    if unknown is not None:
+        raise ConfigError(*unknown)
     if spec.integer_k and not k.is_integer():
         raise ConfigError("k", f"must be an integer for the top-K loss {cfg.loss!r}, got {k:g}")
     if spec.two_head and k < 1:

@@ -214,14 +214,20 @@ def loss_option_types() -> dict[str, type]:
     return out
 
 
-def check_loss_options(name: str, options: dict[str, Any], spec: ObjectiveSpec | None = None) -> None:
-    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use
-    (``spec``: the loss's spec, when already looked up)."""
-    spec = spec or get_objective(name)
+def unknown_loss_option(name: str, options: dict[str, Any], spec: ObjectiveSpec) -> tuple[str, str] | None:
+    """``(option, why)`` for the first of ``options`` that loss ``name`` (its ``spec``) does not
+    use, else ``None``: the one wording of that mistake."""
     for key in options:
         if key not in spec.options:
-            accepted = ", ".join(spec.options) or "none"
-            raise ValueError(f"`{key}` is not an option of the loss {name!r} (its options: {accepted})")
+            return key, f"is not an option of the loss {name!r} (its options: {', '.join(spec.options) or 'none'})"
+    return None
+
+
+def check_loss_options(name: str, options: dict[str, Any]) -> None:
+    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use."""
+    unknown = unknown_loss_option(name, options, get_objective(name))
+    if unknown is not None:
+        raise ValueError(f"`{unknown[0]}` {unknown[1]}")
 
 
 class Objective:

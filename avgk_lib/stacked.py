@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,19 +137,16 @@ class Stack:
 
     # -- the optimizer ----------------------------------------------------------------------------
 
+    def _per_member(self, values: list[float]) -> torch.Tensor:
+        """``values`` (one per member) as an ``(M,)`` tensor of the stacked parameters' dtype and
+        device (:func:`stack_module_state` gives every parameter the same)."""
+        like = next(iter(self.params.values()))
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+
     @staticmethod
-    def _per_member(values: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``values`` (one per member) as a tensor shaped to broadcast over a stacked parameter
-        ``(M, ...)``: built once per dtype and device, viewed per parameter."""
-        made: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-        def like(p: torch.Tensor) -> torch.Tensor:
-            key = (p.dtype, p.device)
-            if key not in made:
-                made[key] = torch.tensor(values, dtype=p.dtype, device=p.device)
-            return made[key].view(-1, *([1] * (p.dim() - 1)))
-
-        return like
+    def _over(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """An ``(M,)`` tensor viewed to broadcast over a stacked parameter ``(M, ...)``."""
+        return values.view(-1, *([1] * (p.dim() - 1)))
 
     @torch.no_grad()
     def sgd_step(self) -> None:
@@ -165,16 +161,16 @@ class Stack:
                 continue
             d = p.grad
             if self.decay[name] and any(decays):
-                d = d.add(p * decay(p))
+                d = d.add(p * self._over(decay, p))
             if self.uses_momentum:
-                mu = momenta(p)
+                mu = self._over(momenta, p)
                 buf = self.buf[name]
                 if buf is None:
                     buf = self.buf[name] = d.clone()
                 else:
                     buf.mul_(mu).add_(d)
                 d = d.add(buf * mu) if self.nesterov else buf
-            p.sub_(d * lrs(p))
+            p.sub_(d * self._over(lrs, p))
             p.grad = None
 
     def _load_momentum(self) -> None:

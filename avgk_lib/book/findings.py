@@ -334,11 +334,10 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
         lines += _pending_arms(group, present)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
-    arms = [a for a in ARMS if any(e["arm"] == a for e in entries)]
-    missing = [a for a in ARMS if a not in arms]
+    missing = [a for a in ARMS if a not in present]
     absent = f" The {' and '.join(missing)} arm has no runs in the committed references yet." if missing else ""
     noun = "entry" if len(entries) == 1 else "entries"
-    held = f"{' and '.join(arms)} arm{'s' * (len(arms) > 1)}"
+    held = f"{' and '.join(present)} arm{'s' * (len(present) > 1)}"
     return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
 
 
