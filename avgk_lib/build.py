@@ -184,9 +184,9 @@ def build_run(spec: RunSpec, bundle: DatasetBundle | None = None, state: TrainSt
     cfg = spec.config
     rank, world, local_rank = distributed()
     device = resolve_device(cfg.device, local_rank)
-    seed_everything(cfg.seed)
     bundle = bundle if bundle is not None else load_dataset(cfg.dataset, **cfg.dataset_options)
     _check_against_data(spec, bundle)
+    seed_everything(cfg.seed)  # data draws use their own generators: the global ones seed the model
     model = build_model(
         spec.model,
         bundle.n_classes,

@@ -124,21 +124,21 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every field; return a new normalised config. Raises :class:`ConfigError`."""
-        return validated(self)[0]
+        cfg, objective = validated(self)
+        selection_metric(cfg, objective)
+        return cfg
 
 
-def validated(cfg: TrainConfig) -> tuple[TrainConfig, ObjectiveSpec, str]:
-    """:meth:`TrainConfig.validate`, with what it looked up: the loss's spec and the selection
-    metric (``select_metric``, or for ``auto`` the micro top-K accuracy of ``k`` for top-K
-    losses, the micro average-K accuracy otherwise)."""
+def validated(cfg: TrainConfig) -> tuple[TrainConfig, ObjectiveSpec]:
+    """The normalised copy of ``cfg`` with every field but ``select_metric`` checked (that one
+    is :func:`selection_metric`'s), and the loss's spec, looked up once."""
     objective = _check_names(cfg)
     _check_numbers(cfg)
     _check_choices(cfg)
     _check_lists(cfg)
     _check_float32(cfg, objective.option_types)
     _check_model_fits(cfg)
-    cfg = cfg.normalized()
-    return cfg, objective, _select_metric(cfg, objective)
+    return cfg.normalized(), objective
 
 
 def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
@@ -284,9 +284,17 @@ def _check_lists(cfg: TrainConfig) -> None:
             raise ConfigError("eval_ks", f"must hold finite K values > 0, got {k!r}")
 
 
-def _select_metric(cfg: TrainConfig, objective: ObjectiveSpec) -> str:
-    if cfg.select_metric == "auto":
-        return metric_key("top" if objective.integer_k else "avg", cfg.k, "micro")
+def selection_metric(cfg: TrainConfig, objective: ObjectiveSpec) -> str:
+    """The metric that picks the best epoch of a :func:`validated` config: ``select_metric``
+    (``ConfigError`` when it is not a computed micro or macro accuracy), or for ``auto`` the
+    micro top-K accuracy of ``k`` for top-K losses, the micro average-K accuracy otherwise."""
+    if cfg.select_metric != "auto":
+        _check_select_metric(cfg)
+        return cfg.select_metric
+    return metric_key("top" if objective.integer_k else "avg", cfg.k, "micro")
+
+
+def _check_select_metric(cfg: TrainConfig) -> None:
     try:
         kind, k, average = parse_metric_key(cfg.select_metric)
     except (TypeError, ValueError) as err:
@@ -297,7 +305,6 @@ def _select_metric(cfg: TrainConfig, objective: ObjectiveSpec) -> str:
             f"{cfg.select_metric!r} is not computed: it must be a micro or macro accuracy whose K is in eval_ks "
             f"({', '.join(f'{x:g}' for x in cfg.eval_ks)})",
         )
-    return cfg.select_metric
 
 
 def _float_values(cfg: TrainConfig, loss_types: dict[str, type]) -> list[tuple[str, Any]]:

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .build import Run, build_run, bundle_counts, resolve_device
+from .build import Run, bundle_counts
 from .data import make_loader
-from .evaluation import collect_scores, degeneracy_warnings
-from .metrics import calibrated_test_metrics, degenerate_sets, metric_dict
+from .evaluation import collect_scores
+from .metrics import calibrated_test_metrics, degeneracy_warnings, degenerate_sets, metric_dict
 from .rundir import RunDir, RunResult, TrainState, provenance
 from .runspec import RunSpec
 from .seeding import rng_state
@@ -31,11 +31,8 @@ from .seeding import rng_state
 __all__ = [
     "DivergenceGuard",
     "Progress",
-    "Run",
     "RunInterrupted",
     "TrainingDiverged",
-    "build_run",
-    "bundle_counts",
     "complete",
     "end_epoch",
     "evaluate",
@@ -43,7 +40,6 @@ __all__ = [
     "finish",
     "fit",
     "progress_bar",
-    "resolve_device",
     "run_result",
     "saved_scores",
     "train_fit",
@@ -177,7 +173,7 @@ def evaluate(run: Run, split: str = "val") -> tuple[dict[str, torch.Tensor], tor
     loader = {"val": run.val_loader, "test": run.test_loader}.get(split)
     if loader is None:
         raise ValueError(f"`split` must be 'val' or 'test', got {split!r}")
-    return collect_scores(run.model, loader, run.objective, run.autocast())
+    return collect_scores(run.model, loader, run.objective.head_scores, run.autocast())
 
 
 def validation_metrics(run: Run) -> dict[str, float]:
@@ -210,7 +206,7 @@ def train_fit(run: Run) -> dict[str, float | None] | None:
     if clean is None or run.world > 1:
         return None
     loader = make_loader(run.bundle, "train", max(run.cfg.batch_size, 256), run.device, train=False)
-    scores, noisy = collect_scores(run.model, loader, run.objective, run.autocast())
+    scores, noisy = collect_scores(run.model, loader, run.objective.head_scores, run.autocast())
     predicted = scores[run.spec.eval_head].argmax(dim=1)
     clean = clean.to(predicted.device)
     flipped = noisy != clean
@@ -315,10 +311,10 @@ def end_epoch(
             f"{' *' if improved else ''}  ({book.history[-1]['seconds']:.1f}s)"
         )
     if folder is not None and run.is_main:
+        state = _snapshot(run, epoch + 1, book)
         if improved:
-            weights = {"model": run.model.state_dict(), "loss": run.loss_fn.state_dict(), "epoch": epoch + 1}
-            folder.save_best(weights, spec.fingerprint)
-        folder.save_state(_snapshot(run, epoch + 1, book), spec.fingerprint, dataclasses.asdict(cfg))
+            folder.save_best({"model": state.model, "loss": state.loss, "epoch": epoch + 1}, spec.fingerprint)
+        folder.save_state(state, spec.fingerprint, dataclasses.asdict(cfg))
     elif folder is None and improved:
         book.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     if run.world > 1:

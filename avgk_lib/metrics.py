@@ -13,6 +13,9 @@ Conventions:
 * **Metric names** (:func:`metric_key`, read back by :func:`parse_metric_key`): ``top{K}_{micro,macro}``
   for integer K, ``avg{K}_{micro,macro,size,threshold}``; K written by :func:`k_label`. Results,
   configurations (``select_metric``) and tables spell metrics only through these.
+* At test time ``top1_mode_share`` is the share of inputs whose top-1 class is the most frequent
+  top-1 class (1/C for a balanced, healthy classifier; near 1 when the model predicts one class
+  for all): :func:`degeneracy_warnings` flags it, and average-K sets that hold every class.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "calibrated_test_metrics",
     "top1_mode_share",
     "degenerate_sets",
+    "degeneracy_warnings",
     "set_sizes",
     "set_size_stats",
     "per_class_accuracy",
@@ -88,12 +92,12 @@ def metric_key(kind: MetricKind, k: float, average: MetricStat = "micro") -> str
 
     ``kind="top"`` (top-K accuracy) needs an integer K and ``average`` in micro/macro;
     ``kind="avg"`` (average-K) also names the mean set size and the calibrated threshold."""
-    check_choice(kind, "kind", ("top", "avg"))
-    check_choice(average, "average", _STATS[kind])
-    if kind == "top" and not _real(k, "k").is_integer():
-        raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
     if _real(k, "k") <= 0:
         raise ValueError(f"`k` must be > 0, got {k!r}")
+    check_choice(kind, "kind", ("top", "avg"))
+    check_choice(average, "average", _STATS[kind])
+    if kind == "top" and not float(k).is_integer():
+        raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
     return _key(kind, k, average)
 
 
@@ -427,3 +431,34 @@ def degenerate_sets(metrics: dict[str, Any], k: float, factor: float = 1.5) -> b
     factor = check_positive(factor, "factor")
     size = metrics.get(_key("avg", k, "size"))
     return size is not None and size > factor * k
+
+
+# a run is flagged when one class is the top-1 prediction of more than this share of test inputs
+MODE_SHARE_LIMIT = 0.5
+
+
+def degeneracy_warnings(metrics: dict[str, Any], n_classes: int, ks, label: str) -> list[str]:
+    """Warnings for a degenerate evaluation: one class is the top-1 prediction of more than
+    :data:`MODE_SHARE_LIMIT` of the inputs, or the average-K sets hold every class for every
+    input (mean size C). ``metrics``: a :func:`calibrated_test_metrics` dict; ``label`` names
+    the evaluation in the messages."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"`metrics` must be a dict of metric names to values, got {type(metrics).__name__}")
+    n_classes = check_count(n_classes, "n_classes")
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
+        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
+    ks = [check_k(k, "ks", n_classes=n_classes, integer=False) for k in ks]
+    if not isinstance(label, str):
+        raise TypeError(f"`label` must be a string, got {type(label).__name__}")
+    warnings = []
+    share = metrics.get("top1_mode_share")
+    if share is not None and share > MODE_SHARE_LIMIT:
+        warnings.append(
+            f"{label}: one class is the top-1 prediction of {share:.0%} of the test inputs (> "
+            f"{MODE_SHARE_LIMIT:.0%}): the model may have collapsed"
+        )
+    for k in ks:
+        size = metrics.get(_key("avg", k, "size"))
+        if size is not None and size >= n_classes:
+            warnings.append(f"{label}: every average-{k_label(k)} set contains all {n_classes} classes")
+    return warnings

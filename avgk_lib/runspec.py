@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TrainConfig, validated
+from .config import TrainConfig, selection_metric, validated
 from .objectives import ObjectiveSpec
 
 
@@ -45,11 +45,13 @@ class RunSpec:
             return cfg
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
-        cfg, objective, select = validated(cfg)
+        cfg, objective = validated(cfg)
+        fingerprint = cfg.fingerprint()
+        select = selection_metric(cfg, objective)
         heads = ("softmax", "multilabel") if objective.two_head else ("main",)
         return cls(
             config=cfg,
-            fingerprint=cfg.fingerprint(),
+            fingerprint=fingerprint,
             objective=objective,
             loss_options={**objective.defaults, **cfg.loss_options},
             model=cfg.resolved_model(),

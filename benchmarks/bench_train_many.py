@@ -9,6 +9,10 @@ validation, checkpoints or metrics) times M. Both sides train in memory (no run 
 
     python benchmarks/bench_train_many.py                      # the cpu-preset tasks, 8 and 32 members
     python benchmarks/bench_train_many.py --epochs 3 --members 8 32 --tasks synthetic_ce
+    python benchmarks/bench_train_many.py --tasks fmnist_cnn --members 8 --epochs 1 --keep-rows
+
+``--keep-rows`` keeps the rows of the written file that this call does not measure (another
+task or stack size); each row names the commit, time and thread count it was measured at.
 
 Writes ``avgk_lib/reference_results/bench_train_many_<device>.json`` with provenance.
 """
@@ -22,7 +26,8 @@ import torch
 
 from avgk_lib.build import build_run
 from avgk_lib.experiments.catalog import SYNTHETIC_100
-from avgk_lib.references import write_reference
+from avgk_lib.references import load_json_reference, write_reference
+from avgk_lib.rundir import git_commit
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many
 
@@ -82,6 +87,7 @@ def measure(task: str, members: int, epochs: int, device: str) -> dict:
     floor = _bare_loop(configs[0]) * members
     row = {"task": task, "members": members, "epochs": epochs, "sequential_s": sequential, "train_many_s": stacked}
     row.update(bare_loop_x_members_s=floor, speedup=sequential / stacked, train_many_vs_floor=stacked / floor)
+    row["measured"] = {"git_commit": git_commit(), "threads": torch.get_num_threads(), "time": time.strftime("%FT%T%z")}
     print(
         f"{task:<18} M={members:<3} sequential {sequential:7.1f}s  train_many {stacked:6.1f}s"
         f"  -> {row['speedup']:.1f}x   (bare loop x M {floor:6.1f}s)",
@@ -97,11 +103,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs per run (the cpu preset trains 20)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--keep-rows", action="store_true", help="keep the file's rows of other tasks or sizes")
     args = parser.parse_args()
     rows = [measure(t, m, args.epochs, args.device) for t in args.tasks for m in args.members]
     if not args.no_write:
+        stem = f"bench_train_many_{torch.device(args.device).type}"
+        if args.keep_rows:
+            measured = {(r["task"], r["members"]) for r in rows}
+            kept = (load_json_reference(stem) or {}).get("rows", [])
+            rows = [r for r in kept if (r["task"], r["members"]) not in measured] + rows
         payload = {"benchmark": "train_many vs sequential train", "threads": torch.get_num_threads(), "rows": rows}
-        path = write_reference(f"bench_train_many_{torch.device(args.device).type}", payload, device=args.device)
+        path = write_reference(stem, payload, device=args.device)
         print(f"wrote {path}")
 
 

@@ -10,7 +10,7 @@ from mapie.metrics.classification import classification_coverage_score, classifi
 from avgk_lib import conformal as C
 from avgk_lib import sets as sets_module
 from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
-from avgk_lib.evaluation import metric_dict
+from avgk_lib.metrics import metric_dict
 from avgk_lib.sets import (
     AverageK,
     NotCalibratedError,

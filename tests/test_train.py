@@ -22,7 +22,7 @@ from avgk_lib.engine import (
     progress_bar,
     train_one_epoch,
 )
-from avgk_lib.evaluation import degeneracy_warnings, top1_mode_share
+from avgk_lib.metrics import degeneracy_warnings, top1_mode_share
 from avgk_lib.objectives import OBJECTIVES, build_objective
 from avgk_lib.rundir import CheckpointError, load_checkpoint
 from avgk_lib.runspec import RunSpec

@@ -464,7 +464,7 @@ def _best_is_last(rows: list[dict[str, Any]]) -> bool | None:
 
 def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dict, k) -> dict[str, Any] | None:
     """The entry of one claim in one setting (and K) of one arm; None when runs are missing."""
-    from ..evaluation import k_label
+    from ..metrics import k_label
 
     rows = _select(ref["rows"], setting)
     k_eval = k if k is not None else info.get("k")

@@ -32,7 +32,7 @@ Two protocols (DESIGN section 11, ``book/protocol.md``), the ``arm`` of every fu
 resumed from its last checkpoint, an unreadable one re-run (with a warning naming the folder).
 """
 
-from ..evaluation import k_label
+from ..metrics import k_label
 from .catalog import (
     CE_LR_GRID,
     CHAPTERS,
