@@ -23,7 +23,7 @@ from torch import nn
 from .config import ConfigError, TrainConfig, check_run_memory, parse_device
 from .data import DatasetBundle, load_dataset, make_loader
 from .models import build_model
-from .objectives import Objective, build_objective
+from .objectives import Objective, assemble_objective
 from .rundir import TrainState
 from .runspec import RunSpec
 from .seeding import seed_everything, set_rng_state
@@ -197,7 +197,9 @@ def build_run(spec: RunSpec, bundle: DatasetBundle | None = None, state: TrainSt
         pretrained=cfg.pretrained,
     ).to(device)
     # the loss is built after the model, as in earlier versions, so that seeded runs reproduce
-    objective = build_objective(spec, run=run_facts(spec, bundle))
+    objective = assemble_objective(
+        spec.objective, spec.loss_options, run=run_facts(spec, bundle), eval_head=spec.config.eval_head
+    )
     objective.loss_fn.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     channels_last = channels_last and len(bundle.input_shape) == 3

@@ -278,20 +278,22 @@ def build_objective(
     name: Any, options: dict[str, Any] | None = None, *, run: dict[str, Any], eval_head: HeadName = "multilabel"
 ) -> Objective:
     """Build objective ``name``: its defaults updated by ``options`` (only its own tunable
-    options), plus the ``run`` facts ``k``, ``n_classes``, ``class_counts``, ``n_train``.
+    options), plus the ``run`` facts ``k``, ``n_classes``, ``class_counts``, ``n_train``."""
+    spec = get_objective(name)
+    options = {} if options is None else options
+    check_loss_options(name, options)
+    return assemble_objective(spec, {**spec.defaults, **options}, run=run, eval_head=eval_head)
 
-    ``name`` may also be a resolved :class:`~avgk_lib.runspec.RunSpec` (then ``options`` and
-    ``eval_head`` come from it and no name is looked up)."""
-    if hasattr(name, "objective") and hasattr(name, "loss_options"):  # a RunSpec
-        spec, merged, eval_head = name.objective, dict(name.loss_options), name.config.eval_head
-    else:
-        spec = get_objective(name)
-        options = {} if options is None else options
-        check_loss_options(name, options)
-        merged = {**spec.defaults, **options}
+
+def assemble_objective(
+    spec: ObjectiveSpec, options: dict[str, Any], *, run: dict[str, Any], eval_head: HeadName
+) -> Objective:
+    """The objective of a loss already looked up, with its complete, checked ``options`` (a
+    :class:`~avgk_lib.runspec.RunSpec`'s ``objective`` and ``loss_options``): nothing is looked
+    up by name."""
     if eval_head not in ("multilabel", "softmax"):
         raise ValueError(f"`eval_head` must be 'multilabel' or 'softmax', got {eval_head!r}")
-    merged = {**merged, **run, "loss": spec.name}
+    merged = {**options, **run, "loss": spec.name}
     loss_fn = spec.build(merged)
     scale = float(merged["scale"]) if spec.head == "cosine" and "scale" in merged else 1.0
     return Objective(spec, loss_fn, eval_head=eval_head, scale=scale)
