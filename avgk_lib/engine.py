@@ -3,7 +3,7 @@ over the training data, :func:`evaluate` scores a split, :func:`fit` trains the 
 (validating, selecting and checkpointing after each), :func:`finish` tests the best and the
 last epoch and writes the results; :func:`complete` is all of it for one built run.
 :class:`DivergenceGuard` stops a run whose loss explodes. Under ``torchrun`` validation scores
-are all-gathered before a threshold is calibrated, and rank 0 writes the files.
+are all-gathered (:func:`collect_scores`) before a threshold is calibrated, and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .build import Run, bundle_counts
 from .data import make_loader
-from .evaluation import collect_scores
 from .metrics import calibrated_test_metrics, degeneracy_warnings, degenerate_sets, metric_dict
 from .rundir import RunDir, RunResult, TrainState, provenance
 from .runspec import RunSpec
@@ -33,6 +34,7 @@ __all__ = [
     "Progress",
     "RunInterrupted",
     "TrainingDiverged",
+    "collect_scores",
     "complete",
     "end_epoch",
     "evaluate",
@@ -168,8 +170,53 @@ def train_one_epoch(run: Run, epoch: int, guard: DivergenceGuard, progress: bool
     return train_loss
 
 
+@torch.no_grad()
+def collect_scores(
+    model: nn.Module,
+    loader,
+    head_scores: Callable[[Any], dict[str, torch.Tensor]],
+    autocast: AbstractContextManager | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-class scores (float32) of every head (``{"main": s}`` or ``{"softmax": ..,
+    "multilabel": ..}``, as ``head_scores(model(x))`` names them, e.g.
+    :meth:`Objective.head_scores <avgk_lib.objectives.Objective.head_scores>`) and the targets of
+    every sample of ``loader``, in loader order.
+
+    Under ``torch.distributed`` each rank scores its shard and the shards are all-gathered, so
+    every rank returns the scores of the whole split (needed before calibrating a threshold)."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    for x, y, _ in loader:
+        with autocast or nullcontext():
+            outputs = model(x)
+        for head, s in head_scores(outputs).items():
+            scores.setdefault(head, []).append(s)
+        targets.append(y)
+    model.train(was_training)
+    out, y = {head: torch.cat(parts) for head, parts in scores.items()}, torch.cat(targets)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out, y = {head: _all_gather_rows(s) for head, s in out.items()}, _all_gather_rows(y)
+    return out, y
+
+
+def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate the rows of every rank (shards may differ in length by a few rows)."""
+    world = dist.get_world_size()
+    size = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
+
+
 def evaluate(run: Run, split: str = "val") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Scores of every head (see :func:`~avgk_lib.evaluation.collect_scores`) and targets of ``split``."""
+    """Scores of every head (see :func:`collect_scores`) and targets of ``split``."""
     loader = {"val": run.val_loader, "test": run.test_loader}.get(split)
     if loader is None:
         raise ValueError(f"`split` must be 'val' or 'test', got {split!r}")
