@@ -116,7 +116,8 @@ def train_many(
 
     Runs share a stack when :func:`~avgk_lib.stacked.stack_key` agrees (dataset family, model
     shape, loss, epochs, batch, schedule shape, SGD) and they start at the same epoch; at most
-    ``max_stack`` per stack. The others train one by one. Each member keeps its own seed, data,
+    ``max_stack`` per stack. The others train one by one, and so do convolutional models on a
+    CPU, where a stack is slower (:func:`~avgk_lib.stacked.stacking_pays`). Each member keeps its own seed, data,
     loss noise, lr and loss knobs, best epoch, checkpoints and ``results.json``.
 
     Random numbers: a stacked member draws exactly what its single run draws (initialisation

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from avgk_lib.engine import TrainingDiverged
+from avgk_lib.models import build_model
 from avgk_lib.rundir import RunDir, load_checkpoint
-from avgk_lib.stacked import Stack
+from avgk_lib.stacked import Stack, stacking_pays
 from avgk_lib.train import TrainConfig, train, train_many
 
 TINY = {"n_classes": 8, "dim": 6, "n_groups": 2, "n_train": 640, "n_val": 200, "n_test": 200}
@@ -117,6 +118,13 @@ def test_runs_that_cannot_share_a_stack_train_one_by_one(tmp_path):
     assert not any("stacked" in line for line in lines)
     single = train(configs[1], progress=False, log=_quiet)
     assert results[1]["test"] == single["test"]
+
+
+def test_convolutional_models_are_not_stacked_on_a_cpu():
+    cnn, mlp = build_model("small_cnn", 10, (1, 28, 28)), build_model("mlp", 10, (16,))
+    assert not stacking_pays(cnn, torch.device("cpu"))
+    assert stacking_pays(mlp, torch.device("cpu"))
+    assert stacking_pays(cnn, torch.device("cuda"))  # a rule, not a measurement: no GPU is needed
 
 
 def test_bad_arguments_are_refused_before_training(tmp_path):
