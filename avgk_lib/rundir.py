@@ -237,21 +237,6 @@ class TrainState:
     best_epoch: int
 
 
-def save_train_state(path: str | Path, state: TrainState, fingerprint: str, config: dict[str, Any]) -> None:
-    """Write ``last.pt``: the state, the run's fingerprint and its configuration."""
-    save_checkpoint({**dataclasses.asdict(state), "fingerprint": fingerprint, "config": config}, path)
-
-
-def load_train_state(path: str | Path, fingerprint: str) -> TrainState:
-    """Read ``last.pt`` (checked by :func:`load_checkpoint`) back into a :class:`TrainState`."""
-    data = load_checkpoint(path, fingerprint)
-    names = [f.name for f in dataclasses.fields(TrainState)]
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; delete it to restart")
-    return TrainState(**{n: data[n] for n in names})
-
-
 LAST, BEST, SCORES, RESULTS, OWNER, LOCK = "last.pt", "best.pt", "scores.pt", "results.json", "run.json", ".lock"
 RUN_FILES = (LAST, BEST, SCORES, RESULTS)
 _TMP = re.compile(r"^\..+\.tmp(?:-(\d+))?$")
@@ -565,22 +550,25 @@ class RunDir:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save_state(self, state: TrainState, fingerprint: str, config: dict[str, Any]) -> None:
-        save_train_state(self.last, state, fingerprint, config)
+        """Write ``last.pt``: the state, the run's fingerprint and its configuration."""
+        save_checkpoint({**dataclasses.asdict(state), "fingerprint": fingerprint, "config": config}, self.last)
 
     def resume_state(self, fingerprint: str, resume: bool, log) -> TrainState | None:
-        """The verified checkpoint to resume from, or ``None`` for a fresh start (``resume``
-        false, or no ``last.pt`` yet: said in the log)."""
+        """The verified ``last.pt`` (:func:`load_checkpoint`) to resume from, or ``None`` for a
+        fresh start (``resume`` false, or no ``last.pt`` yet: said in the log)."""
         if not resume:
             return None
         if not self.last.exists():
             log(f"--resume: no checkpoint in {self.path}, starting fresh")
             return None
-        return self.load_state(fingerprint)
-
-    def load_state(self, fingerprint: str) -> TrainState:
-        if self.last.exists() and not self.last.is_file():
+        if not self.last.is_file():
             raise CheckpointError(f"{self.last} is not a file (a folder of that name?); move it away")
-        return load_train_state(self.last, fingerprint)
+        data = load_checkpoint(self.last, fingerprint)
+        names = [f.name for f in dataclasses.fields(TrainState)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise CheckpointError(f"checkpoint {self.last} lacks {', '.join(missing)}; delete it to restart")
+        return TrainState(**{n: data[n] for n in names})
 
     def save_best(self, weights: dict[str, Any], fingerprint: str) -> None:
         save_checkpoint({**weights, "fingerprint": fingerprint}, self.best)
