@@ -174,8 +174,9 @@ def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shar
 
 
 def build_run(spec: RunSpec, bundle: DatasetBundle | None = None, state: TrainState | None = None) -> Run:
-    """Set up the process group and device, seed, load the data (unless ``bundle`` is given)
-    and build model, objective, loaders, optimizer and scheduler for a resolved run
+    """Set up the process group and device, load the data (unless ``bundle`` is given) and
+    check the run against it, seed the global generators (the data draws have their own), and
+    build model, objective, loaders, optimizer and scheduler for a resolved run
     (``RunSpec.resolve(cfg)``), then :func:`restore` ``state`` (a resumed run). The mistakes
     that only the data reveal (K against the number of classes, a batch larger than the
     training set, memory) raise :class:`~avgk_lib.config.ConfigError` here, before training."""

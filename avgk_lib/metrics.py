@@ -92,12 +92,12 @@ def metric_key(kind: MetricKind, k: float, average: MetricStat = "micro") -> str
 
     ``kind="top"`` (top-K accuracy) needs an integer K and ``average`` in micro/macro;
     ``kind="avg"`` (average-K) also names the mean set size and the calibrated threshold."""
-    if _real(k, "k") <= 0:
-        raise ValueError(f"`k` must be > 0, got {k!r}")
     check_choice(kind, "kind", ("top", "avg"))
     check_choice(average, "average", _STATS[kind])
-    if kind == "top" and not float(k).is_integer():
+    if kind == "top" and not _real(k, "k").is_integer():
         raise ValueError(f"`k` of a top-K metric must be an integer, got {k!r}")
+    if _real(k, "k") <= 0:
+        raise ValueError(f"`k` must be > 0, got {k!r}")
     return _key(kind, k, average)
 
 

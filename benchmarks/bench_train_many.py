@@ -9,7 +9,11 @@ validation, checkpoints or metrics) times M. Both sides train in memory (no run 
 
     python benchmarks/bench_train_many.py                      # the cpu-preset tasks, 8 and 32 members
     python benchmarks/bench_train_many.py --epochs 3 --members 8 32 --tasks synthetic_ce
-    python benchmarks/bench_train_many.py --tasks fmnist_cnn --members 8 --epochs 1 --keep-rows
+    python benchmarks/bench_train_many.py --tasks fmnist_cnn --members 8 --epochs 2 --keep-rows --force-stack
+
+On a CPU ``train_many`` trains convolutional models one by one (``stacked.stacking_pays``), so
+the ``fmnist_cnn`` row compares sequential with sequential unless ``--force-stack`` stacks them
+anyway (how the rule was measured).
 
 ``--keep-rows`` keeps the rows of the written file that this call does not measure (another
 task or stack size); each row names the commit, time and thread count it was measured at.
@@ -24,12 +28,15 @@ import time
 
 import torch
 
+from avgk_lib import stacked
 from avgk_lib.build import build_run
 from avgk_lib.experiments.catalog import SYNTHETIC_100
 from avgk_lib.references import load_json_reference, write_reference
 from avgk_lib.rundir import git_commit
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many
+
+_STACKING_PAYS = stacked.stacking_pays
 
 TASKS = {
     "synthetic_ce": dict(dataset="synthetic", dataset_options=SYNTHETIC_100, loss="cross_entropy", k=5, lr=0.1),
@@ -86,6 +93,7 @@ def measure(task: str, members: int, epochs: int, device: str) -> dict:
     stacked = _timed(lambda: train_many(configs, progress=False, log=quiet))
     floor = _bare_loop(configs[0]) * members
     row = {"task": task, "members": members, "epochs": epochs, "sequential_s": sequential, "train_many_s": stacked}
+    row["force_stack"] = stacked.stacking_pays is not _STACKING_PAYS
     row.update(bare_loop_x_members_s=floor, speedup=sequential / stacked, train_many_vs_floor=stacked / floor)
     row["measured"] = {"git_commit": git_commit(), "threads": torch.get_num_threads(), "time": time.strftime("%FT%T%z")}
     print(
@@ -104,7 +112,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--keep-rows", action="store_true", help="keep the file's rows of other tasks or sizes")
+    parser.add_argument("--force-stack", action="store_true", help="stack where stacking_pays says no")
     args = parser.parse_args()
+    if args.force_stack:
+        stacked.stacking_pays = lambda model, device: True
     rows = [measure(t, m, args.epochs, args.device) for t in args.tasks for m in args.members]
     if not args.no_write:
         stem = f"bench_train_many_{torch.device(args.device).type}"

@@ -65,7 +65,9 @@ from avgk_lib.rundir import atomic_write_json
 #: references of the single-arm protocol (November 2026); an epoch at batch b counts 128 / b times
 #: as long (its steps: the MLP's step costs about the same at any of these batch sizes).
 #: fashion_mnist: the median of the per-epoch seconds of the paper arm's runs (batch 64, stacks of
-#: 2-6 members, November 2026), whatever the batch (the CNN's epoch is compute bound).
+#: 2-6 members, November 2026), whatever the batch (the CNN's epoch is compute bound). CPU runs of
+#: convolutional models are no longer stacked (stacked.stacking_pays): one by one they were about
+#: 1.4x faster in benchmarks/bench_train_many.py, so this figure is now an upper bound.
 SECONDS_PER_EPOCH = {
     ("synthetic", "cross_entropy"): 0.19,
     ("synthetic", "smooth_topk_svm"): 0.92,
@@ -225,7 +227,7 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str], jo
             cells = f"{c['tuning_runs']} (+ <= {c['extensions']})" if c["tuning_runs"] else "0"
             hours = f"{c['seconds'] / 3600:.2f}-{c['worst'] / 3600:.2f} h"
             print(f"{name:22} {arm:6} {cells:>22} {c['seed_runs']:>9} {hours:>14}")
-    print(f"total (without extensions): {total / 3600:.2f} h of process time, one run at a time (stacked runs: less)")
+    print(f"total (without extensions): {total / 3600:.2f} h of process time, one run at a time (stacked MLPs: less)")
     if jobs > 1:
         groups = job_groups(names, {n: experiment_cost(n, preset, seeds, arms) for n in names}, jobs)
         for i, (group, cost) in enumerate(groups):
