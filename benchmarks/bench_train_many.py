@@ -38,6 +38,7 @@ from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many
 
 _STACKING_PAYS = stacked.stacking_pays
+_COMMIT = git_commit()  # the code this process runs (HEAD may move while it measures)
 
 TASKS = {
     "synthetic_ce": dict(dataset="synthetic", dataset_options=SYNTHETIC_100, loss="cross_entropy", k=5, lr=0.1),
@@ -99,7 +100,7 @@ def measure(task: str, members: int, epochs: int, device: str) -> dict:
     row = {"task": task, "members": members, "epochs": epochs, "sequential_s": sequential, "train_many_s": many}
     row["force_stack"] = stacked.stacking_pays is not _STACKING_PAYS
     row.update(bare_loop_x_members_s=floor, speedup=sequential / many, train_many_vs_floor=many / floor)
-    row["measured"] = {"git_commit": git_commit(), "threads": torch.get_num_threads(), "time": time.strftime("%FT%T%z")}
+    row["measured"] = {"git_commit": _COMMIT, "threads": torch.get_num_threads(), "time": time.strftime("%FT%T%z")}
     print(
         f"{task:<18} M={members:<3} sequential {sequential:7.1f}s  train_many {many:6.1f}s"
         f"  -> {row['speedup']:.1f}x   (bare loop x M {floor:6.1f}s)",
