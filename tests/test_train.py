@@ -18,13 +18,14 @@ from avgk_lib.data import TensorSplit, load_dataset
 from avgk_lib.engine import (
     DivergenceGuard,
     TrainingDiverged,
+    complete,
     evaluate_final,
     progress_bar,
     train_one_epoch,
 )
 from avgk_lib.metrics import degeneracy_warnings, top1_mode_share
 from avgk_lib.objectives import OBJECTIVES, build_objective
-from avgk_lib.rundir import CheckpointError, load_checkpoint
+from avgk_lib.rundir import CheckpointError, RunDir, load_checkpoint
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import RunResult, TrainConfig, train
 
@@ -534,3 +535,19 @@ def test_nan_outputs_are_divergence_not_bad_input():
     # noised_topk validates its scores (ValueError on NaN): the trainer reports divergence instead
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1: loss nan .*non-finite.*try a lower --lr"):
         train_one_epoch(run, 0, DivergenceGuard(), progress=False)
+
+
+def test_build_run_and_complete_compose_to_train_and_restore_a_state(tmp_path):
+    """The loop's parts called directly give train's results; a built run restored from last.pt
+    (no epochs left) finishes with the same test metrics."""
+    quiet = lambda *_: None  # noqa: E731
+    cfg = TrainConfig(dataset="synthetic", dataset_options=TINY, loss="noised_topk", k=2, epochs=2, batch_size=64)
+    reference = train(cfg, tmp_path / "run", progress=False, log=quiet)
+    spec = RunSpec.resolve(cfg)
+    direct = complete(build_run(spec), None, None, progress=False, log=quiet, started=0.0)
+    assert direct.test == reference["test"] and direct.test_last == reference["test_last"]
+    state = RunDir(tmp_path / "run").resume_state(spec.fingerprint, True, quiet)
+    assert state is not None and state.epoch == 2
+    folder = RunDir(tmp_path / "run")
+    restored = complete(build_run(spec, state=state), folder, state, progress=False, log=quiet, started=0.0)
+    assert restored.test == reference["test"] and restored.history == reference["history"]
