@@ -550,4 +550,5 @@ def test_build_run_and_complete_compose_to_train_and_restore_a_state(tmp_path):
     assert state is not None and state.epoch == 2
     folder = RunDir(tmp_path / "run")
     restored = complete(build_run(spec, state=state), folder, state, progress=False, log=quiet, started=0.0)
-    assert restored.test == reference["test"] and restored.history == reference["history"]
+    assert restored.test == reference["test"] and restored.test_last == reference["test_last"]
+    assert restored.history == reference["history"]
