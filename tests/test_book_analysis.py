@@ -166,6 +166,20 @@ def test_ledger_findings_name_an_arm_not_run_yet_on_a_setting():
     assert _pending_arms([e("paper", "x", "benchmark")]) == []  # one protocol by design
 
 
+def test_an_entry_merged_as_duplicate_evidence_is_not_reported_as_not_run():
+    from avgk_lib.book.claims import merged_into, setting_label
+    from avgk_lib.book.findings import _pending_arms
+
+    kept = {"id": "c", "arm": "tuned", "setting": {"dataset": "b"}, "preset": "cpu", "merged": ["c-last"]}
+    group = [{"id": "c-last", "arm": "paper", "setting": {"dataset": "b"}, "preset": "cpu"}]
+    merged = merged_into([kept])
+    assert merged == {("tuned", setting_label({"dataset": "b"}), "c-last"): "c"}
+    assert _pending_arms(group, merged=merged) == [
+        "  - *tuned arm, b: merged into c (identical per-seed values: the same evidence).*"
+    ]
+    assert _pending_arms(group) == ["  - *tuned arm: not run yet on b.*"]
+
+
 def test_a_wholly_absent_arm_is_named_once_in_the_closing_line_not_per_claim():
     from avgk_lib.book.findings import _pending_arms
 

@@ -527,6 +527,7 @@ def test_side_by_side_cells_tell_a_benchmark_from_a_pending_arm_and_show_both_eq
              "p_holm": 1e-8, "verdict": "supported"}  # fmt: skip
     assert C._arm_cell(None, bench) == "n/a (a benchmark: one protocol)"
     assert C._arm_cell(None, {"preset": "cpu"}) == C._arm_cell(None) == "not run yet"
+    assert C._arm_cell(None, {"preset": "cpu"}, "P1-x") == "merged into P1-x (identical per-seed values)"
     eq = {"test": "equivalence", "effect": -0.25, "ci95": [-0.26, -0.24], "unit": "accuracy", "n_seeds": 5,
           "p_holm": 1.0, "inferiority": {"p": 1e-10, "p_holm": 1.2e-8}, "verdict": "contradicted"}  # fmt: skip
     cell = C._arm_cell(eq)

@@ -808,9 +808,18 @@ def side_by_side(ledger: Any) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = None) -> str:
+def merged_into(entries: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """``(arm, setting label, merged id) -> id`` of the entry that holds a merged entry's evidence
+    (:func:`merge_duplicates`): where an arm lacks an entry because it was merged, not unrun."""
+    return {(e["arm"], setting_label(e["setting"]), m): e["id"] for e in entries for m in e.get("merged", [])}
+
+
+def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = None, merged: str | None = None) -> str:
     """One arm's cell of the side-by-side table; ``other`` is the other arm's entry of the row (a
-    benchmark claim has one protocol only, a missing arm otherwise means its runs are pending)."""
+    benchmark claim has one protocol only); ``merged``: the id of the entry this arm's entry was
+    merged into (identical evidence). A missing arm otherwise means its runs are pending."""
+    if e is None and merged is not None:
+        return f"merged into {merged} (identical per-seed values)"
     if e is None:
         return "n/a (a benchmark: one protocol)" if (other or {}).get("preset") == "benchmark" else "not run yet"
     p = f", Holm p {e['p_holm']:.3g}" if e.get("p_holm") is not None else ""
@@ -853,11 +862,12 @@ def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
         test = e["test"] + (f" (margin ±{100 * e['margin']:g} pp)" if e.get("margin") else "")
         lines.append(f"| {e['id']} | {e['claim']} | {test} | {_chapter_link(e['chapter'], link_from)} |")
     lines += ["", "| id | setting | K | paper arm | tuned arm |", "|---|---|---|---|---|"]
+    merged = merged_into(entries)
     for row in side_by_side(entries):
-        lines.append(
-            f"| {row['id']} | {row['setting']} | {row['K']} | {_arm_cell(row['paper'], row['tuned'])} "
-            f"| {_arm_cell(row['tuned'], row['paper'])} |"
-        )
+        paper, tuned = row["paper"], row["tuned"]
+        cells = [_arm_cell(paper, tuned, merged.get(("paper", row["setting"], row["id"])))]
+        cells.append(_arm_cell(tuned, paper, merged.get(("tuned", row["setting"], row["id"]))))
+        lines.append(f"| {row['id']} | {row['setting']} | {row['K']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import experiments as E
 from ..metrics import metric_key
-from .claims import ARMS, build_ledger, effect_text, setting_label
+from .claims import ARMS, build_ledger, effect_text, merged_into, setting_label
 from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
 
@@ -331,7 +331,7 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
         for e in group:
             text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
             lines.append(f"  - {text}")
-        lines += _pending_arms(group, present)
+        lines += _pending_arms(group, present, merged_into(entries))
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     missing = [a for a in ARMS if a not in present]
@@ -341,17 +341,25 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     return "\n".join(lines) + f"\n\nIn all: {len(entries)} {noun} ({held}): {tally}.{absent}"
 
 
-def _pending_arms(group: list[Mapping[str, Any]], arms: Sequence[str] = ARMS) -> list[str]:
+def _pending_arms(
+    group: list[Mapping[str, Any]], arms: Sequence[str] = ARMS, merged: Mapping[tuple, str] | None = None
+) -> list[str]:
     """A line per arm of ``arms`` that lacks some setting of ``group`` that another arm has (a
-    benchmark has one protocol)."""
+    benchmark has one protocol): merged into another entry (``merged``, from
+    :func:`~avgk_lib.book.claims.merged_into`), or not run yet."""
     if any(e.get("preset") == "benchmark" for e in group):
         return []
     settings = list(dict.fromkeys(setting_label(e["setting"]) for e in group))
+    merged, claim = merged or {}, group[0].get("id")
     out = []
     for arm in arms:
         held = {setting_label(e["setting"]) for e in group if e["arm"] == arm}
-        if missing := [s for s in settings if s not in held]:
-            out.append(f"  - *{arm} arm: not run yet on {'; '.join(missing)}.*")
+        missing = [s for s in settings if s not in held]
+        for s in [s for s in missing if (arm, s, claim) in merged]:
+            kept = merged[(arm, s, claim)]
+            out.append(f"  - *{arm} arm, {s}: merged into {kept} (identical per-seed values: the same evidence).*")
+        if unrun := [s for s in missing if (arm, s, claim) not in merged]:
+            out.append(f"  - *{arm} arm: not run yet on {'; '.join(unrun)}.*")
     return out
 
 
