@@ -37,7 +37,6 @@ from avgk_lib.rundir import git_commit
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many
 
-_STACKING_PAYS = stacked.stacking_pays
 _COMMIT = git_commit()  # the code this process runs (HEAD may move while it measures)
 
 TASKS = {
@@ -88,7 +87,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - began
 
 
-def measure(task: str, members: int, epochs: int, device: str) -> dict:
+def measure(task: str, members: int, epochs: int, device: str, force_stack: bool = False) -> dict:
     configs = _configs(task, members, epochs, device)
     quiet = lambda *_: None  # noqa: E731
     warm = [dataclasses.replace(c, epochs=1, max_batches=2) for c in configs[:2]]
@@ -98,7 +97,7 @@ def measure(task: str, members: int, epochs: int, device: str) -> dict:
     many = _timed(lambda: train_many(configs, progress=False, log=quiet))
     floor = _bare_loop(configs[0]) * members
     row = {"task": task, "members": members, "epochs": epochs, "sequential_s": sequential, "train_many_s": many}
-    row["force_stack"] = stacked.stacking_pays is not _STACKING_PAYS
+    row["force_stack"] = force_stack
     row.update(bare_loop_x_members_s=floor, speedup=sequential / many, train_many_vs_floor=many / floor)
     row["measured"] = {"git_commit": _COMMIT, "threads": torch.get_num_threads(), "time": time.strftime("%FT%T%z")}
     print(
@@ -121,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.force_stack:
         stacked.stacking_pays = lambda model, device: True
-    rows = [measure(t, m, args.epochs, args.device) for t in args.tasks for m in args.members]
+    rows = [measure(t, m, args.epochs, args.device, args.force_stack) for t in args.tasks for m in args.members]
     if not args.no_write:
         stem = f"bench_train_many_{torch.device(args.device).type}"
         if args.keep_rows:

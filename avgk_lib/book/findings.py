@@ -326,12 +326,13 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
         groups.setdefault(e["id"], []).append(e)
     lines = []
     present = [a for a in ARMS if any(e["arm"] == a for e in entries)]  # an absent arm: the closing line
+    merged = merged_into(entries)
     for claim_id, group in groups.items():
         lines.append(f"- **{claim_id}**: {group[0]['claim']}.")
         for e in group:
             text = entry_markdown(e, ceiling=bayes_ceiling(e) if ceilings else None, claim=False)
             lines.append(f"  - {text}")
-        lines += _pending_arms(group, present, merged_into(entries))
+        lines += _pending_arms(group, present, merged)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in dict.fromkeys(e["verdict"] for e in entries)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     missing = [a for a in ARMS if a not in present]
