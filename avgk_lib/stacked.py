@@ -25,14 +25,20 @@ After each epoch the stacked weights and momentum buffers are written back into 
 model and optimizer, and the single-run code validates, selects, checkpoints and reports every
 member, so a member's run folder cannot be told from a folder written by ``train``.
 
-Members are stacked only when :func:`stack_key` says they can share a stack (SGD, no loss
-parameters, one process, no AMP or compile, in-memory data) and :func:`stacking_pays`; the rest
-train one by one.
+Members are stacked only when :func:`stack_key` says they can share a stack: they agree on every
+configuration field except the short declared list :data:`MEMBER_FIELDS` (seed and data draw, lr,
+weight decay, the loss knobs taken as per-member tensors, evaluation and selection settings), so
+a field added later keeps runs apart until it is declared safe; and each can be stacked at all
+(:func:`stackable`: SGD, no loss parameters, one process, no AMP or compile, in-memory data,
+:func:`stacking_pays`). The rest train one by one. The stacked forward is built from the first
+member's model, so :class:`Stack` also refuses members whose models differ in any plain option.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +51,7 @@ from .build import Run
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import metric_dict
+from .runspec import RunSpec
 from .seeding import set_rng_state
 
 
@@ -58,11 +65,61 @@ def stacking_pays(model: nn.Module, device: torch.device) -> bool:
     return not (convolutional and torch.device(device).type == "cpu")
 
 
-def stack_key(run: Run) -> tuple | None:
-    """What members of one stack must share, or ``None`` when ``run`` cannot (or would not gain
-    from being) stacked."""
+#: The :class:`~avgk_lib.config.TrainConfig` fields a member of a stack may hold on its own, and
+#: why each cannot reach another member. Every other field must be equal within a stack
+#: (:func:`shared_config`), so a field added later keeps its runs apart until it is listed here.
+MEMBER_FIELDS: dict[str, str] = {
+    "seed": "the member's initialisation, batch order, augmentation and loss noise",
+    "lr": "one element of the stack's per-member learning-rate tensor",
+    "weight_decay": "one element of the stack's per-member weight-decay tensor",
+    "loss_weight": "one element of the per-member factor on the stacked loss",
+    "loss_options": "only the knobs of MEMBER_LOSS_OPTIONS, taken by the stacked loss as per-member tensors",
+    "dataset_options": "only the data-draw seeds of MEMBER_DATASET_OPTIONS (same shapes, the member's own data)",
+    "eval_ks": "metrics computed per member after the stacked forward",
+    "select_metric": "the best epoch, selected per member",
+    "eval_head": "the head whose metrics a member reports (read after the stacked forward)",
+    "save_scores": "whether the member's folder keeps scores.pt",
+}
+#: Loss options a member may hold on its own: those the stacked loss takes as ``(M,)`` tensors.
+MEMBER_LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "noised_topk": ("epsilon",),
+    "imbalanced_noised_topk": ("epsilon", "max_margin", "scale"),
+    "smooth_topk_svm": ("tau", "alpha"),
+    "focal": ("gamma",),
+    "ldam": ("max_margin", "scale"),
+    "an_ls": ("label_smoothing",),
+    "two_head": ("weight",),
+}
+#: Dataset options that only choose which samples a member draws (never a shape or a distribution).
+MEMBER_DATASET_OPTIONS = frozenset({"sample_seed", "split_seed", "noise_seed"})
+
+
+def _frozen(value: Any) -> str:
+    """A hashable, order-independent form of a config value (lists, dicts, numbers, strings)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def shared_config(spec: RunSpec) -> tuple[tuple[str, str], ...]:
+    """The part of a run's configuration every member of its stack must share: every
+    :class:`~avgk_lib.config.TrainConfig` field except :data:`MEMBER_FIELDS`; of ``loss_options``
+    (merged with the loss's defaults) and ``dataset_options``, every key but the per-member ones."""
+    cfg = spec.config
+    out = []
+    for f in dataclasses.fields(cfg):
+        if f.name not in MEMBER_FIELDS:
+            out.append((f.name, _frozen(getattr(cfg, f.name))))
+    member_loss = MEMBER_LOSS_OPTIONS.get(spec.objective.name, ())
+    loss = {k: v for k, v in spec.loss_options.items() if k not in member_loss}
+    data = {k: v for k, v in cfg.dataset_options.items() if k not in MEMBER_DATASET_OPTIONS}
+    out += [("loss_options*", _frozen(loss)), ("dataset_options*", _frozen(data))]
+    return tuple(out)
+
+
+def stackable(run: Run) -> bool:
+    """Whether ``run`` can train in a stack at all: SGD, one process, no AMP or compile,
+    in-memory data, no loss parameters, and :func:`stacking_pays`."""
     cfg = run.cfg
-    stackable = (
+    return (
         stacking_pays(run.model, run.device)
         and cfg.optimizer == "sgd"
         and run.world == 1
@@ -71,26 +128,28 @@ def stack_key(run: Run) -> tuple | None:
         and isinstance(run.train_loader, InMemoryLoader)
         and not any(p.requires_grad for p in run.loss_fn.parameters())
     )
-    if not stackable:
+
+
+def stack_key(run: Run) -> tuple | None:
+    """What members of one stack must share (:func:`shared_config`, plus the facts the built run
+    derives from it: device, parameter shapes, input shape, steps per epoch), or ``None`` when
+    ``run`` cannot (or would not gain from being) stacked (:func:`stackable`)."""
+    if not stackable(run):
         return None
     shapes = tuple((name, tuple(p.shape)) for name, p in run.model.named_parameters())
-    return (
-        str(run.device),
-        cfg.dataset,
-        run.spec.model,
-        run.spec.head,
-        shapes,
-        tuple(run.bundle.input_shape),
-        cfg.loss,
-        cfg.epochs,
-        cfg.batch_size,
-        run.steps_per_epoch,
-        cfg.scheduler,
-        tuple(cfg.milestones),
-        cfg.momentum == 0,
-        cfg.nesterov,
-        bool(run.train_loader.channels_last),
-    )
+    derived = (str(run.device), shapes, tuple(run.bundle.input_shape), run.steps_per_epoch)
+    return shared_config(run.spec), derived
+
+
+def _forward_options(model: nn.Module) -> list[dict[str, Any]]:
+    """Every submodule's plain attributes (flags such as ``detach_multilabel``, sizes), the
+    options a forward may read besides the parameters and buffers."""
+    plain = (bool, int, float, str, tuple, type(None))
+
+    def keep(name: str, value: Any) -> bool:
+        return not name.startswith("_") and name != "training" and isinstance(value, plain)
+
+    return [{k: v for k, v in vars(m).items() if keep(k, v)} for m in model.modules()]
 
 
 def _step_schedule(run: Run) -> None:
@@ -127,6 +186,9 @@ class Stack:
             raise ValueError("`members` must not be empty")
         self.members = members
         models = [m.run.model for m in members]
+        options = _forward_options(models[0])
+        if any(_forward_options(model) != options for model in models[1:]):
+            raise ValueError("the members' models differ in an option their forward reads (e.g. detach_multilabel)")
         self.base = copy.deepcopy(models[0]).to("meta")
         params, buffers = stack_module_state(models)
         self.params: dict[str, torch.Tensor] = params

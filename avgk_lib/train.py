@@ -114,8 +114,10 @@ def train_many(
     result per config, in order, each the dict :func:`train` would return (and the same run
     folder), or the :class:`TrainingDiverged` error of a run that diverged (the other runs go on).
 
-    Runs share a stack when :func:`~avgk_lib.stacked.stack_key` agrees (dataset family, model
-    shape, loss, epochs, batch, schedule shape, SGD) and they start at the same epoch; at most
+    Runs share a stack when :func:`~avgk_lib.stacked.stack_key` agrees (every configuration
+    field equal except the declared per-member ones, :data:`~avgk_lib.stacked.MEMBER_FIELDS`:
+    seed and data-draw seeds, lr, weight decay, loss weight, the loss knobs taken as per-member
+    tensors, evaluation and selection settings) and they start at the same epoch; at most
     ``max_stack`` per stack. The others train one by one, and so do convolutional models on a
     CPU, where a stack is slower (:func:`~avgk_lib.stacked.stacking_pays`). Each member keeps its own seed, data,
     loss noise, lr and loss knobs, best epoch, checkpoints and ``results.json``.
