@@ -4,6 +4,8 @@ on rows with known answers; and the committed ledger regenerated from the commit
 import copy
 import json
 import math
+import statistics
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -392,8 +394,10 @@ def test_synthesis_states_counts_main_result_and_links():
     doc = _two_arm_doc()
     text = C.synthesis_markdown(doc)
     n = len(doc["claims"])
-    supported = sum(e["verdict"] == "supported" for e in doc["claims"])
-    assert f"{supported} of {n} entries are supported" in text
+    findings = [e for e in doc["claims"] if e["status"] == "finding"]
+    supported = sum(e["verdict"] == "supported" for e in findings)
+    assert f"{len(findings)} of {n} entries are findings: {supported} supported" in text
+    assert "counted apart:" in text
     assert f"Holm's correction over {doc['holm_family_size']} tests" in text
     assert "[chapter 3](03_what_it_costs.ipynb)" in text and "[chapter 4](04_label_noise.ipynb)" in text
     assert "../notebooks/04_label_noise.ipynb" in C.synthesis_markdown(doc, link_from="book")
@@ -545,3 +549,47 @@ def test_an_equivalence_entry_in_words_names_the_test_that_decided():
     text = entry_markdown(e)
     assert "Holm-adjusted p 1." in text
     assert "The p above tests equivalence (TOST); worse by more than the margin, Holm-adjusted p < 0.001." in text
+
+
+# ------------------------------------------------------------------------------ round 8: headroom, MDE, status
+
+
+def test_mde_matches_the_closed_form_with_scipy_quantiles():
+    from scipy import stats as sstats
+
+    d = [0.01, 0.03, -0.01, 0.02, 0.00, 0.015]
+    entry = {"unit": "accuracy", "per_seed": {"ours": [0.5 + x for x in d], "rival": [0.5] * len(d)}}
+    n, m = len(d), 40
+    sd = statistics.stdev(d)
+    expected = (sstats.t.ppf(1 - 0.05 / (2 * m), n - 1) + sstats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert C.minimum_detectable_effect(entry, m) == pytest.approx(expected, rel=1e-9)
+    assert C.minimum_detectable_effect({"per_seed": {"ours": [0.5], "rival": [0.4]}}, m) is None
+
+
+def test_headroom_from_the_oracle_and_from_the_upper_bound():
+    rows = [{"seed": s, "test_avg2_micro": 0.60, "bayes_avg2_micro": 0.61} for s in range(3)]
+    pre = C.headroom(rows, "test_avg2_micro", [0, 1, 2])
+    assert pre["bound"] == "oracle" and pre["measured"] == pytest.approx(0.01)
+    assert C.decide_headroom(pre, 0.02)["met"] is False  # 1 pp of room, MDE 2 pp: no room to see a gain
+    assert C.decide_headroom(pre, 0.005)["met"] is True
+    real = [{"seed": s, "test_avg2_micro": 0.995} for s in range(3)]  # no oracle: 1 - rival bounds it
+    bounded = C.headroom(real, "test_avg2_micro", [0, 1, 2])
+    assert bounded["bound"] == "upper" and C.decide_headroom(bounded, 0.001)["met"] is False
+    roomy = C.headroom([{"seed": 0, "test_avg2_micro": 0.5}], "test_avg2_micro", [0])
+    assert C.decide_headroom(roomy, 0.001)["met"] is None  # an upper bound cannot show room
+    macro = C.headroom(rows, "test_avg2_macro", [0, 1, 2])
+    assert macro["measured"] is None and macro["status"] == "precondition not measured"
+
+
+def test_status_counts_confounds_and_design_traps_apart_and_keeps_the_raw_verdict():
+    assert C.status_of({"verdict": "contradicted", "handicaps": {"ours": "weight 1"}}) == "confounded"
+    assert C.status_of({"verdict": "supported", "handicaps": {"rival": "decay"}}) == "confounded"
+    assert C.status_of({"verdict": "inconclusive", "handicaps": {"ours": "weight 1"}}) == "finding"
+    assert C.status_of({"verdict": "supported", "not_evidence": "trap"}) == "not counted"
+    ledger = json.loads((Path(C.__file__).parents[1] / "reference_results" / "claims.json").read_text())
+    for e in ledger["claims"]:
+        assert e["status"] in C.STATUSES and e["raw_verdict"] in C.VERDICTS
+        if e["verdict"] == "not reproduced here" and e["status"] == "precondition absent":
+            assert "as measured: " + e["raw_verdict"] in C.verdict_text(e)
+        if e["dataset"] == "fashion_mnist" and e["experiment"] == "label_noise":
+            assert e["status"] == "not counted"

@@ -12,7 +12,7 @@ from avgk_lib import experiments as E
 from avgk_lib.book.claims import reference_arms, usable_reference
 from avgk_lib.config import CACHE_FORMAT_VERSION, ConfigError, TrainConfig
 from avgk_lib.experiments import tuning as T
-from avgk_lib.experiments.catalog import COLE_RECIPE, KNOB_LIMITS, P2_METHODS
+from avgk_lib.experiments.catalog import KNOB_LIMITS, P2_METHODS, PAPER_HANDICAPS
 
 BASELINES = ("assume_negative", "an_ls", "wan", "epr", "role")
 P1_OPTIMISER = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "batch_size": 64, "scheduler": "step"}
@@ -42,7 +42,7 @@ def test_p1_schedule_decays_after_half_and_three_quarters():
 
 
 @pytest.mark.parametrize("name", ["label_noise", "long_tail", "average_k", "average_k_long_tail"])
-def test_paper_arm_recipe_is_p1s_for_every_method_but_the_baselines(name):
+def test_paper_arm_recipe_is_p1s_for_every_method(name):
     for run in _runs(name, "paper"):
         cfg = run.config
         epochs = {"synthetic": 40, "fashion_mnist": 10}[cfg.dataset]
@@ -50,11 +50,15 @@ def test_paper_arm_recipe_is_p1s_for_every_method_but_the_baselines(name):
         assert cfg.batch_size == 64 and cfg.epochs == epochs and cfg.lr_gamma == 0.1
         assert cfg.milestones == [epochs // 2 + 1, 3 * epochs // 4 + 1]
         assert cfg.loss_weight == 1.0
-        if run.labels["loss"] in BASELINES:  # Cole et al.: Adam without weight decay, lr 1e-3
-            assert (cfg.optimizer, cfg.weight_decay, cfg.lr) == ("adamw", 0.0, 1e-3)
-        else:
-            assert {k: getattr(cfg, k) for k in P1_OPTIMISER} == P1_OPTIMISER
-            assert (cfg.weight_decay, cfg.lr) == (1e-4, 0.1)  # no lr / s rescaling either
+        # one recipe per comparison (protocol A4): the weak baselines too, their handicap named
+        assert {k: getattr(cfg, k) for k in P1_OPTIMISER} == P1_OPTIMISER
+        assert (cfg.weight_decay, cfg.lr) == (1e-4, 0.1)  # no lr / s rescaling either
+
+
+def test_the_paper_arms_known_handicaps_are_named_for_p2_methods_only():
+    assert set(PAPER_HANDICAPS) == {"average_k", "average_k_long_tail"}
+    assert set(PAPER_HANDICAPS["average_k"]) == {"two_head", *BASELINES}
+    assert all(isinstance(why, str) and why for named in PAPER_HANDICAPS.values() for why in named.values())
 
 
 def test_paper_arm_loss_values_are_p1s_and_the_baselines_own():
@@ -109,7 +113,10 @@ def test_tuned_arm_gives_every_method_nine_trials(name):
             assert list(grid) == ["lr"] and grid["lr"][0] == 0.01 and grid["lr"][-1] == 1.0
         else:
             assert grid["lr"] == [0.03, 0.1, 0.3] and len(grid) == 2
-    assert all(s.max_seeds is None and s.lr_grid is None for s in E.get_experiment(name).preset("cpu").settings)
+    settings = E.get_experiment(name).preset("cpu").settings
+    assert all(s.lr_grid is None for s in settings)
+    # 20 seeds on synthetic data, 5 on Fashion-MNIST (protocol A2)
+    assert all(s.max_seeds == (5 if s.dataset == "fashion_mnist" else None) for s in settings)
 
 
 def test_tuned_arm_knobs_are_the_protocols():
@@ -124,7 +131,7 @@ def test_tuned_arm_knobs_are_the_protocols():
         assert lt[name].lr_per_scale and {round(p["lr"] * scale, 9) for p in lt[name].points([0.1])} == {0.1}
     assert P2_METHODS["two_head"].grid == {"weight": [1.0, 10.0, 100.0]}
     for name in BASELINES:
-        assert P2_METHODS[name].grid == {"loss_weight": [1.0, 10.0, 100.0]} and P2_METHODS[name].paper == COLE_RECIPE
+        assert P2_METHODS[name].grid == {"loss_weight": [1.0, 10.0, 100.0]} and P2_METHODS[name].paper == {}
     role = [r for r in E.expand("average_k", "cpu", [0]) if r.labels["loss"] == "role"]
     assert all(r.config.loss_lr_multiplier == 10.0 for r in role)
     (an_ls,) = [r for r in E.expand("average_k", "cpu", [0]) if r.labels["loss"] == "an_ls"]

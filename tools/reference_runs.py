@@ -130,7 +130,7 @@ def tuning_base(name: str, preset: str) -> list[tuple[str, TrainConfig]]:
     tuning draw (extensions come on top); empty for an experiment without tuning."""
     experiment = EXPERIMENTS[name]
     spec = experiment.preset(preset)
-    if experiment.tuned_by or not spec.tune:
+    if experiment.tuned_from or not spec.tune:
         return []
     out = []
     for setting in spec.settings:
@@ -148,7 +148,7 @@ def _extension_bound(name: str, preset: str) -> int:
     """The most tuning runs the extensions can add: every knob extended twice (grid stays a product)."""
     experiment = EXPERIMENTS[name]
     spec = experiment.preset(preset)
-    if experiment.tuned_by or not spec.tune:
+    if experiment.tuned_from or not spec.tune:
         return 0
     extra = 0
     for setting in spec.settings:
@@ -241,8 +241,8 @@ def job_groups(names: list[str], cost: dict[str, float], jobs: int) -> list[tupl
     that experiment's tuning)."""
     chains: dict[str, list[str]] = {}
     for name in names:
-        root = EXPERIMENTS[name].tuned_by
-        chains.setdefault(root if root in names else name, []).append(name)
+        root = next((r for r in EXPERIMENTS[name].tuned_from if r in names), name)
+        chains.setdefault(root, []).append(name)
     for root, chain in chains.items():
         chain.sort(key=lambda n: n != root)  # the tuner first
     groups: list[tuple[list[str], float]] = [([], 0.0) for _ in range(max(1, min(jobs, len(chains))))]
@@ -292,18 +292,13 @@ def _arms_of(name: str, preset: str) -> dict[str, Any]:
     return dict(reference["arms"]) if reference and "arms" in reference else {}
 
 
-def _other_families(name: str, preset: str, recorded: dict[str, Any]) -> list[str]:
-    """The dataset labels of ``recorded`` rows outside the asked families (``DATASETS``)."""
-    spec = EXPERIMENTS[name].preset(preset)
-    asked = {
-        s.labels["dataset"]
-        for arm in ("paper", "tuned")
-        if runs_here(name, preset, arm)
-        for s in spec.arm(arm)
-        if s.dataset in DATASETS
-    }
-    held = {row["dataset"] for part in recorded.values() for row in part.get("rows", [])}
-    return sorted(held - asked)
+def _carried_rows(name: str, preset: str, arm: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded rows of the dataset families ``--datasets`` leaves out: kept as they are (a
+    partial regeneration, e.g. 20 synthetic seeds, keeps the committed Fashion-MNIST runs)."""
+    if DATASETS is None:
+        return []
+    family = {s.labels["dataset"]: s.dataset for s in EXPERIMENTS[name].preset(preset).arm(arm)}
+    return [r for r in rows if family.get(r["dataset"], r["dataset"]) not in DATASETS]
 
 
 def _passes(seeds: list[int], size: int) -> list[list[int]]:
@@ -316,29 +311,47 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
     part = dict(arms.get(arm, {}))
     chosen = None
     if arm == "tuned":
-        base = digest([c for _, c in tuning_base(name, preset)])
-        if part.get("tuning") is not None and part.get("tuning_base") == base:
-            log(f"== {name} tuned: tuning recorded, skipped")
-        else:
-            start = time.time()
-            tuning = tune(name, preset, log=log, datasets=DATASETS)
-            part = {"rows": [], "seeds": [], "tuning": tuning, "tuning_base": base}
-            arms[arm] = part
-            save_arms_reference(name, preset, arms, OUT)
-            log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
+        part = _tuning_part(name, preset, part, arms)
         # None: an experiment tuned_by another (or untuned) reads the committed choices
         chosen = {key: entry["chosen"] for key, entry in part["tuning"].items()} or None
     if part.get("seeds") == seeds and part.get("fingerprints") == fingerprints(name, preset, seeds, chosen, arm):
         log(f"== {name} {arm}: seeds {seeds} recorded with the same runs, skipped")
         return
+    carried = _carried_rows(name, preset, arm, part.get("rows", []))
     for done in _passes(seeds, pass_size):
         start = time.time()
         rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm, datasets=DATASETS)
-        part = {**part, "rows": add_diagnostics(rows), "seeds": done}
+        part = {**part, "rows": carried + add_diagnostics(rows), "seeds": done}
         part["fingerprints"] = fingerprints(name, preset, done, chosen, arm)
         arms[arm] = part
         path = save_arms_reference(name, preset, arms, OUT)
         log(f"== {name} {arm} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
+
+
+def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
+    """The tuned arm's part with its tuning: the recorded one when its base grid equals today's; the
+    recorded one plus the tuning of the methods it lacks when the recorded entries' base grid is
+    unchanged (a method added to an experiment tunes alone); a new tuning otherwise."""
+    base_runs = tuning_base(name, preset)
+    base = digest([c for _, c in base_runs])
+    recorded = part.get("tuning")
+    if recorded is not None and part.get("tuning_base") == base:
+        log(f"== {name} tuned: tuning recorded, skipped")
+        return part
+    start = time.time()
+    have = {m for m, _ in base_runs if any(key.endswith("/" + m) for key in recorded or {})}
+    missing = sorted({m for m, _ in base_runs} - have)
+    if recorded and missing and part.get("tuning_base") == digest([c for m, c in base_runs if m in have]):
+        log(f"== {name} tuned: tuning recorded for {sorted(have)}; tuning {missing}")
+        tuning = {**recorded, **tune(name, preset, log=log, datasets=DATASETS, methods=missing)}
+        part = {**part, "tuning": tuning, "tuning_base": base}
+    else:
+        tuning = tune(name, preset, log=log, datasets=DATASETS)
+        part = {"rows": [], "seeds": [], "tuning": tuning, "tuning_base": base}
+    arms["tuned"] = part
+    save_arms_reference(name, preset, arms, OUT)
+    log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
+    return part
 
 
 def fingerprints(name: str, preset: str, seeds: list[int], chosen: dict | None, arm: str) -> list[str]:
@@ -382,12 +395,6 @@ def main() -> int:
         write_ledger(args.preset)
         return 0
     args.experiments = [n for n in args.experiments if any(runs_here(n, args.preset, arm) for arm in arms)]
-    for name in args.experiments if DATASETS is not None else []:
-        if others := _other_families(name, args.preset, _arms_of(name, args.preset)):
-            parser.error(
-                f"{name}: the committed reference also holds {others}, which --datasets would drop; "
-                "run without --datasets (runs already in the run cache are reused, not retrained)"
-            )
     if args.jobs > 1:
         code = run_jobs(args, arms)
         log(f"total wall time {time.time() - started:.0f} s")

@@ -100,6 +100,20 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "not reproduced here")
 TESTS = ("superiority", "equivalence", "gain")
 COLUMN_WIDTH_IN = 6.5  # the book's column (avgk_lib.book.plotting.COLUMN_WIDTH_IN)
 FIT_THRESHOLD = 0.5  # share of the flipped training labels cross-entropy must fit at some epoch
+#: the smallest headroom a practitioner would act on (book/protocol.md, A3): 1 percentage point
+HEADROOM_FLOOR = 0.01
+#: power of the minimum detectable effect (book/protocol.md, A2)
+POWER = 0.8
+#: how an entry counts in the headline: a plain finding, a verdict whose precondition is absent,
+#: a verdict decided by a named confound (protocol A4), an entry of a setting that is not evidence
+#: (protocol A5)
+STATUSES = ("finding", "precondition absent", "confounded", "not counted")
+#: settings whose entries are shown but not counted as evidence, with the reason (protocol A5)
+NOT_EVIDENCE = {
+    ("label_noise", "fashion_mnist"): "K = 2 is below the size of Fashion-MNIST's noise groups (4 and 3 classes), "
+    "a trap P1's design (noise blocks of K classes) avoids: a true label pushed to rank K + 1 gets a flat hinge "
+    "(chapter 4); book/protocol.md, A5",
+}
 
 
 # ------------------------------------------------------------------------------ single tests
@@ -196,7 +210,60 @@ def _ce_fits_flipped_labels(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return flipped_label_fit([r.get("history") or [] for r in ce])
 
 
-PRECONDITIONS = {"ce_fits_flipped_labels": _ce_fits_flipped_labels}
+def headroom(rows: list[dict[str, Any]], metric: str, seeds: list[int]) -> dict[str, Any]:
+    r"""Precondition of P2's superiority claims (``book/protocol.md``, A3): room above the rival.
+
+    ``rows`` are the rival's runs, ``metric`` the entry's (e.g. ``test_avg3_micro``). On synthetic
+    data each row carries ``bayes_avg{K}_micro``, the expected accuracy of the Bayes-optimal
+    average-K sets on its seed's test inputs; the headroom is
+    :math:`h = rac1n \sum_s (	ext{Bayes}_s - 	ext{rival}_s)` (``bound = "oracle"``). Without an
+    oracle (real data) :math:`1 - \overline{	ext{rival}}` bounds it from above (``bound = "upper"``).
+    A macro metric on a long-tailed split has no oracle bound here (the Bayes sets maximise micro
+    accuracy), nor has a row without the Bayes column: ``measured = None``. The decision
+    (:func:`decide_headroom`) needs the entry's minimum detectable effect.
+
+    Example:
+        >>> rows = [{"seed": 0, "test_avg3_micro": 0.70, "bayes_avg3_micro": 0.75},
+        ...         {"seed": 1, "test_avg3_micro": 0.72, "bayes_avg3_micro": 0.75}]
+        >>> r = headroom(rows, "test_avg3_micro", [0, 1])
+        >>> round(r["measured"], 4), r["bound"]
+        (0.04, 'oracle')
+    """
+    base = {
+        "name": "headroom: room above the rival (Bayes-optimal accuracy minus the rival's)",
+        "rule": f"headroom >= max({HEADROOM_FLOOR:g}, the entry's minimum detectable effect)",
+        "threshold": None,
+        "met": None,
+    }
+    by_seed = {r["seed"]: r for r in rows}
+    values = [by_seed[s].get(metric) for s in seeds if s in by_seed]
+    if not values or None in values:
+        return {**base, "measured": None, "bound": None, "status": "precondition not measured"}
+    bayes_key = "bayes_" + metric.split("_", 1)[1]
+    ceilings = [by_seed[s].get(bayes_key) for s in seeds]
+    if metric.endswith("_micro") and None not in ceilings:
+        gaps = [c - v for c, v in zip(ceilings, values, strict=True)]
+        return {**base, "measured": math.fsum(gaps) / len(gaps), "bound": "oracle", "status": "pending"}
+    if not metric.endswith("_micro") or any(by_seed[s].get("bayes_avg1_micro") for s in seeds):
+        return {**base, "measured": None, "bound": None, "status": "precondition not measured"}
+    gap = 1.0 - math.fsum(values) / len(values)
+    return {**base, "measured": gap, "bound": "upper", "status": "pending"}
+
+
+def decide_headroom(pre: dict[str, Any], mde: float | None) -> dict[str, Any]:
+    """The headroom decision (:func:`headroom`) once the entry's MDE is known: present iff the
+    headroom is at least ``max(HEADROOM_FLOOR, mde)``; from an upper bound only absence can be
+    concluded (present stays unknown)."""
+    if pre.get("measured") is None:
+        return pre
+    threshold = max(HEADROOM_FLOOR, mde if mde is not None and math.isfinite(mde) else 0.0)
+    room = pre["measured"] >= threshold
+    met = room if pre["bound"] == "oracle" else (None if room else False)
+    status = {True: "met", False: "absent", None: "upper bound above the threshold: not decided"}[met]
+    return {**pre, "threshold": threshold, "met": met, "status": status}
+
+
+PRECONDITIONS = {"ce_fits_flipped_labels": _ce_fits_flipped_labels, "headroom": None}
 
 
 # ------------------------------------------------------------------------------ the claims
@@ -257,26 +324,27 @@ CLAIMS = [
           "outperforms cross-entropy in macro top-K accuracy", "long_tail", "test_top{k}_macro",
           {"loss": "imbalanced_noised_topk"}, [CE], chapter=CH["05_long_tail"]),
     Claim("P1-lt-imbalanced-vs-rivals", "P1", "on heavy-tailed data the imbalanced noised top-K loss significantly "
-          "outperforms the other baseline losses (best of focal, LDAM, balanced noised top-K) in macro top-K "
-          "accuracy", "long_tail", "test_top{k}_macro", {"loss": "imbalanced_noised_topk"},
-          [{"loss": "focal"}, {"loss": "ldam"}, {"loss": "noised_topk"}], chapter=CH["05_long_tail"]),
+          "outperforms the other baseline losses (best of focal, LDAM, balanced noised top-K, smooth top-K SVM) in "
+          "macro top-K accuracy", "long_tail", "test_top{k}_macro", {"loss": "imbalanced_noised_topk"},
+          [{"loss": "focal"}, {"loss": "ldam"}, {"loss": "noised_topk"}, {"loss": "smooth_topk_svm"}],
+          chapter=CH["05_long_tail"]),
     Claim("P1-lt-balanced-vs-ce", "P1", "on heavy-tailed data the balanced noised top-K loss outperforms "
           "cross-entropy in macro top-K accuracy", "long_tail", "test_top{k}_macro", {"loss": "noised_topk"}, [CE],
           chapter=CH["05_long_tail"]),
     Claim("P2-twohead-vs-softmax", "P2", "the two-head loss outperforms the softmax baseline (thresholded "
           "cross-entropy) in average-K accuracy", "average_k", "test_avg{k}_micro", {"loss": "two_head"}, [CE],
-          ks=(1.5, 2.0, 3.0, 5.0), chapter=CH["07_two_head_loss"]),
+          ks=(1.5, 2.0, 3.0, 5.0), precondition="headroom", chapter=CH["07_two_head_loss"]),
     Claim("P2-twohead-vs-weak", "P2", "the two-head loss outperforms several loss functions designed for weakly "
           "supervised multi-label classification (best of AN, AN-LS, WAN, EPR, ROLE) in average-K accuracy",
           "average_k", "test_avg{k}_micro", {"loss": "two_head"}, P2_WEAK, ks=(2.0, 3.0, 5.0),
-          chapter=CH["07_two_head_loss"]),
+          precondition="headroom", chapter=CH["07_two_head_loss"]),
     Claim("P2-gain-ambiguous", "P2", "the gains over the softmax baseline are larger the higher the uncertainty "
           "(most vs least ambiguous 20% of test inputs by Bayes entropy)", "average_k", "test_avg{k}_ambiguous",
           {"loss": "two_head"}, [CE], kind="gain", elsewhere_metric="test_avg{k}_clear", ks=(3.0,),
           chapter=CH["08_where_gains_come_from"]),
     Claim("P2-lt-twohead-vs-softmax", "P2", "the two-head loss outperforms the softmax baseline in macro average-K "
           "accuracy on long-tailed data", "average_k_long_tail", "test_avg{k}_macro", {"loss": "two_head"}, [CE],
-          ks=(3.0,), chapter=CH["08_where_gains_come_from"]),
+          ks=(3.0,), precondition="headroom", chapter=CH["08_where_gains_come_from"]),
     Claim("P2-gain-rare", "P2", "the gains are larger especially for classes with few samples (rarest vs most "
           "frequent third of the classes)", "average_k_long_tail", "test_avg{k}_tail", {"loss": "two_head"}, [CE],
           kind="gain", elsewhere_metric="test_avg{k}_head", ks=(3.0,), chapter=CH["08_where_gains_come_from"]),
@@ -494,10 +562,13 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
         entry.update(_gain_where(claim, rows, ours_filter, rival, name, seeds))
     used = _select(rows, ours_filter) + _select(rows, rival)
     entry["best_epoch_is_last"] = _best_is_last([r for r in used if r["seed"] in seeds])
-    if claim.precondition:
+    if claim.precondition == "headroom":
+        entry["precondition"] = headroom(_select(rows, rival), metric, seeds)
+    elif claim.precondition:
         entry["precondition"] = PRECONDITIONS[claim.precondition](rows)
         if entry["precondition"]["met"] is None:
             entry["notes"].append("precondition not measured: the references store no fit of the flipped labels")
+    entry.update(_exclusions(claim, arm, setting, entry))
     if ref.get("tuning"):
         summary = {m: tuning_summary(ref["tuning"], setting, m) for m in (entry["ours"], entry["rival"])}
         entry["tuning"] = {"ours": summary[entry["ours"]], "rival": summary[entry["rival"]]}
@@ -509,6 +580,27 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
             entry["notes"].append(f"unequal tuning budgets: {trials[0]} trials for ours, {trials[1]} for the rival")
     entry["chapter"] = claim.chapter
     return entry
+
+
+def _exclusions(claim: Claim, arm: str, setting: dict, entry: dict[str, Any]) -> dict[str, Any]:
+    """``not_evidence`` (why the setting is not evidence, protocol A5) and ``handicaps`` (the
+    named handicaps of the entry's methods in this arm, protocol A4) of an entry."""
+    from ..experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
+
+    out: dict[str, Any] = {}
+    family = next(
+        (s.dataset for s in EXPERIMENTS[claim.experiment].preset(entry["preset"]).arm(arm) if s.labels == setting),
+        None,
+    )
+    reason = NOT_EVIDENCE.get((claim.experiment, family))
+    if reason:
+        out["not_evidence"] = reason
+    if arm == "paper":
+        named = PAPER_HANDICAPS.get(claim.experiment, {})
+        handicaps = {role: named[entry[role]] for role in ("ours", "rival") if entry[role] in named}
+        if handicaps:
+            out["handicaps"] = handicaps
+    return out
 
 
 def _gain_where(claim: Claim, rows, ours_filter, rival, name: str, seeds: list[int]) -> dict[str, Any]:
@@ -685,10 +777,75 @@ def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[
     out = merge_duplicates(entries)
     size = apply_holm(out)
     for e in out:
+        e["mde"] = minimum_detectable_effect(e, size, alpha)
+        pre = e.get("precondition")
+        if pre is not None and "bound" in pre:
+            e["precondition"] = decide_headroom(pre, e["mde"])
+        e["raw_verdict"] = verdict_of({**e, "precondition": None}, alpha)
         e["verdict"] = verdict_of(e, alpha)
         if e["verdict"] == "not reproduced here":
             e["notes"].append(f"precondition absent: {e['precondition']['name']}")
+        e["status"] = status_of(e)
+        if e["status"] == "confounded":
+            e["notes"].append(
+                "decided by a named confound: " + "; ".join(f"{e[role]}: {why}" for role, why in e["handicaps"].items())
+            )
+        if e["status"] == "not counted":
+            e["notes"].append(f"not counted as evidence: {e['not_evidence']}")
     return out, size
+
+
+def minimum_detectable_effect(entry: Mapping[str, Any], family_size: int, alpha: float = ALPHA) -> float | None:
+    r"""The entry's minimum detectable effect at :data:`POWER` (``book/protocol.md``, A2):
+    :math:`(t_{1-lpha/(2m),\,n-1} + t_{	ext{power},\,n-1})\, s_d / \sqrt n` with :math:`m` the
+    Holm family size (its strictest step), :math:`n` the seeds and :math:`s_d` the standard
+    deviation of the paired differences in the claimed direction (of the gains' difference for a
+    gain claim). None with fewer than two seeds.
+
+    Example:
+        >>> e = {"test": "superiority", "unit": "accuracy",
+        ...      "per_seed": {"seeds": [0, 1, 2, 3], "ours": [0.5, 0.52, 0.51, 0.53], "rival": [0.5] * 4}}
+        >>> round(minimum_detectable_effect(e, 1), 4)
+        0.0269
+    """
+    from scipy import stats as sstats
+
+    per_seed = entry.get("per_seed") or {}
+    ours, rival = per_seed.get("ours") or [], per_seed.get("rival") or []
+    n = len(ours)
+    if n < 2 or family_size < 1:
+        return None
+    if entry.get("unit") == "log_ratio":
+        d = [math.log(b) - math.log(a) for a, b in zip(ours, rival, strict=True)]
+    else:
+        d = [a - b for a, b in zip(ours, rival, strict=True)]
+    mean = math.fsum(d) / n
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
+    quantile = sstats.t.ppf(1 - alpha / (2 * family_size), n - 1) + sstats.t.ppf(POWER, n - 1)
+    return float(quantile * sd / math.sqrt(n))
+
+
+def status_of(entry: Mapping[str, Any]) -> str:
+    """How an entry counts in the headline (:data:`STATUSES`): ``"not counted"`` for a setting that
+    is not evidence; ``"precondition absent"`` for "not reproduced here"; ``"confounded"`` when
+    the verdict goes against a method that runs with a named handicap (contradicted with a
+    handicapped ``ours``, supported against a handicapped rival); else ``"finding"``.
+
+    Example:
+        >>> status_of({"verdict": "contradicted", "handicaps": {"ours": "weight 1"}})
+        'confounded'
+        >>> status_of({"verdict": "supported", "handicaps": {"ours": "weight 1"}})
+        'finding'
+    """
+    if entry.get("not_evidence"):
+        return "not counted"
+    if entry["verdict"] == "not reproduced here":
+        return "precondition absent"
+    handicaps = entry.get("handicaps") or {}
+    against = {"contradicted": "ours", "supported": "rival"}.get(entry["verdict"])
+    if against in handicaps:
+        return "confounded"
+    return "finding"
 
 
 def ledger_document(
@@ -828,9 +985,37 @@ def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = Non
     pre = e.get("precondition")
     extra = ""
     if pre is not None:
-        value = "not measured" if pre["measured"] is None else f"{pre['measured']:.2f} (>= {pre['threshold']:g}?)"
-        extra = f"; precondition: {value}"
-    return f"{effect_text(e)}{p}, {e['n_seeds']} seeds{extra}: **{e['verdict']}**"
+        extra = f"; precondition: {_precondition_value(pre)}"
+    mde = f", MDE {100 * e['mde']:.2f} pp" if e.get("mde") is not None and e.get("unit") != "log_ratio" else ""
+    return f"{effect_text(e)}{p}, {e['n_seeds']} seeds{mde}{extra}: {verdict_text(e)}"
+
+
+def _precondition_value(pre: Mapping[str, Any]) -> str:
+    if pre["measured"] is None:
+        return "not measured"
+    bound = " (upper bound)" if pre.get("bound") == "upper" else ""
+    threshold = f" (>= {pre['threshold']:.3g}?)" if pre.get("threshold") is not None else ""
+    return f"{pre['measured']:.3f}{bound}{threshold}"
+
+
+def verdict_text(e: Mapping[str, Any]) -> str:
+    """The verdict in bold with what qualifies it: the raw measured verdict beside "not reproduced
+    here", the named confound, or why a setting is not counted.
+
+    Example:
+        >>> verdict_text({"verdict": "not reproduced here", "raw_verdict": "contradicted",
+        ...               "status": "precondition absent", "precondition": {"name": "headroom"}})
+        '**not reproduced here** (precondition absent: headroom); as measured: contradicted'
+    """
+    verdict = f"**{e['verdict']}**"
+    status = e.get("status", "finding")
+    if status == "precondition absent":
+        return f"{verdict} (precondition absent: {e['precondition']['name']}); as measured: {e.get('raw_verdict')}"
+    if status == "confounded":
+        return f"{verdict}, decided by a named confound ({'; '.join(e['handicaps'].values())}): not counted"
+    if status == "not counted":
+        return f"{verdict}, not counted as evidence ({e['not_evidence'].split(':')[0]})"
+    return verdict
 
 
 def _chapter_link(path: str, link_from: str) -> str:
@@ -880,10 +1065,14 @@ def preconditions_markdown(ledger: Any) -> str:
     for e in rows:
         pre = e["precondition"]
         measured = "not measured" if pre["measured"] is None else f"{pre['measured']:.3f}"
+        if pre.get("bound") == "upper":
+            measured += " (upper bound)"
         met = {True: "yes", False: "**no**", None: "unknown"}[pre["met"]]
+        threshold = "-" if pre.get("threshold") is None else f"{pre['threshold']:.3g}"
+        k = f", K={e['K']:g}" if isinstance(e.get("K"), (int, float)) else ""
         lines.append(
-            f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])} | {pre['name']} | {measured} "
-            f"| {pre['threshold']:g} | {met} |"
+            f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])}{k} | {pre['name']} | {measured} "
+            f"| {threshold} | {met} |"
         )
     return "\n".join(lines)
 
@@ -920,17 +1109,21 @@ def main_result(ledger: Any) -> str:
     if not entries:
         return "_The ledger is empty: no claim could be tested._"
     family = sum(len(_hypotheses(e)) for e in entries)
-    supported, contradicted = _ids_with(entries, "supported"), _ids_with(entries, "contradicted")
-    counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
-    timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in entries)
+    findings = [e for e in entries if e.get("status", "finding") == "finding"]
+    supported, contradicted = _ids_with(findings, "supported"), _ids_with(findings, "contradicted")
+    counts = {v: sum(e["verdict"] == v for e in findings) for v in VERDICTS}
+    apart = {s: sum(e.get("status") == s for e in entries) for s in STATUSES[1:]}
+    timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in findings)
     timing = f"; {timed} of the {counts['supported']} are timing benchmarks" if timed else ""
     extra = family - len(entries)
     tests = f"{family} tests" + (f" (an equivalence or gain entry adds a second test: {extra})" if extra else "")
     return (
-        f"**Main result**: after Holm's correction over {tests}, {counts['supported']} of {len(entries)} "
-        f"entries are supported ({', '.join(supported) or 'no claim in any setting'}{timing}), "
-        f"{counts['contradicted']} contradicted ({', '.join(contradicted) or 'none'}), "
-        f"{counts['inconclusive']} inconclusive and {counts['not reproduced here']} not reproduced here."
+        f"**Main result**: after Holm's correction over {tests}, {len(findings)} of {len(entries)} entries are "
+        f"findings: {counts['supported']} supported ({', '.join(supported) or 'no claim in any setting'}{timing}), "
+        f"{counts['contradicted']} contradicted ({', '.join(contradicted) or 'none'}) and "
+        f"{counts['inconclusive']} inconclusive; counted apart: {apart['precondition absent']} not reproduced "
+        f"here because a precondition is absent, {apart['confounded']} decided by a named confound and "
+        f"{apart['not counted']} in a setting that is not evidence."
     )
 
 

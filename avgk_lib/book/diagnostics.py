@@ -9,7 +9,13 @@ r"""Per-run diagnostics behind the fair-comparison chapters, computed from a fin
   frequent third of the classes by training count (long-tailed data);
 * ``pseudo_in_bayes_topk``: for two-head runs on synthetic data, the share of the pseudo-positives
   that P2's rule draws from the trained softmax head (validation inputs in batches of the training
-  batch size) which lie in the Bayes top-:math:`\lceil K\rceil` set of their input.
+  batch size) which lie in the Bayes top-:math:`\lceil K\rceil` set of their input;
+* ``bayes_avg{K}_micro`` / ``bayes_top{K}_micro`` (synthetic data, every evaluated K): the expected
+  accuracy of the Bayes-optimal average-K sets (the test posteriors at one global threshold) and
+  top-K sets on this run's test inputs: the ceiling of the headroom precondition
+  (``book/protocol.md``, A3);
+* ``test_dead_classes``: the classes present in the test split that are never in the run's top-
+  :math:`\lceil K\rceil` set (best-validation checkpoint): a collapsed class has recall 0.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from .. import functional as AF
 from .. import metrics as M
 from ..data import load_dataset
+from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
 from ..metrics import k_label
 from ..rundir import RunDir
 from .analysis import load_run_scores, run_results
@@ -76,7 +83,28 @@ def pseudo_label_quality(val_probs: torch.Tensor, targets: torch.Tensor, posteri
     return inside / total if total else math.nan
 
 
-def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, float]:
+def bayes_ceilings(posterior: torch.Tensor, ks: list[float]) -> dict[str, float]:
+    """Expected micro accuracy of the Bayes average-K sets (every K) and top-K sets (integer K) on
+    the inputs of ``posterior`` (n, C)."""
+    out = {}
+    for k in ks:
+        name = k_label(float(k))
+        out[f"bayes_avg{name}_micro"] = expected_set_accuracy(posterior, bayes_average_k_sets(posterior, float(k)))
+        if float(k).is_integer():
+            out[f"bayes_top{name}_micro"] = expected_set_accuracy(posterior, bayes_topk_sets(posterior, int(k)))
+    return out
+
+
+def dead_classes(scores: torch.Tensor, targets: torch.Tensor, k: float) -> list[int]:
+    r"""Classes present in ``targets`` that are in no top-:math:`\lceil k\rceil` set of ``scores``."""
+    sets = M.topk_sets(scores, math.ceil(k))
+    hit = sets[torch.arange(len(targets)), targets]
+    per_class = torch.bincount(targets, weights=hit.double(), minlength=scores.shape[1])
+    present = torch.bincount(targets, minlength=scores.shape[1]) > 0
+    return [int(c) for c in ((per_class == 0) & present).nonzero().flatten()]
+
+
+def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any]:
     """The diagnostics of one finished run (empty when its scores were not saved)."""
     if not RunDir(folder).scores.exists():
         return {}
@@ -86,12 +114,14 @@ def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, flo
     name = k_label(k)
     yv, yt = scores["val_targets"].long(), scores["test_targets"].long()
     hits = _hits(scores["val_scores"], scores["test_scores"], yt, k)
-    out = {
+    out: dict[str, Any] = {
         f"test_avg{name}_{part}": v for part, v in frequency_split(hits, yt, results["summary"]["class_counts"]).items()
     }
+    out["test_dead_classes"] = dead_classes(scores["test_scores"], yt, k)
     if config["dataset"] == "synthetic":
         val_post, test_post = _posteriors(json.dumps(config["dataset_options"], sort_keys=True))
         out.update({f"test_avg{name}_{part}": v for part, v in entropy_split(test_post, hits).items()})
+        out.update(bayes_ceilings(test_post, sorted({float(x) for x in config["eval_ks"]} | {k})))
         if "val_scores_softmax" in scores:
             probs = scores["val_scores_softmax"]
             out["pseudo_in_bayes_topk"] = pseudo_label_quality(probs, yv, val_post, k, config["batch_size"])

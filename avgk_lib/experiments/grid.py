@@ -20,11 +20,6 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def presets_of(name: str) -> list[str]:
-    """The presets an experiment defines."""
-    return list(get_experiment(name).presets)
-
-
 def _setting_label(setting: Setting) -> str:
     dataset, *rest = (f"{v}" if k == "dataset" else f"{k}={v}" for k, v in setting.labels.items())
     return f"{dataset} ({', '.join(rest)})" if rest else dataset
@@ -217,7 +212,7 @@ def runs_of(
 def tuning_key(setting: Setting | Mapping[str, Any], method: str) -> str:
     """The key of a method's tuning on a setting (or on a setting's labels, e.g. a reference row's
     ``{"dataset": ..., "label_noise": ...}``): ``dataset=synthetic-100/label_noise=0.6/noised_topk``."""
-    labels = setting.labels if isinstance(setting, Setting) else setting
+    labels = (setting.tuning_labels or setting.labels) if isinstance(setting, Setting) else setting
     return "/".join([*(f"{k}={v}" for k, v in labels.items()), method])
 
 
@@ -228,8 +223,10 @@ def chosen_from_reference(name: str, preset: str, arm: str = "tuned") -> dict[st
     The paper arm tunes nothing: ``{}``."""
     if check_arm(arm) == "paper":
         return {}
-    reference = load_reference(get_experiment(name).tuned_by or name, preset)
-    tuning = reference_tuning(reference)
+    sources = get_experiment(name).tuned_from or (name,)
+    tuning = {}
+    for source in sources:
+        tuning.update(reference_tuning(load_reference(source, preset)))
     keys = tuning_keys(name, preset)
     return {key: entry["chosen"] for key, entry in tuning.items() if key in keys}
 

@@ -15,7 +15,6 @@ ARMS = ("paper", "tuned")
 #: the data draws used for tuning: distinct from the evaluation seeds 0, 1, 2, ...; a grid point's
 #: score is its mean best-validation metric over these draws
 TUNING_SEEDS = (1000, 1001)
-TUNING_SEED = TUNING_SEEDS[0]
 #: :class:`TrainConfig` fields a grid point or a method may set besides the loss options
 RECIPE_KEYS = ("lr", "loss_lr_multiplier", "loss_weight", "optimizer", "weight_decay", "momentum", "nesterov")
 
@@ -87,6 +86,9 @@ class Setting:
     # added to the seed for the data draw (not the initialisation): a twin setting that shares its
     # twin's training data at equal offsets gets its own draws, so its runs are independent evidence
     data_seed_offset: int = 0
+    # the labels of the setting whose tuning this one reuses (None: its own labels), e.g. a size of
+    # the training-set-size sweep reuses the tuning of its 10,000-sample twin
+    tuning_labels: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.select.count("{k}_") != 1:
@@ -128,7 +130,13 @@ class Experiment:
     methods: dict[str, Method]
     presets: dict[str, Preset]
     variants: dict[str, dict[str, Any]] | None = None  # ablations: config changes around the tuned default
-    tuned_by: str | None = None  # take the tuned values of another experiment (same setting labels)
+    # take the tuned values of other experiments (same tuning labels), in this order
+    tuned_by: str | tuple[str, ...] | None = None
+
+    @property
+    def tuned_from(self) -> tuple[str, ...]:
+        """The experiments whose tuning this one reuses (empty: it tunes its own, or nothing)."""
+        return (self.tuned_by,) if isinstance(self.tuned_by, str) else tuple(self.tuned_by or ())
 
     def preset(self, preset: str) -> Preset:
         if preset not in self.presets:

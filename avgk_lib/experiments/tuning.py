@@ -38,8 +38,9 @@ def tune(
     log: Callable[[str], None] = print,
     device: str = "auto",
     datasets: list[str] | None = None,
+    methods: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Tuned arm: the bracketing search of every method of every setting (the paper arm, an
+    """Tuned arm: the bracketing search of every method (or of ``methods`` only) of every setting (the paper arm, an
     experiment ``tuned_by`` another and an untuned preset return ``{}``).
 
     Returns, per ``tuning_key(setting, method)``: ``grid`` (every point tried, as trained, with
@@ -53,16 +54,21 @@ def tune(
     spec = experiment.preset(preset)
     if check_arm(arm) == "paper" or experiment.tuned_by or not spec.tune:
         return {}
+    if methods is not None and (isinstance(methods, str) or not set(methods) <= set(experiment.methods) or not methods):
+        raise ValueError(f"`methods` must be a non-empty list of {sorted(experiment.methods)}, got {methods!r}")
+    kw = {"progress": progress, "log": log, "device": device, "only": methods}
     out: dict[str, dict[str, Any]] = {}
     for setting in spec.settings:
         if datasets is not None and setting.dataset not in datasets:
             continue
         if _unbalanced_twin(spec, setting) is None:
-            out.update(_tune_setting(name, spec, setting, progress=progress, log=log, device=device))
+            out.update(_tune_setting(name, spec, setting, **kw))
     for setting in spec.settings:  # balanced-test twins take the long-tailed choices
         twin = _unbalanced_twin(spec, setting)
         if twin is not None and (datasets is None or setting.dataset in datasets):
             for method_name in _methods_of(experiment, setting):
+                if methods is not None and method_name not in methods:
+                    continue
                 key = tuning_key(twin, method_name)
                 out[tuning_key(setting, method_name)] = {**out[key], "reused_from": key}
     return out
@@ -71,6 +77,8 @@ def tune(
 def _tune_setting(name: str, spec: Preset, setting: Setting, **kw: Any) -> dict[str, dict[str, Any]]:
     """The bracketing search of every method of one setting, all methods in the same rounds."""
     methods = _methods_of(get_experiment(name), setting)
+    if kw["only"] is not None:
+        methods = {m: method for m, method in methods.items() if m in kw["only"]}
     grids = {m: method.knob_grid(lr_grid_of(spec, setting, method)) for m, method in methods.items()}
     log = kw["log"]
 
