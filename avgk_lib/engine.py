@@ -271,7 +271,11 @@ class RunInterrupted(KeyboardInterrupt):
     finished epoch)."""
 
     def __init__(self, epoch: int, folder: Path | None) -> None:
-        where = f"; resume with --resume (--out {folder})" if folder is not None else " (nothing was saved: no --out)"
+        where = (
+            f"; resume with --resume (--out {folder})"
+            if folder is not None
+            else " (a run with a folder keeps its finished epochs in that folder's last.pt: resume it from there)"
+        )
         super().__init__(f"interrupted during epoch {epoch + 1}{where}")
         self.epoch = epoch
         self.folder = folder
@@ -402,9 +406,12 @@ def saved_scores(spec: RunSpec, best: dict[str, Any]) -> dict[str, torch.Tensor]
     return scores
 
 
-def run_result(run: Run, book: Progress, best, last, started: float, share: int = 1) -> RunResult:
+def run_result(
+    run: Run, book: Progress, best, last, started: float, share: int = 1, prior_seconds: float = 0.0
+) -> RunResult:
     """The :class:`RunResult` of a finished run (``share``: the number of runs trained together
-    in one stack, whose wall time is split evenly between them)."""
+    in one stack, whose wall time is split evenly between them; ``prior_seconds``: the time of the
+    earlier parts of a resumed run, so that ``wall_seconds`` is the sum over every part)."""
     spec, cfg = run.spec, run.cfg
     warnings = []
     for label, evaluation in (("best epoch", best), ("last epoch", last)):
@@ -422,7 +429,7 @@ def run_result(run: Run, book: Progress, best, last, started: float, share: int 
         "class_counts": bundle_counts(run.bundle),
     }
     times = {"seed": cfg.seed, "start_time": _iso(started), "end_time": _iso(finished)}
-    times["wall_seconds"] = (finished - started) / share
+    times["wall_seconds"] = prior_seconds + (finished - started) / share
     if share > 1:
         times["stack_size"] = share
     return RunResult(
@@ -442,14 +449,15 @@ def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log,
     best, last = final_evaluations(run, folder, book)
     keep_scores = folder is not None and run.is_main and run.cfg.save_scores
     scores = saved_scores(run.spec, best) if keep_scores else None
-    result = run_result(run, book, best, last, started, share)
+    prior = folder.prior_seconds if folder is not None else 0.0
+    result = run_result(run, book, best, last, started, share, prior)
     if not run.is_main:
         return result
     for line in result.warnings:
         log(f"warning: {line}")
     if folder is not None:
         if scores is not None:
-            folder.save_scores(scores)
+            folder.save_scores(scores, run.spec.fingerprint)
         folder.write_result(result)
     log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items() if "threshold" not in k))
     return result

@@ -10,9 +10,10 @@ Rules the class enforces:
 * **one live run per folder**: :meth:`RunDir.claim` takes an exclusive OS lock (``flock``) on
   ``.lock`` for the life of the run; the OS drops it when the process dies, so a killed run never
   leaves a stale lock. A second run into a locked folder is refused at once (:class:`RunDirBusy`);
-* **one configuration per folder**: a folder whose ``run.json`` (or, for folders written before
-  ``run.json`` existed, whose checkpoint or results) names another fingerprint is never written,
-  with or without ``resume`` (:class:`RunDirForeign`);
+* **one configuration per folder**: a folder holding run files whose ``run.json`` (or, for folders
+  written before ``run.json`` existed, whose checkpoint or results) names another fingerprint is
+  never written, with or without ``resume`` (:class:`RunDirForeign`); a folder with only
+  ``.lock`` and ``run.json`` holds nothing to protect and accepts a new run;
 * **a cache that cannot lie**: ``results.json`` carries the run's fingerprint and a SHA-256 of its
   content; :meth:`RunDir.read_result` returns a result only when both match, else ``None`` with the
   reason (the caller retrains and says so);
@@ -23,14 +24,17 @@ How the files are written and read back (every file of a run, and the reference 
 
 * :func:`atomic_write_bytes` is the one writer: a temporary file ``.<name>.tmp-<pid>`` in the
   same folder, ``fsync``, then ``os.replace`` over the target, so a crash leaves the old file
-  or the new one, never a truncated one. On failure the temporary file is removed; a full disk
-  raises ``OSError(ENOSPC)`` naming the file and "no space left on device".
+  or the new one, never a truncated one. On failure the temporary file is removed and any
+  ``OSError`` (full disk or quota, file too large, read-only folder...) becomes one
+  :class:`RunFileWriteError` line naming the file and what to do.
 * :func:`save_checkpoint` / :func:`load_checkpoint`: ``torch`` files (``last.pt``, ``best.pt``,
   ``scores.pt``) that carry :data:`FORMAT_VERSION` and a SHA-256 of their content (every tensor's
   bytes, dtype and shape and every Python value, :func:`content_digest`), both stored as tensors
-  next to the payload so that the file stays a plain ``torch.load``-able dict. Loading checks the
-  format, the checksum and the configuration fingerprint and raises :class:`CheckpointError`
-  naming the file: a bit flip is caught, never trained on.
+  next to the payload so that the file stays a plain ``torch.load``-able dict. Every one carries
+  the fingerprint of its run (``scores.pt`` too), checked where it is read. Loading uses
+  ``torch.load(weights_only=True)`` (tensors, primitives and NumPy's generator state only: a
+  crafted file cannot run code) and checks the format, the checksum and the fingerprint, raising
+  :class:`CheckpointError` naming the file: a bit flip is caught, never trained on.
 * JSON files carry :func:`json_digest` of their content; ``results.json`` is parsed here and
   nowhere else (:meth:`RunResult.from_json`).
 * :class:`TrainState`: what ``last.pt`` holds, so a killed run resumes bit-exactly.
@@ -38,16 +42,20 @@ How the files are written and read back (every file of a run, and the reference 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import io
 import json
+import math
 import os
+import pickle
 import platform
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +80,36 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+#: what to do about an ``OSError`` while writing a file, by errno (the rest: :data:`_WRITE_OTHER`)
+_WRITE_ADVICE = {
+    errno.ENOSPC: "no space left on device; free some space, then run the same command again",
+    errno.EDQUOT: "disk quota exceeded; free some space in your quota, then run the same command again",
+    errno.EFBIG: "file too large for this file system (e.g. FAT32's 4 GiB limit); use a folder on another disk",
+    errno.EROFS: "read-only file system; use a writable folder",
+    errno.EACCES: "permission denied; fix the folder's permissions or use another folder",
+    errno.EPERM: "operation not permitted; fix the folder's permissions or use another folder",
+}
+_WRITE_OTHER = "use another folder, or run the same command again once the cause is fixed"
+
+
+class RunFileWriteError(OSError):
+    """An ``OSError`` while writing a run file (or a reference file): one line naming the file, what
+    happened and what to do; ``errno`` and ``filename`` are the original's. The old file, if any,
+    is untouched (the atomic writer never truncates it)."""
+
+    def __init__(self, err: OSError, path: Path) -> None:
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+        why = _WRITE_ADVICE.get(err.errno) or f"{err.strerror or err}; {_WRITE_OTHER}"
+        self.message = f"cannot write {path}: {why}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file + fsync + replace); see the module docstring."""
+    """Write ``data`` to ``path`` atomically (tmp file + fsync + replace); see the module docstring.
+    Any ``OSError`` (a full disk or quota, a file too large, a read-only folder...) removes the
+    temporary file and raises :class:`RunFileWriteError` naming ``path``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"`data` must be bytes, got {type(data).__name__}")
     path = Path(path)
@@ -86,9 +122,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, "no space left on device while writing", str(path)) from err
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # e.g. the folder itself is not writable: there is no temporary file either
+        if isinstance(err, OSError) and not isinstance(err, RunFileWriteError):
+            raise RunFileWriteError(err, path) from err
         raise
 
 
@@ -182,36 +221,78 @@ def _version(state: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -> dict[str, Any]:
+def _numpy_globals() -> list[Any]:
+    """The NumPy types a checkpoint may hold besides tensors and Python primitives: the state of
+    NumPy's global generator (``np.random.get_state()``: a ``uint32`` array) in ``last.pt``."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    kinds = [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
+    return list(dict.fromkeys(kinds))
+
+
+#: every type beyond tensors and primitives that ``torch.load(weights_only=True)`` accepts in a run file
+SAFE_GLOBALS = _numpy_globals()
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported class ([\w.]+)")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def load_checkpoint(
+    path: str | Path, expected_fingerprint: str | None = None, *, advice: str = "delete it to restart"
+) -> dict[str, Any]:
     """Load a file written by :func:`save_checkpoint`; verify its format version, checksum and
-    (if given) configuration fingerprint. Raises :class:`CheckpointError` naming the file."""
+    (if given) configuration fingerprint. Raises :class:`CheckpointError` naming the file and
+    ending with ``advice`` (what to do about it).
+
+    Loaded with ``torch.load(weights_only=True)``: tensors, Python primitives and the few NumPy
+    types of :data:`SAFE_GLOBALS` only, so a crafted file cannot run code while it is read (it is
+    refused, naming the object it tried to build)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"checkpoint {path} is not readable (permission denied): fix its permissions")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        match = _UNSAFE.search(str(err))
+        if match is None:
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+            why = _one_line(detail.group(1) if detail else str(err), 120)
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable (damaged or not a torch file: {why}); {advice}"
+            ) from None
+        what = next(g for g in match.groups() if g)
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds {what}, which this library never writes and which "
+            f"could run code when loaded (nothing in it was run); it is not a run file of avgk_lib: {advice}"
+        ) from None
     except Exception as err:
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); delete it to restart"
-        ) from err
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {_one_line(str(err))}); {advice}"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} has an unknown format (not a dict); delete it to restart")
+        raise CheckpointError(f"checkpoint {path} has an unknown format (not a dict); {advice}")
     version = _version(state)
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format version {version}, this avgk_lib reads {FORMAT_VERSION}; "
-            "delete it to restart"
+            f"checkpoint {path} has format version {version}, this avgk_lib reads {FORMAT_VERSION}; {advice}"
         )
     stored = state.pop("sha256", None)
     state.pop("format_version")
     if not isinstance(stored, torch.Tensor) or bytes(stored.tolist()) != content_digest(state):
-        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); delete it to restart")
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); {advice}")
     if expected_fingerprint is not None and state.get("fingerprint") != expected_fingerprint:
+        found = state.get("fingerprint")
+        written = "a different configuration" if found is not None else "an unknown configuration"
         raise CheckpointError(
-            f"checkpoint {path} was written by a different configuration (fingerprint {state.get('fingerprint')} "
-            f"!= {expected_fingerprint}); use another --out folder or delete it"
+            f"checkpoint {path} was written by {written} (fingerprint {found}, this run {expected_fingerprint}); "
+            f"{advice}"
         )
     return state
 
@@ -391,17 +472,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: set to ``1`` to run without file locks where the file system has none (``ENOLCK``), at your risk
+NO_LOCK_ENV = "AVGK_NO_LOCK"
+#: errno values of a file system that cannot lock files (NFS without lockd, some FUSE mounts)
+_NO_LOCKS = tuple(getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n))
+
+
+class RunDirNoLocks(RunDirError):
+    """The folder's file system cannot lock files (``ENOLCK``)."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+#: what the messages of a folder of the run cache advise when its run must start over
+CACHE_RESTART = "run the same command with --force (force=True) to train it again from scratch"
+
+
+def _restart_advice(path: Path) -> str:
+    """How to start a run in ``path`` over: ``--force`` for a folder of the run cache
+    (``$AVGK_CACHE_DIR/runs/<fingerprint>``), else deleting its files or another ``--out``."""
+    from .data.base import cache_dir
+
+    try:
+        in_cache = path.resolve().parent == (cache_dir() / "runs").resolve()
+    except OSError:
+        in_cache = False
+    if in_cache:
+        return CACHE_RESTART
+    return f"delete the run files in {path} to start over, or use another folder (--out)"
+
+
 class RunDir:
     """The folder of one run (see the module docstring). Use :meth:`claim` before writing and
-    :meth:`release` (or the context manager) after; reading a finished result needs no claim."""
+    :meth:`release` (or the context manager) after; reading a finished result needs no claim.
 
-    def __init__(self, path: str | Path) -> None:
+    ``restart``: what the messages advise when the run cannot go on from the folder's files and
+    must start over (the trainer's default names ``--out``; the run cache names ``--force``)."""
+
+    def __init__(self, path: str | Path, *, restart: str | None = None) -> None:
         if isinstance(path, str) and not path.strip():
             raise ValueError("`out` must name a folder, got an empty string")
         if not isinstance(path, (str, Path)):
             raise TypeError(f"`out` must be a path, got {type(path).__name__}")
         self.path = Path(path)
+        self.restart = restart or _restart_advice(self.path)
         self._lock_fh: Any = None
+        #: seconds of the earlier parts of a resumed run (from ``last.pt``), added to this part's
+        self.prior_seconds = 0.0
+        self._resumed_epochs = 0
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -432,8 +552,30 @@ class RunDir:
         no checkpoint unless resuming, temporary files of dead writers removed.
 
         Raises ``ConfigError("out")`` (not a writable folder), :class:`RunDirBusy`,
-        :class:`RunDirForeign` or :class:`CheckpointError` (a checkpoint exists and ``resume``
-        is false). Without ``fcntl`` (Windows) the folder is not locked."""
+        :class:`RunDirNoLocks`, :class:`RunDirForeign` or :class:`CheckpointError` (a checkpoint
+        exists and ``resume`` is false). Without ``fcntl`` (Windows) or with ``AVGK_NO_LOCK=1``
+        the folder is not locked."""
+        self._open_and_lock()
+        try:
+            self._check_entries()
+            self._check_owner(fingerprint)
+            if self.last.exists() and not resume:
+                finished, _ = self.read_result(fingerprint)
+                if finished is not None:
+                    raise CheckpointError(
+                        f"{self.path} already holds this configuration's finished run (results in {self.results}); "
+                        f"pass resume=True (--resume) to evaluate it again, or {self.restart}"
+                    )
+                raise CheckpointError(
+                    f"{self.last} exists: pass resume=True (--resume) to continue it, or use another folder"
+                )
+            self.remove_dead_tmp()
+            atomic_write_json(self.path / OWNER, {"fingerprint": fingerprint, "pid": os.getpid(), "config": config})
+        except BaseException:
+            self.release()
+            raise
+
+    def _open_and_lock(self) -> None:
         from .config import ConfigError
 
         if self.path.exists() and not self.path.is_dir():
@@ -444,31 +586,53 @@ class RunDir:
         except OSError as err:
             raise ConfigError("out", f"{self.path} is not a writable folder ({err.strerror or err})") from None
         self._lock()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the folder's lock (no owner check) while the caller changes its files: a folder
+        that another live process holds raises :class:`RunDirBusy` and is left as it is."""
+        self._open_and_lock()
         try:
-            self._check_entries()
-            self._check_owner(fingerprint)
-            if self.last.exists() and not resume:
-                raise CheckpointError(
-                    f"{self.last} exists: pass resume=True (--resume) to continue it, or use another folder"
-                )
-            self.remove_dead_tmp()
-            atomic_write_json(self.path / OWNER, {"fingerprint": fingerprint, "pid": os.getpid(), "config": config})
-        except BaseException:
+            yield self
+        finally:
             self.release()
-            raise
+
+    def _holder_pid(self) -> int | None:
+        try:
+            text = (self.path / LOCK).read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return int(text)
+        pid = (self.owner() or {}).get("pid")
+        return pid if isinstance(pid, int) else None
 
     def _lock(self) -> None:
-        if fcntl is None:  # pragma: no cover
+        if fcntl is None or _env_flag(NO_LOCK_ENV):  # pragma: no cover - Windows
             return
         try:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = self.owner() or {}
+        except OSError as err:
             self._lock_fh.close()
             self._lock_fh = None
-            pid = f" (pid {owner['pid']})" if "pid" in owner else ""
+            if err.errno in _NO_LOCKS:
+                raise RunDirNoLocks(
+                    f"{self.path} is on a file system that cannot lock files ({err.strerror or err}; e.g. a network or "
+                    f"Google Drive folder): use a local folder, or set {NO_LOCK_ENV}=1 to run without locking at your "
+                    "own risk (two runs into one folder would then overwrite each other)"
+                ) from None
+            if not isinstance(err, BlockingIOError):
+                raise RunDirError(f"{self.path}: cannot lock {self.path / LOCK} ({err.strerror or err})") from None
+            pid = self._holder_pid()
+            if pid == os.getpid():
+                raise RunDirError(
+                    f"{self.path} is already in use by this process: the same run folder was given twice "
+                    "(give each run its own folder)"
+                ) from None
+            where = f" (pid {pid})" if pid is not None else ""
             raise RunDirBusy(
-                f"{self.path} is in use by another running training process{pid}; wait for it or use another folder"
+                f"{self.path} is in use by another running training process{where}; wait for it to finish"
+                " (nothing in the folder was changed)"
             ) from None
         self._lock_fh.seek(0)
         self._lock_fh.truncate()
@@ -479,7 +643,8 @@ class RunDir:
         """Drop the lock (also dropped by the OS when the process ends)."""
         if self._lock_fh is not None:
             if fcntl is not None:
-                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None
 
@@ -496,6 +661,11 @@ class RunDir:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def has_run_files(self) -> bool:
+        """Whether the folder holds any run file (``last.pt``, ``best.pt``, ``scores.pt``,
+        ``results.json``); a folder with only ``.lock`` or ``run.json`` holds nothing to protect."""
+        return any(self.file(name).exists() for name in RUN_FILES)
 
     def owner_fingerprint(self) -> str | None:
         """The fingerprint of the run the folder belongs to: ``run.json``'s, else the one stored in
@@ -517,17 +687,16 @@ class RunDir:
         return None
 
     def _check_owner(self, fingerprint: str) -> None:
-        has_files = any(self.file(name).exists() for name in RUN_FILES)
+        if not self.has_run_files():
+            return  # only .lock / run.json (e.g. a run that diverged in its first epoch): nothing to protect
         found = self.owner_fingerprint()
         if found is not None and found != fingerprint:
             raise RunDirForeign(
                 f"{self.path} holds a run of a different configuration (fingerprint {found}, this run {fingerprint}); "
-                "use another --out folder"
+                f"{self.restart}"
             )
-        if found is None and has_files:
-            raise RunDirForeign(
-                f"{self.path} holds run files of an unknown configuration; use another folder or move them away"
-            )
+        if found is None:
+            raise RunDirForeign(f"{self.path} holds run files of an unknown configuration; {self.restart}")
 
     def _check_entries(self) -> None:
         for name in (*RUN_FILES, OWNER):
@@ -550,12 +719,18 @@ class RunDir:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save_state(self, state: TrainState, fingerprint: str, config: dict[str, Any]) -> None:
-        """Write ``last.pt``: the state, the run's fingerprint and its configuration."""
-        save_checkpoint({**dataclasses.asdict(state), "fingerprint": fingerprint, "config": config}, self.last)
+        """Write ``last.pt``: the state, the run's fingerprint, its configuration and
+        ``wall_seconds``, the training time so far (earlier parts of a resumed run included)."""
+        seconds = self.prior_seconds + _epoch_seconds(state.history[self._resumed_epochs :])
+        payload = {**dataclasses.asdict(state), "fingerprint": fingerprint, "config": config}
+        save_checkpoint({**payload, "wall_seconds": float(seconds)}, self.last)
 
     def resume_state(self, fingerprint: str, resume: bool, log) -> TrainState | None:
         """The verified ``last.pt`` (:func:`load_checkpoint`) to resume from, or ``None`` for a
-        fresh start (``resume`` false, or no ``last.pt`` yet: said in the log)."""
+        fresh start (``resume`` false, or no ``last.pt`` yet: said in the log). A missing or
+        damaged ``best.pt`` is rebuilt from ``last.pt`` when the best epoch is the last one saved;
+        otherwise the error says how to start over."""
+        self.prior_seconds, self._resumed_epochs = 0.0, 0
         if not resume:
             return None
         if not self.last.exists():
@@ -563,27 +738,84 @@ class RunDir:
             return None
         if not self.last.is_file():
             raise CheckpointError(f"{self.last} is not a file (a folder of that name?); move it away")
-        data = load_checkpoint(self.last, fingerprint)
+        advice = "delete it to start this run over from its first epoch"
+        data = load_checkpoint(self.last, fingerprint, advice=advice)
         names = [f.name for f in dataclasses.fields(TrainState)]
         missing = [n for n in names if n not in data]
         if missing:
-            raise CheckpointError(f"checkpoint {self.last} lacks {', '.join(missing)}; delete it to restart")
-        return TrainState(**{n: data[n] for n in names})
+            raise CheckpointError(f"checkpoint {self.last} lacks {', '.join(missing)}; {advice}")
+        state = TrainState(**{n: data[n] for n in names})
+        seconds = data.get("wall_seconds")
+        ok = isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0
+        self.prior_seconds = seconds if ok else _epoch_seconds(state.history)  # older files: the epochs' time
+        finished, _ = self.read_result(fingerprint)
+        recorded = finished.provenance.get("wall_seconds") if finished is not None else None
+        if isinstance(recorded, float) and len(finished.history) == state.epoch and recorded > self.prior_seconds:
+            self.prior_seconds = recorded  # a finished run evaluated again keeps its recorded time
+        self._resumed_epochs = len(state.history)
+        self._check_best(state, fingerprint, log)
+        return state
+
+    def _check_best(self, state: TrainState, fingerprint: str, log) -> None:
+        if state.best_epoch < 1:
+            return
+        try:
+            self.load_best(fingerprint)
+            return
+        except CheckpointError as err:
+            why = str(err).split(";")[0]
+        if state.best_epoch == state.epoch:  # last.pt holds the best epoch's weights: rebuild best.pt
+            self.save_best({"model": state.model, "loss": state.loss, "epoch": state.epoch}, fingerprint)
+            log(f"{why}: rebuilt {self.best} from {self.last} (the best epoch, {state.epoch}, is the last one saved)")
+            return
+        raise CheckpointError(
+            f"{why}, and it cannot be rebuilt (its best epoch, {state.best_epoch}, is not the last one saved, "
+            f"{state.epoch}); {self.restart}"
+        )
 
     def save_best(self, weights: dict[str, Any], fingerprint: str) -> None:
         save_checkpoint({**weights, "fingerprint": fingerprint}, self.best)
 
     def load_best(self, fingerprint: str) -> dict[str, Any]:
-        return load_checkpoint(self.best, fingerprint)
+        return load_checkpoint(self.best, fingerprint, advice=self.restart)
 
-    def save_scores(self, scores: dict[str, Any]) -> None:
-        save_checkpoint(scores, self.scores)
+    def save_scores(self, scores: dict[str, Any], fingerprint: str) -> None:
+        """Write ``scores.pt``: the scores and the fingerprint of the run they belong to."""
+        save_checkpoint({**scores, "fingerprint": fingerprint}, self.scores)
 
-    def load_scores(self) -> dict[str, Any]:
-        return load_checkpoint(self.scores)
+    def load_scores(self, fingerprint: str | None = None) -> dict[str, Any]:
+        """The verified scores of the folder's run (without the ``fingerprint`` entry). The file
+        must name the run: ``fingerprint``, else that of the folder's intact ``results.json``
+        (:class:`CheckpointError` naming the file otherwise: scores copied from another run, or
+        written before scores carried their run's fingerprint)."""
+        if fingerprint is None:
+            result, why = self.read_result()
+            if result is None or result.fingerprint is None:
+                raise CheckpointError(
+                    f"{self.scores} cannot be checked against its run: {why or f'{self.results} does not exist'}; "
+                    f"{self.restart}"
+                )
+            fingerprint = result.fingerprint
+        advice = f"these are not this run's scores; {self.restart}"
+        data = load_checkpoint(self.scores, fingerprint, advice=advice)
+        data.pop("fingerprint", None)
+        return data
+
+    def scores_fingerprint(self) -> str | None:
+        """The fingerprint stored in ``scores.pt`` (read without the checksum: a quick look for the
+        run cache), or ``None`` when the file is missing, unreadable or names no run."""
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                data = torch.load(self.scores, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - any unreadable file names no run
+            return None
+        found = data.get("fingerprint") if isinstance(data, dict) else None
+        return found if isinstance(found, str) else None
 
     def clear(self) -> None:
-        """Delete the run's files (a forced re-run); the folder itself stays."""
+        """Delete the run's files (a forced re-run); the folder itself stays. Call it holding the
+        lock (:meth:`locked`), so that a live run's files are never deleted."""
+        self._check_entries()
         for name in (*RUN_FILES, OWNER):
             self.file(name).unlink(missing_ok=True)
 
@@ -594,7 +826,9 @@ class RunDir:
 
     def read_result(self, fingerprint: str | None = None) -> tuple[RunResult | None, str]:
         """``(result, "")`` for an intact ``results.json`` of this configuration, else
-        ``(None, why)`` (``why`` empty when there is simply no result yet)."""
+        ``(None, why)`` (``why`` empty when there is simply no result yet). The file carries its
+        fingerprint and checksum: an intact one of this configuration is trusted whatever
+        ``run.json`` says."""
         if not self.results.exists():
             return None, ""
         if not self.results.is_file():
@@ -605,7 +839,14 @@ class RunDir:
             return None, f"{self.results} is unusable ({err})"
         if fingerprint is not None and result.fingerprint != fingerprint:
             return None, f"{self.results} belongs to another configuration ({result.fingerprint} != {fingerprint})"
-        owner = self.owner_fingerprint()
-        if fingerprint is not None and owner not in (None, fingerprint):
-            return None, f"{self.path} belongs to another configuration ({owner})"
         return result, ""
+
+
+def _epoch_seconds(history: list[dict[str, Any]]) -> float:
+    """The training time recorded in the epochs of ``history`` (their ``seconds``)."""
+    total = 0.0
+    for entry in history:
+        value = entry.get("seconds") if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            total += float(value)
+    return total

@@ -95,7 +95,7 @@ def test_existing_runs_resume_and_checkpoint_mistakes(capsys, tmp_path):
     assert code == 0 and "no checkpoint" in stdout and "starting fresh" in stdout
     assert (tmp_path / "run" / "results.json").exists()
     # an existing run without --resume, and a different configuration with --resume
-    _assert_one_line_error(*_cli(["train", *QUICK, "--out", out], capsys)[::2], "exists", "--resume")
+    _assert_one_line_error(*_cli(["train", *QUICK, "--out", out], capsys)[::2], "finished run", "--resume")
     other = ["train", *QUICK, "--lr", "0.01", "--out", out, "--resume"]
     _assert_one_line_error(*_cli(other, capsys)[::2], "different configuration")
     # a garbage, a truncated and a bit-flipped last.pt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -11,7 +12,8 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..data import cache_dir
-from ..rundir import RunDir
+from ..data.base import CACHE_ENV, check_folder
+from ..rundir import RunDir, RunDirError
 from ..runspec import RunSpec
 from ..train import train_many
 from .grid import check_overrides, check_seeds, chosen_from_reference, expand
@@ -34,45 +36,90 @@ def train_or_load(
     return outcome
 
 
-def _cached(spec: RunSpec, folder: RunDir, force: bool) -> dict[str, Any] | None:
-    if force:
-        folder.clear()
+def _cached(spec: RunSpec, folder: RunDir) -> tuple[dict[str, Any] | None, str]:
+    """(results, "") of a finished run of ``spec`` in ``folder``, else (None, why it cannot be
+    reused; empty when there simply is no result). Reads only: nothing is deleted here."""
     result, why = folder.read_result(spec.fingerprint)
-    if result is not None:
-        return result.to_dict()
-    if why:
-        warnings.warn(f"not reusing the cached run in {folder.path}: {why}; training it again", stacklevel=3)
-        folder.results.unlink(missing_ok=True)
-    return None
+    if result is None:
+        return None, why
+    if spec.config.save_scores and folder.scores_fingerprint() != spec.fingerprint:
+        found = "missing" if not folder.scores.exists() else "not this run's (no or another fingerprint)"
+        return None, f"{folder.scores} is {found}"
+    return result.to_dict(), ""
+
+
+def _prepare(folder: RunDir, force: bool, why: str) -> None:
+    """Under the folder's lock (:class:`~avgk_lib.rundir.RunDirBusy` when another live process
+    holds it, and then nothing is touched): delete every run file (``force``), or the unusable
+    ``results.json`` that ``why`` names."""
+    if not (force or why) or not folder.path.exists():
+        return
+    with folder.locked():
+        if force:
+            folder.clear()
+        elif folder.results.is_dir():
+            raise RunDirError(f"{folder.results} is a folder, not a run's results file; move it away")
+        elif why.startswith(str(folder.results)):
+            folder.results.unlink(missing_ok=True)
 
 
 def train_or_load_many(
     configs: list[TrainConfig], *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
 ) -> list[tuple[dict[str, Any] | Exception, Path, bool]]:
     """``(results, folder, cached)`` per config, in order: reloaded when finished (its
-    ``results.json`` intact and of this configuration), resumed when interrupted, trained
-    otherwise, the runs that can share a stack as one stacked model
-    (:func:`~avgk_lib.train.train_many`). A result that cannot be trusted (damaged, edited, of
-    another configuration) is trained again with a warning naming the folder. ``results`` is
-    the :class:`~avgk_lib.engine.TrainingDiverged` error of a run that diverged."""
+    ``results.json`` intact and of this configuration, and its ``scores.pt`` this run's),
+    resumed when interrupted, trained otherwise, the runs that can share a stack as one stacked
+    model (:func:`~avgk_lib.train.train_many`). A result that cannot be trusted (damaged, edited,
+    of another configuration) is trained again with a warning naming the folder. ``results`` is
+    the :class:`~avgk_lib.engine.TrainingDiverged` error of a run that diverged.
+
+    Nothing is written or deleted unless a run must be trained: a read-only cache that holds
+    every run serves it. ``force`` deletes a run's files only while holding its folder's lock, so
+    a folder that a live process is training is refused (:class:`~avgk_lib.rundir.RunDirBusy`)
+    with every file left as it was."""
     specs = [RunSpec.resolve(c) for c in configs]
     folders = [RunDir(run_dir(spec.config)) for spec in specs]
-    outcomes: list[Any] = [(_cached(s, f, force), f.path, True) for s, f in zip(specs, folders, strict=True)]
+    outcomes: list[Any] = []
+    reasons: list[str] = []
+    for spec, folder in zip(specs, folders, strict=True):
+        results, why = (None, "") if force else _cached(spec, folder)
+        outcomes.append((results, folder.path, True))
+        reasons.append(why)
     first: dict[str, int] = {}  # the same configuration twice trains once
     for i, spec in enumerate(specs):
         if outcomes[i][0] is None:
             first.setdefault(spec.fingerprint, i)
     todo = sorted(first.values())
-    if todo:
-        trained = train_many(
-            [specs[i].config for i in todo], [folders[i].path for i in todo], resume=True, progress=progress, log=log
-        )
-        for i, results in zip(todo, trained, strict=True):
-            outcomes[i] = (results, folders[i].path, False)
+    if not todo:
+        return outcomes
+    check_folder(cache_dir(), CACHE_ENV, write=True)
+    for i in todo:
+        if reasons[i]:
+            again = "evaluating it again" if reasons[i].startswith(str(folders[i].scores)) else "training it again"
+            warnings.warn(f"not reusing the cached run in {folders[i].path}: {reasons[i]}; {again}", stacklevel=2)
+        _prepare(folders[i], force, reasons[i])
+    trained = train_many(
+        [specs[i].config for i in todo], [folders[i].path for i in todo], resume=True, progress=progress, log=log
+    )
+    for i, results in zip(todo, trained, strict=True):
+        outcomes[i] = (results, folders[i].path, False)
     for i, spec in enumerate(specs):
         if outcomes[i][0] is None:
             outcomes[i] = (outcomes[first[spec.fingerprint]][0], folders[i].path, False)
     return outcomes
+
+
+def _reported(run: Run) -> Run:
+    """``run`` with labels that say what it trains: a label naming a dataset option (``label_noise``,
+    ``n_train``...) and ``train_k`` take the configuration's values, so that ``overrides`` changing
+    them are reflected in the rows."""
+    cfg, labels = run.config, dict(run.labels)
+    for key in labels:
+        if key in cfg.dataset_options and labels[key] != cfg.dataset_options[key]:
+            labels[key] = cfg.dataset_options[key]
+    if labels.get("train_k") is not None and labels["train_k"] != cfg.k:
+        labels["train_k"] = cfg.k
+    return run if labels == run.labels else dataclasses.replace(run, labels=labels)
 
 
 def run_experiment(
@@ -102,6 +149,7 @@ def run_experiment(
         if not chosen and arm == "tuned":
             log(f"{name} ({preset}): no tuned values committed for this preset; using each method's first grid point")
     runs = expand(name, preset, seeds, chosen, {**overrides, "device": device}, arm=arm, datasets=datasets)
+    runs = [_reported(run) for run in runs]
     started = time.time()
     outcomes = train_or_load_many([run.config for run in runs], force=force, progress=progress, log=_quiet)
     rows = []
