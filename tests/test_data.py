@@ -845,3 +845,20 @@ def test_worker_root_cause_keeps_the_last_line_of_the_worker_traceback():
     assert type(cause) is ValueError and str(cause) == "cannot read image /a/b.jpg (bad) (in a DataLoader worker)"
     plain = KeyError("x")
     assert worker_root_cause(plain) is plain
+
+
+def test_a_crafted_cifar100_pickle_is_refused_and_nothing_in_it_runs(tmp_path):
+    write_fake_cifar100(tmp_path)
+    marker = tmp_path / "ran.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (Path(marker),))
+
+    train = tmp_path / "cifar-100-python" / "train"
+    d = pickle.loads(train.read_bytes(), encoding="bytes")
+    d[b"batch_label"] = Payload()
+    train.write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(ValueError, match=re.escape(str(train)) + ".*refused: nothing in it was run"):
+        load_dataset("cifar100", root=tmp_path, n_val=40)
+    assert not marker.exists()

@@ -5,7 +5,9 @@ Reads the official ``cifar-100-python`` pickles (``train``, ``test``, ``meta``) 
 downloads them (about 160 MB) if ``download`` is ``True``, or ``None`` (the default) and
 ``$AVGK_OFFLINE`` is not set; offline, a missing folder raises one :class:`FileNotFoundError`
 naming it. A damaged pickle (not a pickle, missing keys, wrong row length, labels outside 0..99)
-raises :class:`ValueError` naming the file.
+raises :class:`ValueError` naming the file. The pickles are read by an unpickler restricted to the
+types the official files hold (dict, list, bytes, str, int, NumPy arrays): a crafted file is refused
+and nothing in it runs.
 
 The protocol: 45,000 / 5,000 train / validation split of the official training set with a fixed
 seed, the 10,000 official test images, and label noise on *training* labels only: with
@@ -48,13 +50,37 @@ N_CLASSES = 100
 ROW = 3 * 32 * 32
 
 
+#: the only globals the official pickles reference: NumPy's array reconstruction (``data``); the
+#: rest is dicts, lists, bytes, str and int, which need no global
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler restricted to what the official CIFAR-100 files hold (dict, list, bytes, str,
+    int and NumPy arrays): any other global is refused before it is looked up, so a crafted file
+    cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it references {module}.{name}, which the official files never hold (refused: nothing in it was run)"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """The dict of an official (Python 2) pickle; any damage raises ValueError naming the file."""
+    """The dict of an official (Python 2) pickle, read by :class:`_CifarUnpickler`; any damage or
+    foreign content raises ValueError naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-100 file {path} is missing")
     try:
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
+            d = _CifarUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as err:
         raise ValueError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
     if not isinstance(d, dict):
