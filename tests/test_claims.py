@@ -364,7 +364,10 @@ def test_side_by_side_pairs_the_arms_of_each_claim_and_setting():
     cost = next(r for r in rows if r["id"] == "P1-cost")
     assert cost["tuned"] is None and cost["paper"] is not None
     text = C.ledger_markdown(doc)
-    assert "| paper arm | tuned arm |" in text and "n/a (a benchmark: one protocol)" in text
+    assert (
+        "| paper arm: effect [95% interval], Holm p, seeds, MDE: verdict | tuned arm: " in text
+        and "n/a (a benchmark: one protocol)" in text
+    )
     assert "[chapter 4](04_label_noise.ipynb)" in text and "not reproduced here" in text
     assert "margin ±1 pp" in text
 
@@ -593,3 +596,17 @@ def test_status_counts_confounds_and_design_traps_apart_and_keeps_the_raw_verdic
             assert "as measured: " + e["raw_verdict"] in C.verdict_text(e)
         if e["dataset"] == "fashion_mnist" and e["experiment"] == "label_noise":
             assert e["status"] == "not counted"
+
+
+def test_the_ledger_at_a_glance_has_one_row_per_claim_with_text_badges_and_a_worked_holm_example():
+    ledger = json.loads((Path(C.__file__).parents[1] / "reference_results" / "claims.json").read_text())
+    text = C.at_a_glance_markdown(ledger)
+    ids = list(dict.fromkeys(e["id"] for e in ledger["claims"]))
+    assert len(text.splitlines()) == 2 + len(ids)
+    for verdict in {e["verdict"] for e in ledger["claims"]}:
+        assert f">{verdict}</span>" in text  # the verdict's name, not only its colour
+    example = C.holm_example(ledger)
+    if example:  # an inconclusive entry whose interval excludes 0
+        assert "adjusted p" in example and "> 0.05" in example
+    with pytest.raises(ValueError, match="`verdict`"):
+        C.badge("maybe")

@@ -1046,7 +1046,8 @@ def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
         seen.add(e["id"])
         test = e["test"] + (f" (margin ±{100 * e['margin']:g} pp)" if e.get("margin") else "")
         lines.append(f"| {e['id']} | {e['claim']} | {test} | {_chapter_link(e['chapter'], link_from)} |")
-    lines += ["", "| id | setting | K | paper arm | tuned arm |", "|---|---|---|---|---|"]
+    arm_head = "effect [95% interval], Holm p, seeds, MDE: verdict"
+    lines += ["", f"| id | setting | K | paper arm: {arm_head} | tuned arm: {arm_head} |", "|---|---|---|---|---|"]
     merged = merged_into(entries)
     for row in side_by_side(entries):
         paper, tuned = row["paper"], row["tuned"]
@@ -1295,3 +1296,123 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
         axes[0, 0].set_title(title, fontsize=11)
     fig.tight_layout(rect=(0.0, 0.95 / height, 1.0, 1.0), pad=1.0)
     return fig
+
+
+# ------------------------------------------------------------------------------ the ledger in one minute
+
+#: verdict badges: text and colour (never colour alone), white text on the verdict's colour
+BADGE = (
+    '<span style="background:{colour};color:#fff;padding:0 0.35em;border-radius:3px;white-space:nowrap">{text}</span>'
+)
+
+
+def badge(verdict: str) -> str:
+    """An inline HTML badge of a verdict: its name on its colour (:data:`COLOURS`).
+
+    Example:
+        >>> "supported" in badge("supported") and "#1b7837" in badge("supported")
+        True
+    """
+    if verdict not in COLOURS:
+        raise ValueError(f"`verdict` must be one of {', '.join(COLOURS)}, got {verdict!r}")
+    return BADGE.format(colour=COLOURS[verdict], text=verdict)
+
+
+def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One line on what decides a claim's entries: the absent preconditions, the named confounds,
+    the settings that are not evidence, and "n.s. after Holm" for inconclusive findings whose
+    95% interval excludes 0 (significant alone, not after the correction)."""
+    reasons: list[str] = []
+    for status, text in (
+        ("precondition absent", "precondition absent ({})"),
+        ("confounded", "decided by a named confound ({})"),
+        ("not counted", "not evidence ({})"),
+    ):
+        hit = [e for e in entries if e.get("status") == status]
+        if hit:
+            names = sorted({(e.get("precondition") or {}).get("name", "").split(":")[0] for e in hit} - {""})
+            if status == "confounded":
+                names = sorted({f"{e['arm']} arm" for e in hit})
+            if status == "not counted":
+                names = sorted({setting_label(e["setting"]) for e in hit})
+            reasons.append(text.format(", ".join(names)))
+    ns = [e for e in entries if e.get("status", "finding") == "finding" and e["verdict"] == "inconclusive"]
+    if any(e["ci95"][0] > 0 or e["ci95"][1] < 0 for e in ns if math.isfinite(e["ci95"][0])):
+        reasons.append("some intervals exclude 0 but are n.s. after Holm")
+    elif ns:
+        reasons.append("inconclusive: n.s. after Holm")
+    return "; ".join(reasons) or "the statistics alone"
+
+
+def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
+    if not entries:
+        return "not run"
+    parts = []
+    for e in entries:
+        k = f"K={e['K']:g} " if isinstance(e.get("K"), (int, float)) else ""
+        where = setting_label(e["setting"])
+        qualifier = {
+            "precondition absent": f" (as measured: {e.get('raw_verdict')})",
+            "confounded": " (confounded, not counted)",
+            "not counted": " (not counted)",
+        }.get(e.get("status", "finding"), "")
+        parts.append(f"{badge(e['verdict'])}{qualifier} {where}, {k}{effect_text(e)}")
+    return "<br>".join(parts)
+
+
+def at_a_glance_markdown(ledger: Any) -> str:
+    """One row per claim: its id and words, a verdict badge per arm and setting with the effect and
+    its 95% interval (percentage points; a speed-up factor for the cost claim), and a one-line why
+    (:func:`why_text`)."""
+    entries = _entries(ledger)
+    if not entries:
+        return "_The ledger is empty._"
+    lines = ["| claim | paper arm | tuned arm | why |", "|---|---|---|---|"]
+    for claim_id in dict.fromkeys(e["id"] for e in entries):
+        mine = [e for e in entries if e["id"] == claim_id]
+        cells = [_arm_summary([e for e in mine if e["arm"] == arm]) for arm in ARMS]
+        if mine[0].get("preset") == "benchmark":
+            cells[1] = "n/a (a benchmark)"
+        lines.append(f"| **{claim_id}**: {mine[0]['claim']} | {cells[0]} | {cells[1]} | {why_text(mine)} |")
+    return "\n".join(lines)
+
+
+def holm_example(ledger: Any) -> str:
+    """A worked example, from the ledger itself, of an entry whose 95% interval excludes 0 while
+    Holm says inconclusive: its p, the Holm-adjusted p and the family size (empty when none)."""
+    entries = _entries(ledger)
+    family = sum(len(_hypotheses(e)) for e in entries)
+    for e in entries:
+        low, high = e["ci95"]
+        candidate = e.get("status") == "finding" and e["verdict"] == "inconclusive" and e["test"] == "superiority"
+        if candidate and e.get("p") is not None and (low > 0 or high < 0):
+            return (
+                f"**Why an interval can exclude 0 while the verdict is inconclusive.** Take {e['id']} "
+                f"({e['arm']} arm, {setting_label(e['setting'])}, K = {e['K']:g}): its effect is {effect_text(e)} "
+                f"(95% interval over {e['n_seeds']} seeds), so this one test alone gives p = {e['p']:.2g} < 0.05. "
+                f"But the ledger makes {family} tests; if each used 0.05 and no claim held, about "
+                f"{0.05 * family:.1f} false verdicts would be expected by chance alone. Holm's correction multiplies the smallest p-value by "
+                f"{family}, the next by {family - 1}, and so on; this entry's adjusted p is {e['p_holm']:.2g} "
+                f"> 0.05, so the ledger calls it inconclusive."
+            )
+    return ""
+
+
+def _block(text: str):
+    from .display import Block
+
+    return Block(None, text)
+
+
+def show_at_a_glance(ledger: Any):
+    """The ledger in one minute, for a notebook cell: :func:`at_a_glance_markdown`, then the worked
+    example of :func:`holm_example`."""
+    return _block(at_a_glance_markdown(ledger) + "\n\n" + holm_example(ledger))
+
+
+def show_full_ledger(ledger: Any, *, link_from: str = "notebooks"):
+    """Every entry, for a notebook cell: :func:`synthesis_markdown`, :func:`ledger_markdown` and
+    :func:`preconditions_markdown`."""
+    parts = [synthesis_markdown(ledger, link_from=link_from), ledger_markdown(ledger, link_from=link_from)]
+    parts += ["**Measured preconditions**", preconditions_markdown(ledger)]
+    return _block("\n\n".join(parts))
