@@ -1391,8 +1391,9 @@ def holm_example(ledger: Any) -> str:
                 f"({e['arm']} arm, {setting_label(e['setting'])}, K = {e['K']:g}): its effect is {effect_text(e)} "
                 f"(95% interval over {e['n_seeds']} seeds), so this one test alone gives p = {e['p']:.2g} < 0.05. "
                 f"But the ledger makes {family} tests; if each used 0.05 and no claim held, about "
-                f"{0.05 * family:.1f} false verdicts would be expected by chance alone. Holm's correction multiplies the smallest p-value by "
-                f"{family}, the next by {family - 1}, and so on; this entry's adjusted p is {e['p_holm']:.2g} "
+                f"{0.05 * family:.1f} false verdicts would be expected by chance alone. Holm's correction "
+                f"multiplies the smallest p-value by {family}, the next by {family - 1}, and so on; "
+                f"this entry's adjusted p is {e['p_holm']:.2g} "
                 f"> 0.05, so the ledger calls it inconclusive."
             )
     return ""
