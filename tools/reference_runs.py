@@ -125,16 +125,19 @@ def write_ledger(preset: str) -> None:
 # ------------------------------------------------------------------------------ plans and costs
 
 
-def tuning_base(name: str, preset: str) -> list[tuple[str, TrainConfig]]:
+def tuning_base(name: str, preset: str, *, every_family: bool = False) -> list[tuple[str, TrainConfig]]:
     """(method, config) of every run of the tuning's first round: each method's base grid on every
-    tuning draw (extensions come on top); empty for an experiment without tuning."""
+    tuning draw (extensions come on top), of the asked dataset families (``--datasets``) or, with
+    ``every_family``, of all (what a reference's ``tuning_base`` digest covers); empty for an
+    experiment without tuning."""
     experiment = EXPERIMENTS[name]
     spec = experiment.preset(preset)
     if experiment.tuned_from or not spec.tune:
         return []
     out = []
     for setting in spec.settings:
-        if _unbalanced_twin(spec, setting) is not None or (DATASETS is not None and setting.dataset not in DATASETS):
+        asked = every_family or DATASETS is None or setting.dataset in DATASETS
+        if _unbalanced_twin(spec, setting) is not None or not asked:
             continue
         for method_name, method in _methods_of(experiment, setting).items():
             grid = method.knob_grid(lr_grid_of(spec, setting, method))
@@ -292,6 +295,19 @@ def _arms_of(name: str, preset: str) -> dict[str, Any]:
     return dict(reference["arms"]) if reference and "arms" in reference else {}
 
 
+def _other_family_tuning(name: str, preset: str, tuning: dict[str, Any]) -> dict[str, Any]:
+    """The recorded tuning entries of the dataset families ``--datasets`` leaves out (kept as they are)."""
+    if DATASETS is None:
+        return {}
+    family = {s.labels["dataset"]: s.dataset for s in EXPERIMENTS[name].preset(preset).settings}
+    out = {}
+    for key, entry in tuning.items():
+        label = key.split("/", 1)[0].removeprefix("dataset=")
+        if family.get(label, label) not in DATASETS:
+            out[key] = entry
+    return out
+
+
 def _carried_rows(name: str, preset: str, arm: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The recorded rows of the dataset families ``--datasets`` leaves out: kept as they are (a
     partial regeneration, e.g. 20 synthetic seeds, keeps the committed Fashion-MNIST runs)."""
@@ -332,7 +348,7 @@ def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, A
     """The tuned arm's part with its tuning: the recorded one when its base grid equals today's; the
     recorded one plus the tuning of the methods it lacks when the recorded entries' base grid is
     unchanged (a method added to an experiment tunes alone); a new tuning otherwise."""
-    base_runs = tuning_base(name, preset)
+    base_runs = tuning_base(name, preset, every_family=True)
     base = digest([c for _, c in base_runs])
     recorded = part.get("tuning")
     if recorded is not None and part.get("tuning_base") == base:
@@ -346,8 +362,10 @@ def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, A
         tuning = {**recorded, **tune(name, preset, log=log, datasets=DATASETS, methods=missing)}
         part = {**part, "tuning": tuning, "tuning_base": base}
     else:
-        tuning = tune(name, preset, log=log, datasets=DATASETS)
-        part = {"rows": [], "seeds": [], "tuning": tuning, "tuning_base": base}
+        kept = _other_family_tuning(name, preset, recorded or {})
+        tuning = {**kept, **tune(name, preset, log=log, datasets=DATASETS)}
+        rows = _carried_rows(name, preset, "tuned", part.get("rows", []))
+        part = {"rows": rows, "seeds": [], "tuning": tuning, "tuning_base": base}
     arms["tuned"] = part
     save_arms_reference(name, preset, arms, OUT)
     log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
