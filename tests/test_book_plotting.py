@@ -63,6 +63,19 @@ def test_gradient_bars_take_the_axis_label_of_what_is_differentiated():
 
 _RNG = np.random.default_rng(0)
 _SUMMARY = [{"K": k, "loss": loss, "acc": 0.5 + 0.1 * k, "acc_ci95": 0.01} for k in (1, 2) for loss in ("a", "b")]
+_AVGK_ROWS = [
+    {
+        "dataset": d,
+        "loss": loss,
+        "seed": seed,
+        "train_k": train_k,
+        "test_avg2_micro": 0.5 + 0.01 * seed,
+        "test_avg3_micro": 0.6 + 0.01 * seed,
+    }
+    for d in ("synthetic-100", "fashion_mnist")
+    for seed in (0, 1)
+    for loss, train_k in (("cross_entropy", None), ("epr", 2.0))
+]
 _ENTRIES = [
     {
         "id": "P2-lt-twohead-vs-softmax",
@@ -102,6 +115,7 @@ _FIGURES = {
     ),
     "forest_plot": lambda: P.forest_plot(_ENTRIES * 3, title="t"),
     "val_curves": lambda: P.val_curves([{"loss": "epr", "val_curve": [0.1, 0.2]}], ylabel="y", title="t"),
+    "average_k_curves": lambda: P.average_k_curves(_AVGK_ROWS),
     "two_panels": lambda: P.two_panels()[0],
     "coverage_size_curves": lambda: P.coverage_size_curves(
         {"lac": {"size": [1, 2], "coverage": [0.8, 0.9]}}, title="t"
@@ -120,6 +134,25 @@ _FIGURES = {
         {"lac": [{"low": 1, "high": 1, "sizes": "1", "coverage": 0.9}]}, target=0.9, title="t"
     ),
 }
+
+
+def test_val_curves_band_is_the_95_percent_interval_of_the_mean():
+    rows = [{"loss": "cross_entropy", "val_curve": [0.1 * s, 0.2 + 0.1 * s]} for s in range(5)]
+    fig = P.val_curves(rows, ylabel="y", title="t")
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    # 5 seeds 0.0 .. 0.4: mean 0.2, sd 0.158, t(4) 2.776, half-width 0.196
+    half = 2.776 * np.std([0.1 * s for s in range(5)], ddof=1) / np.sqrt(5)
+    assert np.isclose(band.max(), 0.4 + half, atol=1e-3) and np.isclose(band.min(), 0.2 - half, atol=1e-3)
+
+
+def test_average_k_curves_one_panel_per_dataset_rows_trained_for_another_k_left_out():
+    fig = P.average_k_curves(_AVGK_ROWS)
+    assert [ax.get_title() for ax in fig.axes] == ["fashion_mnist (2 seeds)", "synthetic-100 (2 seeds)"]
+    labels = {t.get_text() for t in fig.axes[1].get_legend().get_texts()}
+    assert labels == {"cross-entropy", "EPR"}
+    epr = next(c for c in fig.axes[1].containers if c.get_label() == "EPR")
+    assert list(epr.lines[0].get_xdata()) == [2.0]  # EPR trained for K = 2: its K = 3 value is not drawn
+    assert P.average_k_curves([{"dataset": "d", "loss": "epr", "seed": 0}]) is None
 
 
 def _smallest_text_at_column_width(fig) -> tuple[float, str]:

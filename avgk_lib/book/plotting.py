@@ -4,6 +4,7 @@ and returns the figure; none computes anything a reader would need to trust: tha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -389,23 +390,70 @@ def val_curves(
     rows: list[dict[str, Any]], by: str = "loss", *, ylabel: str = "", title: str = "", ax=None, styles=None
 ):
     """Validation curve of the selection metric per epoch (``val_curve`` of each row), mean over
-    the seeds of each ``by`` group with a band of +- one standard deviation."""
+    the seeds of each ``by`` group with a band of its 95% interval (Student t over the seeds, as
+    :func:`avgk_lib.experiments.summarize` computes it; no band for one seed)."""
+    from ..experiments import summarize
+
     fig, ax = _ax(ax)
     groups: dict[Any, list[list[float]]] = {}
     for row in rows:
         groups.setdefault(row[by], []).append(row["val_curve"])
     for name, curves in sorted(groups.items(), key=lambda kv: str(kv[0])):
         length = min(len(c) for c in curves)
-        values = np.array([c[:length] for c in curves])
-        epochs = np.arange(1, length + 1)
-        mean, std = values.mean(0), values.std(0)
+        per_epoch = [{"epoch": e + 1, "value": c[e]} for c in curves for e in range(length)]
+        summary = sorted(summarize(per_epoch, ["epoch"], ["value"]), key=lambda r: r["epoch"])
+        epochs = np.array([r["epoch"] for r in summary])
+        mean = np.array([r["value"] for r in summary])
+        half = np.array([r["value_ci95"] for r in summary])
         label = f"{method_label(name) if isinstance(name, str) else name} ({len(curves)} seeds)"
         (line,) = ax.plot(epochs, mean, label=label, **((styles or {}).get(name, {})))
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.fill_between(epochs, mean - half, mean + half, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def average_k_curves(rows: list[dict[str, Any]], *, ylabel: str = "average-K accuracy"):
+    """One panel per dataset: test average-K accuracy (micro) of each method against K, mean and 95%
+    interval over seeds. ``rows`` are result rows holding ``test_avg<K>_micro`` keys; a row trained
+    for one K (``train_k`` set) counts only at that K, a row with ``train_k`` None at every K. One
+    colour per method across panels. Returns the figure, or None when no row holds such a key."""
+    from ..experiments import summarize
+
+    pattern = re.compile(r"test_avg([0-9.]+)_micro")
+    long_rows = []
+    for r in rows:
+        for key, value in r.items():
+            match = pattern.fullmatch(key)
+            if match and value is not None and r.get("train_k") in (None, float(match.group(1))):
+                k = float(match.group(1))
+                long_rows.append(
+                    {"dataset": r["dataset"], "loss": r["loss"], "K": k, "seed": r["seed"], "accuracy": value}
+                )
+    if not long_rows:
+        return None
+    datasets = sorted({r["dataset"] for r in long_rows})
+    colors = dict(zip(sorted({r["loss"] for r in long_rows}), sns.color_palette("colorblind"), strict=False))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(COLUMN_WIDTH_IN, 3.6 * len(datasets)), squeeze=False)
+    for ax, name in zip(axes[:, 0], datasets, strict=True):
+        mine = [r for r in long_rows if r["dataset"] == name]
+        summary = summarize(mine, by=["loss", "K"], metrics=["accuracy"])
+        summary_plot(
+            summary,
+            "K",
+            "accuracy",
+            "loss",
+            ax=ax,
+            xlabel="K",
+            ylabel=ylabel,
+            title=f"{name} ({len({r['seed'] for r in mine})} seeds)",
+            colors=colors,
+        )
+        ax.set_xticks(sorted({r["K"] for r in summary}))
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
