@@ -28,12 +28,14 @@ Reduction = Literal["mean", "sum", "none"]
 Average = Literal["micro", "macro"]
 PseudoLabelRule = Literal["exact", "threshold"]
 ClassReduction = Literal["mean", "sum"]
+ThresholdMode = Literal["batch", "epoch"]  # the two-head loss: positives per batch or per epoch
 ConformalMethod = Literal["lac", "aps", "raps"]
 
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 AVERAGES: tuple[str, ...] = get_args(Average)
 RULES: tuple[str, ...] = get_args(PseudoLabelRule)
 CLASS_REDUCTIONS: tuple[str, ...] = get_args(ClassReduction)
+THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
 CONFORMAL_METHODS: tuple[str, ...] = get_args(ConformalMethod)
 
 _VALUE_CHECKS = True

@@ -189,7 +189,7 @@ def table_to_text(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of ``rows`` (floats with 4 decimals)."""
     if not rows:
         return "(no runs)"
-    hidden = ("last_", "softmax_", "multilabel_", "opt_")
+    hidden = ("last_", "softmax_", "multilabel_", "combined_", "opt_")
     keys = [k for k, v in rows[0].items() if not isinstance(v, list | dict) and not k.startswith(hidden)]
     widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]

@@ -92,7 +92,9 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model")
     eval_ks: list[float] = _opt([1.0, 2.0, 3.0, 5.0], "K values of the metrics, e.g. '1 2 3 5'")
     select_metric: str = _opt("auto", "validation metric of the best epoch, e.g. top5_macro, avg2_micro")
-    eval_head: Literal["multilabel", "softmax"] = _opt("multilabel", "two_head: the head evaluated in `test`")
+    eval_head: Literal["multilabel", "softmax", "combined"] = _opt(
+        "multilabel", "two_head: the head evaluated in `test` (combined: mean of both heads' probabilities)"
+    )
     head: Literal["auto", "linear", "cosine"] = _opt("auto", "classification head (auto: the loss's)")
     detach_multilabel: bool = _opt(False, "two_head: the multi-label head does not train the backbone")
     pretrained: bool = _opt(False, "ImageNet weights (resnet50; needs them cached or internet)")

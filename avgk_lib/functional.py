@@ -42,6 +42,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,7 @@ from ._checks import (
     PseudoLabelRule,
     Reduction,
     all_finite,
+    check_bool,
     check_choice,
     check_class_counts,
     check_count,
@@ -61,6 +64,7 @@ from ._checks import (
     check_k,
     check_nonnegative,
     check_positive,
+    check_real,
     check_scores,
     check_targets,
     check_tensor,
@@ -600,7 +604,13 @@ def role_loss(
 
 
 def pseudo_labels(
-    probs: torch.Tensor, targets: torch.Tensor, k: float, rule: PseudoLabelRule = "exact"
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    k: float,
+    rule: PseudoLabelRule = "exact",
+    *,
+    force_true: bool = True,
+    fixed_threshold: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Pseudo-labels for the multi-label head of the two-head model [P2, sec. 3].
 
@@ -615,15 +625,29 @@ def pseudo_labels(
     P2 does not pin down which of the two it uses; ``exact`` matches the stated average of K.
     Ties among probabilities are broken by :func:`torch.topk` (sorted). Rounding is half to even.
 
+    Two more open choices of P2, each a flag:
+
+    * ``force_true=False``: the true label is not forced positive. The positives are exactly the
+      :math:`\mathrm{round}(kB)` largest probabilities of the batch (both rules then coincide);
+      a true label is positive only if it is among them.
+    * ``fixed_threshold`` :math:`\lambda` (a real number, :math:`\pm\infty` allowed): no
+      ranking within the batch; the positives are :math:`\{(i, j): p_{ij} \ge \lambda\}`, plus
+      every true label when ``force_true`` (``k`` and ``rule`` then only matter for how
+      :math:`\lambda` was calibrated, e.g. by :class:`~avgk_lib.losses.TwoHeadLoss` with
+      ``threshold="epoch"``).
+
     Stacked form: ``probs`` ``(M, B, C)``, ``targets`` ``(M, B)`` and ``k`` a number or a tensor
     ``(M,)``: each member selects within its own batch, as the call on ``probs[m]`` with
     ``k[m]`` does; the result is ``(M, B, C)``. (A tensor ``k`` of shape ``rows`` counts
-    :math:`\sum_n (k_n - 1)` extra positives per batch.)
+    :math:`\sum_n (k_n - 1)` extra positives per batch.) ``force_true`` and ``fixed_threshold``
+    (one :math:`\lambda` for every member) apply to stacks too.
 
     Args:
         probs: softmax-head probabilities (any scores ordered like them work), ``(B, C)``.
         k: average number of positives, ``1 <= k <= C`` (may be fractional; the true label is
             always a positive, hence ``k >= 1``).
+        force_true: whether every true label is a positive (default ``True``, P2's reading).
+        fixed_threshold: ``None`` (default: rank within the batch) or a global threshold on ``probs``.
     """
     probs = check_scores(probs, "probs", ndim=None)
     if probs.dim() not in (2, 3):
@@ -634,7 +658,27 @@ def pseudo_labels(
     targets = _check_row_targets(targets, probs, "probs")
     k = _average_k(k, probs)
     rule = check_choice(rule, "rule", RULES)
-    return _pseudo_labels(probs, targets, k, rule)
+    force_true = check_bool(force_true, "force_true")
+    fixed_threshold = _check_fixed_threshold(fixed_threshold)
+    return _pseudo_labels(probs, targets, k, rule, force_true, fixed_threshold)
+
+
+def _check_fixed_threshold(value: object) -> float | None:
+    r"""``None``, or a global threshold on the probabilities as a ``float``: a real number or a
+    one-element real tensor (read once on the host); NaN rejected, :math:`\pm\infty` allowed
+    (``+inf``: nothing beyond the true labels is selected)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"`fixed_threshold` must be a scalar, got shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"`fixed_threshold` must be a real number, got dtype {value.dtype}")
+        value = float(value.detach().reshape(()))
+        if math.isnan(value):
+            raise ValueError("`fixed_threshold` is NaN")
+        return value
+    return check_real(value, "fixed_threshold", allow_inf=True)
 
 
 def _average_k(k, s: torch.Tensor):
@@ -666,10 +710,23 @@ def _selection_counts(k, rule: str, n: int, n_groups: int) -> tuple[torch.Tensor
     return counts, int(counts.max())
 
 
-def _pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, k, rule: str) -> torch.Tensor:
+def _pseudo_labels(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    k,
+    rule: str,
+    force_true: bool = True,
+    fixed_threshold: float | None = None,
+) -> torch.Tensor:
     """:func:`pseudo_labels` on validated arguments; every batch of a stack handled at once."""
     n_classes = probs.shape[-1]
     positive = F.one_hot(targets, n_classes).bool()
+    if fixed_threshold is not None:
+        selected = probs.detach() >= fixed_threshold
+        return selected | positive if force_true else selected
+    if not force_true:  # the round(kB) largest of the batch, whatever the true labels
+        positive = torch.zeros_like(positive)
+        rule = "threshold"
     n = targets.shape[-1]
     groups = positive.reshape(-1, n * n_classes)  # one row per batch
     n_groups = groups.shape[0]
@@ -697,16 +754,26 @@ def two_head_loss(
     *,
     rule: PseudoLabelRule = "exact",
     class_reduction: ClassReduction = "mean",
+    soft_labels: bool = False,
+    force_true: bool = True,
+    fixed_threshold: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Two-head loss for average-K classification [P2, eq. 3].
 
     .. math:: \mathcal L = \mathrm{CE}(z^{\mathrm{soft}}, y)
-              + \lambda\,\overline{\mathrm{BCE}}\big(z^{\mathrm{multi}}, \hat Y\big),
+              + \lambda\,\overline{\mathrm{BCE}}\big(z^{\mathrm{multi}}, T\big),
               \qquad \hat Y = \mathrm{pseudo\_labels}(\mathrm{softmax}(z^{\mathrm{soft}}), y, K)
 
     The softmax head learns the single observed label; the multi-label (sigmoid) head learns
     sets of K labels on average, built from the softmax head's own confident guesses. The
     pseudo-labels are a function of a detached softmax, so no gradient flows through them.
+
+    BCE targets :math:`T`: hard by default, :math:`T = \hat Y \in \{0, 1\}^{B \times C}`. With
+    ``soft_labels=True`` a selected entry's target is its detached softmax probability,
+    :math:`T_{ij} = p_{ij}\,\hat Y_{ij}` with :math:`p = \mathrm{softmax}(z^{\mathrm{soft}})`,
+    except the true label, whose target stays :math:`T_{i y_i} = 1` when it is forced positive
+    (``force_true``; with ``force_true=False`` a selected true label is an entry like any other);
+    unselected entries have target 0.
 
     Args:
         k: average set size, a number or, for stacked ``(M, B, C)`` logits, a tensor ``(M,)``
@@ -716,6 +783,11 @@ def two_head_loss(
         rule: pseudo-label rule, see :func:`pseudo_labels`.
         class_reduction: ``"mean"`` (default, as ``BCEWithLogitsLoss``) or ``"sum"`` of the
             binary cross-entropies over the C classes; P2 leaves it open.
+        soft_labels: soft BCE targets on the selected entries (above); P2 leaves it open.
+        force_true: whether the true label is always a positive, see :func:`pseudo_labels`.
+        fixed_threshold: a global threshold on the softmax probabilities instead of the ranking
+            within the batch, see :func:`pseudo_labels` (what
+            :class:`~avgk_lib.losses.TwoHeadLoss` passes with ``threshold="epoch"``).
     """
     s, y = _prepare(softmax_logits, targets, reduction, name="softmax_logits")
     m = check_scores(multilabel_logits, "multilabel_logits", ndim=None)
@@ -727,9 +799,27 @@ def two_head_loss(
     weight = _hyper(weight, "weight", s, lambda v: check_nonnegative(v, "weight"))
     rule = check_choice(rule, "rule", RULES)
     class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
+    soft_labels = check_bool(soft_labels, "soft_labels")
+    force_true = check_bool(force_true, "force_true")
+    fixed_threshold = _check_fixed_threshold(fixed_threshold)
     with torch.no_grad():
-        positives = _pseudo_labels(torch.softmax(s, dim=-1), y, k, rule)
+        probs = torch.softmax(s, dim=-1)
+        positives = _pseudo_labels(probs, y, k, rule, force_true, fixed_threshold)
+        bce_targets = _bce_targets(positives, probs, y, soft_labels, force_true)
     ce = -_target_scores(F.log_softmax(s, dim=-1), y)
-    bce = F.binary_cross_entropy_with_logits(m.to(s.dtype), positives.to(s.dtype), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(m.to(s.dtype), bce_targets, reduction="none")
     bce = bce.mean(dim=-1) if class_reduction == "mean" else bce.sum(dim=-1)
     return _finite(reduce(ce + weight * bce, reduction), "`weight`")
+
+
+def _bce_targets(
+    positives: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, soft: bool, force_true: bool
+) -> torch.Tensor:
+    """The multi-label head's BCE targets (dtype of ``probs``): the positives as 0/1, or, ``soft``,
+    the probabilities of the positives (true labels at 1 when ``force_true``)."""
+    if not soft:
+        return positives.to(probs.dtype)
+    out = torch.where(positives, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+    if force_true:
+        out = out.scatter(-1, targets.unsqueeze(-1), 1.0)
+    return out

@@ -31,9 +31,12 @@ from ._checks import (
     CLASS_REDUCTIONS,
     REDUCTIONS,
     RULES,
+    THRESHOLD_MODES,
     ClassReduction,
     PseudoLabelRule,
     Reduction,
+    ThresholdMode,
+    check_bool,
     check_choice,
     check_count,
     check_counts_vector,
@@ -47,6 +50,7 @@ from ._checks import (
     check_tensor,
     check_unit_interval,
 )
+from .metrics import _threshold as average_k_threshold_unchecked
 
 __all__ = [
     "NoisedTopKLoss",
@@ -464,12 +468,37 @@ class ROLELoss(_Loss):
 
 
 class TwoHeadLoss(_Loss):
-    """Two-head loss for average-K classification [P2]; see :func:`avgk_lib.functional.two_head_loss`.
+    r"""Two-head loss for average-K classification [P2]; see :func:`avgk_lib.functional.two_head_loss`.
 
     ``forward(softmax_logits, multilabel_logits, targets)``. ``warmup_epochs``: during the first
     epochs only the softmax head is trained (weight 0 on the multi-label head), so that the
     pseudo-labels come from a softmax head that has learned something; the trainer calls
     :meth:`set_epoch`. P2 does not say whether it warms up; the default is no warm-up.
+
+    ``soft_labels`` and ``force_true``: see :func:`~avgk_lib.functional.two_head_loss`.
+
+    ``threshold``: how the positives are selected, another choice P2 leaves open.
+
+    * ``"batch"`` (default): within each batch, by ``rule`` (:func:`~avgk_lib.functional.pseudo_labels`).
+    * ``"epoch"``: one global threshold :math:`\lambda_e` per epoch, calibrated on the softmax
+      probabilities of the previous epoch's training batches (every ``forward`` in training mode
+      pools them, detached) by the average-K rule of :func:`~avgk_lib.metrics.average_k_threshold`:
+      with n pooled samples, :math:`\lambda_e` is the midpoint of the m-th and (m+1)-th largest
+      pooled entries (never ``torch.quantile``). Pool and m: with ``force_true`` and
+      ``rule="exact"``, the n(C-1) probabilities of the non-true labels and
+      :math:`m = \lfloor n(K-1) + \tfrac12 \rfloor` (the extras beyond the true label; K = 1 gives
+      :math:`+\infty`, no extras); otherwise all nC probabilities and :math:`m = \lfloor nK + \tfrac12
+      \rfloor` (``rule="threshold"`` then adds the true labels, as it does per batch). m is rounded
+      half up, as by ``average_k_threshold``; the per-batch rule rounds half to even. During epoch e the
+      positives are :math:`\{p_{ij} \ge \lambda_e\}`, plus the true labels when ``force_true``.
+      The first epoch (no previous one) uses the per-batch rule. The epoch changes when
+      :meth:`set_epoch` is called with a new epoch (the trainer calls it at the start of each).
+      The pool costs ``4 n C`` bytes (float32) on the logits' device; each process of a distributed run
+      pools its own shard. :meth:`state_dict` holds the epoch, the threshold in force and the
+      threshold of the pooled epoch (floats), so a run resumed from an end-of-epoch checkpoint
+      uses the threshold the uninterrupted run would. Call ``.eval()`` on the loss to compute a
+      loss without pooling. Not for stacked ``(M, B, C)`` logits (the pool is one model's;
+      :attr:`stackable` is then ``False``): give each member its own loss.
     """
 
     @_defaults_from(F_.two_head_loss)
@@ -481,6 +510,9 @@ class TwoHeadLoss(_Loss):
         rule: PseudoLabelRule = FROM_F,
         class_reduction: ClassReduction = FROM_F,
         warmup_epochs: int = 0,
+        soft_labels: bool = FROM_F,
+        force_true: bool = FROM_F,
+        threshold: ThresholdMode = "batch",
     ) -> None:
         super().__init__(reduction)
         self.k = _hyper(k, "k", lambda v: float(check_k(v, integer=False, minimum=1)))
@@ -488,16 +520,112 @@ class TwoHeadLoss(_Loss):
         self.rule = check_choice(rule, "rule", RULES)
         self.class_reduction = check_choice(class_reduction, "class_reduction", CLASS_REDUCTIONS)
         self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", minimum=0)
+        self.soft_labels = check_bool(soft_labels, "soft_labels")
+        self.force_true = check_bool(force_true, "force_true")
+        self.threshold = check_choice(threshold, "threshold", THRESHOLD_MODES)
+        if self.threshold == "epoch" and isinstance(self.k, torch.Tensor) and self.k.numel() != 1:
+            raise ValueError(
+                f"`k` must be one number with threshold='epoch' (one global threshold), got shape {tuple(self.k.shape)}"
+            )
         self._epoch = 0
+        self._pool: list[torch.Tensor] = []  # this epoch's pooled probabilities, one 1-D tensor per batch
+        self._pool_rows = 0
+        self._epoch_threshold: float | None = None  # lambda in force this epoch (None: per-batch rule)
+        self._pending_threshold: float | None = None  # lambda of a checkpointed pool, for the next epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss which (0-based) training epoch is starting (for the warm-up)."""
-        self._epoch = check_count(epoch, "epoch", minimum=0)
+        """Tell the loss which (0-based) training epoch is starting (for the warm-up and, with
+        ``threshold="epoch"``, to turn the pooled epoch into the next threshold)."""
+        epoch = check_count(epoch, "epoch", minimum=0)
+        if self.threshold == "epoch" and epoch != self._epoch:
+            if self._pool:
+                self._epoch_threshold = self._calibrate()
+            elif self._pending_threshold is not None:
+                self._epoch_threshold = self._pending_threshold
+            self._pool, self._pool_rows, self._pending_threshold = [], 0, None
+        self._epoch = epoch
+
+    @property
+    def stackable(self) -> bool:
+        """Whether this loss takes stacked ``(M, B, C)`` logits: not with ``threshold="epoch"``,
+        whose pooled probabilities and threshold are one model's state (checkpointed with it)."""
+        return self.threshold != "epoch"
+
+    @property
+    def epoch_threshold(self) -> float | None:
+        """The global threshold in force this epoch (``threshold="epoch"``; ``None``: per-batch rule)."""
+        return self._epoch_threshold
+
+    def _pools_extras_only(self) -> bool:
+        return self.force_true and self.rule == "exact"
+
+    def _calibrate(self) -> float:
+        """The average-K threshold of the pooled epoch (see the class docstring)."""
+        pool = torch.cat(self._pool)
+        if self._pools_extras_only():
+            pool = pool[pool != -math.inf]  # drop the true labels (marked -inf when pooled)
+            k = float(self.k) - 1.0
+        else:
+            k = float(self.k)
+        n = self._pool_rows
+        return float(average_k_threshold_unchecked(pool.reshape(n, pool.numel() // n), k))
+
+    def _add_to_pool(self, softmax_logits: torch.Tensor, targets: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = softmax_logits.detach()
+            if logits.dtype in (torch.float16, torch.bfloat16):  # the compute dtype of two_head_loss
+                logits = logits.float()
+            probs = torch.softmax(logits, dim=-1)
+            if self._pools_extras_only():
+                true = torch.nn.functional.one_hot(targets.to(probs.device).long(), probs.shape[-1]).bool()
+                probs = probs.masked_fill(true, -math.inf)
+            self._pool.append(probs.reshape(-1))
+            self._pool_rows += probs.shape[0]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Epoch, threshold in force and threshold of the pooled epoch (floats or ``None``)."""
+        pending = self._calibrate() if self._pool else self._pending_threshold
+        return {
+            "threshold_mode": self.threshold,
+            "epoch": self._epoch,
+            "epoch_threshold": self._epoch_threshold,
+            "pending_threshold": pending,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or state.get("threshold_mode") not in THRESHOLD_MODES:
+            raise ValueError(f"TwoHeadLoss state must be a dict from TwoHeadLoss.state_dict(), got {state!r}")
+        if state["threshold_mode"] != self.threshold:
+            raise ValueError(
+                f"TwoHeadLoss state was saved with threshold={state['threshold_mode']!r}; this loss has "
+                f"threshold={self.threshold!r}"
+            )
+        self._epoch = check_count(state["epoch"], "epoch", minimum=0)
+        for key in ("epoch_threshold", "pending_threshold"):
+            value = state[key]
+            if value is not None:
+                check_real(value, key, allow_inf=True)
+        self._epoch_threshold = state["epoch_threshold"]
+        self._pending_threshold = state["pending_threshold"]
+        self._pool, self._pool_rows = [], 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the per-epoch threshold hold no state: nothing to restore
+        key = prefix + "_extra_state"
+        if key not in state_dict and self.threshold == "batch":
+            state_dict[key] = self.get_extra_state()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, softmax_logits: torch.Tensor, multilabel_logits: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        return F_.two_head_loss(
+        epoch_mode = self.threshold == "epoch"
+        if epoch_mode and isinstance(softmax_logits, torch.Tensor) and softmax_logits.dim() != 2:
+            raise ValueError(
+                "threshold='epoch' pools one model's probabilities: `softmax_logits` must be (batch, classes), "
+                f"got shape {tuple(softmax_logits.shape)}; stacked (M, B, C) logits need one TwoHeadLoss per member"
+            )
+        loss = F_.two_head_loss(
             softmax_logits,
             multilabel_logits,
             targets,
@@ -506,4 +634,10 @@ class TwoHeadLoss(_Loss):
             self.reduction,
             rule=self.rule,
             class_reduction=self.class_reduction,
+            soft_labels=self.soft_labels,
+            force_true=self.force_true,
+            fixed_threshold=self._epoch_threshold if epoch_mode else None,
         )
+        if epoch_mode and self.training:
+            self._add_to_pool(softmax_logits, targets)
+        return loss

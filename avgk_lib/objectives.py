@@ -31,7 +31,10 @@ from . import functional as AF
 from . import losses as L
 
 ScoreKind = Literal["softmax", "sigmoid"]
-HeadName = Literal["softmax", "multilabel"]
+HeadName = Literal["softmax", "multilabel", "combined"]
+#: the heads of a two-head model whose scores are evaluated: each head's probabilities, and
+#: ``combined``, their mean :math:`\tfrac12(\mathrm{softmax}(z^{\mathrm{soft}}) + \sigma(z^{\mathrm{multi}}))`
+TWO_HEAD_SCORES: tuple[str, ...] = typing.get_args(HeadName)
 
 
 class CrossEntropy(nn.Module):
@@ -112,6 +115,18 @@ def _pick(o: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: o[n] for n in names}
 
 
+#: the two-head loss's tunable options (P2's open choices among them: see :class:`~avgk_lib.losses.TwoHeadLoss`)
+TWO_HEAD_OPTIONS = (
+    "weight",
+    "rule",
+    "class_reduction",
+    "warmup_epochs",
+    "soft_labels",
+    "force_true",
+    "threshold",
+)
+
+
 _SPECS = [
     ObjectiveSpec("cross_entropy", lambda o: CrossEntropy(), description="softmax cross-entropy"),
     ObjectiveSpec(
@@ -188,10 +203,10 @@ _SPECS = [
     ),
     ObjectiveSpec(
         "two_head",
-        lambda o: L.TwoHeadLoss(o["k"], **_pick(o, "weight", "rule", "class_reduction", "warmup_epochs")),
+        lambda o: L.TwoHeadLoss(o["k"], **_pick(o, *TWO_HEAD_OPTIONS)),
         AF.two_head_loss,
         L.TwoHeadLoss,
-        ("weight", "rule", "class_reduction", "warmup_epochs"),
+        TWO_HEAD_OPTIONS,
         two_head=True,
         description="P2 two-head loss",
     ),
@@ -245,7 +260,7 @@ class Objective:
 
     @property
     def heads(self) -> tuple[str, ...]:
-        return ("softmax", "multilabel") if self.spec.two_head else ("main",)
+        return TWO_HEAD_SCORES if self.spec.two_head else ("main",)
 
     def loss(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         _, targets, indices = batch
@@ -258,10 +273,9 @@ class Objective:
     def head_scores(self, outputs: Any) -> dict[str, torch.Tensor]:
         if self.spec.two_head:
             softmax_logits, multilabel_logits = outputs
-            return {
-                "softmax": torch.softmax(softmax_logits.float(), dim=1),
-                "multilabel": torch.sigmoid(multilabel_logits.float()),
-            }
+            soft = torch.softmax(softmax_logits.float(), dim=-1)
+            multi = torch.sigmoid(multilabel_logits.float())
+            return {"softmax": soft, "multilabel": multi, "combined": (soft + multi) / 2}
         logits = outputs.float()
         if self.spec.score_kind == "sigmoid":
             return {"main": torch.sigmoid(logits)}
@@ -291,8 +305,8 @@ def assemble_objective(
     """The objective of a loss already looked up, with its complete, checked ``options`` (a
     :class:`~avgk_lib.runspec.RunSpec`'s ``objective`` and ``loss_options``): nothing is looked
     up by name."""
-    if eval_head not in ("multilabel", "softmax"):
-        raise ValueError(f"`eval_head` must be 'multilabel' or 'softmax', got {eval_head!r}")
+    if eval_head not in TWO_HEAD_SCORES:
+        raise ValueError(f"`eval_head` must be one of {', '.join(TWO_HEAD_SCORES)}, got {eval_head!r}")
     merged = {**options, **run, "loss": spec.name}
     loss_fn = spec.build(merged)
     scale = float(merged["scale"]) if spec.head == "cosine" and "scale" in merged else 1.0

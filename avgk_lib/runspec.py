@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import TrainConfig, selection_metric, validated
-from .objectives import ObjectiveSpec
+from .objectives import TWO_HEAD_SCORES, ObjectiveSpec
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One validated, fully resolved run (build it with :meth:`resolve`).
 
-    ``heads``: the model's outputs by name (``("main",)``, or ``("softmax", "multilabel")`` for
-    two-head models); ``eval_head``: the one whose metrics are the run's results; ``select``:
-    the validation metric key of the best epoch (e.g. ``"top5_micro"``); ``fingerprint``: the
-    run-cache key (:meth:`TrainConfig.fingerprint`)."""
+    ``heads``: the scores evaluated by name (``("main",)``, or ``("softmax", "multilabel",
+    "combined")`` for two-head models, combined = the mean of both heads' probabilities);
+    ``eval_head``: the one whose metrics are the run's results; ``select``: the validation metric
+    key of the best epoch (e.g. ``"top5_micro"``); ``fingerprint``: the run-cache key
+    (:meth:`TrainConfig.fingerprint`)."""
 
     config: TrainConfig
     fingerprint: str
@@ -48,7 +49,7 @@ class RunSpec:
         cfg, objective = validated(cfg)
         fingerprint = cfg.fingerprint()
         select = selection_metric(cfg, objective)
-        heads = ("softmax", "multilabel") if objective.two_head else ("main",)
+        heads = TWO_HEAD_SCORES if objective.two_head else ("main",)
         return cls(
             config=cfg,
             fingerprint=fingerprint,

@@ -182,6 +182,17 @@ BAD: dict[str, list[tuple[str, Callable[[], object]]]] = {
     "average": [*_STRING, ("weighted", lambda: "weighted")],
     "rule": _STRING,
     "class_reduction": [*_STRING, ("none", lambda: "none")],
+    "threshold_mode": [*_STRING, ("step", lambda: "step")],
+    # a global threshold: None (rank within the batch) and +-inf are valid
+    "fixed_threshold": [
+        ("str", lambda: "0.5"),
+        ("bool", lambda: True),
+        ("list", lambda: [0.5]),
+        ("nan", lambda: NAN),
+        ("np-nan", lambda: np.float32("nan")),
+        ("tensor-2", lambda: torch.tensor([0.1, 0.2])),
+        ("bool-tensor", lambda: torch.tensor(True)),
+    ],
     "method": [*_STRING, ("upper", lambda: "LAC")],
     "bool": [("str", lambda: "yes"), ("int", lambda: 1), ("none", lambda: None)],
     "generator": [("int", lambda: 3), ("str", lambda: "seed")],
@@ -401,7 +412,14 @@ SPECS: dict[str, Spec] = {
     "F.pseudo_labels": Spec(
         AF.pseudo_labels,
         {"probs": probs, "targets": targets, "k": _v(1.5), "rule": _v("exact")},
-        {"probs": "scores", "targets": "targets", "k": "k_pos", "rule": "rule"},
+        {
+            "probs": "scores",
+            "targets": "targets",
+            "k": "k_pos",
+            "rule": "rule",
+            "force_true": "bool",
+            "fixed_threshold": "fixed_threshold",
+        },
     ),
     "F.two_head_loss": Spec(
         AF.two_head_loss,
@@ -415,6 +433,9 @@ SPECS: dict[str, Spec] = {
             "reduction": "reduction",
             "rule": "rule",
             "class_reduction": "class_reduction",
+            "soft_labels": "bool",
+            "force_true": "bool",
+            "fixed_threshold": "fixed_threshold",
         },
     ),
     # ---- losses: constructors ----
@@ -479,6 +500,9 @@ SPECS: dict[str, Spec] = {
             "rule": "rule",
             "class_reduction": "class_reduction",
             "warmup_epochs": "count0",
+            "soft_labels": "bool",
+            "force_true": "bool",
+            "threshold": "threshold_mode",
         },
     ),
     "TwoHeadLoss.set_epoch": Spec(

@@ -89,15 +89,19 @@ def test_run_experiment_caches_and_summarizes(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     logs: list[str] = []
     rows = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append, chosen={})
-    assert len(rows) == 2 * len(E.EXPERIMENTS["two_head_ablation"].variants)
+    assert len(rows) == 2 * 2 * len(E.EXPERIMENTS["two_head_ablation"].variants)  # 2 seeds x K = 3, 5
     assert not any("cached" in line for line in logs)
     again = E.run_experiment("two_head_ablation", "smoke", seeds=[0, 1], progress=False, log=logs.append, chosen={})
     assert [r["test_avg3_micro"] for r in again] == [r["test_avg3_micro"] for r in rows]
     assert sum("cached" in line for line in logs) == len(rows)
-    assert {"last_avg3_micro", "softmax_avg3_micro", "multilabel_avg3_micro", "test_top1_mode_share"} <= set(rows[0])
-    table = E.summarize(rows, by=["variant"], metrics=["test_avg3_micro"])
+    heads = {"softmax_avg3_micro", "multilabel_avg3_micro", "combined_avg3_micro"}
+    assert {"last_avg3_micro", *heads, "test_top1_mode_share"} <= set(rows[0])
+    assert {r["train_k"] for r in rows} == {3.0, 5.0}
+    combined = [r for r in rows if r["variant"] == "combined heads"]
+    assert all(r["test_avg3_micro"] == r["combined_avg3_micro"] for r in combined)
+    table = E.summarize(rows, by=["variant", "train_k"], metrics=["test_avg3_micro"])
     assert len(table) == len(rows) // 2 and all(t["n_seeds"] == 2 for t in table)
-    first = [r["test_avg3_micro"] for r in rows if r["variant"] == "default"]
+    first = [r["test_avg3_micro"] for r in rows if r["variant"] == "default" and r["train_k"] == 3.0]
     assert table[0]["test_avg3_micro"] == pytest.approx(sum(first) / 2)
     arms = {"tuned": {"rows": rows, "seeds": [0, 1], "tuning": {"x": 1}}}
     path = E.save_arms_reference("two_head_ablation", "smoke", arms, directory=tmp_path)

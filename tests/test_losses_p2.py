@@ -212,3 +212,286 @@ def test_two_head_warmup_trains_only_the_softmax_head_first():
     loss.set_epoch(2)
     (gm,) = torch.autograd.grad(loss(s, m, y), m)
     assert bool((gm != 0).any())
+
+
+# ---- P2's open choices (book/protocol.md, A8), each against a float64 brute force written here
+
+
+def _softmax_by_hand(s: torch.Tensor) -> list[list[float]]:
+    out = []
+    for row in s.tolist():
+        top = max(row)
+        e = [math.exp(v - top) for v in row]
+        out.append([v / sum(e) for v in e])
+    return out
+
+
+def _positives_by_hand(p, y, k, rule="exact", force_true=True) -> set[tuple[int, int]]:
+    """Sort the whole batch in Python: the round(kB) largest entries (force_true=False), or the
+    true labels plus the round((k-1)B) largest others ("exact") / the round(kB) largest ("threshold")."""
+    b, c = len(p), len(p[0])
+    true = {(i, int(y[i])) for i in range(b)} if force_true else set()
+    extras_only = force_true and rule == "exact"
+    entries = [(p[i][j], i, j) for i in range(b) for j in range(c) if not (extras_only and (i, j) in true)]
+    count = round((k - 1 if extras_only else k) * b)
+    return {(i, j) for _, i, j in sorted(entries, reverse=True)[:count]} | true
+
+
+def _epoch_threshold_by_hand(batches, k, extras_only) -> float:
+    """The average-K rule on the pooled probabilities of an epoch: midpoint of the m-th and
+    (m+1)-th largest, m = floor(n k + 1/2) (k - 1 and the non-true entries when ``extras_only``)."""
+    values, n = [], 0
+    for s, y in batches:
+        for i, row in enumerate(_softmax_by_hand(s)):
+            n += 1
+            values += [v for j, v in enumerate(row) if not (extras_only and j == int(y[i]))]
+    m = math.floor(n * (k - 1 if extras_only else k) + 0.5)
+    values.sort(reverse=True)
+    return math.inf if m == 0 else (values[m - 1] + values[m]) / 2
+
+
+def _two_head_by_hand(s, m, y, positives, weight, soft=False, force_true=True):
+    """(loss, d loss / d m) of the two-head loss, class mean of the BCEs, batch mean, in float64."""
+    p = _softmax_by_hand(s)
+    b, c = s.shape
+    total, grad = 0.0, [[0.0] * c for _ in range(b)]
+    for i in range(b):
+        yi = int(y[i])
+        bce = 0.0
+        for j in range(c):
+            if (i, j) not in positives:
+                t = 0.0
+            elif not soft or (force_true and j == yi):
+                t = 1.0
+            else:
+                t = p[i][j]
+            sig = 1.0 / (1.0 + math.exp(-float(m[i, j])))
+            bce -= t * math.log(sig) + (1 - t) * math.log(1 - sig)
+            grad[i][j] = weight * (sig - t) / (c * b)
+        total += -math.log(p[i][yi]) + weight * bce / c
+    return total / b, torch.tensor(grad, dtype=torch.float64)
+
+
+def _logits(b, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, generator=g, dtype=torch.float64) * 2
+
+
+@pytest.mark.parametrize("force_true", [True, False])
+@pytest.mark.parametrize("rule", ["exact", "threshold"])
+@pytest.mark.parametrize("k", [1.0, 1.5, 3.0])
+def test_soft_pseudo_labels_match_brute_force(k, rule, force_true):
+    s = _logits(7, 6, seed=1).requires_grad_(True)
+    m = _logits(7, 6, seed=2).requires_grad_(True)
+    y = random_targets(7, 6, seed=3)
+    positives = _positives_by_hand(_softmax_by_hand(s.detach()), y, k, rule, force_true)
+    loss = AF.two_head_loss(s, m, y, k, 0.7, rule=rule, soft_labels=True, force_true=force_true)
+    expected, grad_m = _two_head_by_hand(s.detach(), m.detach(), y, positives, 0.7, soft=True, force_true=force_true)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    gs, gm = torch.autograd.grad(loss, (s, m))
+    torch.testing.assert_close(gm, grad_m, rtol=1e-10, atol=1e-14)
+    # the soft targets are detached: the softmax head gets the cross-entropy gradient only
+    torch.testing.assert_close(gs, torch.autograd.grad(F.cross_entropy(s, y), s)[0])
+    module = AL.TwoHeadLoss(k, 0.7, rule=rule, soft_labels=True, force_true=force_true)
+    torch.testing.assert_close(module(s, m, y), loss)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), c=st.integers(2, 9), k_frac=st.floats(0, 1), seed=st.integers(0, 1000))
+def test_true_label_not_forced_takes_the_largest_of_the_batch(n, c, k_frac, seed):
+    k = 1 + k_frac * (c - 1)
+    s = _logits(n, c, seed)
+    y = random_targets(n, c, seed=seed)
+    p = _softmax_by_hand(s)
+    positive = AF.pseudo_labels(torch.softmax(s, 1), y, k, force_true=False)
+    by_hand = _positives_by_hand(p, y, k, force_true=False)
+    assert {(i, j) for i, j in positive.nonzero().tolist()} == by_hand
+    assert int(positive.sum()) == round(k * n)  # exact count, true labels included only if selected
+    for rule in ("exact", "threshold"):  # the rule is moot without the forced true label
+        assert torch.equal(AF.pseudo_labels(torch.softmax(s, 1), y, k, rule, force_true=False), positive)
+
+
+def test_true_label_not_forced_can_leave_it_out():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]], dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    # K = 1.5: the 3 largest of the batch; the true label 2 of the first row (0.1) is not among them
+    expected = torch.tensor([[True, False, False], [True, True, False]])
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, force_true=False), expected)
+    s, m = torch.log(probs), torch.zeros(2, 3, dtype=torch.float64)
+    loss = AF.two_head_loss(s, m, y, 1.5, 1.0, force_true=False)
+    by_hand, _ = _two_head_by_hand(s, m, y, {(0, 0), (1, 0), (1, 1)}, 1.0)
+    assert float(loss) == pytest.approx(by_hand, rel=1e-12)
+    # soft targets without the forced true label: every selected entry gets its probability
+    soft = AF.two_head_loss(s, m, y, 1.5, 1.0, force_true=False, soft_labels=True)
+    by_hand, _ = _two_head_by_hand(s, m, y, {(0, 0), (1, 0), (1, 1)}, 1.0, soft=True, force_true=False)
+    assert float(soft) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_fixed_threshold_selects_above_it():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]], dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    want = torch.tensor([[True, False, True], [True, True, False]])
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, fixed_threshold=0.25), want)
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, fixed_threshold=torch.tensor(0.25)), want)
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, fixed_threshold=0.25, force_true=False), probs >= 0.25)
+    assert torch.equal(AF.pseudo_labels(probs, y, 1.5, fixed_threshold=math.inf), F.one_hot(y, 3).bool())
+    for bad, err in [(math.nan, ValueError), ("0.5", TypeError), (True, TypeError), (torch.ones(2), ValueError)]:
+        with pytest.raises(err, match="`fixed_threshold`"):
+            AF.pseudo_labels(probs, y, 1.5, fixed_threshold=bad)
+
+
+CHOICES = [("exact", True), ("threshold", True), ("exact", False)]
+
+
+@pytest.mark.parametrize(("rule", "force_true"), CHOICES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_threshold_per_epoch_matches_brute_force(rule, force_true, soft):
+    k, c = 2.5, 6
+    epochs = [[(_logits(5, c, 10 * e + b), random_targets(5, c, seed=10 * e + b)) for b in range(3)] for e in range(3)]
+    loss = AL.TwoHeadLoss(k, 0.7, rule=rule, force_true=force_true, soft_labels=soft, threshold="epoch")
+    extras_only = force_true and rule == "exact"
+    previous = None
+    for e, batches in enumerate(epochs):
+        loss.set_epoch(e)
+        if e == 0:  # no previous epoch: the per-batch rule
+            assert loss.epoch_threshold is None
+        else:
+            lam = _epoch_threshold_by_hand(previous, k, extras_only)
+            assert loss.epoch_threshold == pytest.approx(lam, rel=1e-12)
+            # on the epoch it was calibrated on, it selects round(nK) entries (the extras when exact)
+            pooled = torch.cat([torch.softmax(s, 1) for s, _ in previous])
+            pooled_y = torch.cat([y for _, y in previous])
+            if extras_only:
+                pooled = pooled.masked_fill(F.one_hot(pooled_y, c).bool(), -1.0)
+            wanted = math.floor(len(pooled_y) * (k - 1 if extras_only else k) + 0.5)  # average_k_threshold's m
+            assert int((pooled >= loss.epoch_threshold).sum()) == wanted
+        for s, y in batches:
+            m = _logits(5, c, 99)
+            p = _softmax_by_hand(s)
+            if e == 0:
+                positives = _positives_by_hand(p, y, k, rule, force_true)
+            else:
+                positives = {(i, j) for i in range(5) for j in range(c) if p[i][j] >= lam}
+                positives |= {(i, int(y[i])) for i in range(5)} if force_true else set()
+            expected, _ = _two_head_by_hand(s, m, y, positives, 0.7, soft=soft, force_true=force_true)
+            assert float(loss(s, m, y)) == pytest.approx(expected, rel=1e-12)
+        previous = batches
+
+
+def test_threshold_per_epoch_state_survives_a_checkpoint():
+    import io
+
+    k, c = 2.0, 5
+    batches = [(_logits(8, c, b), random_targets(8, c, seed=b)) for b in range(4)]
+    m = _logits(8, c, 50)
+    loss = AL.TwoHeadLoss(k, threshold="epoch")
+    loss.set_epoch(0)
+    for s, y in batches:
+        loss(s, m, y)
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)  # an end-of-epoch checkpoint
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = AL.TwoHeadLoss(k, threshold="epoch")
+    resumed.load_state_dict(state)
+    loss.set_epoch(1)
+    resumed.set_epoch(1)
+    assert loss.epoch_threshold is not None and resumed.epoch_threshold == loss.epoch_threshold
+    for s, y in batches:
+        assert torch.equal(resumed(s, m, y), loss(s, m, y))
+    # a per-batch loss loads checkpoints written before it had any state; the per-epoch one refuses them
+    AL.TwoHeadLoss(k).load_state_dict({})
+    with pytest.raises(RuntimeError, match="_extra_state"):
+        AL.TwoHeadLoss(k, threshold="epoch").load_state_dict({})
+    with pytest.raises(ValueError, match="threshold='epoch'"):
+        AL.TwoHeadLoss(k).load_state_dict(state)
+
+
+def test_threshold_per_epoch_pools_training_calls_only_and_refuses_stacks():
+    s, m, y = _logits(6, 4, 0), _logits(6, 4, 1), random_targets(6, 4)
+    loss = AL.TwoHeadLoss(2.0, threshold="epoch").eval()
+    loss.set_epoch(0)
+    loss(s, m, y)
+    loss.set_epoch(1)
+    assert loss.epoch_threshold is None  # nothing was pooled in eval mode
+    assert not loss.stackable and AL.TwoHeadLoss(2.0, soft_labels=True, force_true=False).stackable
+    with pytest.raises(ValueError, match="stacked"):
+        loss(s.expand(2, 6, 4), m.expand(2, 6, 4), y.expand(2, 6))
+    with pytest.raises(ValueError, match="`threshold`"):
+        AL.TwoHeadLoss(2.0, threshold="step")
+    with pytest.raises(ValueError, match="`k`"):
+        AL.TwoHeadLoss(torch.tensor([2.0, 3.0]), threshold="epoch")
+    with pytest.raises(TypeError, match="`soft_labels`"):
+        AL.TwoHeadLoss(2.0, soft_labels=1)
+    with pytest.raises(TypeError, match="`force_true`"):
+        AF.two_head_loss(s, m, y, 2.0, force_true="no")
+
+
+def test_new_choices_stack_like_separate_calls():
+    s, m = _logits(3 * 5, 4, 0).reshape(3, 5, 4), _logits(3 * 5, 4, 1).reshape(3, 5, 4)
+    y = random_targets(15, 4).reshape(3, 5)
+    k = torch.tensor([1.5, 2.0, 3.0], dtype=torch.float64)
+    for options in ({"soft_labels": True}, {"force_true": False}, {"soft_labels": True, "force_true": False}):
+        stacked = AF.two_head_loss(s, m, y, k, 0.5, **options)
+        separate = torch.stack([AF.two_head_loss(s[i], m[i], y[i], float(k[i]), 0.5, **options) for i in range(3)])
+        torch.testing.assert_close(stacked, separate)
+        module = AL.TwoHeadLoss(k, 0.5, **options)
+        torch.testing.assert_close(module(s, m, y), separate)
+
+
+def test_combined_head_is_the_mean_of_both_heads():
+    from avgk_lib.config import ConfigError
+    from avgk_lib.objectives import build_objective
+    from avgk_lib.runspec import RunSpec
+    from avgk_lib.train import TrainConfig
+
+    run = {"k": 2.0, "n_classes": 5, "class_counts": [1] * 5, "n_train": 5}
+    objective = build_objective("two_head", {}, run=run, eval_head="combined")
+    s, m = _logits(4, 5, 0), _logits(4, 5, 1)
+    p = _softmax_by_hand(s)
+    by_hand = [[(p[i][j] + 1 / (1 + math.exp(-float(m[i, j])))) / 2 for j in range(5)] for i in range(4)]
+    torch.testing.assert_close(objective.scores((s, m)), torch.tensor(by_hand, dtype=torch.float32))
+    assert objective.heads == ("softmax", "multilabel", "combined")
+    with pytest.raises(ValueError, match="`eval_head`"):
+        build_objective("two_head", {}, run=run, eval_head="both")
+    cfg = TrainConfig(loss="two_head", k=2.0, eval_head="combined")
+    assert RunSpec.resolve(cfg).heads == ("softmax", "multilabel", "combined")
+    with pytest.raises(ConfigError, match="eval_head"):
+        TrainConfig(loss="two_head", k=2.0, eval_head="both").validate()
+
+
+def test_threshold_per_epoch_run_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """A run interrupted after its first epoch resumes with the threshold the first epoch pooled."""
+    from avgk_lib import engine
+    from avgk_lib.train import TrainConfig, train
+
+    tiny = {"n_classes": 8, "dim": 6, "n_groups": 2, "n_train": 600, "n_val": 200, "n_test": 200}
+    cfg = TrainConfig(
+        dataset="synthetic",
+        dataset_options=tiny,
+        loss="two_head",
+        k=2.0,
+        epochs=3,
+        batch_size=64,
+        eval_ks=[2.0],
+        loss_options={"threshold": "epoch", "soft_labels": True},
+        eval_head="combined",
+    )
+    quiet = lambda *_: None  # noqa: E731
+    reference = train(cfg, tmp_path / "reference", progress=False, log=quiet)
+    assert set(reference["test_heads"]) == {"softmax", "multilabel", "combined"}
+    assert reference["test"] == reference["test_heads"]["combined"]
+    one_epoch = engine.train_one_epoch
+
+    def interrupted(run, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return one_epoch(run, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False, log=quiet)
+    monkeypatch.setattr(engine, "train_one_epoch", one_epoch)
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False, log=quiet)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in reference["history"]]
+    assert resumed["test"] == reference["test"]

@@ -251,7 +251,7 @@ def test_results_hold_last_epoch_both_heads_and_scores_of_both_heads(tmp_path):
         dataset="synthetic", dataset_options=TINY, loss="two_head", k=1.5, epochs=3, batch_size=64, eval_ks=[1, 1.5]
     )
     results = train(cfg, tmp_path, progress=False, log=_quiet)
-    assert set(results["test_heads"]) == {"softmax", "multilabel"}
+    assert set(results["test_heads"]) == {"softmax", "multilabel", "combined"}
     assert results["test_heads"]["multilabel"] == results["test"]  # eval_head="multilabel"
     assert results["test_heads"]["softmax"] != results["test"]
     assert set(results["test_last"]) == set(results["test"])
