@@ -38,13 +38,18 @@ TWO_HEAD_SCORES: tuple[str, ...] = typing.get_args(HeadName)
 
 
 class CrossEntropy(nn.Module):
-    """``F.cross_entropy`` with an optional logit scale (for cosine heads)."""
+    """``F.cross_entropy`` with an optional logit scale (for cosine heads). Stacked ``(M, B, C)``
+    logits with ``(M, B)`` targets give one mean loss per member, ``(M,)`` (the stacked form of
+    :mod:`avgk_lib.functional`)."""
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         self.scale = scale
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 3:
+            per_sample = F.cross_entropy(logits.float().flatten(0, 1) * self.scale, targets.flatten(), reduction="none")
+            return per_sample.view(targets.shape).mean(dim=1)
         return F.cross_entropy(logits.float() * self.scale, targets)
 
 

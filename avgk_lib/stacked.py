@@ -2,28 +2,40 @@ r"""Many small runs trained as one stacked model (the engine of :func:`avgk_lib.
 
 On small tasks one training step of one model leaves the hardware idle: Python and dispatch
 overhead dominate. A :class:`Stack` trains M member runs that share a model shape, a loss and a
-schedule shape as one model: their parameters are stacked along a new leading dimension
-(``torch.func.stack_module_state``), the forward pass is ``vmap`` of ``functional_call`` over
-the members, each member's loss is computed on its own slice and the losses are summed, so one
-backward pass gives every member its own gradient (the members share no parameter, hence
-:math:`\partial \sum_i L_i / \partial \theta_j = \partial L_j / \partial \theta_j`).
+schedule as one model, with a fixed number of operations per step whatever M:
 
-Per member, exactly as in its single run (:func:`avgk_lib.build.build_run` builds each member,
-so initialisation and data come from the member's own seed):
+* the members' training sets are one tensor and each step gathers every member's batch
+  ``(M, B, ...)`` with one indexing operation (:class:`StackedBatches`), from each member's own
+  permutation and augmentation draws (those its own loader makes);
+* one forward: the parameters are stacked along a new leading dimension
+  (``torch.func.stack_module_state``) and the forward is ``vmap`` of ``functional_call``;
+* one loss call over the ``(M, B, C)`` outputs (the stacked form of :mod:`avgk_lib.functional`,
+  per-member knobs as ``(M,)`` tensors, :func:`stacked_loss_module`) giving ``(M,)`` losses,
+  times each member's ``loss_weight``; their sum is backpropagated once, and since the members
+  share no parameter, :math:`\partial \sum_i L_i / \partial \theta_j = \partial L_j / \partial \theta_j`;
+* the noised losses' noise ``(n_samples, M, B, C)`` drawn in one call from the stack's own
+  generator, seeded per epoch from the members' seeds: a noised member's noise therefore
+  differs from its single run's (the same distribution; its results agree in distribution, not
+  draw for draw);
+* one foreach SGD step (``torch._foreach_*``: momentum, Nesterov, weight decay on weights only,
+  as ``torch.optim.SGD``) with per-member lr and weight decay as ``(M,)`` tensors; each
+  member's lr comes from its own ``torch.optim.lr_scheduler``, stepped through the epoch at its
+  start into an ``(steps, M)`` table;
+* no host synchronisation per step: the losses are summed on the device, and the divergence
+  rule of :class:`~avgk_lib.engine.DivergenceGuard` runs on the stacked losses every
+  :attr:`Stack.CHECK_EVERY` steps and at the end of each epoch (one flag read on the host); a
+  member whose loss explodes stops (its lr becomes 0; no results, as in ``train``), the
+  others go on.
 
-* its own data draw, batch order and augmentation (its own loaders);
-* its own loss noise: the global torch generator is switched to the member's state around its
-  loss, so the member draws the same noise as its single run;
-* its own lr, weight decay and loss knobs; the SGD update (momentum, Nesterov, decoupled groups
-  for weights vs biases and norms) is the one of ``torch.optim.SGD``, written on the stacked
-  tensors with per-member ``lr`` and ``weight_decay``; each member's lr schedule is its own
-  ``torch.optim.lr_scheduler`` stepping the member's (never stepped) optimizer;
-* its own divergence guard: a member whose loss explodes stops (no results, as in ``train``),
-  the others go on.
+Initialisation and data come from each member's own seed (:func:`avgk_lib.build.build_run`
+builds each member), so with a noise-free loss a member follows its single run up to float
+rounding of the batched arithmetic.
 
 After each epoch the stacked weights and momentum buffers are written back into each member's
 model and optimizer, and the single-run code validates, selects, checkpoints and reports every
-member, so a member's run folder cannot be told from a folder written by ``train``.
+member, so a member's run folder cannot be told from a folder written by ``train``; it resumes
+with ``train`` or ``train_many`` (the stack's noise is seeded per epoch, so a resumed stack
+draws the noise of the uninterrupted one).
 
 Members are stacked only when :func:`stack_key` says they can share a stack: they agree on every
 configuration field except the short declared list :data:`MEMBER_FIELDS` (seed and data draw, lr,
@@ -38,7 +50,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +61,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ._checks import value_checks
 from .build import Run
+from .data.base import derived_seed
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import metric_dict
@@ -178,8 +194,150 @@ class Member:
         return self.error is None
 
 
+# ------------------------------------------------------------------------------------------------
+# the members' training data as one tensor
+# ------------------------------------------------------------------------------------------------
+
+
+class StackedBatches:
+    r"""Every member's training batches, gathered with one indexing operation per step.
+
+    The distinct training sets of the members (members drawn with the same data seed share one)
+    are stacked into ``x`` of shape ``(U N, ...)``; member :math:`m` reads set :math:`u_m`. Each
+    epoch, member :math:`m`'s loader gives its own permutation :math:`\pi_m` (the order its single
+    run iterates), and step :math:`t` takes rows :math:`u_m N + \pi_m[tB : (t+1)B]` for every
+    member at once: an ``(M, B)`` index into ``x``. Image augmentation (random crop and flip) is
+    drawn per member from the generator its loader would use, in the loader's order, once per
+    epoch, and applied to the ``(M B)`` images at once."""
+
+    def __init__(self, loaders: list[InMemoryLoader], steps: int) -> None:
+        self.loaders, self.steps = loaders, steps
+        first = loaders[0]
+        self.batch_size, self.device, self.is_image = first.batch_size, first.device, first.is_image
+        slots: dict[tuple[int, int], int] = {}
+        which = [slots.setdefault((lo.x.data_ptr(), lo.y.data_ptr()), len(slots)) for lo in loaders]
+        sets = {slot: lo for lo, slot in zip(loaders, which, strict=True)}
+        self.n = first.y.shape[0]
+        self.x = torch.cat([sets[u].x for u in range(len(sets))]) if len(sets) > 1 else first.x
+        self.y = torch.cat([sets[u].y for u in range(len(sets))]) if len(sets) > 1 else first.y
+        self.offset = (torch.tensor(which) * self.n).unsqueeze(1)
+        self.augment = first.crop or first.flip
+        if self.is_image and first.mean is not None:
+            self.mean = torch.stack([lo.mean for lo in loaders]).unsqueeze(1)  # (M, 1, C, 1, 1)
+            self.std = torch.stack([lo.std for lo in loaders]).unsqueeze(1)
+        else:
+            self.mean = self.std = None
+        self.rows = self.order = torch.empty(0)
+        self.draws: dict[str, torch.Tensor] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Each member's permutation of this epoch (and its augmentation draws)."""
+        for lo in self.loaders:
+            lo.set_epoch(epoch)
+        used = self.steps * self.batch_size
+        order = torch.stack([lo._order()[:used] for lo in self.loaders])
+        self.order = order.to(self.device)
+        self.rows = (order + self.offset).to(self.device)
+        if self.is_image and self.augment:
+            self.draws = self._augmentation_draws(epoch)
+
+    def _augmentation_draws(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Per member, step and image: the crop offsets and flips its loader draws, in its order
+        (:func:`~avgk_lib.data.loader.random_crop_flip`: ``dy``, ``dx``, then the flip)."""
+        first, b = self.loaders[0], self.batch_size
+        crop = first.crop and first.padding > 0
+        out: dict[str, list[torch.Tensor]] = {"dy": [], "dx": [], "flip": []}
+        for lo in self.loaders:
+            g = torch.Generator().manual_seed(derived_seed(lo.seed * 100_003 + epoch + 7_919))
+            per: dict[str, list[torch.Tensor]] = {"dy": [], "dx": [], "flip": []}
+            for _ in range(self.steps):
+                if crop:
+                    per["dy"].append(torch.randint(0, 2 * first.padding + 1, (b,), generator=g))
+                    per["dx"].append(torch.randint(0, 2 * first.padding + 1, (b,), generator=g))
+                if first.flip:
+                    per["flip"].append(torch.rand(b, generator=g) < 0.5)
+            for name, parts in per.items():
+                if parts:
+                    out[name].append(torch.stack(parts))  # (steps, B)
+        return {name: torch.stack(parts, 1).to(self.device) for name, parts in out.items() if parts}  # (steps, M, B)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step ``step``'s ``(inputs (M, B, ...), targets (M, B), sample indices (M, B))``."""
+        cut = slice(step * self.batch_size, (step + 1) * self.batch_size)
+        rows = self.rows[:, cut]
+        x = self.x[rows]
+        if self.is_image:
+            x = self._images(x, step)
+        return x, self.y[rows], self.order[:, cut]
+
+    def _images(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Augment (the epoch's draws), scale to [0, 1] and normalise an ``(M, B, C, H, W)`` batch."""
+        if self.draws:
+            m, b = x.shape[:2]
+            flat = x.flatten(0, 1)
+            if "dy" in self.draws:
+                flat = _crop(
+                    flat, self.loaders[0].padding, self.draws["dy"][step].flatten(), self.draws["dx"][step].flatten()
+                )
+            if "flip" in self.draws:
+                flat = torch.where(self.draws["flip"][step].flatten()[:, None, None, None], flat.flip(3), flat)
+            x = flat.view(m, b, *flat.shape[1:])
+        x = x.float().div_(255.0)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def _crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop each zero-padded image of ``images`` (N, C, H, W) at its offsets ``(dy, dx)``."""
+    n, c, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channels = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
+# ------------------------------------------------------------------------------------------------
+# one loss over the stack
+# ------------------------------------------------------------------------------------------------
+
+NOISED_LOSSES = ("noised_topk", "imbalanced_noised_topk")
+
+
+def stacked_loss_module(runs: list[Run]) -> nn.Module:
+    """The members' loss as one module over ``(M, B, C)`` outputs, returning ``(M,)`` losses:
+    built as each member's (:meth:`ObjectiveSpec.build <avgk_lib.objectives.ObjectiveSpec>`),
+    with the per-member knobs (:data:`MEMBER_LOSS_OPTIONS`) as ``(M,)`` float64 tensors and,
+    when the members' training sets differ in their class counts, ``(M, C)`` class counts."""
+    from .build import run_facts
+
+    first = runs[0]
+    spec = first.spec.objective
+    device = first.device
+    options = {**first.spec.loss_options, **run_facts(first.spec, first.bundle), "loss": spec.name}
+    for name in MEMBER_LOSS_OPTIONS.get(spec.name, ()):
+        values = [float(r.spec.loss_options[name]) for r in runs]
+        if len(set(values)) > 1:
+            options[name] = torch.tensor(values, dtype=torch.float64, device=device)
+    counts = [run_facts(r.spec, r.bundle)["class_counts"] for r in runs]
+    if any(c != counts[0] for c in counts):
+        options["class_counts"] = counts
+    return spec.build(options).to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# the stack
+# ------------------------------------------------------------------------------------------------
+
+
 class Stack:
     """M member runs as one stacked model (see the module docstring)."""
+
+    #: steps between two divergence checks (each reads one flag on the host)
+    CHECK_EVERY = 16
 
     def __init__(self, members: list[Member]) -> None:
         if not members:
@@ -193,13 +351,25 @@ class Stack:
         params, buffers = stack_module_state(models)
         self.params: dict[str, torch.Tensor] = params
         self.buffers: dict[str, torch.Tensor] = buffers
-        self.decay = {
-            name: not (p.ndim <= 1 or name.endswith(".bias")) for name, p in members[0].run.model.named_parameters()
-        }
-        self.nesterov = bool(members[0].run.optimizer.param_groups[0].get("nesterov", False))
-        self.uses_momentum = any(m.run.optimizer.param_groups[0].get("momentum", 0.0) != 0 for m in members)
-        self.buf: dict[str, torch.Tensor | None] = {name: None for name in self.params}
+        first = members[0].run
+        self.first = first
+        self.decay = {name: not (p.ndim <= 1 or name.endswith(".bias")) for name, p in first.model.named_parameters()}
+        group = first.optimizer.param_groups[0]
+        self.nesterov = bool(group.get("nesterov", False))
+        self.uses_momentum = first.cfg.momentum != 0
+        like = next(iter(self.params.values()))
+        self.weight_decay = torch.tensor(
+            [m.run.cfg.weight_decay for m in members], dtype=like.dtype, device=like.device
+        )
+        self.any_decay = any(m.run.cfg.weight_decay for m in members)
+        self.loss_weight = torch.tensor([m.run.cfg.loss_weight for m in members], dtype=like.dtype, device=like.device)
+        self.buf: dict[str, torch.Tensor] = {}
         self._load_momentum()
+        self.data = StackedBatches([m.run.train_loader for m in members], first.steps_per_epoch)
+        self.loss_fn = stacked_loss_module([m.run for m in members])
+        self.noise = torch.Generator(device=first.device)
+        self.noise_seed = _stack_seed([m.run.cfg.seed for m in members])
+        self._alive = torch.ones(len(members), dtype=like.dtype, device=like.device)
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -213,40 +383,42 @@ class Stack:
 
     # -- the optimizer ----------------------------------------------------------------------------
 
-    def _per_member(self, values: list[float]) -> torch.Tensor:
-        """``values`` (one per member) as an ``(M,)`` tensor of the stacked parameters' dtype and
-        device (:func:`stack_module_state` gives every parameter the same)."""
-        like = next(iter(self.params.values()))
-        return torch.tensor(values, dtype=like.dtype, device=like.device)
-
     @staticmethod
     def _over(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """An ``(M,)`` tensor viewed to broadcast over a stacked parameter ``(M, ...)``."""
         return values.view(-1, *([1] * (p.dim() - 1)))
 
     @torch.no_grad()
-    def sgd_step(self) -> None:
-        """One ``torch.optim.SGD`` step of every alive member (dead members keep their weights)."""
-        groups = [m.run.optimizer.param_groups[0] for m in self.members]
-        lrs = self._per_member([g["lr"] if m.alive else 0.0 for g, m in zip(groups, self.members, strict=True)])
-        decays = [m.run.cfg.weight_decay for m in self.members]
-        decay = self._per_member(decays)
-        momenta = self._per_member([g.get("momentum", 0.0) for g in groups])  # OneCycleLR cycles it per step
-        for name, p in self.params.items():
-            if p.grad is None:
-                continue
-            d = p.grad
-            if self.decay[name] and any(decays):
-                d = d.add(p * self._over(decay, p))
-            if self.uses_momentum:
-                mu = self._over(momenta, p)
-                buf = self.buf[name]
-                if buf is None:
-                    buf = self.buf[name] = d.clone()
-                else:
-                    buf.mul_(mu).add_(d)
-                d = d.add(buf * mu) if self.nesterov else buf
-            p.sub_(d * self._over(lrs, p))
+    def sgd_step(self, lr: torch.Tensor, momentum: float) -> None:
+        r"""One ``torch.optim.SGD`` step of every member, as foreach operations over the stacked
+        tensors: with per-member :math:`\eta_m` (``lr``, 0 for a stopped member) and
+        :math:`\lambda_m` (weight decay, on weights only),
+
+        .. math:: d = g + \lambda_m \theta,\quad b \leftarrow \mu b + d,\quad
+                  d \leftarrow d + \mu b \text{ (Nesterov) or } b,\quad \theta \leftarrow \theta - \eta_m d
+
+        (:math:`b = d` at the first step, as a zero buffer gives)."""
+        names = [n for n, p in self.params.items() if p.grad is not None]
+        params = [self.params[n] for n in names]
+        grads = [p.grad for p in params]
+        decayed = [i for i, n in enumerate(names) if self.decay[n]]
+        if decayed and self.any_decay:
+            torch._foreach_addcmul_(
+                [grads[i] for i in decayed],
+                [params[i] for i in decayed],
+                [self._over(self.weight_decay, params[i]) for i in decayed],
+            )
+        step = grads
+        if self.uses_momentum:
+            bufs = [self.buf.setdefault(n, torch.zeros_like(p)) for n, p in zip(names, params, strict=True)]
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+            if self.nesterov:
+                torch._foreach_add_(grads, bufs, alpha=momentum)
+            else:
+                step = bufs
+        torch._foreach_addcmul_(params, step, [self._over(lr, p) for p in params], value=-1.0)
+        for p in params:
             p.grad = None
 
     def _load_momentum(self) -> None:
@@ -265,96 +437,142 @@ class Stack:
         for i, m in enumerate(self.members):
             for name, p in m.run.model.named_parameters():
                 p.copy_(self.params[name][i])
-                if self.buf[name] is not None:
+                if name in self.buf:
                     m.run.optimizer.state[p]["momentum_buffer"] = self.buf[name][i].clone()
             for name, b in m.run.model.named_buffers():
                 b.copy_(self.buffers[name][i])
 
+    # -- schedules --------------------------------------------------------------------------------
+
+    def _epoch_schedule(self) -> tuple[torch.Tensor, list[float]]:
+        """This epoch's learning rates, ``(steps, M)`` on the device, and momenta (one per step,
+        shared by the members): each member's own scheduler, stepped through the epoch now
+        (per batch), or its current lr for the whole epoch (per epoch, or none)."""
+        steps = self.first.steps_per_epoch
+        lrs, momenta = [], []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            for m in self.members:
+                group = m.run.optimizer.param_groups[0]
+                if m.run.schedule_unit != "batch":
+                    lrs.append([group["lr"]] * steps)
+                    momenta.append([group.get("momentum", 0.0)] * steps)
+                    continue
+                mine, mom = [], []
+                for _ in range(steps):
+                    mine.append(group["lr"])
+                    mom.append(group.get("momentum", 0.0))
+                    m.run.scheduler.step()
+                lrs.append(mine)
+                momenta.append(mom)
+        return torch.tensor(lrs, dtype=self._alive.dtype).T.contiguous().to(self._alive.device), momenta[0]
+
     # -- one epoch --------------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int, show_progress: bool) -> None:
-        """One pass over every member's training data (``steps_per_epoch`` stacked steps)."""
+        """One pass over every member's training data (``steps_per_epoch`` stacked steps): one
+        batch gather, forward, loss call, backward and foreach SGD step per step, no host read
+        but the divergence flag every :attr:`CHECK_EVERY` steps."""
         from .engine import progress_bar
 
-        first = self.members[0].run
+        first = self.first
+        self.data.set_epoch(epoch)
+        if hasattr(self.loss_fn, "set_epoch"):
+            self.loss_fn.set_epoch(epoch)
         for m in self.members:
-            m.run.train_loader.set_epoch(epoch)
             if hasattr(m.run.loss_fn, "set_epoch"):
                 m.run.loss_fn.set_epoch(epoch)
-            m.loss_sum, m.seen = 0.0, 0
+        self.noise.manual_seed(derived_seed(self.noise_seed * 100_003 + epoch))
+        lrs, momenta = self._epoch_schedule()
+        self._start_guard()
+        loss_sum = torch.zeros(len(self.members), dtype=torch.float64, device=self._alive.device)
         self.base.train()
-        iterators = [iter(m.run.train_loader) for m in self.members]
         desc = f"epoch {epoch + 1}/{first.cfg.epochs} ({len(self.members)} models)"
-        for step in progress_bar(range(first.steps_per_epoch), first.steps_per_epoch, desc, show_progress):
-            batches = [next(it) for it in iterators]
-            outputs = self.forward(torch.stack([b[0] for b in batches]))
-            total = self._losses(outputs, batches, epoch, step)
-            if total is not None:
-                total.backward()
-            self.sgd_step()
-            for m in self.members:
-                if m.run.schedule_unit == "batch":
-                    _step_schedule(m.run)
-        for m in self.members:
-            if m.alive:
-                self._check(m, lambda m=m: m.guard.check(epoch))
+        steps = first.steps_per_epoch
+        for step in progress_bar(range(steps), steps, desc, show_progress):
+            x, y, indices = self.data.batch(step)
+            losses = self._losses(self.forward(x), y)
+            self._window.append(losses.detach())
+            loss_sum += losses.detach().double() * y.shape[1]
+            torch.where(self._alive > 0, losses, 0.0).sum().backward()
+            self.sgd_step(lrs[step] * self._alive, momenta[step])
+            if len(self._window) >= self.CHECK_EVERY:
+                self._check_window(epoch, step + 1)
+        self._check_window(epoch, steps)
+        for m, total in zip(self.members, loss_sum.tolist(), strict=True):
+            m.loss_sum, m.seen = total, steps * self.data.batch_size
             if m.run.schedule_unit == "epoch":
                 _step_schedule(m.run)
 
-    def _losses(self, outputs: Any, batches: list, epoch: int, step: int) -> torch.Tensor | None:
-        """Sum of the alive members' losses, each drawn with the member's own generator."""
-        total = None
-        # unbind, not outputs[i]: its backward stacks the M gradients once, where M index
-        # backwards would each add a full (M, B, C) tensor of zeros
-        if isinstance(outputs, tuple):
-            split = list(zip(*(o.unbind(0) for o in outputs), strict=True))
-        else:
-            split = outputs.unbind(0)
-        for i, (m, batch) in enumerate(zip(self.members, batches, strict=True)):
-            if not m.alive:
-                continue
-            out = split[i]
-            loss = self._member_loss(m, out, batch, epoch, step)
-            if loss is None:
-                continue
-            total = loss if total is None else total + loss
-        return total
+    def _losses(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Every member's training loss ``(M,)`` from one call of the stacked loss (its value
+        checks off: a member whose outputs went non-finite is found by the divergence check,
+        not by an error that would stop its partners); the noised losses' noise
+        ``(n_samples, M, B, C)`` drawn in one call from the stack's generator."""
+        spec = self.first.spec.objective
+        with value_checks(False):
+            if spec.two_head:
+                losses = self.loss_fn(outputs[0], outputs[1], targets)
+            elif spec.name in NOISED_LOSSES:
+                n_samples = int(self.first.spec.loss_options["n_samples"])
+                shape = (n_samples, *outputs.shape)
+                noise = torch.randn(shape, generator=self.noise, dtype=torch.float32, device=outputs.device)
+                losses = self.loss_fn(outputs, targets, noise=noise)
+            else:
+                losses = self.loss_fn(outputs, targets)
+        return losses * self.loss_weight
 
-    def _member_loss(self, m: Member, out: Any, batch: Any, epoch: int, step: int) -> torch.Tensor | None:
-        torch.set_rng_state(m.rng["torch"])
-        try:
-            loss = m.run.objective.loss(out, batch) * m.run.cfg.loss_weight
-        except ValueError:
-            parts = out if isinstance(out, tuple) else (out,)
-            if all(bool(torch.isfinite(p).all()) for p in parts):
-                raise
-            m.error = TrainingDiverged(
-                f"training diverged at epoch {epoch + 1}, step {step + 1}: loss nan (the model's outputs are"
-                " non-finite); try a lower --lr"
+    # -- divergence -------------------------------------------------------------------------------
+
+    def _start_guard(self) -> None:
+        """Each member's reference loss (its guard's: the first epoch's mean loss; NaN until the
+        first step of a first epoch gives it) and an empty window of step losses."""
+        refs = [math.nan if m.guard.reference is None else m.guard.reference for m in self.members]
+        self._reference = torch.tensor(refs, dtype=torch.float32, device=self._alive.device)
+        self._window: list[torch.Tensor] = []
+        self._window_start = 0
+
+    def _check_window(self, epoch: int, next_step: int) -> None:
+        r""":class:`~avgk_lib.engine.DivergenceGuard`'s rule on the steps since the last check,
+        for every member at once: a loss is bad when non-finite or larger than
+        :math:`10^4 \max(|r_m|, 1)` (:math:`r_m`: the member's reference). One flag is read on the
+        host; a member with a bad step stops (its lr becomes 0) with the guard's message."""
+        if not self._window:
+            return
+        values = torch.stack(self._window).float()  # (W, M)
+        first_steps = self._window_start
+        self._window, self._window_start = [], next_step
+        unknown = torch.isnan(self._reference)
+        if bool(unknown.any()):
+            start = torch.where(torch.isfinite(values[0]), values[0], torch.ones_like(values[0]))
+            self._reference = torch.where(unknown, start, self._reference)
+        limit = DivergenceGuard.FACTOR * self._reference.abs().clamp_min(1.0)
+        bad = (~torch.isfinite(values) | (values.abs() > limit)) & (self._alive > 0)
+        if not bool(bad.any()):
+            return
+        for i in bad.any(0).nonzero().flatten().tolist():
+            row = int(bad[:, i].nonzero()[0])
+            value = float(values[row, i])
+            limit_i = float(self._reference[i])
+            why = (
+                "non-finite"
+                if not math.isfinite(value)
+                else f"> {DivergenceGuard.FACTOR:g} x the reference {limit_i:.4g}"
             )
-            return None
-        finally:
-            m.rng["torch"] = torch.get_rng_state()
-        if not self._check(m, lambda: m.guard.observe(loss, epoch, step)):
-            return None
-        m.loss_sum += float(loss.detach().double()) * batch[1].shape[0]
-        m.seen += batch[1].shape[0]
-        return loss
+            where = f"epoch {epoch + 1}, step {first_steps + row + 1}"
+            self.members[i].error = TrainingDiverged(
+                f"training diverged at {where}: loss {value:.4g} ({why}); try a lower --lr"
+            )
+            self._alive[i] = 0.0
 
-    @staticmethod
-    def _check(m: Member, check) -> bool:
-        try:
-            check()
-        except TrainingDiverged as err:
-            m.error = err
-            return False
-        return True
+    # -- evaluation -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def validation_metrics(self) -> list[dict[str, float]] | None:
+    def validation_metrics(self) -> list[dict[str, float] | None] | None:
         """Every member's validation metrics (as :func:`~avgk_lib.engine.validation_metrics`
-        computes them) from one stacked forward pass per batch, or ``None`` when the members'
-        validation splits differ in size (then each member is validated on its own)."""
+        computes them; ``None`` for a stopped member) from one stacked forward pass per batch,
+        or ``None`` when the members' validation splits differ in size (then each member is
+        validated on its own)."""
         loaders = [m.run.val_loader for m in self.members]
         if not all(isinstance(loader, InMemoryLoader) for loader in loaders):
             return None
@@ -371,10 +589,17 @@ class Stack:
         finally:
             self.base.train()
         return [
-            metric_dict(torch.cat(p), m.run.val_loader.y, m.run.cfg.eval_ks)[0]
+            metric_dict(torch.cat(p), m.run.val_loader.y, m.run.cfg.eval_ks)[0] if m.alive else None
             for p, m in zip(parts, self.members, strict=True)
         ]
 
     def member_rng(self, m: Member) -> None:
         """Make the member's generator states the global ones (before its checkpoint is taken)."""
         set_rng_state(m.rng)
+
+
+def _stack_seed(seeds: list[int]) -> int:
+    """The seed of a stack's loss noise: a hash of its members' seeds, in order (so a resumed
+    stack draws the noise of the uninterrupted one)."""
+    digest = hashlib.sha256(json.dumps(seeds).encode()).hexdigest()
+    return int(digest[:15], 16)

@@ -122,9 +122,13 @@ def train_many(
     CPU, where a stack is slower (:func:`~avgk_lib.stacked.stacking_pays`). Each member keeps its own seed, data,
     loss noise, lr and loss knobs, best epoch, checkpoints and ``results.json``.
 
-    Random numbers: a stacked member draws exactly what its single run draws (initialisation
-    and data from its seed, loss noise from its own generator state), so it follows ``train``
-    with the same seed up to float rounding of the batched arithmetic.
+    Random numbers: a stacked member's initialisation, batch order and augmentation come from
+    its seed exactly as in its single run, so with a noise-free loss (cross-entropy, two-head,
+    smooth SVM ...) it follows ``train`` with the same seed up to float rounding of the batched
+    arithmetic. The noise of the noised top-K losses is drawn for the whole stack in one call
+    (from a generator seeded by the members' seeds and the epoch): a noised member's noise
+    differs from its single run's, so its results agree with ``train``'s in distribution (over
+    seeds), not draw for draw.
 
     Raises what :func:`train` raises for a bad configuration or folder, before anything trains."""
     from .stacked import Member, Stack, stack_key
