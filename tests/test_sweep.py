@@ -72,3 +72,11 @@ def test_figure_and_bad_inputs():
     with pytest.raises(ValueError, match="`curves`"):
         W.sweep_figure({})
     assert W.sweep_table({}).startswith("_No sweep")
+
+
+def test_findings_read_every_number_from_the_curves_and_the_show_helper_handles_no_reference():
+    curves = W.sweep_curves(_rows())
+    text = W.sweep_findings(curves)
+    assert "+8.50 pp" in text and "above 0" in text and "1,000 to 3,000" in text
+    block = W.show_size_sweep("smoke")  # no smoke sweep is committed
+    assert "No training-set-size sweep" in block.markdown

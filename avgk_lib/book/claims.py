@@ -985,12 +985,12 @@ def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = Non
     pre = e.get("precondition")
     extra = ""
     if pre is not None:
-        extra = f"; precondition: {_precondition_value(pre)}"
+        extra = f"; precondition: {precondition_value(pre)}"
     mde = f", MDE {100 * e['mde']:.2f} pp" if e.get("mde") is not None and e.get("unit") != "log_ratio" else ""
     return f"{effect_text(e)}{p}, {e['n_seeds']} seeds{mde}{extra}: {verdict_text(e)}"
 
 
-def _precondition_value(pre: Mapping[str, Any]) -> str:
+def precondition_value(pre: Mapping[str, Any]) -> str:
     if pre["measured"] is None:
         return "not measured"
     bound = " (upper bound)" if pre.get("bound") == "upper" else ""

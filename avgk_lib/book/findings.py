@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import experiments as E
 from ..metrics import metric_key
-from .claims import ARMS, build_ledger, effect_text, merged_into, setting_label
+from .claims import ARMS, build_ledger, effect_text, merged_into, precondition_value, setting_label, verdict_text
 from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
 
@@ -257,7 +257,7 @@ def entry_markdown(
     ours, rival = method_label(entry["ours"]), method_label(entry["rival"]) if entry.get("rival") else "-"
     seeds = entry["n_seeds"]
     head = (
-        f"**{entry['verdict']}** ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
+        f"{verdict_text(entry)} ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
         f"K = {entry['K']:g}; "
         f"{seeds} seed{'s' * (seeds != 1)})" + (f": {entry['claim']}." if claim else ":")
     )
@@ -287,8 +287,10 @@ def entry_markdown(
                 )
     pre = entry.get("precondition")
     if pre:
-        measured = "not measured" if pre["measured"] is None else f"measured {pre['measured']:.3f}, {pre['status']}"
-        body += f" Precondition ({pre['name']}, threshold {pre['threshold']:g}): {measured}."
+        measured = "not measured" if pre["measured"] is None else f"{precondition_value(pre)}, {pre['status']}"
+        body += f" Precondition ({pre['name']}): {measured}."
+    if entry.get("mde") is not None and entry.get("unit") != "log_ratio":
+        body += f" Minimum detectable effect at 80% power: {100 * entry['mde']:.2f} pp."
     if ceiling is not None:
         body += f" Bayes ceiling on these test inputs: {ceiling:.4f}."
     notes = [readable_note(n) for n in entry.get("notes", []) if not n.startswith("precondition not measured")]

@@ -189,3 +189,57 @@ def _band(ax, points: list[dict[str, Any]], label: str, scale: float, **style: A
     low = [scale * p["low"] for p in points]
     high = [scale * p["high"] for p in points]
     ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+
+
+def _at(points: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    return next((p for p in points if p["n_train"] == n), None)
+
+
+def _pp(p: Mapping[str, Any]) -> str:
+    return f"{100 * p['mean']:+.2f} pp [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]"
+
+
+def _sign(p: Mapping[str, Any]) -> str:
+    """Where the 95% interval of a point lies: above 0, below 0, or across it."""
+    return "above 0" if p["low"] > 0 else "below 0" if p["high"] < 0 else "across 0"
+
+
+def sweep_findings(curves: Mapping[str, list[dict[str, Any]]]) -> str:
+    """What the curves show, in Markdown bullets whose every number is read from ``curves``: per
+    curve, its value at the smallest and the largest size, and where its 95% interval lies."""
+    if not isinstance(curves, Mapping):
+        raise TypeError(f"`curves` must be the dict sweep_curves returns, got {type(curves).__name__}")
+    lines = []
+    for key, points in curves.items():
+        if len(points) < 2:
+            continue
+        title, unit = CURVES[key]
+        first, last = points[0], points[-1]
+        if unit == "pp":
+            text = (
+                f"from {first['n_train']:,} to {last['n_train']:,} samples: {_pp(first)} ({_sign(first)}) to "
+                f"{_pp(last)} ({_sign(last)})"
+            )
+        else:
+            text = (
+                f"from {first['n_train']:,} to {last['n_train']:,} samples: {first['mean']:.2f} to {last['mean']:.2f}"
+            )
+        lines.append(f"* **{title}**: {text}.")
+    return "\n".join(lines) or "_No curve has two sizes yet._"
+
+
+def show_size_sweep(preset: str = "cpu"):
+    """The committed sweep of ``preset`` for a notebook cell: the figure (:func:`sweep_figure`),
+    then the table (:func:`sweep_table`) and the findings (:func:`sweep_findings`) as Markdown;
+    a one-line note when no sweep reference is committed."""
+    from ..experiments import load_arm
+    from .display import Block
+
+    arm = load_arm("size_sweep", preset, "tuned")
+    if not arm or not arm["rows"]:
+        return Block(None, f"_No training-set-size sweep is committed for preset {preset!r} yet._")
+    curves = sweep_curves(arm["rows"])
+    sweep_figure(curves)
+    seeds = len({r["seed"] for r in arm["rows"]})
+    head = f"*Committed reference `size_sweep_{preset}.json`, tuned arm, {seeds} seeds per size.*"
+    return Block(None, "\n\n".join([head, sweep_table(curves), sweep_findings(curves)]))
