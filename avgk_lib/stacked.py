@@ -67,6 +67,7 @@ from .data.base import derived_seed
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import metric_dict
+from .models import MLP, Classifier, NormedLinear
 from .runspec import RunSpec
 from .seeding import set_rng_state
 
@@ -329,6 +330,46 @@ def stacked_loss_module(runs: list[Run]) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------
+# the stacked forward of plain models
+# ------------------------------------------------------------------------------------------------
+
+#: module types :func:`direct_forward` computes on stacked parameters
+DIRECT_MODULES = (Classifier, MLP, nn.Sequential, nn.Linear, nn.ReLU, NormedLinear)
+
+
+def direct_forward(module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "") -> Any:
+    r"""``module``'s forward for every member at once, on stacked parameters ``params`` (name ->
+    ``(M, ...)``) and inputs ``x`` of shape ``(M, B, ...)``: a linear layer is
+    :math:`h W_m^\top + b_m` as one ``baddbmm`` over the members, the cosine head normalises
+    rows of :math:`h` and :math:`W_m`; the rest mirrors :mod:`avgk_lib.models` (only the types
+    of :data:`DIRECT_MODULES`)."""
+    if isinstance(module, Classifier):
+        features = direct_forward(module.backbone, params, x, f"{prefix}backbone.")
+        logits = direct_forward(module.head, params, features, f"{prefix}head.")
+        if module.multilabel_head is None:
+            return logits
+        ml_features = features.detach() if module.detach_multilabel else features
+        return logits, direct_forward(module.multilabel_head, params, ml_features, f"{prefix}multilabel_head.")
+    if isinstance(module, MLP):
+        return direct_forward(module.net, params, x.flatten(2), f"{prefix}net.")
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            x = direct_forward(child, params, x, f"{prefix}{name}.")
+        return x
+    if isinstance(module, nn.Linear):
+        weight, bias = params[f"{prefix}weight"], params.get(f"{prefix}bias")
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    if isinstance(module, nn.ReLU):
+        return torch.relu(x)
+    if isinstance(module, NormedLinear):
+        weight = torch.nn.functional.normalize(params[f"{prefix}weight"], dim=2)
+        return torch.bmm(torch.nn.functional.normalize(x, dim=2), weight.transpose(1, 2))
+    raise TypeError(f"direct_forward does not handle {type(module).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
 # the stack
 # ------------------------------------------------------------------------------------------------
 
@@ -348,6 +389,7 @@ class Stack:
         if any(_forward_options(model) != options for model in models[1:]):
             raise ValueError("the members' models differ in an option their forward reads (e.g. detach_multilabel)")
         self.base = copy.deepcopy(models[0]).to("meta")
+        self.direct = all(type(m) in DIRECT_MODULES for m in self.base.modules())
         params, buffers = stack_module_state(models)
         self.params: dict[str, torch.Tensor] = params
         self.buffers: dict[str, torch.Tensor] = buffers
@@ -374,7 +416,11 @@ class Stack:
     # -- forward ----------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> Any:
-        """Outputs of every member on its own batch: ``x`` is (M, B, ...)."""
+        """Outputs of every member on its own batch: ``x`` is (M, B, ...). Models built only of
+        linear layers and ReLUs (:func:`direct_forward`) run as batched matrix products; any
+        other model as ``vmap`` of ``functional_call``."""
+        if self.direct:
+            return direct_forward(self.base, self.params, x)
 
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor) -> Any:
             return functional_call(self.base, (p, b), (xi,))

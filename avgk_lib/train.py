@@ -25,6 +25,7 @@ single-process runs only (rank 0's RNG state is the one checkpointed).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 
 from .build import build_run, bundle_counts, resolve_device
 from .config import DEFAULT_MODELS, TrainConfig
-from .data import DatasetBundle
+from .data import DatasetBundle, load_dataset
 from .engine import DivergenceGuard, Progress, RunInterrupted, TrainingDiverged, complete, end_epoch, finish, fit
 from .rundir import RunDir, RunResult, provenance
 from .runspec import RunSpec
@@ -157,9 +158,13 @@ def train_many(
 def _train_claimed(specs, folders, resume, progress, log, max_stack, Member, Stack, stack_key) -> list:
     started = time.time()
     members, books, starts, groups = [], [], [], {}
+    bundles: dict[str, DatasetBundle] = {}  # runs of the same data draw share one loaded copy
     for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
         state = folder.resume_state(spec.fingerprint, resume, log) if folder is not None else None
-        run = build_run(spec, state=state)
+        data = json.dumps([spec.config.dataset, spec.config.dataset_options], sort_keys=True, default=str)
+        if data not in bundles:
+            bundles[data] = load_dataset(spec.config.dataset, **spec.config.dataset_options)
+        run = build_run(spec, bundles[data], state=state)
         book = Progress([]) if state is None else Progress(state.history, state.best_value, state.best_epoch)
         reference = book.history[0]["train_loss"] if book.history else None
         members.append(Member(run, rng_state(), DivergenceGuard(reference, 1, run.world)))

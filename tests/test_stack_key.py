@@ -66,7 +66,7 @@ VARIANTS: dict[str, list[tuple[dict, dict, bool]]] = {
     "eval_head": [(TWO_HEAD, {"eval_head": "softmax"}, True)],
     "head": [({}, {"head": "cosine"}, True)],
     "detach_multilabel": [(TWO_HEAD, {"detach_multilabel": True}, True)],
-    "pretrained": [({}, {"pretrained": True}, True)],
+    "pretrained": [({"dataset": "cifar100", "dataset_options": {}, "model": "resnet50"}, {"pretrained": True}, True)],
     "workers": [({}, {"workers": 0}, True)],
     "max_batches": [({}, {"max_batches": 3}, True)],
     "save_scores": [({}, {"save_scores": False}, True)],

@@ -44,7 +44,7 @@ def _interrupt_in_epoch_2(monkeypatch):
     return real
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "two_head"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "two_head", "ldam"])
 def test_a_noise_free_member_follows_its_single_run_for_60_steps(tmp_path, loss):
     # 640 / 32 = 20 steps an epoch, 3 epochs: 60 steps; two seeds, lrs, weight decays, loss weights
     configs = [_cfg(3, loss=loss, lr=0.05), _cfg(4, loss=loss, lr=0.1, weight_decay=1e-3, loss_weight=2.0)]
