@@ -10,7 +10,6 @@ scaler), channels_last for convolutional models and optionally ``torch.compile``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 
 from .config import ConfigError, TrainConfig, check_run_memory, parse_device
 from .data import DatasetBundle, load_dataset, make_loader
+from .data.base import env_value
 from .models import build_model
 from .objectives import Objective, assemble_objective
 from .rundir import TrainState
@@ -71,13 +71,24 @@ class Run:
 
 def distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; initialise the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return 0, 1, 0
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("AVGK_DIST_BACKEND") != "gloo" else "gloo"
+        backend = "nccl" if torch.cuda.is_available() and env_value("AVGK_DIST_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0)
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable (torchrun's): unset or empty means ``default``; anything
+    else but a non-negative integer is one ``ConfigError`` naming the variable."""
+    value = env_value(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise ConfigError("device", f"cannot be chosen: the environment variable {name}={value!r} is not an integer")
+    return int(value)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -24,11 +24,13 @@ from typing import Any, Literal
 from .config import ConfigError, TrainConfig, dataset_option_types
 from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
-from .rundir import CheckpointError, RunDir, RunDirError
+from .rundir import CheckpointError, RunDir, RunDirError, RunFileWriteError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 #: errno values of environment problems the user fixes (permissions, read-only disks, link loops)
 _SETUP_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP)
+#: errno values of a full disk, quota or file-size limit (exit code 1: the run failed)
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _SKIPPED_FIELDS = ("dataset_options", "loss_options")
 
 
@@ -168,7 +170,12 @@ def _interrupted(args: argparse.Namespace) -> str:
             return f"interrupted after epoch {done}; resume with --resume --out {folder} (from its last checkpoint)"
         return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
     if args.command == "run":
-        return "interrupted; run the same command again to resume (finished runs are cached, the stopped one resumes)"
+        from .data import cache_dir
+
+        return (
+            f"interrupted; every run keeps its finished epochs in its last.pt under {cache_dir() / 'runs'}: run the "
+            "same command again to resume (finished runs are cached, the stopped ones resume)"
+        )
     return "interrupted"
 
 
@@ -177,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments import get_experiment, run_experiment
 
     get_experiment(args.experiment)
-    check_folder(cache_dir(), CACHE_ENV, write=True)
+    check_folder(cache_dir(), CACHE_ENV)  # written only when a run must train (a read-only cache serves)
     table = run_experiment(
         args.experiment, args.preset, seeds=args.seeds, progress=not args.no_progress, force=args.force
     )
@@ -245,16 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag_message(err: Exception) -> str:
-    """The error's message with `field` names written as the CLI flags."""
+def _flag_message(err: Exception, command: str | None = None) -> str:
+    """The error's message with `field` names written as the CLI flags (``run`` has no ``--out``:
+    its run folders are the cache's)."""
     if isinstance(err, ConfigError):
+        if err.field == "out" and command == "run":
+            return f"run folder {err.detail} (the run cache: {CACHE_ENV})"
         return f"{flag(err.field)} {err.detail}"
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), str(err))
 
 
 def _setup_message(err: OSError) -> str:
-    """One line for an OS error of the environment (permission, read-only disk, link loop)."""
+    """One line for an OS error of the environment (permission, read-only disk, link loop, full
+    disk or quota, file too large)."""
     where = f": {err.filename}" if err.filename else ""
+    if err.errno in _SPACE_ERRNOS:
+        return f"{err.strerror or err}{where} (free some space or use a folder on another disk, then run it again)"
     return f"{err.strerror or err}{where} (check the folder's permissions, or choose another folder)"
 
 
@@ -268,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     clean = (ConfigError, CheckpointError, DataFolderError, RunDirError)
     try:
         return commands[args.command](args)
+    except RunFileWriteError as err:  # a run file could not be written: one line naming it
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE if err.errno in _SETUP_ERRNOS else EXIT_FAILED
     except (*clean, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:
         if args.debug:
             raise
         hint = "" if isinstance(err, clean) else " (--debug shows the traceback)"
-        print(f"error: {_flag_message(err)}{hint}", file=sys.stderr)
+        print(f"error: {_flag_message(err, args.command)}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except (TrainingDiverged, DownloadError) as err:
         if args.debug:
@@ -285,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_interrupted(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
-        if args.debug or err.errno not in (errno.ENOSPC, *_SETUP_ERRNOS):
+        if args.debug or err.errno not in (*_SPACE_ERRNOS, *_SETUP_ERRNOS):
             raise
-        print(f"error: {err if err.errno == errno.ENOSPC else _setup_message(err)}", file=sys.stderr)
-        return EXIT_FAILED if err.errno == errno.ENOSPC else EXIT_USAGE
+        print(f"error: {_setup_message(err)}", file=sys.stderr)
+        return EXIT_FAILED if err.errno in _SPACE_ERRNOS else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ DEFAULT_MODELS = {name: info.default_model for name, info in DATASETS.items()}
 HASHED_UNLESS_DEFAULT: dict[str, Any] = {"loss_weight": 1.0}
 #: the largest float32: learning rates, loss hyperparameters and data options are used in float32
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: the smallest normal float32: a positive real setting below it would be a subnormal (or zero)
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 class ConfigError(ValueError):
@@ -138,6 +140,7 @@ def validated(cfg: TrainConfig) -> tuple[TrainConfig, ObjectiveSpec]:
     _check_numbers(cfg)
     _check_choices(cfg)
     _check_lists(cfg)
+    _check_applicable(cfg, objective)
     _check_float32(cfg, objective.option_types)
     _check_model_fits(cfg)
     return cfg.normalized(), objective
@@ -152,6 +155,8 @@ def _real(cfg: TrainConfig, name: str, low: float, *, strict: bool = False, high
     if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value >= high):
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise ConfigError(name, f"must be finite and {bound}{f' and < {high:g}' if high else ''}, got {value}")
+    if value != 0 and abs(value) < FLOAT32_TINY:  # a subnormal in float32, as the loss options refuse too
+        raise ConfigError(name, f"= {value:g} underflows float32 (smallest normal value {FLOAT32_TINY:g})")
     return float(value)
 
 
@@ -163,6 +168,43 @@ def _int(cfg: TrainConfig, name: str, low: int, *, optional: bool = False) -> No
         raise ConfigError(name, f"must be an integer, got {value!r}")
     if value < low:
         raise ConfigError(name, f"must be >= {low}, got {value}")
+
+
+#: models that can start from ImageNet weights (``pretrained``)
+PRETRAINED_MODELS = ("resnet50",)
+
+
+def not_applicable(cfg: TrainConfig, objective: ObjectiveSpec) -> tuple[str, str] | None:
+    """``(field, why)`` for the first field set away from its default that the chosen optimizer,
+    scheduler, model or loss ignores (it would change nothing but the run's fingerprint), else
+    ``None``. Fields at their default values always pass, so that recipes may carry them."""
+    defaults = TrainConfig()
+    changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    rules = [
+        (("momentum", "nesterov"), cfg.optimizer != "sgd", f"applies to the sgd optimizer, not {cfg.optimizer!r}"),
+        (("milestones", "lr_gamma"), cfg.scheduler != "step", f"applies to the step scheduler, not {cfg.scheduler!r}"),
+        (
+            ("pretrained",),
+            cfg.resolved_model() not in PRETRAINED_MODELS,
+            f"applies to the model(s) {', '.join(PRETRAINED_MODELS)}, not {cfg.resolved_model()!r}",
+        ),
+        (
+            ("eval_head", "detach_multilabel"),
+            not objective.two_head,
+            f"applies to two-head losses (two_head), not {cfg.loss!r}",
+        ),
+    ]
+    for names, ignored, why in rules:
+        for name in names:
+            if ignored and name in changed:
+                return name, f"{why}: it would change nothing (got {getattr(cfg, name)!r}); leave it out"
+    return None
+
+
+def _check_applicable(cfg: TrainConfig, objective: ObjectiveSpec) -> None:
+    found = not_applicable(cfg, objective)
+    if found is not None:
+        raise ConfigError(*found)
 
 
 def _check_names(cfg: TrainConfig) -> ObjectiveSpec:
@@ -340,6 +382,8 @@ def _check_float32(cfg: TrainConfig, loss_types: dict[str, type]) -> None:
     for name, value in _float_values(cfg, loss_types):
         if _beyond_float32(value):
             raise _too_large(name, value)
+        if value != 0 and abs(value) < FLOAT32_TINY:
+            raise ConfigError(name, f"= {value:g} underflows float32 (smallest normal value {FLOAT32_TINY:g})")
     if abs(cfg.lr * cfg.loss_lr_multiplier) > FLOAT32_MAX:
         raise ConfigError("loss_lr_multiplier", f"times lr ({cfg.lr:g}) overflows float32 ({FLOAT32_MAX:.4g})")
 

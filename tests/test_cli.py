@@ -66,6 +66,19 @@ def _assert_one_line_error(code: int, err: str, *words: str) -> None:
         (["--loss", "noised_topk", "--k", "2", "--epsilon", "-1"], ["--epsilon"]),
         (["--loss", "two_head", "--k", "1.5", "--rule", "nosuch"], ["--rule"]),
         (["--batch-size", "5000"], ["--batch-size", "no full training batch"]),
+        # flags that the chosen scheduler, model, loss or optimizer ignores (issue 31)
+        (["--scheduler", "cosine", "--milestones", "3"], ["--milestones", "step scheduler", "cosine"]),
+        (["--scheduler", "onecycle", "--lr-gamma", "0.5"], ["--lr-gamma", "step scheduler"]),
+        (["--pretrained"], ["--pretrained", "resnet50", "mlp"]),
+        (["--eval-head", "softmax"], ["--eval-head", "two-head", "cross_entropy"]),
+        (["--detach-multilabel"], ["--detach-multilabel", "two-head"]),
+        (["--optimizer", "adamw", "--momentum", "0.5"], ["--momentum", "sgd", "adamw"]),
+        (["--optimizer", "adamw", "--no-nesterov"], ["--nesterov", "sgd", "adamw"]),
+        # subnormal float32 values: refused alike for every real setting (issue 31)
+        (["--lr", "1e-40"], ["--lr", "underflows"]),
+        (["--k", "1e-40"], ["--k", "underflows"]),
+        (["--loss-weight", "1e-40"], ["--loss-weight", "underflows"]),
+        (["--loss", "smooth_topk_svm", "--k", "2", "--tau", "1e-40"], ["--tau", "underflows"]),
     ],
 )
 def test_train_mistakes_end_in_one_line_naming_the_flag(args, words, capsys, tmp_path):
@@ -168,3 +181,105 @@ def test_full_disk_during_a_run_is_one_line_naming_the_file(capsys, tmp_path, mo
     assert code == 1 and len(lines) == 1 and "Traceback" not in err
     assert "no space left on device" in lines[0] and str(tmp_path / "r") in lines[0]
     assert not list((tmp_path / "r").glob(".*.tmp*"))
+
+
+def test_flags_that_apply_are_accepted():
+    from avgk_lib.config import TrainConfig
+
+    TrainConfig(scheduler="step", milestones=[3], lr_gamma=0.5).validate()
+    TrainConfig(optimizer="adamw").validate()  # momentum and nesterov at their defaults
+    TrainConfig(loss="two_head", k=2, eval_head="softmax", detach_multilabel=True).validate()
+    TrainConfig(dataset="synthetic", model="mlp", momentum=0.0).validate()
+
+
+@pytest.mark.parametrize(
+    ("code", "words", "exit_code"),
+    [
+        ("ENOSPC", ["no space left"], 1),
+        ("EDQUOT", ["quota"], 1),
+        ("EFBIG", ["file too large"], 1),
+        ("EROFS", ["read-only"], 2),
+        ("EACCES", ["permission denied"], 2),
+    ],
+)
+def test_every_error_writing_a_run_file_is_one_line_naming_it(code, words, exit_code, capsys, tmp_path, monkeypatch):
+    import errno
+
+    def fail(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    code_, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code_ == exit_code and len(lines) == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "r") in lines[0] and all(w in lines[0] for w in words), lines[0]
+    assert not list((tmp_path / "r").glob(".*.tmp*"))
+
+
+def test_a_file_system_without_locks_has_its_own_message_and_a_way_out(capsys, tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    code, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    _assert_one_line_error(code, err, "cannot lock files", "AVGK_NO_LOCK=1")
+    assert "another" not in err
+    monkeypatch.setenv("AVGK_NO_LOCK", "1")
+    code, _, err = _cli(["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+
+
+def test_an_empty_cache_variable_means_unset(tmp_path, monkeypatch):
+    from avgk_lib.data import cache_dir, data_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for blank in ("", "  "):
+        monkeypatch.setenv("AVGK_CACHE_DIR", blank)
+        monkeypatch.setenv("AVGK_DATA_DIR", blank)
+        assert cache_dir() == tmp_path / "home" / ".cache" / "avgk"
+        assert data_dir() == tmp_path / "home" / ".cache" / "avgk" / "data"
+
+
+def test_run_serves_a_read_only_cache_that_holds_every_run(capsys, tmp_path, monkeypatch):
+    from avgk_lib.experiments import runner
+
+    monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
+    rows = runner.run_experiment("label_noise", "smoke", [0], datasets=["synthetic"], progress=False, log=print)
+    capsys.readouterr()
+
+    def read_only(path, env, *, argument=None, write=False):
+        assert not write, "a cache that holds every run is never written"
+        return path
+
+    monkeypatch.setattr(runner, "check_folder", read_only)
+    monkeypatch.setattr("avgk_lib.cli.check_folder", read_only)
+    for folder in (tmp_path / "runs").iterdir():
+        (folder / ".lock").unlink()
+    (tmp_path / "runs").chmod(0o555)  # read-only (root ignores it: the patched check stands in)
+    try:
+        again = runner.run_experiment("label_noise", "smoke", [0], datasets=["synthetic"], progress=False, log=print)
+    finally:
+        (tmp_path / "runs").chmod(0o755)
+    assert again == rows
+    assert not any((folder / ".lock").exists() for folder in (tmp_path / "runs").iterdir())
+
+
+def test_overrides_of_reported_fields_are_reflected_in_the_rows(tmp_path, monkeypatch):
+    from avgk_lib.config import TrainConfig
+    from avgk_lib.experiments import Run, run_experiment
+    from avgk_lib.experiments.runner import _reported
+
+    monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
+    noisier = {"dataset_options": {"label_noise": 0.5}}
+    rows = run_experiment(
+        "label_noise", "smoke", [0], datasets=["synthetic"], overrides=noisier, progress=False, log=lambda *_: None
+    )
+    assert rows and all(row["label_noise"] == 0.5 for row in rows)
+    run = Run({"dataset": "synthetic-100", "train_k": 3.0}, TrainConfig(k=7.0))
+    assert _reported(run).labels == {"dataset": "synthetic-100", "train_k": 7.0}
+    untouched = Run({"dataset": "synthetic-100", "train_k": None}, TrainConfig(k=7.0))
+    assert _reported(untouched) is untouched

@@ -95,3 +95,28 @@ def test_jobs_start_one_single_thread_process_per_group_then_write_the_ledger(to
 def test_only_the_cpu_preset_writes_the_ledger_the_book_reads(tool):
     assert tool.ledger_path("cpu").name == "claims.json"
     assert tool.ledger_path("smoke").name == "claims_smoke.json"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--preset", "smok", "--ledger-only"], ["--preset", "invalid choice: 'smok'"]),
+        (["--seeds", "-1", "--dry-run"], ["--seeds", "invalid seed -1"]),
+        (["--seeds", "x", "--dry-run"], ["--seeds", "invalid seed 'x'"]),
+        (["--datasets", "synthtic", "--dry-run"], ["--datasets", "invalid choice: 'synthtic'"]),
+        (["--experiments", "label_nois", "--dry-run"], ["--experiments", "invalid choice: 'label_nois'"]),
+    ],
+)
+def test_every_flag_is_checked_before_anything_runs(tool, monkeypatch, capsys, argv, words):
+    monkeypatch.setattr(sys, "argv", ["reference_runs.py", *argv])
+    monkeypatch.setattr(tool, "write_ledger", lambda *a: pytest.fail("wrote a ledger"))
+    monkeypatch.setattr(tool, "dry_run", lambda *a: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert all(word in err for word in words), err
+
+
+def test_dataset_choices_are_the_catalogs_families(tool):
+    assert {"synthetic", "fashion_mnist", "cifar100"} <= set(tool._dataset_families())

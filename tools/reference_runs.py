@@ -379,15 +379,41 @@ def fingerprints(name: str, preset: str, seeds: list[int], chosen: dict | None, 
     return [r.config.fingerprint() for r in expand(name, preset, seeds, chosen, arm=arm, datasets=DATASETS)]
 
 
+def _seed(text: str) -> int:
+    """A ``--seeds`` value: an integer in ``[0, 2**63)``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: an integer >= 0") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: seeds are integers in [0, 2**63)")
+    return value
+
+
+def _dataset_families() -> list[str]:
+    """Every dataset family of the catalog (the values ``--datasets`` accepts)."""
+    families = set()
+    for experiment in EXPERIMENTS.values():
+        for spec in experiment.presets.values():
+            families.update(s.dataset for s in [*spec.settings, *(spec.paper or [])])
+    return sorted(families)
+
+
 def main() -> int:
+    from avgk_lib.experiments import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pass-size", type=int, default=3, help="seeds per pass between two reference writes")
-    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--arm", choices=["paper", "tuned", "both"], default="both")
     parser.add_argument(
-        "--datasets", nargs="+", default=None, help="only the settings of these dataset families, e.g. synthetic"
+        "--datasets",
+        nargs="+",
+        default=None,
+        choices=_dataset_families(),
+        help="only the settings of these dataset families, e.g. synthetic",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes in parallel, one thread each (2 on a 2-core machine)"

@@ -91,7 +91,7 @@ def derived_seed(value: int) -> int:
 def _chosen_by(path: Path, env: str, argument: str | None) -> str:
     if argument is not None:
         return f"`{argument}` {path}"
-    how = "set by" if os.environ.get(env) else "the default of"
+    how = "set by" if env_value(env) else "the default of"
     return f"{path} ({how} {env})"
 
 
@@ -177,14 +177,21 @@ def resolve_download(download: bool | None) -> bool:
     return download
 
 
+def env_value(name: str) -> str | None:
+    """The environment variable ``name``, or ``None`` when it is unset or empty (blank): an empty
+    ``AVGK_CACHE_DIR=`` means "not set", never the current folder."""
+    value = os.environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
 def data_dir() -> Path:
-    """Root of datasets: ``$AVGK_DATA_DIR``, default ``~/.cache/avgk/data``."""
-    return Path(os.environ.get(DATA_ENV, Path.home() / ".cache" / "avgk" / "data")).expanduser()
+    """Root of datasets: ``$AVGK_DATA_DIR`` (unset or empty: ``~/.cache/avgk/data``)."""
+    return Path(env_value(DATA_ENV) or Path.home() / ".cache" / "avgk" / "data").expanduser()
 
 
 def cache_dir() -> Path:
-    """Root of runs, checkpoints and results: ``$AVGK_CACHE_DIR``, default ``~/.cache/avgk``."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "avgk")).expanduser()
+    """Root of runs, checkpoints and results: ``$AVGK_CACHE_DIR`` (unset or empty: ``~/.cache/avgk``)."""
+    return Path(env_value(CACHE_ENV) or Path.home() / ".cache" / "avgk").expanduser()
 
 
 @dataclass
