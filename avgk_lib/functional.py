@@ -75,6 +75,7 @@ from ._checks import (
 from .ops import (
     _kth_largest,
     _log_elementary_symmetric_fast,
+    _NoisedKthLargest,
     _work_dtype,
     log_zero,
     noised_topk,
@@ -221,8 +222,42 @@ def noised_topk_loss(
         tensor(1.)
     """
     s, y, k, epsilon, n_samples = _prepare_noised(scores, targets, k, epsilon, n_samples, reduction)
-    smoothed = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator)
-    return _finite(reduce(F.relu(1.0 + smoothed - _target_scores(s, y)), reduction), "`scores` or `epsilon`")
+    draws = noised_topk_unchecked(s, k + 1, epsilon, n_samples, noise=noise, generator=generator, per_draw=True)
+    return _finite(_NoisedHinge.apply(s, y, *draws, reduction), "`scores` or `epsilon`")
+
+
+class _NoisedHinge(torch.autograd.Function):
+    r"""The balanced noised hinge in one autograd node:
+    ``reduce(relu(1 + mean_s kth_values - s[y]))`` forward, and in backward the gradient that
+    autograd derives for the same expression over :class:`~avgk_lib.ops._NoisedKthLargest`
+    (the same operations in the same order, so the same bits), without a graph of six nodes.
+
+    Per row, with :math:`g_r` the reduced loss's gradient flowing to row r and
+    :math:`a_r = [\ell_r > 0]`: :math:`\nabla_s = a_r g_r (\frac1S \sum_s \mathbf e_{i_s} - \mathbf e_y)`.
+    """
+
+    @staticmethod
+    def forward(ctx, s, y, kth_values, kth_indices, reduction):  # type: ignore[override]
+        smoothed = kth_values.mean(dim=0).to(s.dtype)
+        per_row = F.relu(1.0 + smoothed - _target_scores(s, y))
+        ctx.save_for_backward(per_row, y, kth_indices)
+        ctx.reduction, ctx.s_shape = reduction, s.shape
+        return reduce(per_row, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        per_row, y, kth_indices = ctx.saved_tensors
+        rows = per_row.shape
+        if ctx.reduction == "none":
+            grad_rows = grad_output
+        else:  # the backward of reduce(): expand over the batch dim (mean: divided by its size)
+            grad_rows = (grad_output.unsqueeze(-1) if len(rows) > 1 else grad_output).expand(rows)
+            if ctx.reduction == "mean":
+                grad_rows = grad_rows / rows[-1]
+        grad_rows = torch.ops.aten.threshold_backward(grad_rows, per_row, 0)  # relu
+        grad = _NoisedKthLargest.scatter_draws(grad_rows, kth_indices, ctx.s_shape)  # the smoothed (K+1)-th score
+        grad.scatter_add_(-1, y.unsqueeze(-1), grad_rows.neg().unsqueeze(-1))  # minus the target score
+        return grad, None, None, None, None
 
 
 def class_margins(class_counts, n_classes: int, max_margin: float, device=None) -> torch.Tensor:

@@ -49,14 +49,13 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 class _NoisedKthLargest(torch.autograd.Function):
     """Monte Carlo k-th largest of ``x + noise`` with the perturbed-optimizer gradient.
 
-    forward:  :math:`\\frac1S \\sum_s (x + Z_s)_{[k]}` where ``noise`` already holds
-    :math:`\\epsilon Z_s` (shape ``(S, *x.shape)``).
+    forward:  :math:`\\frac1S \\sum_s (x + Z_s)_{[k]}`, given the k-th largest value of every
+    draw (``kth_values``, shape ``(S, *x.shape[:-1])``) and its index (``kth_indices``).
     backward: :math:`\\frac1S \\sum_s \\mathbf e_{i_s}` with :math:`i_s` the selected index.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, perturbed: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        kth_values, kth_indices = _kth_largest_with_index(perturbed, k)
+    def forward(ctx, x: torch.Tensor, kth_values: torch.Tensor, kth_indices: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(kth_indices)
         ctx.x_shape = x.shape
         ctx.x_dtype = x.dtype
@@ -65,13 +64,19 @@ class _NoisedKthLargest(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         (kth_indices,) = ctx.saved_tensors
+        grad = _NoisedKthLargest.scatter_draws(grad_output.to(_work_dtype(ctx.x_dtype)), kth_indices, ctx.x_shape)
+        return grad.to(ctx.x_dtype), None, None
+
+    @staticmethod
+    def scatter_draws(grad_rows: torch.Tensor, kth_indices: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """The gradient: ``grad_rows / S`` added at each draw's selected index, draw after draw
+        (the order autograd has always used, so the sums are bitwise stable)."""
         n_samples = kth_indices.shape[0]
         # (S, *batch) -> (*batch, S): one selected index per draw, scattered into the class axis.
         index = kth_indices.movedim(0, -1)
-        src = (grad_output.to(_work_dtype(ctx.x_dtype)) / n_samples).unsqueeze(-1).expand(index.shape)
-        grad = torch.zeros(ctx.x_shape, dtype=src.dtype, device=src.device)
-        grad.scatter_add_(-1, index, src)
-        return grad.to(ctx.x_dtype), None, None
+        src = (grad_rows / n_samples).unsqueeze(-1).expand(index.shape)
+        grad = torch.zeros(x_shape, dtype=src.dtype, device=src.device)
+        return grad.scatter_add_(-1, index, src)
 
 
 def noised_topk(
@@ -144,13 +149,24 @@ def noised_topk_unchecked(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
+    per_draw: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`noised_topk` for arguments the caller has already validated (scores, k, epsilon, S).
 
     ``noise`` and ``generator`` are still checked here (type, shape, dtype, device; the noise's
     finiteness with the value checks on), whatever ``epsilon``. A tensor ``k`` (long) or
     ``epsilon`` (compute dtype) must already broadcast against ``x.shape[:-1]`` (as
-    :func:`~avgk_lib._checks.check_hyper` returns them)."""
+    :func:`~avgk_lib._checks.check_hyper` returns them).
+
+    With ``per_draw=True`` nothing is averaged and nothing is recorded for autograd: the result
+    is ``(kth_values, kth_indices)``, the k-th largest of every draw of ``x + epsilon Z`` (compute
+    dtype) and its index, each of shape ``(S, *x.shape[:-1])`` (``S = 1`` when ``epsilon`` is the
+    number 0), for a caller that builds its own backward (the fused hinge of
+    :func:`~avgk_lib.functional.noised_topk_loss`).
+
+    Overflow: with the value checks on, a selected value ``x + epsilon Z`` that is not finite
+    raises (naming ``epsilon``). An entry that overflows without being selected changes
+    nothing: its rank, and so the selection, is the same as in exact arithmetic."""
     work = _work_dtype(x.dtype)
     x_work = x.detach().to(work)
     shape = (n_samples, *x.shape)
@@ -177,12 +193,18 @@ def noised_topk_unchecked(
         perturbed = torch.randn(shape, generator=generator, dtype=work, device=x.device)
         # one fused pass, in place on the fresh buffer: perturbed = x + epsilon * Z
         torch.add(x_work, perturbed, alpha=epsilon, out=perturbed)
-    if value_checks_on() and not all_finite(perturbed):
+    # perturbed is a fresh buffer, except for epsilon = 0 (a view of x): the selection may overwrite it
+    fresh = isinstance(epsilon, torch.Tensor) or epsilon != 0.0
+    kth_values, kth_indices = _kth_largest_with_index(perturbed, k, overwrite=fresh)
+    # the selected values only (S x rows, not S x rows x C): cheap, and what the result depends on
+    if value_checks_on() and not all_finite(kth_values):
         raise ValueError(
             f"`epsilon` is too large for these scores: x + epsilon * noise overflows {work} "
             f"(largest finite value {torch.finfo(work).max:g})"
         )
-    return _NoisedKthLargest.apply(x, perturbed, k)
+    if per_draw:
+        return kth_values, kth_indices
+    return _NoisedKthLargest.apply(x, kth_values, kth_indices)
 
 
 def _check_member_generators(generators: object, x: torch.Tensor) -> list[torch.Generator]:
@@ -236,16 +258,49 @@ def _check_noise(noise: object, shape: tuple[int, ...], device: torch.device) ->
         raise ValueError("`noise` contains NaN or infinite values")
 
 
-def _kth_largest_with_index(x: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# Ranks up to this are selected by repeated elimination of the maximum (see _kth_largest_by_elimination).
+ELIMINATION_MAX_RANK = 7
+
+
+def _kth_largest_with_index(
+    x: torch.Tensor, k: int | torch.Tensor, *, overwrite: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-th largest along the last dim and its index; a tensor ``k`` (long, broadcasting against
-    ``x.shape[:-1]``, or its trailing dims) gives each row its own rank: one :func:`torch.topk`
-    with the largest rank, then a gather."""
+    ``x.shape[:-1]``, or its trailing dims) gives each row its own rank: one selection with the
+    largest rank, then a gather.
+
+    ``overwrite=True`` lets the selection write into ``x`` (a scratch buffer of the caller), which
+    allows :func:`_kth_largest_by_elimination` where it is the faster one: a small rank in a row
+    short enough that :func:`torch.topk` would use a full ``nth_element``. Without ties both give
+    the same value and index; with ties, the same value."""
+    k_max = int(k.max()) if isinstance(k, torch.Tensor) else k
+    if overwrite and k_max <= ELIMINATION_MAX_RANK and 64 * k_max > x.shape[-1]:
+        values, indices = _kth_largest_by_elimination(x, k_max)
+    else:
+        values, indices = torch.topk(x, k_max, dim=-1, sorted=True)
     if not isinstance(k, torch.Tensor):
-        values, indices = torch.topk(x, k, dim=-1, sorted=True)
         return values[..., k - 1], indices[..., k - 1]
-    values, indices = torch.topk(x, int(k.max()), dim=-1, sorted=True)
     position = (k - 1).expand(x.shape[:-1]).unsqueeze(-1)
     return values.gather(-1, position).squeeze(-1), indices.gather(-1, position).squeeze(-1)
+
+
+def _kth_largest_by_elimination(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of each row and their indices, in decreasing order, as
+    :func:`torch.topk` gives them, found by taking the row maximum k times and overwriting it
+    with -inf in ``x`` (modified) after each. A vectorized pass per rank: on CPU it beats
+    ``topk``'s ``nth_element`` (a branch misprediction per comparison on random data) for the
+    small ranks that the losses use. One entry is eliminated at a time, so ties keep their
+    multiplicity."""
+    values, indices = [], []
+    for rank in range(k):
+        value, index = x.max(dim=-1, keepdim=True)
+        values.append(value)
+        indices.append(index)
+        if rank < k - 1:
+            x.scatter_(-1, index, float("-inf"))
+    if k == 1:
+        return values[0], indices[0]
+    return torch.cat(values, dim=-1), torch.cat(indices, dim=-1)
 
 
 def _kth_largest(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:

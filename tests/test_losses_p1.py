@@ -260,3 +260,66 @@ def test_reductions_are_consistent():
         assert per_sample.shape == (9,)
         torch.testing.assert_close(fn("mean"), per_sample.mean())
         torch.testing.assert_close(fn("sum"), per_sample.sum())
+
+
+def _noised_loss_by_autograd(s, y, k, epsilon, noise, reduction):
+    """The balanced loss as the autograd graph of its expression over the noised operator."""
+    from avgk_lib.ops import noised_topk
+
+    smoothed = noised_topk(s, k + 1, epsilon, noise.shape[0], noise=noise)
+    per_row = F.relu(1.0 + smoothed - s.gather(-1, y.unsqueeze(-1)).squeeze(-1))
+    if reduction == "none":
+        return per_row
+    return per_row.mean(dim=-1) if reduction == "mean" else per_row.sum(dim=-1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    ("shape", "k", "epsilon"),
+    [
+        ((32, 100), 5, 1.0),
+        ((32, 100), 1, 0.3),
+        ((32, 100), 10, 2.0),
+        ((16, 7), 2, 1.0),
+        ((3, 16, 40), 2, "per_member"),
+        ((16, 40), "per_row", "per_row"),
+    ],
+)
+def test_noised_loss_in_one_node_is_bitwise_the_autograd_of_its_expression(shape, k, epsilon, reduction):
+    """The loss's own backward (one autograd node) gives the bits that autograd gives for
+    relu(1 + noised_topk - s_y) with the same noise, value and gradient, for a weighted
+    backward (any upstream gradient)."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(shape, generator=g) * 2
+    rows, n_classes = shape[:-1], shape[-1]
+    y = torch.randint(0, n_classes, rows, generator=g)
+    if k == "per_row":
+        k = torch.randint(1, 6, rows, generator=g)
+    if epsilon == "per_member":
+        epsilon = torch.tensor([0.5, 1.0, 2.0])
+    elif epsilon == "per_row":
+        epsilon = torch.rand(rows, generator=g) + 0.1
+    noise = torch.randn((5, *shape), generator=g)
+    ours = _grad_weighted(lambda x: AF.noised_topk_loss(x, y, k, epsilon, 5, noise=noise, reduction=reduction), s)
+    ref = _grad_weighted(lambda x: _noised_loss_by_autograd(x, y, k, epsilon, noise, reduction), s)
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+def _grad_weighted(fn, scores):
+    scores = scores.detach().clone().requires_grad_(True)
+    value = fn(scores)
+    weight = torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)
+    (grad,) = torch.autograd.grad((value * weight).sum(), scores)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_noised_topk_loss_float32_wide_rows_equals_pytopk(k):
+    """The benchmark's shape of row (C = 100, float32), where the selection eliminates maxima."""
+    s = torch.randn(32, 100)
+    y = random_targets(32, 100)
+    noise = torch.randn(5, 32, 100)
+    ours = _grad(lambda x: AF.noised_topk_loss(x, y, k, 1.0, 5, noise=noise), s)
+    ref = _grad(lambda x: bal_noised_topk_loss(x, y, k, 1.0, pytopk_noised_topk, noise.permute(1, 2, 0)), s)
+    torch.testing.assert_close(ours[0], ref[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours[1], ref[1], rtol=0, atol=1e-6)

@@ -163,3 +163,66 @@ def test_log_polynomials_reject_non_finite_input_and_bad_degree():
         log_elementary_symmetric(u, 6)
     with pytest.raises(ValueError, match="`block`"):
         elementary_symmetric(u.exp(), 2, block=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the selection: elimination of the maximum (small ranks) is topk, value and index
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_classes", [3, 20, 100])
+@pytest.mark.parametrize("k", [1, 2, 3, 6, 7])
+def test_elimination_selection_is_topk_on_tie_free_rows(n_classes, k):
+    from avgk_lib.ops import _kth_largest_by_elimination, _kth_largest_with_index
+
+    if k > n_classes:
+        pytest.skip("rank above the row length")
+    x = tie_free_scores(3 * 8, n_classes, dtype=torch.float32, seed=k).reshape(3, 8, n_classes)
+    ref_values, ref_indices = torch.topk(x, k, dim=-1, sorted=True)
+    values, indices = _kth_largest_by_elimination(x.clone(), k)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    kth = _kth_largest_with_index(x.clone(), k, overwrite=True)
+    assert torch.equal(kth[0], ref_values[..., -1]) and torch.equal(kth[1], ref_indices[..., -1])
+    per_row_k = torch.randint(1, k + 1, (3, 8), generator=torch.Generator().manual_seed(0))
+    kth = _kth_largest_with_index(x.clone(), per_row_k, overwrite=True)
+    position = (per_row_k - 1).unsqueeze(-1)
+    assert torch.equal(kth[0], ref_values.gather(-1, position).squeeze(-1))
+    assert torch.equal(kth[1], ref_indices.gather(-1, position).squeeze(-1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_elimination_keeps_tied_values_as_separate_entries(k):
+    """Integer scores (ties everywhere): the k-th value is topk's, and the index points at an
+    entry holding it."""
+    from avgk_lib.ops import _kth_largest_with_index
+
+    x = torch.randint(0, 4, (50, 30), generator=torch.Generator().manual_seed(k)).float()
+    values, indices = _kth_largest_with_index(x.clone(), k, overwrite=True)
+    assert torch.equal(values, torch.topk(x, k, dim=-1).values[:, -1])
+    assert torch.equal(x.gather(-1, indices.unsqueeze(-1)).squeeze(-1), values)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 6, 7, 11])
+def test_noised_topk_on_wide_float32_rows_matches_pytopk(k):
+    """The rows of the loss benchmark (C = 100, float32): the selection pytopk makes with its own
+    topk over the same perturbed scores, and its gradient."""
+    x = torch.randn(16, 100, requires_grad=True)
+    noise = torch.randn(5, 16, 100)
+    ours = noised_topk(x, k, epsilon=1.0, n_samples=5, noise=noise)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = pytopk_noised_topk(x2, noise.permute(1, 2, 0), k, 1.0, -1, -1)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-6)
+
+
+def test_overflow_raises_only_where_it_reaches_the_selected_value():
+    """x + epsilon * noise that overflows in a selected entry raises naming `epsilon`; an entry
+    that overflows below the selection changes nothing (its rank is the same in exact arithmetic)."""
+    x = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    up, down = torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)
+    up[0, 0, 0], down[0, 0, 3] = 10.0, -10.0  # 1e38 * 10 overflows float32
+    with pytest.raises(ValueError, match="`epsilon`"):
+        noised_topk(x, 1, epsilon=1e38, n_samples=1, noise=up)
+    assert noised_topk(x, 2, epsilon=1e38, n_samples=1, noise=down).item() == 2.0
