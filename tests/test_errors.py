@@ -82,6 +82,13 @@ def eight_gib(monkeypatch):
         (["--out", ""], ["--out", "empty"]),
         (["--augment", "crop_flp"], ["--augment", "crop_flip"]),
         (["--noise-groups", "semantik"], ["--noise-groups", "semantic"]),
+        # issue 31: a flag the chosen loss/scheduler/optimizer/model ignores; subnormal values
+        (["--scheduler", "none", "--milestones", "2"], ["--milestones", "step scheduler", "'none'"]),
+        (["--model", "mlp", "--pretrained"], ["--pretrained", "resnet50"]),
+        (["--loss", "focal", "--eval-head", "combined"], ["--eval-head", "two-head", "focal"]),
+        (["--optimizer", "adamw", "--momentum", "0"], ["--momentum", "adamw"]),
+        (["--lr-gamma", "1e-45", "--scheduler", "step"], ["--lr-gamma", "underflows"]),
+        (["--label-noise", "1e-42"], ["--label-noise", "underflows"]),
     ],
 )
 def test_train_values_are_checked_naming_the_flag(args, words, capsys, tmp_path, eight_gib):
