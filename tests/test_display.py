@@ -298,3 +298,23 @@ def test_bayes_ceiling_is_the_oracle_accuracy_of_the_entry_setting():
     assert F.bayes_ceiling(_ledger_entry(per_seed=None)) is None
     with pytest.raises(TypeError, match="`entry`"):
         F.bayes_ceiling([])
+
+
+def test_figures_are_numbered_per_chapter():
+    """book/_ext/avgk_fignumbers.py: each chapter's figures restart at 1, prefixed by its number."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "avgk_fignumbers.py"
+    spec = importlib.util.spec_from_file_location("avgk_fignumbers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    numbers = {
+        "notebooks/02_noised_topk_operator": {"figure": {"a": (7,), "b": (5,)}},
+        "notebooks/10_claims_ledger": {"figure": {"c": (32,)}},
+        "book/protocol": {"figure": {"d": (40,)}},
+    }
+    module.renumber(numbers)
+    assert numbers["notebooks/02_noised_topk_operator"]["figure"] == {"b": (2, 1), "a": (2, 2)}
+    assert numbers["notebooks/10_claims_ledger"]["figure"] == {"c": (10, 1)}
+    assert numbers["book/protocol"]["figure"] == {"d": (1,)}

@@ -140,7 +140,8 @@ PROBE = r"""
     });
     main.querySelectorAll("img").forEach(function (img) {
       var src = img.getAttribute("src") || "";
-      if (src.indexOf("_images/") < 0) { return; }
+      // the Colab badge (book/_static/colab-badge.svg, copied to _images/) is a link, not a figure
+      if (src.indexOf("_images/") < 0 || src.indexOf("colab-badge") >= 0) { return; }
       out.images += 1;
       var fig = img.closest("figure");
       if (!fig || !fig.querySelector("figcaption") || !text(fig.querySelector("figcaption"))) {
@@ -282,7 +283,7 @@ def check_page(binary: str, html_dir: Path, notebooks: Path, page: str) -> list[
     problems += check_report(page, path.read_text(), report)
     if page.startswith("notebooks/"):
         expected = _figures(notebooks / f"{Path(page).name}.ipynb")
-        shown = len(re.findall(r"<img [^>]*src=\"[^\"]*_images/", dom))
+        shown = len(re.findall(r"<img [^>]*src=\"[^\"]*_images/(?!colab-badge)", dom))
         if shown < expected:
             problems.append(f"{page}: {shown} images rendered, {expected} figures produced")
         if "colab.research.google.com" not in dom:
