@@ -34,9 +34,17 @@ def _scores(seed: int, n_val: int = 400, n_test: int = 500) -> dict[str, torch.T
 
 
 def _run(tmp_path, seed: int) -> str:
+    """A finished run's folder: scores.pt and the results.json that it names (the scores carry the
+    run's fingerprint, checked against results.json when they are loaded)."""
+    from avgk_lib.rundir import RunResult
+
     folder = tmp_path / f"run{seed}"
     folder.mkdir()
-    RunDir(folder).save_scores(_scores(seed))
+    fingerprint = f"{seed:016x}"
+    summary = {"best_epoch": 1, "best_val": 0.0, "fingerprint": fingerprint}
+    result = RunResult(config={}, history=[], test={}, test_last={}, summary=summary, provenance={})
+    RunDir(folder).write_result(result)
+    RunDir(folder).save_scores(_scores(seed), fingerprint)
     return str(folder)
 
 
