@@ -37,6 +37,7 @@ import time
 import torch
 
 from avgk_lib import stacked
+from avgk_lib._checks import value_checks
 from avgk_lib.build import build_run
 from avgk_lib.experiments.catalog import SYNTHETIC_100
 from avgk_lib.references import load_json_reference, write_reference
@@ -91,6 +92,61 @@ def _bare_loop(cfg: TrainConfig) -> float:
     return time.perf_counter() - began
 
 
+def _stacked_bare_loop(configs: list[TrainConfig]) -> float | None:
+    """Seconds of ``epochs`` epochs of the M models as one minimal stacked loop in plain torch
+    (the stacked floor: the members' batches gathered by one index from one data tensor, a
+    ``baddbmm`` MLP forward, one loss call over (M, B, C) with one noise draw, one backward,
+    one foreach SGD step with a per-member lr tensor; no validation, schedule, guard or
+    checkpoint). ``None`` for models other than the MLP."""
+    runs = [build_run(RunSpec.resolve(c)) for c in configs]
+    if runs[0].spec.model != "mlp" or runs[0].spec.two_head:
+        return None
+    first, m, b = runs[0], len(runs), configs[0].batch_size
+    x = torch.stack([r.train_loader.x for r in runs]).flatten(0, 1)
+    y = torch.stack([r.train_loader.y for r in runs]).flatten(0, 1)
+    n = runs[0].train_loader.y.shape[0]
+    layers = [mod for mod in first.model.modules() if isinstance(mod, torch.nn.Linear)]
+    names = [n_ for n_, mod in first.model.named_modules() if isinstance(mod, torch.nn.Linear)]
+    weights = [torch.stack([dict(r.model.named_modules())[k].weight.detach() for r in runs]) for k in names]
+    biases = [torch.stack([dict(r.model.named_modules())[k].bias.detach() for r in runs]) for k in names]
+    params = [t.requires_grad_() for pair in zip(weights, biases, strict=True) for t in pair]
+    bufs = [torch.zeros_like(p) for p in params]
+    lr = torch.full((m,), configs[0].lr)
+    lr_views = [lr.view(-1, *[1] * (p.dim() - 1)) for p in params]
+    wd_views = [torch.full((m, 1, 1), 5e-4) for _ in weights]
+    loss_fn = first.objective.loss_fn
+    noised = first.spec.objective.name == "noised_topk"
+    n_samples = first.spec.loss_options.get("n_samples", 0)
+    noise_gen = torch.Generator().manual_seed(0)
+    offset = (torch.arange(m) * n).unsqueeze(1)
+    steps = n // b
+    began = time.perf_counter()
+    for _ in range(configs[0].epochs):
+        rows = torch.stack([torch.randperm(n) for _ in range(m)]) + offset
+        for step in range(steps):
+            idx = rows[:, step * b : (step + 1) * b]
+            h, target = x[idx], y[idx]
+            for i in range(len(layers)):
+                h = torch.baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i].transpose(1, 2))
+                h = torch.relu(h) if i < len(layers) - 1 else h
+            if noised:
+                noise = torch.randn((n_samples, *h.shape), generator=noise_gen)
+                loss = loss_fn(h, target, noise=noise)
+            else:
+                loss = torch.nn.functional.cross_entropy(h.flatten(0, 1), target.flatten(), reduction="none")
+            loss.sum().backward()
+            with torch.no_grad():
+                grads = [p.grad for p in params]
+                torch._foreach_addcmul_(grads[0::2], params[0::2], wd_views)
+                torch._foreach_mul_(bufs, 0.9)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(grads, bufs, alpha=0.9)
+                torch._foreach_addcmul_(params, grads, lr_views, value=-1.0)
+            for p in params:
+                p.grad = None
+    return time.perf_counter() - began
+
+
 def _timed(fn) -> float:
     began = time.perf_counter()
     fn()
@@ -118,11 +174,16 @@ def measure(task: str, members: int, epochs: int, device: str, force_stack: bool
     sequential = _timed(lambda: [train(c, progress=False, log=quiet) for c in configs])
     many = _timed(lambda: train_many(configs, progress=False, log=quiet))
     floor = _bare_loop(configs[0]) * members
+    with value_checks(False):  # as in a stack: no per-call host reads
+        stacked_floor = _stacked_bare_loop(configs)
     threads = torch.get_num_threads()
     row = {"task": task, "members": members, "threads": threads, "epochs": epochs}
     row.update(sequential_s=sequential, train_many_s=many, bare_loop_x_members_s=floor, force_stack=force_stack)
     row.update(train_many_vs_sequential=many / sequential, train_many_vs_floor=many / floor)
     row.update(sequential_vs_floor=sequential / floor, speedup=sequential / many)
+    row["stacked_bare_loop_s"] = stacked_floor  # the minimal stacked prototype's training alone
+    if stacked_floor is not None:
+        row.update(stacked_floor_vs_floor=stacked_floor / floor, stacked_floor_vs_sequential=stacked_floor / sequential)
     target = TARGETS.get((task, threads))
     row.update(target_vs_sequential=target, target_met=None if target is None else many / sequential <= target)
     row["load_average_1_5_15"] = {"before": load_before, "after": _load()}
@@ -131,7 +192,8 @@ def measure(task: str, members: int, epochs: int, device: str, force_stack: bool
     print(
         f"{task:<17} M={members:<3} threads={threads}  sequential {sequential:7.1f}s  train_many {many:6.1f}s"
         f"  bare loop x M {floor:6.1f}s  train_many/sequential {many / sequential:.3f}"
-        f"  train_many/floor {many / floor:.2f}{goal}  load {load_before} -> {row['load_average_1_5_15']['after']}",
+        f"  train_many/floor {many / floor:.2f}{goal}  stacked bare loop {stacked_floor or 0:.1f}s"
+        f"  load {load_before} -> {row['load_average_1_5_15']['after']}",
         flush=True,
     )
     return row
