@@ -179,6 +179,15 @@ def _interrupted(args: argparse.Namespace) -> str:
     return "interrupted"
 
 
+def _diverged_hint(args: argparse.Namespace) -> str:
+    """What a retry of a diverged ``train`` needs: its folder keeps this configuration's finished
+    epochs, so a run with another lr needs another ``--out`` (or the files deleted)."""
+    folder = getattr(args, "run_folder", None)
+    if args.command != "train" or folder is None or not RunDir(folder).has_run_files():
+        return ""
+    return f" (with another --out: {folder} keeps this configuration's epochs; or delete its run files first)"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .data import cache_dir
     from .experiments import get_experiment, run_experiment
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingDiverged, DownloadError) as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{_diverged_hint(args) if isinstance(err, TrainingDiverged) else ''}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         if args.debug:

@@ -149,6 +149,12 @@ def test_subprocess_divergence_ends_in_one_line_and_no_results(tmp_path):
     assert lines[0].startswith("error: training diverged at epoch ") and "step " in lines[0]
     assert "loss " in lines[0] and "try a lower --lr" in lines[0]
     assert not (out / "results.json").exists()
+    if not (out / "last.pt").exists():  # diverged in epoch 1: only .lock and run.json, the advice works as said
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "run.json"]
+        retry = _subprocess("train", *QUICK, "--epochs", "1", "--lr", "0.1", "--out", str(out))
+        assert retry.returncode == 0, retry.stderr
+    else:
+        assert "another --out" in lines[0]
 
 
 def test_help_lists_generated_flags_with_loss_defaults(capsys):
