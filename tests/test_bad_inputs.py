@@ -732,3 +732,50 @@ def test_every_public_function_is_in_the_matrix():
 def test_matrix_size():
     assert len(SPECS) >= 55
     assert len(CASES) >= 700
+
+
+# ------------------------------------------------------------------ bad run files (issue 31)
+
+
+def _bad_run_files(tmp_path):
+    import pathlib
+
+    from avgk_lib import rundir
+
+    good = tmp_path / "good.pt"
+    rundir.save_checkpoint({"model": {"w": torch.zeros(2)}, "fingerprint": "a" * 16}, good)
+    marker = tmp_path / "ran.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (pathlib.Path(marker),))
+
+    def write(name, data):
+        path = tmp_path / name
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            torch.save(data, path)
+        return path
+
+    return marker, [
+        (write("garbage.pt", b"garbage"), "unreadable"),
+        (write("truncated.pt", good.read_bytes()[:100]), "unreadable"),
+        (write("crafted.pt", {"model": Payload()}), "was refused"),
+        (write("list.pt", [1, 2]), "not a dict"),
+        (write("old.pt", {"format_version": torch.tensor(1)}), "format version 1"),
+        (write("flipped.pt", {**torch.load(good), "model": {"w": torch.ones(2)}}), "checksum"),
+        (good, "different configuration"),
+    ]
+
+
+def test_bad_run_files_are_one_line_naming_the_file_and_run_nothing(tmp_path):
+    from avgk_lib.rundir import CheckpointError, load_checkpoint
+
+    marker, cases = _bad_run_files(tmp_path)
+    for path, words in cases:
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path, "b" * 16)
+        message = str(info.value)
+        assert str(path) in message and words in message and "\n" not in message, message
+    assert not marker.exists()
