@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import warnings
@@ -324,9 +325,28 @@ def stacked_loss_module(runs: list[Run]) -> nn.Module:
         if len(set(values)) > 1:
             options[name] = torch.tensor(values, dtype=torch.float64, device=device)
     counts = [run_facts(r.spec, r.bundle)["class_counts"] for r in runs]
-    if any(c != counts[0] for c in counts):
-        options["class_counts"] = counts
+    uses_counts = spec.function is not None and "class_counts" in inspect.signature(spec.function).parameters
+    if uses_counts and any(c != counts[0] for c in counts[1:]):
+        return PerMemberCounts(spec.function, torch.tensor(counts, dtype=torch.float64, device=device), options)
     return spec.build(options).to(device)
+
+
+class PerMemberCounts(nn.Module):
+    """A class-count loss (LDAM, imbalanced noised top-K) whose members trained on different
+    draws: the functional form with the ``(M, C)`` table of the members' class counts (each
+    member's margins from its own counts) and the stack's options."""
+
+    def __init__(self, function: Any, class_counts: torch.Tensor, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.function = function
+        self.register_buffer("class_counts", class_counts)
+        names = inspect.signature(function).parameters
+        self.kwargs = {n: options[n] for n in names if n in options and n not in ("class_counts", "loss")}
+        if "k" in self.kwargs:
+            self.kwargs["k"] = int(self.kwargs["k"])
+
+    def forward(self, scores: torch.Tensor, targets: torch.Tensor, **extra: Any) -> torch.Tensor:
+        return self.function(scores, targets, class_counts=self.class_counts, **self.kwargs, **extra)
 
 
 # ------------------------------------------------------------------------------------------------

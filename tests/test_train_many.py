@@ -44,13 +44,26 @@ def _interrupt_in_epoch_2(monkeypatch):
     return real
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "two_head", "ldam"])
-def test_a_noise_free_member_follows_its_single_run_for_60_steps(tmp_path, loss):
-    # 640 / 32 = 20 steps an epoch, 3 epochs: 60 steps; two seeds, lrs, weight decays, loss weights
-    configs = [_cfg(3, loss=loss, lr=0.05), _cfg(4, loss=loss, lr=0.1, weight_decay=1e-3, loss_weight=2.0)]
+NOISE_FREE = [
+    ("cross_entropy", {}),
+    ("two_head", {}),
+    ("ldam", {}),  # cosine head, each member's margins from its own draw's class counts
+    ("imbalanced_noised_topk", {"epsilon": 0.0}),  # the stacked noised path, its noise switched off
+]
+
+
+@pytest.mark.parametrize(("loss", "options"), NOISE_FREE, ids=[case[0] for case in NOISE_FREE])
+def test_a_noise_free_member_follows_its_single_run_for_60_steps(tmp_path, loss, options):
+    # 640 / 32 = 20 steps an epoch, 3 epochs: 60 steps; two seeds and data draws, lrs, weight decays, loss weights
+    configs = [
+        _cfg(s, loss=loss, loss_options=options, dataset_options={**TINY, "sample_seed": s}, **kw)
+        for s, kw in ((3, {"lr": 0.05}), (4, {"lr": 0.1, "weight_decay": 1e-3, "loss_weight": 2.0}))
+    ]
     singles = [train(c, tmp_path / f"single{i}", progress=False, log=_quiet) for i, c in enumerate(configs)]
     outs = [tmp_path / f"many{i}" for i in range(2)]
-    many = train_many(configs, outs, progress=False, log=_quiet)
+    lines: list[str] = []
+    many = train_many(configs, outs, progress=False, log=lines.append)
+    assert any("stacked" in line for line in lines)
     for i in range(2):
         a, b = _weights(tmp_path / f"single{i}"), _weights(outs[i])
         for name in a:
