@@ -61,7 +61,14 @@ def load_json_reference(stem: str) -> dict[str, Any] | None:
     entry = resources.files("avgk_lib").joinpath(PACKAGE_DIR).joinpath(f"{stem}.json")
     if not entry.is_file():
         return None
-    return unseal(json.loads(entry.read_text()), f"{stem}.json")
+    try:
+        data = json.loads(entry.read_text())
+    except json.JSONDecodeError as err:
+        raise ReferenceError(
+            f"reference {stem}.json is not valid JSON ({err.msg} at line {err.lineno}; truncated or edited): "
+            "restore it from the repository or regenerate it"
+        ) from None
+    return unseal(data, f"{stem}.json")
 
 
 def write_reference(stem: str, payload: dict[str, Any], *, device: Any, directory: str | Path | None = None) -> Path:

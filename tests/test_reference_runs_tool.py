@@ -120,3 +120,20 @@ def test_every_flag_is_checked_before_anything_runs(tool, monkeypatch, capsys, a
 
 def test_dataset_choices_are_the_catalogs_families(tool):
     assert {"synthetic", "fashion_mnist", "cifar100"} <= set(tool._dataset_families())
+
+
+def test_a_partial_run_that_matches_nothing_ends_in_one_clear_line(tool, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reference_runs.py", "--datasets", "cifar100", "--preset", "cpu"])
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    assert exit_.value.code == 2 and "nothing to run" in capsys.readouterr().err
+
+
+def test_a_truncated_reference_names_its_file(monkeypatch, tmp_path):
+    from avgk_lib import references as R
+
+    (tmp_path / "avgk_lib" / R.PACKAGE_DIR).mkdir(parents=True)
+    (tmp_path / "avgk_lib" / R.PACKAGE_DIR / "broken.json").write_text('{"rows": [')
+    monkeypatch.setattr(R.resources, "files", lambda _: tmp_path / "avgk_lib")
+    with pytest.raises(R.ReferenceError, match=r"broken\.json is not valid JSON"):
+        R.load_json_reference("broken")
