@@ -225,8 +225,8 @@ class StackedBatches:
         self.offset = (torch.tensor(which) * self.n).unsqueeze(1)
         self.augment = first.crop or first.flip
         if self.is_image and first.mean is not None:
-            self.mean = torch.stack([lo.mean for lo in loaders]).unsqueeze(1)  # (M, 1, C, 1, 1)
-            self.std = torch.stack([lo.std for lo in loaders]).unsqueeze(1)
+            self.mean = torch.stack([lo.mean for lo in loaders])  # (M, 1, C, 1, 1): each loader's is (1, C, 1, 1)
+            self.std = torch.stack([lo.std for lo in loaders])
         else:
             self.mean = self.std = None
         self.rows = self.order = torch.empty(0)

@@ -168,3 +168,34 @@ def test_bad_arguments_are_refused_before_training(tmp_path):
         train_many([_cfg(0)], max_stack=0)
     with pytest.raises(ValueError, match="epochs"):
         train_many([_cfg(0, epochs=0)])
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "flip", None])
+def test_stacked_batches_are_each_members_loader_batches(augment):
+    """Images with augmentation: step t of the stacked gather gives member m exactly the batch
+    its own loader yields at step t (its permutation, crop offsets and flips, normalisation)."""
+    from avgk_lib.data.base import DatasetBundle, TensorSplit
+    from avgk_lib.data.loader import InMemoryLoader
+    from avgk_lib.stacked import StackedBatches
+
+    def bundle(seed: int) -> DatasetBundle:
+        g = torch.Generator().manual_seed(seed)
+        split = TensorSplit(torch.randint(0, 256, (40, 2, 6, 6), generator=g, dtype=torch.uint8), torch.arange(40) % 4)
+        mean, std = (0.5, 0.4), (0.2, 0.3)
+        return DatasetBundle("fake", 4, split, split, split, (2, 6, 6), list("abcd"), [10] * 4, mean, std, augment, 2)
+
+    shared = bundle(0)
+    bundles = [shared, shared, bundle(1)]  # two members on one draw, one on another
+    loaders = [
+        InMemoryLoader(b.train, b, 8, torch.device("cpu"), shuffle=True, augment=True, seed=s, drop_last=True)
+        for s, b in zip((3, 4, 5), bundles, strict=True)
+    ]
+    stacked = StackedBatches(loaders, steps=4)
+    for epoch in (0, 1):
+        stacked.set_epoch(epoch)
+        singles = [list(loader)[:4] for loader in loaders]  # set_epoch was called by the stack
+        for step in range(4):
+            x, y, idx = stacked.batch(step)
+            for m, batches in enumerate(singles):
+                assert torch.equal(x[m], batches[step][0]), (epoch, step, m)
+                assert torch.equal(y[m], batches[step][1]) and torch.equal(idx[m], batches[step][2])
