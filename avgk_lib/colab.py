@@ -33,7 +33,6 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-PRESETS = ("smoke", "cpu", "colab", "gpu")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -51,6 +50,8 @@ def default_preset(preset: str, device: str = "auto") -> str:
     """
     if not isinstance(preset, str) or not isinstance(device, str):
         raise TypeError(f"`preset` and `device` must be strings, got {preset!r} and {device!r}")
+    from .experiments.spec import PRESETS
+
     if preset not in PRESETS:
         raise ValueError(f"`preset` must be one of {PRESETS}, got {preset!r}")
     if device not in DEVICES:

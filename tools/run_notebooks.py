@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ["smoke", "cpu", "colab", "gpu"]
 
 
 def _source(cell: dict) -> str:
@@ -184,6 +183,8 @@ def execute(nb: Path, target: Path, preset: str, timeout: int) -> str:
 
 
 def main() -> int:
+    from avgk_lib.experiments.spec import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "book")

@@ -90,15 +90,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..experiments.spec import ARMS
 from . import stats as S
 
 ALPHA = 0.05
 MIN_SEEDS = 5
 FORMAT = 2
-ARMS = ("paper", "tuned")
 VERDICTS = ("supported", "contradicted", "inconclusive", "not reproduced here")
 TESTS = ("superiority", "equivalence", "gain")
-COLUMN_WIDTH_IN = 6.5  # the book's column (avgk_lib.book.plotting.COLUMN_WIDTH_IN)
 FIT_THRESHOLD = 0.5  # share of the flipped training labels cross-entropy must fit at some epoch
 #: the smallest headroom a practitioner would act on (book/protocol.md, A3): 1 percentage point
 HEADROOM_FLOOR = 0.01
@@ -1245,12 +1244,14 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict; a grey band
     marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
     effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
-    The figure is as wide as the book's column (:data:`COLUMN_WIDTH_IN`), so its fonts (at least
-    9 pt) are the sizes the reader sees. Returns the figure."""
+    The figure is as wide as the book's column (:data:`~avgk_lib.book.plotting.COLUMN_WIDTH_IN`),
+    so its fonts (at least 9 pt) are the sizes the reader sees. Returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
+
+    from .plotting import COLUMN_WIDTH_IN
 
     points = forest_data(ledger)
     if not points:
