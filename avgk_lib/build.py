@@ -172,7 +172,7 @@ def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shar
         make_loader(
             bundle,
             split,
-            cfg.batch_size if split == "train" else max(cfg.batch_size, 256),
+            cfg.batch_size if split == "train" else cfg.eval_batch_size,
             device,
             train=split == "train",
             seed=cfg.seed,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from .data import DATASETS, LOADERS, dataset_input_shape
+from .data import DATASETS, LOADERS, dataset_info, dataset_input_shape
 from .data.base import SEED_LIMIT, available_memory, check_memory
 from .metrics import metric_key, parse_metric_key
 from .models import MODELS, check_model_input
@@ -31,7 +31,6 @@ from .objectives import OBJECTIVES, ObjectiveSpec, get_objective, unknown_loss_o
 # older format then get a new fingerprint and are trained again instead of being reused.
 CACHE_FORMAT_VERSION = 2
 
-DEFAULT_MODELS = {name: info.default_model for name, info in DATASETS.items()}
 #: fields added after runs were cached: left out of the fingerprint at their default value, so that
 #: every run cached before they existed keeps its fingerprint (``loss_weight == 1.0`` is the old loss)
 HASHED_UNLESS_DEFAULT: dict[str, Any] = {"loss_weight": 1.0}
@@ -105,7 +104,15 @@ class TrainConfig:
     save_scores: bool = _opt(True, "write scores.pt (validation and test scores of the best model)")
 
     def resolved_model(self) -> str:
-        return DEFAULT_MODELS.get(self.dataset, "mlp") if self.model == "auto" else self.model
+        """The model trained: ``model``, or the dataset's :attr:`~avgk_lib.data.DatasetInfo.default_model`
+        for ``"auto"``."""
+        return dataset_info(self.dataset).default_model if self.model == "auto" else self.model
+
+    @property
+    def eval_batch_size(self) -> int:
+        """The batch size of evaluation (validation, test, the training-fit pass): at least 256,
+        since it keeps no activations for a backward pass."""
+        return max(self.batch_size, 256)
 
     def normalized(self) -> TrainConfig:
         """A copy with ``eval_ks`` as sorted floats including ``k`` (never raises on bad values)."""
@@ -420,7 +427,7 @@ def check_run_memory(
     available = _device_memory(cfg.device)
     if available is None:
         return
-    batch = max(cfg.batch_size, 256)
+    batch = cfg.eval_batch_size
     needs = {"batch_size": (3 * batch * math.prod(input_shape) * 4, f"a batch of {batch} inputs of {input_shape}")}
     n_samples = loss_options.get("n_samples")
     if isinstance(n_samples, int):

@@ -252,7 +252,7 @@ def train_fit(run: Run) -> dict[str, float | None] | None:
     clean = getattr(split, "clean_y", None)
     if clean is None or run.world > 1:
         return None
-    loader = make_loader(run.bundle, "train", max(run.cfg.batch_size, 256), run.device, train=False)
+    loader = make_loader(run.bundle, "train", run.cfg.eval_batch_size, run.device, train=False)
     scores, noisy = collect_scores(run.model, loader, run.objective.head_scores, run.autocast())
     predicted = scores[run.spec.eval_head].argmax(dim=1)
     clean = clean.to(predicted.device)

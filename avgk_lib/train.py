@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import build_run, bundle_counts, resolve_device
-from .config import DEFAULT_MODELS, TrainConfig
+from .config import TrainConfig
 from .data import DatasetBundle, load_dataset
 from .engine import DivergenceGuard, Progress, RunInterrupted, TrainingDiverged, complete, end_epoch, finish, fit
 from .rundir import RunDir, RunResult, provenance
@@ -40,7 +40,6 @@ from .runspec import RunSpec
 from .seeding import rng_state, set_rng_state
 
 __all__ = [
-    "DEFAULT_MODELS",
     "RunInterrupted",
     "RunResult",
     "RunSpec",
