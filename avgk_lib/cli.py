@@ -24,7 +24,7 @@ from typing import Any, Literal
 from .config import ConfigError, TrainConfig, dataset_option_types
 from .data.base import CACHE_ENV, DataFolderError, DownloadError, check_folder
 from .objectives import OBJECTIVES, loss_option_types
-from .rundir import CheckpointError, RunDir, RunDirError, RunFileWriteError
+from .rundir import CheckpointError, RunDir, RunDirError, RunFileWriteError, run_dir
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 #: errno values of environment problems the user fixes (permissions, read-only disks, link loops)
@@ -154,7 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.out is None:
         check_folder(cache_dir(), CACHE_ENV, write=True)
-    out = args.out or cache_dir() / "runs" / cfg.fingerprint()
+    out = args.out or run_dir(cfg)
     args.run_folder, args.run_log = Path(out), _EpochLog()
     train(cfg, out, resume=args.resume, progress=not args.no_progress, log=args.run_log)
     print(f"results: {RunDir(out).results}")

@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data.base import cache_dir
+
 try:  # POSIX; elsewhere runs are not locked (said in RunDir.claim's docstring)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -70,6 +72,13 @@ except ImportError:  # pragma: no cover - Windows
 
 FORMAT_VERSION = 2
 _META = ("format_version", "sha256")
+
+
+def run_dir(config: Any) -> Path:
+    """The run cache's folder of a :class:`~avgk_lib.config.TrainConfig`:
+    ``$AVGK_CACHE_DIR/runs/<fingerprint>`` (the default ``--out`` of ``python -m avgk_lib train``,
+    and where the experiments cache their runs)."""
+    return cache_dir() / "runs" / config.fingerprint()
 
 
 class CheckpointError(RuntimeError):

@@ -13,16 +13,11 @@ from typing import Any
 from ..config import TrainConfig
 from ..data import cache_dir
 from ..data.base import CACHE_ENV, check_folder
-from ..rundir import RunDir, RunDirError
+from ..rundir import RunDir, RunDirError, run_dir
 from ..runspec import RunSpec
 from ..train import train_many
 from .grid import check_overrides, check_seeds, chosen_from_reference, expand
 from .spec import Run
-
-
-def run_dir(config: TrainConfig) -> Path:
-    """The run cache's folder of a configuration: ``$AVGK_CACHE_DIR/runs/<fingerprint>``."""
-    return cache_dir() / "runs" / config.fingerprint()
 
 
 def train_or_load(
