@@ -318,3 +318,15 @@ def test_figures_are_numbered_per_chapter():
     assert numbers["notebooks/02_noised_topk_operator"]["figure"] == {"b": (2, 1), "a": (2, 2)}
     assert numbers["notebooks/10_claims_ledger"]["figure"] == {"c": (10, 1)}
     assert numbers["book/protocol"]["figure"] == {"d": (1,)}
+
+
+def test_timing_noise_warning_fires_only_when_the_control_varies_with_k():
+    steady = [{"C": 100, "K": k, "cross_entropy": 0.10 + 0.01 * k} for k in (1, 5, 10)]
+    assert D.timing_noise_warning(steady) is None
+    noisy = steady + [{"C": 1081, "K": 1, "cross_entropy": 0.1}, {"C": 1081, "K": 5, "cross_entropy": 3.0}]
+    box = D.timing_noise_warning(noisy, factor=2.0)
+    assert "30.0-fold at C = 1081" in box._repr_markdown_() and "1.8-fold at C = 100" in box._repr_markdown_()
+    with pytest.raises(ValueError, match="factor"):
+        D.timing_noise_warning(steady, factor=1.0)
+    with pytest.raises(ValueError, match="control"):
+        D.timing_noise_warning(steady, control="focal")

@@ -307,3 +307,35 @@ def show_source(*objs: Callable[..., Any] | type, docstring: bool = False) -> Bl
         )
         md_parts.append(f"Source: `{origin}`\n\n```python\n{source}```")
     return Block("".join(html_parts), "\n\n".join(md_parts))
+
+
+def timing_noise_warning(
+    rows: Sequence[Mapping[str, Any]], *, control: str = "cross_entropy", factor: float = 2.0
+) -> Block | None:
+    """A warning box when a benchmark's control loss says the machine was too busy to time.
+
+    ``rows`` are benchmark rows (``C``, ``K`` and milliseconds per loss); ``control`` is a loss whose
+    work does not depend on K (cross-entropy). When, at some C, its largest time over the K's exceeds
+    ``factor`` times its smallest, the differences between the rows are machine load, not the losses:
+    the box says so, with the measured spread. Returns None (nothing shown) otherwise."""
+    if isinstance(rows, Mapping) or not rows or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must be a non-empty sequence of benchmark rows (dicts)")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 1:
+        raise ValueError(f"`factor` must be a number > 1, got {factor!r}")
+    if any(control not in r for r in rows):
+        raise ValueError(f"`control` {control!r} is not timed in every row")
+    spread = {}
+    for c in sorted({r["C"] for r in rows}):
+        times = [float(r[control]) for r in rows if r["C"] == c]
+        spread[c] = max(times) / min(times)
+    if max(spread.values()) <= factor:
+        return None
+    measured = ", ".join(f"{s:.1f}-fold at C = {c}" for c, s in spread.items())
+    return admonition(
+        f"The time of {control.replace('_', '-')}, whose work does not depend on K, varies with K here: "
+        f"{measured} (more than {factor:g}-fold). Other work on this machine disturbed the timings, and "
+        "these milliseconds and their ratios are unreadable. Rerun the cell on an idle machine, or read "
+        "the committed reference above.",
+        title="Timings disturbed by machine load",
+        kind="warning",
+    )
