@@ -1,5 +1,6 @@
 """Dataset loaders on real (Debian Fashion-MNIST) and fake-but-real-format data, and the oracle."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -697,7 +698,12 @@ def test_each_loader_declares_its_dataset_facts():
         assert info.default_model in MODELS
         check_model_input(info.default_model, dataset_input_shape(name))
         assert info.classes_option is None or info.classes_option in hints
+        assert set(info.seeded_options) <= {k for k in hints if k.endswith("_seed")}, name
     assert [DATASETS[n].classes() for n in DATASETS] == [20, 10, 100, 1081]
+    synthetic = dataset_info("synthetic")
+    assert synthetic.seeded_options == ("sample_seed",)
+    with pytest.raises(ValueError, match="seeded_options"):  # a seeded option the loader lacks
+        dataclasses.replace(synthetic, seeded_options=("split_seed",))
     assert dataset_info("plantnet300k").classes({"max_classes": 12}) == 12
     assert dataset_info("synthetic").classes({"n_classes": 7}) == 7
     with pytest.raises(TypeError, match="options"):

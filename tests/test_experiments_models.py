@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avgk_lib import experiments as E
+from avgk_lib.data import dataset_info
 from avgk_lib.models import MODELS, NormedLinear, build_model
 
 
@@ -33,7 +34,7 @@ def test_data_randomness_is_drawn_from_the_seed():
         by_seed = {}
         for run in E.expand(name, "cpu", [0, 3]):
             options = run.config.dataset_options
-            seeds = [options[k] for k in E.SEEDED_OPTIONS[run.config.dataset]]
+            seeds = [options[k] for k in dataset_info(run.config.dataset).seeded_options]
             assert seeds and all(s == run.config.seed for s in seeds)
             by_seed.setdefault(run.config.seed, run)
         assert by_seed[0].config.dataset_options != by_seed[3].config.dataset_options

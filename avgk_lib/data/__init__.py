@@ -124,6 +124,7 @@ SYNTHETIC = DatasetInfo(
     load_synthetic,
     default_model="mlp",
     input_shape=lambda options: (options["dim"],),
+    seeded_options=("sample_seed",),
     counts=("n_classes", "dim", "n_groups", "n_train", "n_val", "n_test"),
     classes_option="n_classes",
 )

@@ -262,15 +262,24 @@ class DatasetInfo:
     >= 1 (the loader's other integer options, seeds, must be >= 0); ``n_classes``: the number of
     classes when the data fix it (``None`` when an option sets it); ``classes_option``: the option
     that sets the number of classes (``n_classes is None``) or caps it (e.g. a species subset);
-    ``input_shape``: the shape of one input from the loader options (defaults filled in)."""
+    ``input_shape``: the shape of one input from the loader options (defaults filled in);
+    ``seeded_options``: the loader options that draw the data's randomness (samples, split, label
+    noise), which the experiments set from each run's seed so that seeds redraw the data (required:
+    ``()`` for data without randomness); each must be a loader option."""
 
     name: str
     loader: Callable[..., DatasetBundle]
     default_model: str
     input_shape: Callable[[dict[str, Any]], tuple[int, ...]]
+    seeded_options: tuple[str, ...]
     counts: tuple[str, ...] = ()
     n_classes: int | None = None
     classes_option: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.seeded_options if o not in inspect.signature(self.loader).parameters]
+        if unknown:
+            raise ValueError(f"{self.name}: `seeded_options` {unknown} are not options of its loader")
 
     def options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The loader's keyword defaults updated with ``options``."""

@@ -226,6 +226,7 @@ INFO = DatasetInfo(
     load_cifar100,
     default_model="resnet18_cifar",
     input_shape=lambda options: (3, 32, 32),
+    seeded_options=("split_seed", "noise_seed"),
     counts=("n_val", "train_subset"),
     n_classes=N_CLASSES,
 )

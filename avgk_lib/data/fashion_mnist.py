@@ -336,6 +336,7 @@ INFO = DatasetInfo(
     load_fashion_mnist,
     default_model="small_cnn",
     input_shape=lambda options: (1, *IMAGE_SHAPE),
+    seeded_options=("split_seed", "noise_seed"),
     counts=("n_val", "noise_block_size", "train_subset", "test_subset"),
     n_classes=len(CLASSES),
 )

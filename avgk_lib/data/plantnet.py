@@ -221,6 +221,7 @@ INFO = DatasetInfo(
     load_plantnet300k,
     default_model="resnet50",
     input_shape=lambda options: (3, options["crop"], options["crop"]),
+    seeded_options=(),
     counts=("resize", "crop", "max_classes", "max_per_class"),
     n_classes=N_SPECIES,
     classes_option="max_classes",

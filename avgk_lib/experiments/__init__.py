@@ -53,7 +53,6 @@ from .catalog import (
     sweep_epochs,
 )
 from .grid import (
-    SEEDED_OPTIONS,
     chosen_from_reference,
     expand,
     get_experiment,
@@ -92,7 +91,6 @@ __all__ = [
     "MAX_EXTENSIONS",
     "PRESETS",
     "RESULTS_DIR",
-    "SEEDED_OPTIONS",
     "SYNTHETIC_100",
     "SYNTHETIC_1000",
     "Experiment",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
+from ..data import DATASETS, dataset_info
 from ..data.base import SEED_LIMIT
 from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
@@ -62,13 +63,6 @@ def preset_table(presets: Iterable[str] = ("smoke", "cpu", "colab", "gpu")) -> s
 
 # ------------------------------------------------------------------------------ expansion
 
-SEEDED_OPTIONS = {  # data randomness drawn from the run's seed, per dataset
-    "synthetic": ("sample_seed",),
-    "fashion_mnist": ("split_seed", "noise_seed"),
-    "cifar100": ("split_seed", "noise_seed"),
-    "plantnet300k": (),
-}
-
 
 def _config(
     setting: Setting, method: Method, point: dict[str, Any], k: float, seed: int, overrides: dict[str, Any]
@@ -84,7 +78,7 @@ def _config(
         else:
             loss_options[key] = value
     options = dict(setting.options)
-    for key in SEEDED_OPTIONS.get(setting.dataset, ()):
+    for key in dataset_info(setting.dataset).seeded_options:
         options[key] = seed + setting.data_seed_offset
     fields = {
         "dataset": setting.dataset,
@@ -271,7 +265,7 @@ def check_seeds(seeds: object) -> list[int]:
 def check_overrides(overrides: object, owned: tuple[str, ...] = tuple(OWNED_BY)) -> dict[str, Any]:
     """``overrides`` as a dict of :class:`TrainConfig` fields (``{}`` for None). Rejected, naming the
     key: an unknown field, a field in ``owned`` (``seed`` belongs to ``seeds=``, ``device`` to
-    ``device=``), dataset options that the seed draws (:data:`SEEDED_OPTIONS`), and
+    ``device=``), dataset options that the seed draws (:attr:`~avgk_lib.data.DatasetInfo.seeded_options`), and
     ``dataset_options`` / ``loss_options`` that are not dicts."""
     if overrides is None:
         return {}
@@ -289,7 +283,7 @@ def check_overrides(overrides: object, owned: tuple[str, ...] = tuple(OWNED_BY))
             )
         if key in ("dataset_options", "loss_options") and not isinstance(value, Mapping):
             raise TypeError(f"`overrides` key {key!r} must be a dict, got {value!r}")
-    seeded = {o for options in SEEDED_OPTIONS.values() for o in options}
+    seeded = {o for info in DATASETS.values() for o in info.seeded_options}
     for key in overrides.get("dataset_options", {}):
         if key in seeded:
             raise ValueError(
