@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from avgk_lib.book import plotting as P  # noqa: E402
 
@@ -116,6 +117,7 @@ _FIGURES = {
     "forest_plot": lambda: P.forest_plot(_ENTRIES * 3, title="t"),
     "val_curves": lambda: P.val_curves([{"loss": "epr", "val_curve": [0.1, 0.2]}], ylabel="y", title="t"),
     "average_k_curves": lambda: P.average_k_curves(_AVGK_ROWS),
+    "per_class_bars": lambda: P.per_class_bars({"run a": [0.1, 0.9, 0.5], "run b": [0.5, 0.5, 0.5]}, ylabel="y"),
     "two_panels": lambda: P.two_panels()[0],
     "coverage_size_curves": lambda: P.coverage_size_curves(
         {"lac": {"size": [1, 2], "coverage": [0.8, 0.9]}}, title="t"
@@ -210,3 +212,14 @@ def test_method_labels_replace_code_keys_in_legends():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["cross-entropy", "smooth top-K SVM"]
     assert P.method_label("some_new_loss") == "some new loss"
     plt.close(fig)
+
+
+def test_per_class_bars_keep_the_legend_off_the_bars():
+    fig = P.per_class_bars({"a": [0.0, 1.0], "b": [1.0, 0.0]}, ylabel="recall", title="t")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 <= ax.get_window_extent().y0  # under the axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"] and ax.get_xlabel() == "class"
+    with pytest.raises(ValueError, match="one value per class"):
+        P.per_class_bars({"a": [0.0], "b": [1.0, 0.0]}, ylabel="y")

@@ -95,7 +95,8 @@ def test_cells_are_short_calls_into_the_library(nb):
 TEXTBOOK = [nb for nb in NOTEBOOKS if nb.stem[:2] in {"01", "02", "03", "04", "05", "06", "07", "08", "09"}]
 PLOT_CALL = re.compile(
     r"\bP\.(lines|scatter_classes|gradient_bars|size_histograms|cost_curves|bar_table|"
-    r"coverage_size_curves|two_panels|summary_plot|heatmap|frequency_scatter|forest_plot|val_curves|image_grid)\(|"
+    r"coverage_size_curves|two_panels|summary_plot|heatmap|frequency_scatter|forest_plot|val_curves|image_grid|"
+    r"average_k_curves|per_class_bars)\(|"
     r"plt\.subplots\("
 )
 

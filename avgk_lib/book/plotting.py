@@ -230,6 +230,23 @@ def gradient_bars(
     return fig
 
 
+def per_class_bars(values: dict[str, Sequence[float]], *, ylabel: str, title: str = "", xlabel: str = "class", ax=None):
+    """One group of bars per class, one bar per named series (e.g. a per-class recall of several
+    runs); the legend sits under the axes, never over the bars."""
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.2))
+    n = len(next(iter(values.values())))
+    if any(len(v) != n for v in values.values()):
+        raise ValueError("`values` must hold one value per class in every series")
+    width = 0.8 / len(values)
+    for i, (name, series) in enumerate(values.items()):
+        ax.bar(np.arange(n) + (i - (len(values) - 1) / 2) * width, series, width, label=name)
+    ax.set_xticks(np.arange(n), [str(j) for j in range(n)])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(values)))
+    fig.tight_layout()
+    return fig
+
+
 def scatter_classes(
     x: np.ndarray,
     labels: np.ndarray,
