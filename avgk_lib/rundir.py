@@ -502,8 +502,6 @@ CACHE_RESTART = "run the same command with --force (force=True) to train it agai
 def _restart_advice(path: Path) -> str:
     """How to start a run in ``path`` over: ``--force`` for a folder of the run cache
     (``$AVGK_CACHE_DIR/runs/<fingerprint>``), else deleting its files or another ``--out``."""
-    from .data.base import cache_dir
-
     try:
         in_cache = path.resolve().parent == (cache_dir() / "runs").resolve()
     except OSError:
