@@ -10,6 +10,7 @@ scaler), channels_last for convolutional models and optionally ``torch.compile``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError, TrainConfig, check_run_memory, parse_device
+from .config import ConfigError, TrainConfig, parse_device
 from .data import DatasetBundle, load_dataset, make_loader
-from .data.base import env_value
+from .data.base import available_memory, check_memory, env_value
 from .models import build_model
 from .objectives import Objective, assemble_objective
 from .rundir import TrainState
@@ -165,6 +166,41 @@ def _check_against_data(spec: RunSpec, bundle: DatasetBundle) -> None:
     if len(bundle.train) < cfg.batch_size:
         raise ConfigError("batch_size", f"{cfg.batch_size} leaves no full training batch ({len(bundle.train)} samples)")
     check_run_memory(cfg, c, bundle.input_shape, spec.loss_options)
+
+
+def _device_memory(device: str) -> int | None:
+    """Free bytes on the device a run will use (``auto``: CUDA when available); None when unknown."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not cuda:
+        return available_memory()
+    try:
+        return int(torch.cuda.mem_get_info(torch.device("cuda" if device == "auto" else device))[0])
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+def check_run_memory(
+    cfg: TrainConfig, n_classes: int, input_shape: tuple[int, ...], loss_options: dict[str, Any]
+) -> None:
+    """Estimates, before allocating, of the largest per-step buffers of a run against the memory of its
+    device (``ConfigError`` naming the option): an evaluation batch of inputs (float32, with the copies
+    of augmentation and normalisation) and, for the noised top-K losses, the noise of ``n_samples``
+    perturbations of a batch of scores (float64 working copies, perturbed and gradient buffers).
+    ``loss_options``: the loss's options merged with its defaults (:attr:`RunSpec.loss_options`)."""
+    available = _device_memory(cfg.device)
+    if available is None:
+        return
+    batch = cfg.eval_batch_size
+    needs = {"batch_size": (3 * batch * math.prod(input_shape) * 4, f"a batch of {batch} inputs of {input_shape}")}
+    n_samples = loss_options.get("n_samples")
+    if isinstance(n_samples, int):
+        what = f"the noise of {n_samples} samples x {cfg.batch_size} inputs x {n_classes} classes"
+        needs["n_samples"] = (2 * 8 * n_samples * cfg.batch_size * n_classes, what)
+    for name, (nbytes, what) in needs.items():
+        try:
+            check_memory(nbytes, name, what, available)
+        except ValueError as err:
+            raise ConfigError(name, str(err).removeprefix(f"`{name}` ")) from None
 
 
 def _loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, shard, channels_last: bool):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from .data import DATASETS, LOADERS, dataset_info, dataset_input_shape
-from .data.base import SEED_LIMIT, available_memory, check_memory
+from .data.base import SEED_LIMIT
 from .metrics import metric_key, parse_metric_key
 from .models import MODELS, check_model_input
 from .objectives import OBJECTIVES, ObjectiveSpec, get_objective, unknown_loss_option
@@ -403,38 +403,3 @@ def _check_model_fits(cfg: TrainConfig) -> None:
     except ValueError as err:
         detail = str(err).removeprefix("`model` ")
         raise ConfigError("model", f"{detail} (dataset {cfg.dataset!r})") from None
-
-
-def _device_memory(device: str) -> int | None:
-    """Free bytes on the device a run will use (``auto``: CUDA when available); None when unknown."""
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if not cuda:
-        return available_memory()
-    try:
-        return int(torch.cuda.mem_get_info(torch.device("cuda" if device == "auto" else device))[0])
-    except (RuntimeError, AssertionError, ValueError):
-        return None
-
-
-def check_run_memory(
-    cfg: TrainConfig, n_classes: int, input_shape: tuple[int, ...], loss_options: dict[str, Any]
-) -> None:
-    """Estimates, before allocating, of the largest per-step buffers of a run against the memory of its
-    device (``ConfigError`` naming the option): an evaluation batch of inputs (float32, with the copies
-    of augmentation and normalisation) and, for the noised top-K losses, the noise of ``n_samples``
-    perturbations of a batch of scores (float64 working copies, perturbed and gradient buffers).
-    ``loss_options``: the loss's options merged with its defaults (:attr:`RunSpec.loss_options`)."""
-    available = _device_memory(cfg.device)
-    if available is None:
-        return
-    batch = cfg.eval_batch_size
-    needs = {"batch_size": (3 * batch * math.prod(input_shape) * 4, f"a batch of {batch} inputs of {input_shape}")}
-    n_samples = loss_options.get("n_samples")
-    if isinstance(n_samples, int):
-        what = f"the noise of {n_samples} samples x {cfg.batch_size} inputs x {n_classes} classes"
-        needs["n_samples"] = (2 * 8 * n_samples * cfg.batch_size * n_classes, what)
-    for name, (nbytes, what) in needs.items():
-        try:
-            check_memory(nbytes, name, what, available)
-        except ValueError as err:
-            raise ConfigError(name, str(err).removeprefix(f"`{name}` ")) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avgk_lib import build as build_module
 from avgk_lib import config as config_module
 from avgk_lib import experiments as E
 from avgk_lib.cli import main
@@ -53,7 +54,7 @@ def _one_line(code: int, err: str, *words: str, exit_code: int = 2) -> str:
 def eight_gib(monkeypatch):
     """A machine with 8 GiB available, whatever this one has (memory checks are then deterministic)."""
     monkeypatch.setattr(base, "available_memory", lambda: 8 * GIB)
-    monkeypatch.setattr(config_module, "available_memory", lambda: 8 * GIB)
+    monkeypatch.setattr(build_module, "available_memory", lambda: 8 * GIB)
 
 
 # ----------------------------------------------------------------------------- train flags, synthetic
@@ -131,7 +132,7 @@ def test_dataset_options_of_fixed_values_are_literal_and_checked():
 
 def test_memory_estimates_are_skipped_when_the_memory_is_unknown(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(base, "available_memory", lambda: None)
-    monkeypatch.setattr(config_module, "available_memory", lambda: None)
+    monkeypatch.setattr(build_module, "available_memory", lambda: None)
     base.check_memory(10**30, "n_train", "everything")  # unknown: no check
     with pytest.raises(ValueError, match="`n_train` is too large"):
         base.check_memory(2 * GIB, "n_train", "the data", available=GIB)
