@@ -276,7 +276,7 @@ def test_run_serves_a_read_only_cache_that_holds_every_run(capsys, tmp_path, mon
 
 def test_overrides_of_reported_fields_are_reflected_in_the_rows(tmp_path, monkeypatch):
     from avgk_lib.config import TrainConfig
-    from avgk_lib.experiments import Run, run_experiment
+    from avgk_lib.experiments import GridRun, run_experiment
     from avgk_lib.experiments.runner import _reported
 
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
@@ -285,7 +285,7 @@ def test_overrides_of_reported_fields_are_reflected_in_the_rows(tmp_path, monkey
         "label_noise", "smoke", [0], datasets=["synthetic"], overrides=noisier, progress=False, log=lambda *_: None
     )
     assert rows and all(row["label_noise"] == 0.5 for row in rows)
-    run = Run({"dataset": "synthetic-100", "train_k": 3.0}, TrainConfig(k=7.0))
+    run = GridRun({"dataset": "synthetic-100", "train_k": 3.0}, TrainConfig(k=7.0))
     assert _reported(run).labels == {"dataset": "synthetic-100", "train_k": 7.0}
-    untouched = Run({"dataset": "synthetic-100", "train_k": None}, TrainConfig(k=7.0))
+    untouched = GridRun({"dataset": "synthetic-100", "train_k": None}, TrainConfig(k=7.0))
     assert _reported(untouched) is untouched

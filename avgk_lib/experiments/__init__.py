@@ -3,7 +3,7 @@
 An :class:`Experiment` lists its **methods** (a loss, fixed options and a small grid of its own
 sensitive knobs) and, for each **preset** it defines, its **settings** (a dataset with options, an
 optimisation recipe, the K values). One function, :func:`expand`, turns an experiment, a preset,
-seeds and the chosen hyperparameters into :class:`Run` objects; nothing else branches on presets.
+seeds and the chosen hyperparameters into :class:`GridRun` objects; nothing else branches on presets.
 
 Two protocols (``book/protocol.md``), the ``arm`` of every function and run:
 
@@ -64,7 +64,7 @@ from .grid import (
 )
 from .results import RESULTS_DIR, load_arm, load_reference, save_arms_reference, summarize
 from .runner import run_dir, run_experiment, run_row, train_or_load
-from .spec import ARMS, PRESETS, TUNING_SEEDS, Experiment, Method, Preset, Run, Setting
+from .spec import ARMS, PRESETS, TUNING_SEEDS, Experiment, GridRun, Method, Preset, Setting
 from .tuning import MAX_EXTENSIONS, tune
 
 __all__ = [
@@ -96,7 +96,7 @@ __all__ = [
     "Experiment",
     "Method",
     "Preset",
-    "Run",
+    "GridRun",
     "Setting",
     "chosen_from_reference",
     "expand",

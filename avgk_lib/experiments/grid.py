@@ -12,7 +12,7 @@ from ..data import DATASETS, dataset_info
 from ..data.base import SEED_LIMIT
 from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
-from .spec import PRESETS, RECIPE_KEYS, Experiment, Method, Preset, Run, Setting, check_arm
+from .spec import PRESETS, RECIPE_KEYS, Experiment, GridRun, Method, Preset, Setting, check_arm
 
 
 def get_experiment(name: str) -> Experiment:
@@ -120,7 +120,7 @@ def expand(
     overrides: dict[str, Any] | None = None,
     arm: str = "tuned",
     datasets: list[str] | None = None,
-) -> list[Run]:
+) -> list[GridRun]:
     """Every run of an experiment at a preset in one arm: settings x methods x training K x seeds
     (x variants); every run's labels hold ``arm``.
 
@@ -158,13 +158,13 @@ def expand(
                     labels["train_k"] = k if method.k_dependent else None
                     if variant:
                         labels["variant"] = variant
-                    runs.append(Run(labels, _config(setting, method, point, k, seed, {**change, **overrides})))
+                    runs.append(GridRun(labels, _config(setting, method, point, k, seed, {**change, **overrides})))
     for run in runs:  # every configuration checked before any run trains
         _check_run(run)
     return runs
 
 
-def _check_run(run: Run) -> None:
+def _check_run(run: GridRun) -> None:
     """``run.config.validate()``, its error naming the run's labels too."""
     try:
         run.config.validate()
@@ -198,7 +198,7 @@ def paper_point(setting: Setting, name: str, method: Method) -> dict[str, Any]:
 
 def runs_of(
     name: str, preset: str, seeds: list[int], overrides: dict[str, Any] | None = None, arm: str = "tuned"
-) -> list[Run]:
+) -> list[GridRun]:
     """The runs of an experiment in one arm, with the tuned values of its committed reference (if any)."""
     return expand(name, preset, seeds, chosen_from_reference(name, preset, arm), overrides, arm)
 

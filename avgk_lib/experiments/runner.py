@@ -17,7 +17,7 @@ from ..rundir import RunDir, RunDirError, run_dir
 from ..runspec import RunSpec
 from ..train import train_many
 from .grid import check_overrides, check_seeds, chosen_from_reference, expand
-from .spec import Run
+from .spec import GridRun
 
 
 def train_or_load(
@@ -104,7 +104,7 @@ def train_or_load_many(
     return outcomes
 
 
-def _reported(run: Run) -> Run:
+def _reported(run: GridRun) -> GridRun:
     """``run`` with labels that say what it trains: a label naming a dataset option (``label_noise``,
     ``n_train``...) and ``train_k`` take the configuration's values, so that ``overrides`` changing
     them are reflected in the rows."""
@@ -160,7 +160,7 @@ def _quiet(*_: Any) -> None:
     return None
 
 
-def _row_line(i: int, n: int, run: Run, row: dict[str, Any], cached: bool, elapsed: float) -> str:
+def _row_line(i: int, n: int, run: GridRun, row: dict[str, Any], cached: bool, elapsed: float) -> str:
     select = run.config.select_metric
     labels = ", ".join(f"{k}={v}" for k, v in run.labels.items() if v is not None)
     status = "cached" if cached else f"{row['wall_seconds']:.0f}s"
@@ -170,7 +170,7 @@ def _row_line(i: int, n: int, run: Run, row: dict[str, Any], cached: bool, elaps
     )
 
 
-def run_row(run: Run, results: dict[str, Any], folder: Path) -> dict[str, Any]:
+def run_row(run: GridRun, results: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A table row: the run's labels, its hyperparameters, test metrics of the best-validation
     checkpoint (``test_*``) and of the last epoch (``last_*``), per-head metrics of two-head models
     (``softmax_*``, ``multilabel_*``), the validation curve of the selection metric, on label-noise

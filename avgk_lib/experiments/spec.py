@@ -147,7 +147,7 @@ class Experiment:
 
 
 @dataclass(frozen=True)
-class Run:
+class GridRun:
     """One cell of an experiment grid: labels for tables and plots, and the configuration."""
 
     labels: dict[str, Any]
