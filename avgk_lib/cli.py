@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import json
 import re
 import sys
@@ -131,22 +132,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg.validate()
 
 
-class _EpochLog:
-    """The trainer's log (printed), remembering the last epoch finished (for the Ctrl-C message)."""
-
-    _EPOCH = re.compile(r"^epoch\s+(\d+)/|after epoch (\d+)")
-
-    def __init__(self) -> None:
-        self.epochs_done = 0
-
-    def __call__(self, *parts: Any) -> None:
-        line = " ".join(str(p) for p in parts)
-        print(line, flush=True)
-        match = self._EPOCH.search(line)
-        if match:
-            self.epochs_done = int(match.group(1) or match.group(2))
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .data import cache_dir
     from .train import train
@@ -155,20 +140,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.out is None:
         check_folder(cache_dir(), CACHE_ENV, write=True)
     out = args.out or run_dir(cfg)
-    args.run_folder, args.run_log = Path(out), _EpochLog()
-    train(cfg, out, resume=args.resume, progress=not args.no_progress, log=args.run_log)
+    args.run_folder = Path(out)
+    train(cfg, out, resume=args.resume, progress=not args.no_progress, log=functools.partial(print, flush=True))
     print(f"results: {RunDir(out).results}")
     return 0
 
 
-def _interrupted(args: argparse.Namespace) -> str:
-    """The one line of a Ctrl-C: where the run stopped and how to continue it."""
-    folder, log = getattr(args, "run_folder", None), getattr(args, "run_log", None)
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
+    """The one line of a Ctrl-C: where the run stopped (the epoch of the trainer's
+    :class:`~avgk_lib.engine.RunInterrupted`) and how to continue it."""
+    from .engine import RunInterrupted
+
+    folder = getattr(args, "run_folder", None)
     if args.command == "train" and folder is not None:
-        done = log.epochs_done if log is not None else 0
-        if done and RunDir(folder).last.exists():
-            return f"interrupted after epoch {done}; resume with --resume --out {folder} (from its last checkpoint)"
-        return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
+        if not RunDir(folder).last.exists():
+            return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
+        done = f" after epoch {err.epoch}" if isinstance(err, RunInterrupted) else ""
+        return f"interrupted{done}; resume with --resume --out {folder} (from its last checkpoint)"
     if args.command == "run":
         from .data import cache_dir
 
@@ -306,10 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}{_diverged_hint(args) if isinstance(err, TrainingDiverged) else ''}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if args.debug:
             raise
-        print(f"error: {_interrupted(args)}", file=sys.stderr)
+        print(f"error: {_interrupted(args, err)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
         if args.debug or err.errno not in (*_SPACE_ERRNOS, *_SETUP_ERRNOS):

@@ -267,8 +267,8 @@ def train_fit(run: Run) -> dict[str, float | None] | None:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: says at which epoch and how to resume (``last.pt`` holds every
-    finished epoch)."""
+    """Ctrl-C during training: says at which epoch and how to resume. ``epoch`` (0-based) is the
+    epoch interrupted, so also the number of finished epochs that ``last.pt`` holds."""
 
     def __init__(self, epoch: int, folder: Path | None) -> None:
         where = (
@@ -331,12 +331,12 @@ def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progre
     guard = DivergenceGuard(reference, 1 if run.device.type == "cpu" else 50, run.world)
     for epoch in range(start, run.cfg.epochs):
         began = time.time()
-        try:
+        try:  # the epoch's checkpoint is its last step: an interrupt before it leaves `epoch` epochs saved
             train_loss = train_one_epoch(run, epoch, guard, show_progress)
+            guard.reference = book.history[0]["train_loss"] if book.history else train_loss
+            end_epoch(run, folder, book, epoch, train_loss, began, log)
         except KeyboardInterrupt:
             raise RunInterrupted(epoch, folder.path if folder else None) from None
-        guard.reference = book.history[0]["train_loss"] if book.history else train_loss
-        end_epoch(run, folder, book, epoch, train_loss, began, log)
 
 
 def end_epoch(

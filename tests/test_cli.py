@@ -289,3 +289,24 @@ def test_overrides_of_reported_fields_are_reflected_in_the_rows(tmp_path, monkey
     assert _reported(run).labels == {"dataset": "synthetic-100", "train_k": 7.0}
     untouched = GridRun({"dataset": "synthetic-100", "train_k": None}, TrainConfig(k=7.0))
     assert _reported(untouched) is untouched
+
+
+@pytest.mark.parametrize("stop", [0, 1])
+def test_ctrl_c_names_the_epochs_that_the_exception_says_are_saved(tmp_path, capsys, monkeypatch, stop):
+    """The Ctrl-C line reads the finished epochs from the trainer's RunInterrupted (no log parsing)."""
+    from avgk_lib import engine
+
+    real = engine.train_one_epoch
+
+    def interrupted(run, epoch, *args, **kwargs):
+        if epoch == stop:
+            raise KeyboardInterrupt
+        return real(run, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    out = tmp_path / "run"
+    code, _, err = _cli(["train", *QUICK, "--epochs", "3", "--out", str(out)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and len(lines) == 1 and str(out) in lines[0], err
+    words = ["before the first checkpoint"] if stop == 0 else ["after epoch 1;", "--resume --out"]
+    assert all(word in lines[0] for word in words), lines[0]
