@@ -156,7 +156,11 @@ def test_results_markdown_prints_counts_as_integers():
     rows += [{"loss": "topk", "seed": s, "acc": 0.6, "best_epoch": 3 + s} for s in range(3)]
     lines = F.results_markdown(rows, ["loss"], {"acc": "accuracy", "best_epoch": "best epoch"}).splitlines()
     ce, topk = lines[2].split(" | "), lines[3].split(" | ")
-    assert ce[2] == "5" and topk[2].startswith("4.0 ± ") and ce[1].startswith("0.5100 ± ")
+    assert ce[2] == "5 |" and topk[2].startswith("4.0 ± ") and ce[1].startswith("0.5100 ± ")
+    # the same seeds everywhere: no constant column, the caption says how many and what ± is
+    assert "seeds |" not in lines[0] and lines[-1] == "Each cell: mean ± half-width of the 95% interval over 3 seeds."
+    uneven = F.results_markdown(rows[:5], ["loss"], {"acc": "accuracy"})
+    assert uneven.splitlines()[0].endswith("| seeds |") and "half-width of its 95% interval" in uneven
 
 
 @pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])

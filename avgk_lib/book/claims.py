@@ -986,7 +986,8 @@ def _arm_cell(e: Mapping[str, Any] | None, other: Mapping[str, Any] | None = Non
     if pre is not None:
         extra = f"; precondition: {precondition_value(pre)}"
     mde = f", MDE {100 * e['mde']:.2f} pp" if e.get("mde") is not None and e.get("unit") != "log_ratio" else ""
-    return f"{effect_text(e)}{p}, {e['n_seeds']} seeds{mde}{extra}: {verdict_text(e)}"
+    repeats = "timing rounds" if e.get("preset") == "benchmark" else "seeds"
+    return f"{effect_text(e)}{p}, {e['n_seeds']} {repeats}{mde}{extra}: {verdict_text(e)}"
 
 
 def precondition_value(pre: Mapping[str, Any]) -> str:

@@ -40,6 +40,7 @@ def setting_markdown(name: str, preset: str) -> str:
     """The settings and methods of an experiment at a preset, read from its definition."""
     experiment = E.get_experiment(name)
     spec = experiment.preset(preset)
+    paper_epochs = {tuple(sorted(p.labels.items())): p.recipe["epochs"] for p in spec.paper or []}
     rows = []
     for s in spec.settings:
         label = ", ".join(f"{k}={v}" for k, v in s.labels.items())
@@ -49,8 +50,10 @@ def setting_markdown(name: str, preset: str) -> str:
             data += ", balanced val/test" if s.options.get("balanced_eval") else ", val/test long-tailed"
         ks = ", ".join(f"{k:g}" for k in s.ks)
         seeds = f"first {s.max_seeds}" if s.max_seeds else "all"
-        rows.append([label, data, ks, f"`{s.select_key(s.tune_k)}`", s.recipe["epochs"], seeds])
-    lines = [markdown_table(["setting", "data", "K", "selection metric", "epochs", "seeds"], rows), ""]
+        paper = paper_epochs.get(tuple(sorted(s.labels.items())), "-")
+        rows.append([label, data, ks, f"`{s.select_key(s.tune_k)}`", s.recipe["epochs"], paper, seeds])
+    headers = ["setting", "data", "K", "selection metric", "epochs (tuned arm)", "epochs (paper arm)", "seeds"]
+    lines = [markdown_table(headers, rows), ""]
     methods = []
     for method_name, m in experiment.methods.items():
         fixed = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-"
@@ -74,13 +77,15 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
         return "_No tuning recorded for this preset._"
     rows = []
     for key, entry in reference["tuning"].items():
-        values = [p["val"] for p in entry["grid"]]
+        scores = [p["val"] for p in entry["grid"]]
+        values = [v for v in scores if math.isfinite(v)] or [math.nan]
+        diverged = len(scores) - sum(math.isfinite(v) for v in scores)
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["chosen"].items())
         reused = " (reused)" if "reused_from" in entry else ""
         *labels, method = key.split("/")
         key_text = ", ".join([*labels, method_label(method)])
-        span = f"{min(values):.3f} - {max(values):.3f}"
-        rows.append([f"{key_text}{reused}", len(values), span, chosen, f"{max(values):.3f}", _bracket_text(entry)])
+        span = f"{min(values):.3f} - {max(values):.3f}" + (f" ({diverged} diverged)" if diverged else "")
+        rows.append([f"{key_text}{reused}", len(scores), span, chosen, f"{max(values):.3f}", _bracket_text(entry)])
     headers = ["setting / method", "points", "val range", "chosen", "best val", "bracketed"]
     return markdown_table(headers, rows)
 
@@ -128,12 +133,18 @@ def results_markdown(rows: list[dict[str, Any]], by: list[str], metrics: dict[st
     seed agrees, else with one decimal, never as ``5.0000 ± 0.0000``."""
     summary = E.summarize(rows, by=by, metrics=list(metrics))
     integer = {m: _all_integers([r[m] for r in rows if m in r]) for m in metrics}
-    rows = []
+    counts = {entry["n_seeds"] for entry in summary}
+    table = []
     for entry in sorted(summary, key=lambda e: tuple(str(e[b]) for b in by)):
         cells = [_group_cell(b, entry[b]) for b in by]
         cells += [_mean_cell(entry[m], entry[f"{m}_ci95"], entry["n_seeds"], integer[m]) for m in metrics]
-        rows.append([*cells, entry["n_seeds"]])
-    return markdown_table([*({"loss": "method"}.get(b, b) for b in by), *metrics.values(), "seeds"], rows)
+        table.append(cells if len(counts) == 1 else [*cells, entry["n_seeds"]])
+    headers = [*({"loss": "method"}.get(b, b) for b in by), *metrics.values()]
+    if len(counts) != 1:
+        return markdown_table([*headers, "seeds"], table) + "\n\nEach cell: mean ± half-width of its 95% interval."
+    (n,) = counts
+    what = "mean ± half-width of the 95% interval over" if n > 1 else "one run:"
+    return markdown_table(headers, table) + f"\n\nEach cell: {what} {n} seed{'s' * (n != 1)}."
 
 
 def ledger_for(name: str, reference: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -259,7 +270,7 @@ def entry_markdown(
     head = (
         f"{verdict_text(entry)} ({entry['arm'] + ' arm; ' if arm else ''}{setting_label(entry['setting'])}; "
         f"K = {entry['K']:g}; "
-        f"{seeds} seed{'s' * (seeds != 1)})" + (f": {entry['claim']}." if claim else ":")
+        f"{seeds} {_unit_of_repeats(entry)}{'s' * (seeds != 1)})" + (f": {entry['claim']}." if claim else ":")
     )
     what = metric_text(entry["metric"])
     p = _p_text(entry.get("p_holm") if holm else entry.get("p"), "Holm-adjusted p" if holm else "p")
@@ -297,6 +308,11 @@ def entry_markdown(
     if notes:
         body += " Notes: " + "; ".join(notes) + "."
     return f"{head} {body}"
+
+
+def _unit_of_repeats(entry: Mapping[str, Any]) -> str:
+    """What an entry's repeats are: timing rounds for a benchmark, seeds otherwise."""
+    return "timing round" if entry.get("preset") == "benchmark" else "seed"
 
 
 def readable_note(note: str) -> str:
