@@ -325,18 +325,29 @@ def epoch_entry(run: Run, epoch: int, train_loss: float, seconds: float, val: di
     return entry
 
 
+def run_epochs(start: int, epochs: int, one_epoch: Callable[[int], None], folder: Path | None) -> None:
+    """The epoch loop of every trainer (one run: :func:`fit`; a stack: ``train_many``):
+    ``one_epoch(epoch)`` for ``start..epochs-1``. Each epoch ends with its checkpoint, so a Ctrl-C
+    during epoch ``e`` leaves ``e`` epochs saved: it becomes :class:`RunInterrupted` ``(e, folder)``."""
+    for epoch in range(start, epochs):
+        try:
+            one_epoch(epoch)
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch, folder) from None
+
+
 def fit(run: Run, folder: RunDir | None, book: Progress, start: int, show_progress: bool, log) -> None:
     """Train epochs ``start..epochs-1``; after each, :func:`end_epoch`."""
     reference = book.history[0]["train_loss"] if book.history else None
     guard = DivergenceGuard(reference, 1 if run.device.type == "cpu" else 50, run.world)
-    for epoch in range(start, run.cfg.epochs):
+
+    def one_epoch(epoch: int) -> None:
         began = time.time()
-        try:  # the epoch's checkpoint is its last step: an interrupt before it leaves `epoch` epochs saved
-            train_loss = train_one_epoch(run, epoch, guard, show_progress)
-            guard.reference = book.history[0]["train_loss"] if book.history else train_loss
-            end_epoch(run, folder, book, epoch, train_loss, began, log)
-        except KeyboardInterrupt:
-            raise RunInterrupted(epoch, folder.path if folder else None) from None
+        train_loss = train_one_epoch(run, epoch, guard, show_progress)
+        guard.reference = book.history[0]["train_loss"] if book.history else train_loss
+        end_epoch(run, folder, book, epoch, train_loss, began, log)
+
+    run_epochs(start, run.cfg.epochs, one_epoch, folder.path if folder else None)
 
 
 def end_epoch(

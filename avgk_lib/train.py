@@ -34,7 +34,17 @@ from typing import Any
 from .build import build_run, bundle_counts, resolve_device
 from .config import TrainConfig
 from .data import DatasetBundle, load_dataset
-from .engine import DivergenceGuard, Progress, RunInterrupted, TrainingDiverged, complete, end_epoch, finish, fit
+from .engine import (
+    DivergenceGuard,
+    Progress,
+    RunInterrupted,
+    TrainingDiverged,
+    complete,
+    end_epoch,
+    finish,
+    fit,
+    run_epochs,
+)
 from .rundir import RunDir, RunResult, provenance
 from .runspec import RunSpec
 from .seeding import rng_state, set_rng_state
@@ -207,12 +217,10 @@ def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list
     began = time.time()
     members = stack.members
     epochs = members[0].run.cfg.epochs
-    for epoch in range(start, epochs):
+
+    def one_epoch(epoch: int) -> None:
         epoch_began = time.time()
-        try:
-            stack.train_epoch(epoch, progress)
-        except KeyboardInterrupt:
-            raise RunInterrupted(epoch, None) from None
+        stack.train_epoch(epoch, progress)
         stack.write_back()
         vals = stack.validation_metrics() or [None] * len(members)
         share = (time.time() - epoch_began) / len(members)
@@ -227,6 +235,8 @@ def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list
             f"epoch {epoch + 1:>3}/{epochs}  {sum(m.alive for m in members)}/{len(members)} runs alive"
             f"  ({time.time() - epoch_began:.1f}s)"
         )
+
+    run_epochs(start, epochs, one_epoch, None)
     out = []
     for m, folder, book in zip(members, folders, books, strict=True):
         if m.error is not None:
