@@ -309,13 +309,6 @@ def _kth_largest(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
     return torch.topk(x, k, dim=-1, sorted=True).values[..., k - 1]
 
 
-def kth_largest_with_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-th largest value along the last dim and the index :func:`torch.topk` reports for it
-    (``1 <= k <= x.shape[-1]``)."""
-    check_scores(x, "x", ndim=None)
-    return _kth_largest_with_index(x, int(check_k(k, n_classes=x.shape[-1])))
-
-
 def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     r"""Exact k-th largest value along the last dim, :math:`x_{[k]}` (differentiable a.e.;
     ``1 <= k <= x.shape[-1]``)."""

@@ -327,9 +327,6 @@ SPECS: dict[str, Spec] = {
         {"noise": "noise"},
     ),
     "ops.kth_largest": Spec(ops.kth_largest, {"x": scores, "k": _v(2)}, {"x": "tensor_nd", "k": "k_topk"}),
-    "ops.kth_largest_with_index": Spec(
-        ops.kth_largest_with_index, {"x": scores, "k": _v(2)}, {"x": "tensor_nd", "k": "k_topk"}
-    ),
     "ops.log_elementary_symmetric": Spec(
         ops.log_elementary_symmetric, {"log_x": scores, "k": _v(2)}, {"log_x": "log_x", "k": "k_log"}
     ),

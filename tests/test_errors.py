@@ -289,7 +289,7 @@ def test_reference_choices_of_another_experiment_are_limited_to_this_one(monkeyp
     monkeypatch.setattr(grid, "load_reference", lambda name, preset: reference if name == "average_k" else None)
     chosen = E.chosen_from_reference("two_head_ablation", "cpu")
     assert chosen and set(chosen) <= keys < set(tuning)
-    assert E.runs_of("two_head_ablation", "cpu", [0])
+    assert E.expand("two_head_ablation", "cpu", [0], chosen)
 
 
 # ------------------------------------------------------------------------ cache folder, Ctrl-C

@@ -115,11 +115,11 @@ def test_run_experiment_caches_and_summarizes(tmp_path, monkeypatch):
 def test_an_unreadable_cached_run_is_trained_again(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     (run,) = E.expand("two_head_ablation", "smoke", [0])[:1]
-    results, folder, cached = E.train_or_load(run.config, progress=False)
+    results, folder, cached = E.train_or_load_many([run.config], progress=False)[0]
     assert not cached
     (folder / "results.json").write_text("{")
     with pytest.warns(UserWarning, match=str(folder)):
-        again, _, cached = E.train_or_load(run.config, progress=False)
+        again, _, cached = E.train_or_load_many([run.config], progress=False)[0]
     assert not cached and again["test"] == results["test"]
 
 
@@ -132,9 +132,9 @@ def test_confidence_interval_uses_student_t():
 
 def test_unknown_experiment_and_preset():
     with pytest.raises(ValueError, match="label_noise"):
-        E.runs_of("nope", "cpu", [0])
+        E.expand("nope", "cpu", [0])
     with pytest.raises(ValueError, match="preset"):
-        E.runs_of("label_noise", "tpu", [0])
+        E.expand("label_noise", "tpu", [0])
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "resnet50"])

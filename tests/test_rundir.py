@@ -89,17 +89,17 @@ def test_a_folder_of_another_configuration_is_never_written(tmp_path):
 def test_the_cache_never_returns_another_runs_numbers(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     a, b = _cfg(lr=0.1), _cfg(lr=0.2)
-    results_a, folder_a, _ = runner.train_or_load(a, progress=False, log=_quiet)
+    results_a, folder_a, _ = runner.train_or_load_many([a], progress=False, log=_quiet)[0]
     folder_b = runner.run_dir(b)
     folder_b.mkdir(parents=True)
     shutil.copy(folder_a / "results.json", folder_b / "results.json")  # another run's results
     with pytest.warns(UserWarning, match=str(folder_b)):
-        results_b, _, cached = runner.train_or_load(b, progress=False, log=_quiet)
+        results_b, _, cached = runner.train_or_load_many([b], progress=False, log=_quiet)[0]
     assert not cached and results_b["summary"]["fingerprint"] == b.fingerprint()
     text = (folder_a / "results.json").read_text()
     (folder_a / "results.json").write_text(text.replace('"lr": 0.1', '"lr": 0.3', 1))  # an edited number
     with pytest.warns(UserWarning, match="checksum"):
-        again, _, cached = runner.train_or_load(a, progress=False, log=_quiet)
+        again, _, cached = runner.train_or_load_many([a], progress=False, log=_quiet)[0]
     assert not cached and again["test"] == results_a["test"]
 
 
@@ -184,7 +184,7 @@ def _files(folder) -> dict[str, bytes]:
 def test_force_never_touches_a_folder_that_another_process_is_training(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     cfg = _cfg()
-    runner.train_or_load(cfg, progress=False, log=_quiet)  # a finished run: last.pt, best.pt, scores, results
+    runner.train_or_load_many([cfg], progress=False, log=_quiet)  # a finished run: last.pt, best.pt, scores, results
     folder = runner.run_dir(cfg)
     before = _files(folder)
     assert {"best.pt", "last.pt", "results.json", "run.json", "scores.pt"} <= set(before)
@@ -196,12 +196,13 @@ def test_force_never_touches_a_folder_that_another_process_is_training(tmp_path,
         assert child.stdout.readline().strip() == "claimed"  # the second process holds the lock: no timing
         during = _files(folder)
         with pytest.raises(RunDirBusy, match=f"pid {child.pid}.*nothing in the folder was changed"):
-            runner.train_or_load(cfg, force=True, progress=False, log=_quiet)
+            runner.train_or_load_many([cfg], force=True, progress=False, log=_quiet)[0]
         assert _files(folder) == during  # the refusal deleted nothing
         assert {"best.pt", "last.pt", "results.json", "scores.pt"} <= set(during)
     finally:
         child.communicate("\n", timeout=120)
-    again, _, cached = runner.train_or_load(cfg, force=True, progress=False, log=_quiet)  # lock free: retrains
+    # the lock is free: it retrains
+    again, _, cached = runner.train_or_load_many([cfg], force=True, progress=False, log=_quiet)[0]
     assert not cached and again["test"] == json.loads(before["results.json"])["test"]
 
 
@@ -225,8 +226,8 @@ def test_one_folder_given_twice_is_not_blamed_on_another_process(tmp_path):
 def test_scores_name_their_run_and_foreign_scores_are_refused_or_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     a, b = _cfg(lr=0.1), _cfg(lr=0.2)
-    _, folder_a, _ = runner.train_or_load(a, progress=False, log=_quiet)
-    _, folder_b, _ = runner.train_or_load(b, progress=False, log=_quiet)
+    _, folder_a, _ = runner.train_or_load_many([a], progress=False, log=_quiet)[0]
+    _, folder_b, _ = runner.train_or_load_many([b], progress=False, log=_quiet)[0]
     own_b = RunDir(folder_b).load_scores()
     assert "fingerprint" not in own_b and set(own_b) >= {"val_scores", "test_scores"}
     shutil.copy(folder_a / "scores.pt", folder_b / "scores.pt")  # chapter 9 would load these as b's
@@ -234,7 +235,7 @@ def test_scores_name_their_run_and_foreign_scores_are_refused_or_rewritten(tmp_p
         RunDir(folder_b).load_scores()
     assert "\n" not in str(info.value) and "--force" in str(info.value)
     with pytest.warns(UserWarning, match="scores.pt is not this run's"):
-        _, _, cached = runner.train_or_load(b, progress=False, log=_quiet)  # evaluated again from last.pt
+        _, _, cached = runner.train_or_load_many([b], progress=False, log=_quiet)[0]  # evaluated again from last.pt
     assert not cached
     assert torch.equal(RunDir(folder_b).load_scores()["test_scores"], own_b["test_scores"])
 
@@ -253,7 +254,7 @@ def _craft(path, marker) -> None:
 def test_a_crafted_run_file_is_refused_and_nothing_in_it_runs(tmp_path, monkeypatch, name):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _cfg(epochs=2)
-    _, folder, _ = runner.train_or_load(cfg, progress=False, log=_quiet)
+    _, folder, _ = runner.train_or_load_many([cfg], progress=False, log=_quiet)[0]
     marker = tmp_path / "ran.txt"
     _craft(folder / name, marker)
     with pytest.raises(CheckpointError, match=f"{name} was refused: it holds .*nothing in it was run") as info:
@@ -263,12 +264,12 @@ def test_a_crafted_run_file_is_refused_and_nothing_in_it_runs(tmp_path, monkeypa
             RunDir(folder).load_best(cfg.fingerprint())  # the final evaluation's path
         else:
             (folder / "results.json").unlink()  # the run cache resumes an unfinished run
-            runner.train_or_load(cfg, progress=False, log=_quiet)
+            runner.train_or_load_many([cfg], progress=False, log=_quiet)[0]
     assert str(folder / name) in str(info.value) and "\n" not in str(info.value)
     if name != "last.pt":  # the cache does not reuse a run whose files are not its own: evaluated again
         (folder / "results.json").unlink()
         try:
-            runner.train_or_load(cfg, progress=False, log=_quiet)
+            runner.train_or_load_many([cfg], progress=False, log=_quiet)[0]
             assert set(RunDir(folder).load_scores()) >= {"val_scores", "test_scores"}  # rewritten
         except CheckpointError as err:  # best.pt of an earlier epoch than the last: not rebuildable
             assert "best.pt was refused" in str(err) and "--force" in str(err)
@@ -340,10 +341,10 @@ def test_a_finished_run_is_not_called_unfinished(tmp_path):
 
 def test_a_tampered_run_json_does_not_delete_valid_results(tmp_path, monkeypatch):
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
-    results, folder, _ = runner.train_or_load(_cfg(), progress=False, log=_quiet)
+    results, folder, _ = runner.train_or_load_many([_cfg()], progress=False, log=_quiet)[0]
     owner = json.loads((folder / "run.json").read_text())
     (folder / "run.json").write_text(json.dumps({**owner, "fingerprint": "0" * 16}))
-    again, _, cached = runner.train_or_load(_cfg(), progress=False, log=_quiet)
+    again, _, cached = runner.train_or_load_many([_cfg()], progress=False, log=_quiet)[0]
     assert cached and again == results and (folder / "results.json").exists()
 
 
@@ -352,4 +353,4 @@ def test_a_results_json_that_is_a_folder_is_one_line_under_run(tmp_path, monkeyp
     folder = runner.run_dir(_cfg())
     (folder / "results.json").mkdir(parents=True)
     with pytest.warns(UserWarning), pytest.raises(RunDirError, match="results.json is a folder"):
-        runner.train_or_load(_cfg(), progress=False, log=_quiet)
+        runner.train_or_load_many([_cfg()], progress=False, log=_quiet)[0]

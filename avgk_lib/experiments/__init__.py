@@ -59,11 +59,10 @@ from .grid import (
     paper_point,
     preset_table,
     reference_tuning,
-    runs_of,
     tuning_key,
 )
 from .results import RESULTS_DIR, load_arm, load_reference, save_arms_reference, summarize
-from .runner import run_dir, run_experiment, run_row, train_or_load
+from .runner import run_dir, run_experiment, run_row, train_or_load_many
 from .spec import ARMS, PRESETS, TUNING_SEEDS, Experiment, GridRun, Method, Preset, Setting
 from .tuning import MAX_EXTENSIONS, tune
 
@@ -107,9 +106,8 @@ __all__ = [
     "run_dir",
     "run_experiment",
     "run_row",
-    "runs_of",
     "summarize",
-    "train_or_load",
+    "train_or_load_many",
     "tune",
     "tuning_key",
 ]

@@ -196,13 +196,6 @@ def paper_point(setting: Setting, name: str, method: Method) -> dict[str, Any]:
     return {"lr": setting.recipe.get("lr", 0.1), **method.paper, **setting.defaults.get(name, {})}
 
 
-def runs_of(
-    name: str, preset: str, seeds: list[int], overrides: dict[str, Any] | None = None, arm: str = "tuned"
-) -> list[GridRun]:
-    """The runs of an experiment in one arm, with the tuned values of its committed reference (if any)."""
-    return expand(name, preset, seeds, chosen_from_reference(name, preset, arm), overrides, arm)
-
-
 def tuning_key(setting: Setting | Mapping[str, Any], method: str) -> str:
     """The key of a method's tuning on a setting (or on a setting's labels, e.g. a reference row's
     ``{"dataset": ..., "label_noise": ...}``): ``dataset=synthetic-100/label_noise=0.6/noised_topk``."""

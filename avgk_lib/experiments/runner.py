@@ -20,17 +20,6 @@ from .grid import check_overrides, check_seeds, chosen_from_reference, expand
 from .spec import GridRun
 
 
-def train_or_load(
-    config: TrainConfig, *, force: bool = False, progress: bool = True, log: Callable[[str], None] = print
-) -> tuple[dict[str, Any], Path, bool]:
-    """(results, folder, cached) of one run: see :func:`train_or_load_many`. Raises
-    :class:`~avgk_lib.engine.TrainingDiverged` when the run diverges."""
-    (outcome,) = train_or_load_many([config], force=force, progress=progress, log=log)
-    if isinstance(outcome[0], Exception):
-        raise outcome[0]
-    return outcome
-
-
 def _cached(spec: RunSpec, folder: RunDir) -> tuple[dict[str, Any] | None, str]:
     """(results, "") of a finished run of ``spec`` in ``folder``, else (None, why it cannot be
     reused; empty when there simply is no result). Reads only: nothing is deleted here."""
