@@ -5,6 +5,7 @@ import inspect
 import re
 
 import pytest
+from scipy import stats
 
 from avgk_lib import metrics, ops
 from avgk_lib.book import display as D
@@ -334,3 +335,21 @@ def test_timing_noise_warning_fires_only_when_the_control_varies_with_k():
         D.timing_noise_warning(steady, factor=1.0)
     with pytest.raises(ValueError, match="control"):
         D.timing_noise_warning(steady, control="focal")
+
+
+def test_ablation_differences_are_paired_by_seed_and_k():
+    from avgk_lib.book import findings as F
+
+    rows = []
+    for s in range(3):
+        for k in (3.0, 5.0):
+            base = 0.6 + 0.01 * s + (0.1 if k == 5.0 else 0.0)
+            rows.append({"variant": "default", "seed": s, "train_k": k, f"test_avg{k:g}_micro": base})
+            rows.append({"variant": "soft", "seed": s, "train_k": k, f"test_avg{k:g}_micro": base + 0.02 + 0.001 * s})
+    (soft,) = F.ablation_differences(rows)
+    assert soft["variant"] == "soft" and soft["n3"] == 3 and soft["n5"] == 3
+    assert soft["d3"] == pytest.approx(0.021) and soft["d5"] == pytest.approx(0.021)
+    half = stats.t.ppf(0.975, 2) * stats.tstd([0.02, 0.021, 0.022]) / 3**0.5
+    assert soft["d3_ci95"] == pytest.approx(half)
+    with pytest.raises(TypeError, match="`rows`"):
+        F.ablation_differences("rows")

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import experiments as E
 from ..metrics import metric_key
+from . import stats as S
 from .claims import ARMS, build_ledger, effect_text, merged_into, precondition_value, setting_label, verdict_text
 from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
@@ -481,3 +482,60 @@ def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: lis
         rows.append([f"{k:g}", *(f"{v:.4f}" for v in cells)])
     header = ["K", "Bayes oracle", "softmax thresholding", "two-head, multi-label head", "two-head, softmax head"]
     return markdown_table([*header, "pseudo-positives in Bayes top-K"], rows)
+
+
+def ablation_differences(rows: list[Mapping[str, Any]], baseline: str = "default") -> list[dict[str, Any]]:
+    r"""Per ablation variant and training K: the paired difference to ``baseline`` (same seed, same
+    K) in average-K accuracy (micro, best-validation checkpoint), mean over seeds and half-width of
+    its 95% Student-t interval: ``{"variant", "d{K}", "d{K}_ci95", "n{K}"}`` per variant, in the
+    order the variants first appear (``baseline`` left out)."""
+    if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must be a list of ablation rows")
+    base = {(r["seed"], r["train_k"]): r for r in rows if r.get("variant") == baseline}
+    out: dict[str, dict[str, Any]] = {}
+    for variant in dict.fromkeys(r.get("variant") for r in rows):
+        if variant in (None, baseline):
+            continue
+        entry = out.setdefault(variant, {"variant": variant})
+        for k in sorted({r["train_k"] for r in rows if r.get("variant") == variant}):
+            name = f"{k:g}"
+            metric = f"test_avg{name}_micro"
+            d = [
+                r[metric] - base[r["seed"], k][metric]
+                for r in rows
+                if r.get("variant") == variant and r["train_k"] == k and (r["seed"], k) in base
+            ]
+            if len(d) >= 2:
+                low, high = S.t_test(d)["ci"]
+                entry.update({f"d{name}": sum(d) / len(d), f"d{name}_ci95": (high - low) / 2, f"n{name}": len(d)})
+    return list(out.values())
+
+
+def show_ablation(reference: Mapping[str, Any] | None):
+    """The two-head ablation for a notebook cell: a bar chart of each variant's paired difference
+    to the default (percentage points, 95% intervals, one bar per training K), then the table of
+    absolute average-K accuracies per variant and K."""
+    from .display import Block
+    from .plotting import bar_table
+
+    if not reference or not reference.get("rows"):
+        return Block(None, "_No ablation reference is committed for this preset._")
+    rows = reference["rows"]
+    ks = sorted({r["train_k"] for r in rows})
+    diffs = ablation_differences(rows)
+    scaled = [{"variant": d["variant"], **{k: 100 * v for k, v in d.items() if k.startswith("d")}} for d in diffs]
+    fig = bar_table(
+        scaled,
+        "variant",
+        {f"d{k:g}": f"average-{k:g}" for k in ks},
+        ylabel="minus the default (pp)",
+        title="Two-head loss: one choice at a time, paired difference to the default",
+    )
+    fig.axes[0].axhline(0.0, color="black", linewidth=1)
+    tables = []
+    for k in ks:
+        part = [r for r in rows if r["train_k"] == k]
+        name = f"{k:g}"
+        metrics = {f"test_avg{name}_micro": f"average-{name} micro", f"test_avg{name}_macro": f"average-{name} macro"}
+        tables.append(f"**K = {name}**\n\n" + results_markdown(part, ["variant"], metrics))
+    return Block(None, "\n\n".join(tables))
