@@ -270,15 +270,22 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: says at which epoch and how to resume. ``epoch`` (0-based) is the
     epoch interrupted, so also the number of finished epochs that ``last.pt`` holds."""
 
-    def __init__(self, epoch: int, folder: Path | None) -> None:
-        where = (
-            f"; resume with --resume (--out {folder})"
-            if folder is not None
-            else " (a run with a folder keeps its finished epochs in that folder's last.pt: resume it from there)"
-        )
+    def __init__(self, epoch: int, folder: Path | None, folders: list[Path | None] | None = None) -> None:
+        saved = [str(getattr(f, "path", f)) for f in folders or [] if f is not None]
+        if saved:
+            shown = ", ".join(saved[:3]) + (f" and {len(saved) - 3} more" if len(saved) > 3 else "")
+            where = (
+                f"; each of the {len(saved)} stacked runs keeps its {epoch} finished epoch(s) in its folder's last.pt "
+                f"({shown}): train them again with resume=True to continue"
+            )
+        elif folder is not None:
+            where = f"; resume with --resume (--out {folder})"
+        else:
+            where = " (a run with a folder keeps its finished epochs in that folder's last.pt: resume it from there)"
         super().__init__(f"interrupted during epoch {epoch + 1}{where}")
         self.epoch = epoch
         self.folder = folder
+        self.folders = folders
 
 
 def _snapshot(run: Run, epoch: int, book: Progress) -> TrainState:

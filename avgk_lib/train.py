@@ -236,7 +236,10 @@ def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list
             f"  ({time.time() - epoch_began:.1f}s)"
         )
 
-    run_epochs(start, epochs, one_epoch, None)
+    try:
+        run_epochs(start, epochs, one_epoch, None)
+    except RunInterrupted as err:  # name what was saved, and where
+        raise RunInterrupted(err.epoch, None, folders) from None
     out = []
     for m, folder, book in zip(members, folders, books, strict=True):
         if m.error is not None:

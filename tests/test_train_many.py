@@ -115,9 +115,12 @@ def test_a_killed_stack_resumes_to_the_same_results(tmp_path, monkeypatch):
     reference = train_many(configs, [tmp_path / f"ref{s}" for s in (0, 1)], progress=False, log=_quiet)
     outs = [tmp_path / f"killed{s}" for s in (0, 1)]
     real = _interrupt_in_epoch_2(monkeypatch)
-    with pytest.raises(KeyboardInterrupt, match="interrupted during epoch 2"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted during epoch 2") as stopped:
         train_many(configs, outs, progress=False, log=_quiet)
     assert all((o / "last.pt").exists() and not (o / "results.json").exists() for o in outs)
+    # the line says what was saved and where: every member's folder, its finished epoch
+    assert "each of the 2 stacked runs keeps its 1 finished epoch(s)" in str(stopped.value)
+    assert all(str(o) in str(stopped.value) for o in outs) and "resume=True" in str(stopped.value)
     monkeypatch.setattr(Stack, "train_epoch", real)
     resumed = train_many(configs, outs, resume=True, progress=False, log=_quiet)
     for a, b in zip(reference, resumed, strict=True):
