@@ -135,7 +135,9 @@ def shared_config(spec: RunSpec) -> tuple[tuple[str, str], ...]:
 
 def stackable(run: Run) -> bool:
     """Whether ``run`` can train in a stack at all: SGD, one process, no AMP or compile,
-    in-memory data, no loss parameters, and :func:`stacking_pays`."""
+    in-memory data, no loss parameters, a loss whose state is not one model's own (``stackable``,
+    e.g. False for the two-head loss's per-epoch threshold, pooled from one model's probabilities),
+    and :func:`stacking_pays`."""
     cfg = run.cfg
     return (
         stacking_pays(run.model, run.device)
@@ -145,6 +147,7 @@ def stackable(run: Run) -> bool:
         and not cfg.compile
         and isinstance(run.train_loader, InMemoryLoader)
         and not any(p.requires_grad for p in run.loss_fn.parameters())
+        and getattr(run.loss_fn, "stackable", True)
     )
 
 

@@ -1,6 +1,6 @@
 """Figures of the book (matplotlib + seaborn). Each function draws on ``ax`` (or a new figure)
 and returns the figure; none computes anything a reader would need to trust: that is
-:mod:`avgk_lib.analysis`' job."""
+:mod:`avgk_lib.book.analysis`' job."""
 
 from __future__ import annotations
 
