@@ -4,7 +4,7 @@
 #   make unit        - the pytest suite alone
 #   make demo        - a one-minute tour of the library on synthetic data
 #   make bench       - the loss / calibration benchmark (prints a table)
-#   make references  - both protocols (book/protocol.md): the paper arm and the tuned arm (tuning on two draws, then seeds 0-4), the references and claims.json; resumable; `python tools/reference_runs.py --dry-run --jobs 2` prints the runs, their estimated cost (about 9.8 h of process time, about 5.1 h of wall time in two processes, before grid extensions) and the split
+#   make references  - both protocols (book/protocol.md): the paper arm and the tuned arm (tuning on two draws, then seeds 0-19 on synthetic data, 0-4 on Fashion-MNIST) and the size sweep, the references and claims.json; resumable; `python tools/reference_runs.py --dry-run --jobs 2` prints the runs, their estimated cost on a fresh run cache (about 20.6 h of process time, about 11 h of wall time in two processes, before grid extensions) and the split
 #   make wheel-test  - build the wheel, install it outside the repository and run a chapter from there (part of `make unit`)
 #   make set-repo-url URL=https://github.com/OWNER/NAME - point the book, badges and install cells at another repository
 
