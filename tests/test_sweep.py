@@ -78,5 +78,5 @@ def test_findings_read_every_number_from_the_curves_and_the_show_helper_handles_
     curves = W.sweep_curves(_rows())
     text = W.sweep_findings(curves)
     assert "+8.50 pp" in text and "above 0" in text and "1,000 to 3,000" in text
-    block = W.show_size_sweep("smoke")  # no smoke sweep is committed
-    assert "No training-set-size sweep" in block.markdown
+    block = W.size_sweep_tables("smoke")  # no smoke sweep is committed
+    assert "No training-set-size sweep" in block.markdown and W.plot_size_sweep("smoke") is None

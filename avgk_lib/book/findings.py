@@ -511,19 +511,19 @@ def ablation_differences(rows: list[Mapping[str, Any]], baseline: str = "default
     return list(out.values())
 
 
-def show_ablation(reference: Mapping[str, Any] | None):
-    """The two-head ablation for a notebook cell: a bar chart of each variant's paired difference
-    to the default (percentage points, 95% intervals, one bar per training K), then the table of
-    absolute average-K accuracies per variant and K."""
-    from .display import Block
+def plot_ablation(reference: Mapping[str, Any] | None):
+    """The two-head ablation's figure: each variant's paired difference to the default
+    (percentage points, 95% intervals, one bar per training K); None without a reference."""
     from .plotting import bar_table
 
     if not reference or not reference.get("rows"):
-        return Block(None, "_No ablation reference is committed for this preset._")
+        return None
     rows = reference["rows"]
     ks = sorted({r["train_k"] for r in rows})
-    diffs = ablation_differences(rows)
-    scaled = [{"variant": d["variant"], **{k: 100 * v for k, v in d.items() if k.startswith("d")}} for d in diffs]
+    scaled = [
+        {"variant": d["variant"], **{k: 100 * v for k, v in d.items() if k.startswith("d")}}
+        for d in ablation_differences(rows)
+    ]
     fig = bar_table(
         scaled,
         "variant",
@@ -532,8 +532,18 @@ def show_ablation(reference: Mapping[str, Any] | None):
         title="Two-head loss: one choice at a time, paired difference to the default",
     )
     fig.axes[0].axhline(0.0, color="black", linewidth=1)
+    return fig
+
+
+def ablation_tables(reference: Mapping[str, Any] | None):
+    """The two-head ablation's absolute average-K accuracies per variant, one table per training K."""
+    from .display import Block
+
+    if not reference or not reference.get("rows"):
+        return Block(None, "_No ablation reference is committed for this preset._")
+    rows = reference["rows"]
     tables = []
-    for k in ks:
+    for k in sorted({r["train_k"] for r in rows}):
         part = [r for r in rows if r["train_k"] == k]
         name = f"{k:g}"
         metrics = {f"test_avg{name}_micro": f"average-{name} micro", f"test_avg{name}_macro": f"average-{name} macro"}

@@ -228,18 +228,28 @@ def sweep_findings(curves: Mapping[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) or "_No curve has two sizes yet._"
 
 
-def show_size_sweep(preset: str = "cpu"):
-    """The committed sweep of ``preset`` for a notebook cell: the figure (:func:`sweep_figure`),
-    then the table (:func:`sweep_table`) and the findings (:func:`sweep_findings`) as Markdown;
-    a one-line note when no sweep reference is committed."""
+def _committed_curves(preset: str) -> tuple[dict[str, list[dict[str, Any]]], int]:
     from ..experiments import load_arm
-    from .display import Block
 
     arm = load_arm("size_sweep", preset, "tuned")
     if not arm or not arm["rows"]:
+        return {}, 0
+    return sweep_curves(arm["rows"]), len({r["seed"] for r in arm["rows"]})
+
+
+def plot_size_sweep(preset: str = "cpu"):
+    """The committed sweep's figure (:func:`sweep_figure`), or None when none is committed."""
+    curves, _ = _committed_curves(preset)
+    return sweep_figure(curves) if curves else None
+
+
+def size_sweep_tables(preset: str = "cpu"):
+    """The committed sweep for a notebook cell: its table (:func:`sweep_table`) and findings
+    (:func:`sweep_findings`) as Markdown; a one-line note when no sweep reference is committed."""
+    from .display import Block
+
+    curves, seeds = _committed_curves(preset)
+    if not curves:
         return Block(None, f"_No training-set-size sweep is committed for preset {preset!r} yet._")
-    curves = sweep_curves(arm["rows"])
-    sweep_figure(curves)
-    seeds = len({r["seed"] for r in arm["rows"]})
-    head = f"*Committed reference `size_sweep_{preset}.json`, tuned arm, {seeds} seeds per size.*"
+    head = f"*Committed reference `size_sweep_{preset}.json`, tuned arm, up to {seeds} seeds per size.*"
     return Block(None, "\n\n".join([head, sweep_table(curves), sweep_findings(curves)]))
