@@ -219,7 +219,9 @@ def headroom(rows: list[dict[str, Any]], metric: str, seeds: list[int]) -> dict[
     oracle (real data) :math:`1 - \overline{	ext{rival}}` bounds it from above (``bound = "upper"``).
     A macro metric on a long-tailed split has no oracle bound here (the Bayes sets maximise micro
     accuracy), nor has a row without the Bayes column: ``measured = None``. The decision
-    (:func:`decide_headroom`) needs the entry's minimum detectable effect.
+    (:func:`decide_headroom`) needs the entry's minimum detectable effect; an absent headroom
+    turns a supported or inconclusive verdict into "not reproduced here", never a significant
+    loss (protocol A9).
 
     Example:
         >>> rows = [{"seed": 0, "test_avg3_micro": 0.70, "bayes_avg3_micro": 0.75},
@@ -229,7 +231,7 @@ def headroom(rows: list[dict[str, Any]], metric: str, seeds: list[int]) -> dict[
         (0.04, 'oracle')
     """
     base = {
-        "name": "headroom: room above the rival (Bayes-optimal accuracy minus the rival's)",
+        "name": "headroom above the rival",
         "rule": f"headroom >= max({HEADROOM_FLOOR:g}, the entry's minimum detectable effect)",
         "threshold": None,
         "met": None,
@@ -734,6 +736,11 @@ def apply_holm(entries: list[dict[str, Any]]) -> int:
     return len(family)
 
 
+def _raw(entry: Mapping[str, Any], alpha: float) -> str:
+    """The verdict of the statistics alone (no precondition)."""
+    return verdict_of({**entry, "precondition": None}, alpha)
+
+
 def verdict_of(entry: Mapping[str, Any], alpha: float = ALPHA) -> str:
     """The verdict of a Holm-adjusted entry (rules in the module docstring).
 
@@ -744,13 +751,20 @@ def verdict_of(entry: Mapping[str, Any], alpha: float = ALPHA) -> str:
         'inconclusive'
         >>> verdict_of({"test": "superiority", "effect": 0.02, "p_holm": 0.001, "precondition": {"met": False}})
         'not reproduced here'
+
+        A missing headroom (book/protocol.md, A9) says nothing against a measured loss:
+
+        >>> no_room = {"met": False, "bound": "oracle"}
+        >>> verdict_of({"test": "superiority", "effect": -0.04, "p_holm": 0.001, "precondition": no_room})
+        'contradicted'
     """
     level = S._real(alpha, "alpha")
     if not 0.0 < level < 0.5:
         raise ValueError(f"`alpha` must lie in (0, 0.5), got {alpha!r}")
     if entry.get("test") not in TESTS:
         raise ValueError(f"`entry` test must be one of {TESTS}, got {entry.get('test')!r}")
-    if (entry.get("precondition") or {}).get("met") is False:
+    pre = entry.get("precondition") or {}
+    if pre.get("met") is False and not (pre.get("bound") and _raw(entry, level) == "contradicted"):
         return "not reproduced here"
 
     def significant(part: Mapping[str, Any] | None) -> bool:
@@ -783,7 +797,7 @@ def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[
         e["raw_verdict"] = verdict_of({**e, "precondition": None}, alpha)
         e["verdict"] = verdict_of(e, alpha)
         if e["verdict"] == "not reproduced here":
-            e["notes"].append(f"precondition absent: {e['precondition']['name']}")
+            e["notes"].append(f"precondition not met: {e['precondition']['name']}")
         e["status"] = status_of(e)
         if e["status"] == "confounded":
             e["notes"].append(
@@ -1004,13 +1018,18 @@ def verdict_text(e: Mapping[str, Any]) -> str:
 
     Example:
         >>> verdict_text({"verdict": "not reproduced here", "raw_verdict": "contradicted",
-        ...               "status": "precondition absent", "precondition": {"name": "headroom"}})
-        '**not reproduced here** (precondition absent: headroom); as measured: contradicted'
+        ...               "status": "precondition absent",
+        ...               "precondition": {"name": "headroom", "measured": 0.004, "threshold": 0.01}})
+        '**not reproduced here** (precondition not met: headroom, measured 0.004 (>= 0.01?)); as measured: contradicted'
     """
     verdict = f"**{e['verdict']}**"
     status = e.get("status", "finding")
     if status == "precondition absent":
-        return f"{verdict} (precondition absent: {e['precondition']['name']}); as measured: {e.get('raw_verdict')}"
+        pre = e["precondition"]
+        return (
+            f"{verdict} (precondition not met: {pre['name']}, measured {precondition_value(pre)}); "
+            f"as measured: {e.get('raw_verdict')}"
+        )
     if status == "confounded":
         return f"{verdict}, decided by a named confound ({'; '.join(e['handicaps'].values())}): not counted"
     if status == "not counted":
@@ -1171,7 +1190,8 @@ def synthesis_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
             f"{merged} duplicated entr{'y was' if merged == 1 else 'ies were'} merged (identical per-seed values), "
             f"and {few} entr{'y has' if few == 1 else 'ies have'} fewer than {MIN_SEEDS} seeds (flagged)."
         )
-    parts += [f"{paper}, {arm} arm ({n} entries): {tally}." for paper, arm, n, tally in _tallies(entries)]
+    findings = [e for e in entries if e.get("status", "finding") == "finding"]
+    parts += [f"{paper}, {arm} arm ({n} findings): {tally}." for paper, arm, n, tally in _tallies(findings)]
     chapters: dict[str, list[str]] = {}
     for e in entries:
         ids = chapters.setdefault(e["chapter"], [])
@@ -1326,7 +1346,7 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
     95% interval excludes 0 (significant alone, not after the correction)."""
     reasons: list[str] = []
     for status, text in (
-        ("precondition absent", "precondition absent ({})"),
+        ("precondition absent", "precondition not met ({})"),
         ("confounded", "decided by a named confound ({})"),
         ("not counted", "not evidence ({})"),
     ):
@@ -1339,26 +1359,33 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
                 names = sorted({setting_label(e["setting"]) for e in hit})
             reasons.append(text.format(", ".join(names)))
     ns = [e for e in entries if e.get("status", "finding") == "finding" and e["verdict"] == "inconclusive"]
-    if any(e["ci95"][0] > 0 or e["ci95"][1] < 0 for e in ns if math.isfinite(e["ci95"][0])):
+    if any(e["test"] == "equivalence" for e in ns):
+        reasons.append("equivalence within the margin not shown after Holm")
+    superiority = [e for e in ns if e["test"] != "equivalence"]
+    if any(e["ci95"][0] > 0 or e["ci95"][1] < 0 for e in superiority if math.isfinite(e["ci95"][0])):
         reasons.append("some intervals exclude 0 but are n.s. after Holm")
-    elif ns:
-        reasons.append("inconclusive: n.s. after Holm")
-    return "; ".join(reasons) or "the statistics alone"
+    elif superiority:
+        reasons.append("n.s. after Holm")
+    return "; ".join(reasons) or "significant after Holm"
 
 
 def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One arm's cell of the at-a-glance table: per verdict (and counting status) a badge with the
+    number of settings, and the range of their effects."""
     if not entries:
         return "not run"
-    parts = []
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for e in entries:
-        k = f"K={e['K']:g} " if isinstance(e.get("K"), (int, float)) else ""
-        where = setting_label(e["setting"])
-        qualifier = {
-            "precondition absent": f" (as measured: {e.get('raw_verdict')})",
-            "confounded": " (confounded, not counted)",
-            "not counted": " (not counted)",
-        }.get(e.get("status", "finding"), "")
-        parts.append(f"{badge(e['verdict'])}{qualifier} {where}, {k}{effect_text(e)}")
+        groups.setdefault((e["verdict"], e.get("status", "finding")), []).append(e)
+    parts = []
+    for (verdict, status), group in groups.items():
+        qualifier = {"confounded": " (confounded)", "not counted": " (not counted)"}.get(status, "")
+        effects = sorted(group, key=lambda e: e["effect"])
+        span = effect_text(effects[0], interval=False)
+        if len(effects) > 1:
+            span += " to " + effect_text(effects[-1], interval=False)
+        count = f" x{len(group)}" if len(group) > 1 else ""
+        parts.append(f"{badge(verdict)}{count}{qualifier}: {span}")
     return "<br>".join(parts)
 
 
@@ -1388,14 +1415,16 @@ def holm_example(ledger: Any) -> str:
         low, high = e["ci95"]
         candidate = e.get("status") == "finding" and e["verdict"] == "inconclusive" and e["test"] == "superiority"
         if candidate and e.get("p") is not None and (low > 0 or high < 0):
+            rank = 1 + sum(h["p"] < e["p"] for x in entries for h in _hypotheses(x))
             return (
                 f"**Why an interval can exclude 0 while the verdict is inconclusive.** Take {e['id']} "
                 f"({e['arm']} arm, {setting_label(e['setting'])}, K = {e['K']:g}): its effect is {effect_text(e)} "
                 f"(95% interval over {e['n_seeds']} seeds), so this one test alone gives p = {e['p']:.2g} < 0.05. "
                 f"But the ledger makes {family} tests; if each used 0.05 and no claim held, about "
                 f"{0.05 * family:.1f} false verdicts would be expected by chance alone. Holm's correction "
-                f"multiplies the smallest p-value by {family}, the next by {family - 1}, and so on; "
-                f"this entry's adjusted p is {e['p_holm']:.2g} "
+                f"multiplies the smallest p-value by {family}, the next by {family - 1}, and so on; this "
+                f"entry's p is the {rank}th smallest, so it is multiplied by {family - rank + 1} (or takes a "
+                f"larger p's adjusted value if that is larger): adjusted p {e['p_holm']:.2g} "
                 f"> 0.05, so the ledger calls it inconclusive."
             )
     return ""
