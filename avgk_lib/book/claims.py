@@ -1241,6 +1241,7 @@ def forest_data(ledger: Any) -> list[dict[str, Any]]:
                 "unit": unit,
                 "margin": 100.0 * e["margin"] if e.get("margin") else None,
                 "precondition": None if pre is None else pre["status"],
+                "counted": e.get("status", "finding") == "finding",
             }
         )
     return out
@@ -1262,7 +1263,8 @@ def _wrapped(label: str, width: int = 32) -> str:
 
 def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | None = None):
     """Forest plot of the ledger, both arms per claim and setting: the mean paired effect (marker:
-    square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict; a grey band
+    square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict (hollow and
+    dotted: an entry not counted as a finding: precondition absent, confounded, not evidence); a grey band
     marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
     effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
     The figure is as wide as the book's column (:data:`~avgk_lib.book.plotting.COLUMN_WIDTH_IN`),
@@ -1295,9 +1297,10 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
             colour = COLOURS[p["verdict"]]
             if p["margin"]:
                 ax.fill_betweenx([y - 0.15, y + 0.15], -p["margin"], p["margin"], color="#d9d9d9", lw=0)
+            style = "-" if p["counted"] else ":"
             if math.isfinite(p["low"]):
-                ax.plot([p["low"], p["high"]], [y, y], color=colour, lw=2.2)
-            ax.plot([p["x"]], [y], MARKERS[p["arm"]], color=colour, ms=7, mfc=colour)
+                ax.plot([p["low"], p["high"]], [y, y], color=colour, lw=2.2, ls=style)
+            ax.plot([p["x"]], [y], MARKERS[p["arm"]], color=colour, ms=7, mfc=colour if p["counted"] else "white")
         ax.axvline(1.0 if unit.startswith("speed") else 0.0, color="black", lw=1)
         if unit.startswith("speed"):
             ax.set_xscale("log")
@@ -1313,6 +1316,9 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     handles = [Line2D([], [], marker=MARKERS[a], ls="", color="black", label=f"{a} arm") for a in ARMS]
     handles += [Line2D([], [], color=c, lw=3, label=v) for v, c in COLOURS.items()]
     handles.append(Patch(color="#d9d9d9", label="equivalence margin"))
+    handles.append(
+        Line2D([], [], marker="o", ls=":", color="black", mfc="white", label="not a finding (confounded, ...)")
+    )
     fig.legend(handles=handles, fontsize=9, loc="lower center", ncol=3, frameon=False)
     if title:
         axes[0, 0].set_title(title, fontsize=11)
