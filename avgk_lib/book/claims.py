@@ -1008,6 +1008,9 @@ def precondition_value(pre: Mapping[str, Any]) -> str:
     if pre["measured"] is None:
         return "not measured"
     bound = " (upper bound)" if pre.get("bound") == "upper" else ""
+    if pre.get("bound"):  # a headroom: an accuracy difference, in percentage points
+        threshold = f" (>= {100 * pre['threshold']:.2f} pp?)" if pre.get("threshold") is not None else ""
+        return f"{100 * pre['measured']:.2f} pp{bound}{threshold}"
     threshold = f" (>= {pre['threshold']:.3g}?)" if pre.get("threshold") is not None else ""
     return f"{pre['measured']:.3f}{bound}{threshold}"
 
@@ -1084,11 +1087,10 @@ def preconditions_markdown(ledger: Any) -> str:
     lines = ["| id | arm | setting | precondition | measured | threshold | met |", "|---|---|---|---|---|---|---|"]
     for e in rows:
         pre = e["precondition"]
-        measured = "not measured" if pre["measured"] is None else f"{pre['measured']:.3f}"
-        if pre.get("bound") == "upper":
-            measured += " (upper bound)"
+        measured = "not measured" if pre["measured"] is None else precondition_value({**pre, "threshold": None})
         met = {True: "yes", False: "**no**", None: "unknown"}[pre["met"]]
-        threshold = "-" if pre.get("threshold") is None else f"{pre['threshold']:.3g}"
+        scale, unit = (100.0, " pp") if pre.get("bound") else (1.0, "")
+        threshold = "-" if pre.get("threshold") is None else f"{scale * pre['threshold']:.3g}{unit}"
         k = f", K={e['K']:g}" if isinstance(e.get("K"), (int, float)) else ""
         lines.append(
             f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])}{k} | {pre['name']} | {measured} "
