@@ -215,8 +215,8 @@ def headroom(rows: list[dict[str, Any]], metric: str, seeds: list[int]) -> dict[
     ``rows`` are the rival's runs, ``metric`` the entry's (e.g. ``test_avg3_micro``). On synthetic
     data each row carries ``bayes_avg{K}_micro``, the expected accuracy of the Bayes-optimal
     average-K sets on its seed's test inputs; the headroom is
-    :math:`h = rac1n \sum_s (	ext{Bayes}_s - 	ext{rival}_s)` (``bound = "oracle"``). Without an
-    oracle (real data) :math:`1 - \overline{	ext{rival}}` bounds it from above (``bound = "upper"``).
+    :math:`h = \frac1n \sum_s (\text{Bayes}_s - \text{rival}_s)` (``bound = "oracle"``). Without an
+    oracle (real data) :math:`1 - \overline{\text{rival}}` bounds it from above (``bound = "upper"``).
     A macro metric on a long-tailed split has no oracle bound here (the Bayes sets maximise micro
     accuracy), nor has a row without the Bayes column: ``measured = None``. The decision
     (:func:`decide_headroom`) needs the entry's minimum detectable effect; an absent headroom
@@ -880,10 +880,10 @@ def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[
 
 def minimum_detectable_effect(entry: Mapping[str, Any], family_size: int, alpha: float = ALPHA) -> float | None:
     r"""The entry's minimum detectable effect at :data:`POWER` (``book/protocol.md``, A2):
-    :math:`(t_{1-lpha/(2m),\,n-1} + t_{	ext{power},\,n-1})\, s_d / \sqrt n` with :math:`m` the
-    Holm family size (its strictest step), :math:`n` the seeds and :math:`s_d` the standard
-    deviation of the paired differences in the claimed direction (of the gains' difference for a
-    gain claim). None with fewer than two seeds.
+    :math:`(t_{1-a/(2h),\,n-1} + t_{\text{power},\,n-1})\, \sigma_d / \sqrt n` with :math:`a` the
+    test level, :math:`h` the Holm family size (its strictest step), :math:`n` the seeds and
+    :math:`\sigma_d` the standard deviation of the paired differences in the claimed direction (of
+    the gains' difference for a gain claim). None with fewer than two seeds.
 
     Example:
         >>> e = {"test": "superiority", "unit": "accuracy",
