@@ -399,15 +399,29 @@ def test_synthesis_states_counts_main_result_and_links():
     n = len(doc["claims"])
     findings = [e for e in doc["claims"] if e["status"] == "finding"]
     supported = sum(e["verdict"] == "supported" for e in findings)
-    assert f"{len(findings)} of {n} entries are findings: {supported} supported" in text
+    assert f"{len(findings)} of {n} are findings: {supported} supported" in text
     assert "counted apart:" in text
     assert f"Holm's correction over {doc['holm_family_size']} tests" in text
+    n_claims = len({e["id"] for e in doc["claims"]})
+    assert text.startswith(f"**Main result**: of the {n_claims} claims tested, ")
     assert "[chapter 3](03_what_it_costs.ipynb)" in text and "[chapter 4](04_label_noise.ipynb)" in text
     assert "../notebooks/04_label_noise.ipynb" in C.synthesis_markdown(doc, link_from="book")
     only_tuned = _doc(_noise_rows(0.9))
     assert "The paper arm has no runs" in C.synthesis_markdown(only_tuned)
     assert C.synthesis_markdown({"claims": []}).startswith("_The ledger is empty")
-    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 0
+    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 1  # claims, then entries
+
+
+def test_claim_outcomes_count_each_claim_once_from_its_findings_only():
+    def e(claim_id, verdict, status="finding"):
+        return {"id": claim_id, "verdict": verdict, "status": status}
+
+    entries = [e("cost", "supported")] * 6 + [e("mix", "supported"), e("mix", "contradicted", "finding"),
+               e("neg", "contradicted"), e("neg", "inconclusive"), e("flat", "inconclusive"),
+               e("gone", "supported", "confounded"), e("gone", "contradicted", "precondition absent")]  # fmt: skip
+    assert C.claim_outcomes(entries) == {
+        "supported": ["cost"], "contradicted": ["neg"], "mixed": ["mix"], "inconclusive": ["flat"],
+        "no finding": ["gone"]}  # fmt: skip
 
 
 def test_forest_data_in_display_units():

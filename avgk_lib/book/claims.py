@@ -1194,28 +1194,63 @@ def _ids_with(entries: list[Mapping[str, Any]], verdict: str) -> list[str]:
     return sorted({e["id"] for e in entries if e["verdict"] == verdict})
 
 
+def claim_outcomes(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The claims (ids) grouped by what their **findings** say over every setting, K and arm:
+    ``supported`` (some finding supported, none contradicted), ``contradicted`` (the reverse),
+    ``mixed`` (both, in different settings or arms), ``inconclusive`` (findings, all
+    inconclusive) and ``no finding`` (every entry counted apart: precondition absent, confounded
+    or not evidence). A claim with many entries (the cost claim's timing rows) counts once.
+
+    Example:
+        >>> claim_outcomes([{"id": "a", "verdict": "supported", "status": "finding"},
+        ...                 {"id": "a", "verdict": "inconclusive", "status": "finding"},
+        ...                 {"id": "b", "verdict": "contradicted", "status": "confounded"}])
+        {'supported': ['a'], 'contradicted': [], 'mixed': [], 'inconclusive': [], 'no finding': ['b']}
+    """
+    verdicts: dict[str, set[str]] = {}
+    for e in entries:
+        found = verdicts.setdefault(e["id"], set())
+        if e.get("status", "finding") == "finding":
+            found.add(e["verdict"])
+    out: dict[str, list[str]] = {k: [] for k in ("supported", "contradicted", "mixed", "inconclusive", "no finding")}
+    for claim_id, found in sorted(verdicts.items()):
+        both = {"supported", "contradicted"} <= found
+        key = "mixed" if both else next((v for v in ("supported", "contradicted") if v in found), None)
+        out[key or ("inconclusive" if found else "no finding")].append(claim_id)
+    return out
+
+
 def main_result(ledger: Any) -> str:
-    """The ledger's main result in one Markdown sentence: the verdict counts after Holm's
-    correction and which claims are supported or contradicted in some setting (for the intro page)."""
+    """The ledger's main result in two Markdown sentences (for the intro page): first claim by
+    claim (:func:`claim_outcomes`: a claim tested in many settings counts once), then the entry
+    counts after Holm's correction, findings apart from the entries counted apart."""
     entries = _entries(ledger)
     if not entries:
         return "_The ledger is empty: no claim could be tested._"
     family = sum(len(_hypotheses(e)) for e in entries)
+    outcomes = claim_outcomes(entries)
     findings = [e for e in entries if e.get("status", "finding") == "finding"]
-    supported, contradicted = _ids_with(findings, "supported"), _ids_with(findings, "contradicted")
     counts = {v: sum(e["verdict"] == v for e in findings) for v in VERDICTS}
     apart = {s: sum(e.get("status") == s for e in entries) for s in STATUSES[1:]}
     timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in findings)
-    timing = f"; {timed} of the {counts['supported']} are timing benchmarks" if timed else ""
-    extra = family - len(entries)
-    tests = f"{family} tests" + (f" (an equivalence or gain entry adds a second test: {extra})" if extra else "")
+    timing = f", {timed} of them timing rows of the one cost claim" if timed else ""
+
+    def group(key: str, words: str) -> str:
+        ids = outcomes[key]
+        return f"{words}: {len(ids)}" + (f" ({', '.join(ids)})" if ids else "")
+
     return (
-        f"**Main result**: after Holm's correction over {tests}, {len(findings)} of {len(entries)} entries are "
-        f"findings: {counts['supported']} supported ({', '.join(supported) or 'no claim in any setting'}{timing}), "
-        f"{counts['contradicted']} contradicted ({', '.join(contradicted) or 'none'}) and "
-        f"{counts['inconclusive']} inconclusive; counted apart: {apart['precondition absent']} not reproduced "
-        f"here because a precondition is absent, {apart['confounded']} decided by a named confound and "
-        f"{apart['not counted']} in a setting that is not evidence."
+        f"**Main result**: of the {sum(map(len, outcomes.values()))} claims tested, "
+        f"{group('supported', 'supported by a finding in some setting and contradicted in none')}; "
+        f"{group('contradicted', 'contradicted and supported in none')}; "
+        f"{group('mixed', 'supported in one setting or arm and contradicted in another')}; "
+        f"{group('inconclusive', 'inconclusive findings only')}; "
+        f"{group('no finding', 'no finding at all')}. Counted in entries (claim, setting, K and arm; Holm's "
+        f"correction over {family} tests), {len(findings)} of {len(entries)} are findings: {counts['supported']} "
+        f"supported{timing}, {counts['contradicted']} contradicted and {counts['inconclusive']} inconclusive; "
+        f"counted apart: {apart['precondition absent']} not reproduced here because a precondition is absent, "
+        f"{apart['confounded']} decided by a named confound and {apart['not counted']} in a setting that is not "
+        f"evidence."
     )
 
 
