@@ -462,9 +462,19 @@ def run_result(
     )
 
 
-def finish(run: Run, folder: RunDir | None, book: Progress, started: float, log, share: int = 1) -> RunResult:
-    """Test the best and the last epoch, write ``scores.pt`` and ``results.json`` (rank 0)."""
-    best, last = final_evaluations(run, folder, book)
+def finish(
+    run: Run,
+    folder: RunDir | None,
+    book: Progress,
+    started: float,
+    log,
+    share: int = 1,
+    evaluations: tuple[dict[str, Any], dict[str, Any]] | None = None,
+) -> RunResult:
+    """Test the best and the last epoch, write ``scores.pt`` and ``results.json`` (rank 0).
+    ``evaluations``: the ``(best, last)`` of :func:`final_evaluations` when already computed
+    (a stack computes its members' at once, :func:`avgk_lib.stacked.final_evaluations`)."""
+    best, last = final_evaluations(run, folder, book) if evaluations is None else evaluations
     keep_scores = folder is not None and run.is_main and run.cfg.save_scores
     scores = saved_scores(run.spec, best) if keep_scores else None
     prior = folder.prior_seconds if folder is not None else 0.0

@@ -192,40 +192,72 @@ def topk_sets(scores: torch.Tensor, k: int) -> torch.Tensor:
     return sets.scatter_(1, torch.topk(scores, k, dim=1).indices, True)
 
 
+#: up to this many pooled scores, :func:`_kth_and_next_largest` runs :func:`torch.topk` on all of them
+_SELECT_DIRECT = 1 << 16
+_SAMPLES: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _sample_index(n: int, n_sample: int, device: torch.device) -> torch.Tensor:
+    """A fixed pseudo-random subsample of ``range(n)`` (generator seeded by ``n``), cached."""
+    key = (n, n_sample, str(device))
+    index = _SAMPLES.get(key)
+    if index is None:
+        generator = torch.Generator().manual_seed(n)
+        index = torch.randint(0, n, (n_sample,), generator=generator).sort().values.to(device)  # in memory order
+        if len(_SAMPLES) > 64:
+            _SAMPLES.clear()
+        _SAMPLES[key] = index
+    return index
+
+
 def _kth_and_next_largest(flat: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The m-th and (m+1)-th largest entries of a 1-D tensor (1 <= m < len), without a full sort.
 
-    Small inputs use :func:`torch.topk`. Large ones are narrowed by a random subsample: two
-    sample order statistics bracket the wanted ranks with a wide safety margin, one pass counts
-    the entries above the upper bracket and extracts those inside it, and :func:`torch.topk`
-    finishes on that small slice. The bracket is verified by exact counts; if it missed (with
-    probability far below 1e-9, or on adversarial ties) the search falls back to
-    :func:`torch.topk` on everything. Works on any device; the result is exact either way.
-    """
-    n = flat.numel()
-    if n <= 1 << 21:
-        values = torch.topk(flat, m + 1, sorted=True).values
-        return values[m - 1], values[m]
-    generator = torch.Generator().manual_seed(n)
-    n_sample = 1 << 16
-    sample = flat[torch.randint(0, n, (n_sample,), generator=generator).to(flat.device)]
-    sample = torch.sort(sample, descending=True).values
+    Small inputs use :func:`torch.topk`. Larger ones are narrowed by a fixed random subsample
+    (:func:`_kth_and_next_largest_rows`). The result is exact either way, on any device."""
+    kth, nxt = _kth_and_next_largest_rows(flat.reshape(1, -1), m)
+    return kth[0], nxt[0]
+
+
+def _kth_and_next_largest_rows(rows: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""For each row of ``rows`` (R, n): its m-th and (m+1)-th largest entries (1 <= m < n),
+    as two ``(R,)`` tensors, exactly the values :func:`torch.topk` ranks there.
+
+    Up to :data:`_SELECT_DIRECT` entries a row, :func:`torch.topk` of m + 1. Beyond, a fixed
+    random subsample of each row gives a lower bound :math:`L` placed well below rank m + 1
+    (a wide safety margin on the sample's order statistic); the entries :math:`\ge L` (a small
+    fraction) then hold the row's m + 1 largest whenever there are at least m + 1 of them, which
+    is verified by their exact count, and :func:`torch.topk` finishes on them. A row whose bound
+    missed (with probability far below 1e-9, or on adversarial ties), or that holds a NaN or
+    infinity, falls back to :func:`torch.topk` on everything: the result is exact either way."""
+    n_rows, n = rows.shape
+    if n <= _SELECT_DIRECT:
+        values = torch.topk(rows, m + 1, dim=1, sorted=True).values
+        return values[:, m - 1], values[:, m]
+    n_sample = 1 << 13 if n <= 1 << 21 else 1 << 16
     q = m / n
     margin = 8.0 * math.sqrt(n_sample * q * (1 - q)) + 16
-    hi_rank, lo_rank = int(q * n_sample - margin), int(math.ceil(q * n_sample + margin))
+    lo_rank = int(math.ceil(q * n_sample + margin))
     if lo_rank >= n_sample:  # the wanted ranks reach the bottom of the data: no pruning possible
-        values = torch.topk(flat, m + 1, sorted=True).values
-        return values[m - 1], values[m]
-    # one full pass: keep the entries at or above the lower bracket (a small fraction)
-    candidates = flat[flat >= sample[lo_rank]]
-    above = int(torch.count_nonzero(candidates > sample[hi_rank])) if hi_rank >= 0 else 0
-    inside = candidates[candidates <= sample[hi_rank]] if hi_rank >= 0 else candidates
-    need = m + 1 - above
-    if above >= m or need > inside.numel():
-        values = torch.topk(flat, m + 1, sorted=True).values
-        return values[m - 1], values[m]
-    values = torch.topk(inside, need, sorted=True).values
-    return values[need - 2], values[need - 1]
+        values = torch.topk(rows, m + 1, dim=1, sorted=True).values
+        return values[:, m - 1], values[:, m]
+    sample = rows[:, _sample_index(n, n_sample, rows.device)]
+    bounds = torch.topk(sample, lo_rank + 1, dim=1, sorted=True).values[:, lo_rank]
+    finite = torch.isfinite(rows.sum(dim=1))
+    kth, nxt = [], []
+    for i in range(n_rows):
+        row = rows[i]
+        candidates = row[row >= bounds[i]] if bool(finite[i]) else row[:0]
+        if candidates.numel() <= m:  # the bound missed (or non-finite scores): every entry
+            values = torch.topk(row, m + 1, sorted=True).values
+            kth.append(values[m - 1])
+            nxt.append(values[m])
+            continue
+        top = torch.topk(candidates, m + 1, sorted=False).values
+        last_two = torch.topk(top, 2, largest=False, sorted=True).values
+        kth.append(last_two[1])
+        nxt.append(last_two[0])
+    return torch.stack(kth), torch.stack(nxt)
 
 
 def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
@@ -268,6 +300,21 @@ def _threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
     if m >= flat.numel():
         return flat.min()
     kth, nxt = _kth_and_next_largest(flat, m)
+    mid = nxt + (kth - nxt) / 2
+    return torch.where((mid > nxt) & (mid <= kth), mid, kth)
+
+
+def _thresholds(scores: torch.Tensor, k: float) -> torch.Tensor:
+    """:func:`_threshold` of every member of a stack of scores ``(R, n, C)`` at once: ``(R,)``,
+    element ``i`` equal to ``_threshold(scores[i], k)``."""
+    n_rows = scores.shape[0]
+    m = int(math.floor(scores.shape[1] * k + 0.5))
+    flat = scores.detach().reshape(n_rows, -1)
+    if m <= 0:
+        return torch.full((n_rows,), float("inf"), dtype=scores.dtype, device=scores.device)
+    if m >= flat.shape[1]:
+        return flat.min(dim=1).values
+    kth, nxt = _kth_and_next_largest_rows(flat, m)
     mid = nxt + (kth - nxt) / 2
     return torch.where((mid > nxt) & (mid <= kth), mid, kth)
 
@@ -394,6 +441,91 @@ def metric_dict(
         out[_key("avg", k, "size")] = float(sets.sum(dim=1).double().mean())
         out[_key("avg", k, "threshold")] = float(used[k])
     return out, used
+
+
+def stacked_metric_dicts(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    ks,
+    thresholds: dict[float, torch.Tensor] | None = None,
+) -> tuple[list[dict[str, float]], dict[float, torch.Tensor]]:
+    """:func:`metric_dict` of every member of a stack at once (the stacked trainer's
+    validation): ``scores`` ``(R, n, C)``, ``targets`` ``(R, n)``; ``thresholds`` per K an
+    ``(R,)`` tensor (or ``None``: calibrated here). Returns the R metric dicts, each equal to
+    ``metric_dict(scores[i], targets[i], ks, ...)[0]`` value for value, and the ``(R,)``
+    thresholds used. The comparisons, counts and thresholds run over the whole stack; only the
+    macro averages (a mean over each member's present classes) are taken member by member, with
+    the operation :func:`metric_dict` uses, so that every value is the one it gives."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 3:
+        raise ValueError(f"`scores` must be a (members, n, classes) tensor, got {getattr(scores, 'shape', scores)!r}")
+    n_rows, n, n_classes = scores.shape
+    check_scores(scores.reshape(n_rows * n, n_classes))
+    flat_targets = check_targets(targets.reshape(-1), n_rows * n, n_classes)
+    targets = flat_targets.view(n_rows, n)
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
+        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
+    for k in ks:
+        check_k(k, "ks", n_classes=n_classes, integer=False)
+    if thresholds is not None and (not isinstance(thresholds, dict) or any(k not in thresholds for k in ks)):
+        raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
+    out: list[dict[str, float]] = [{} for _ in range(n_rows)]
+    used: dict[float, torch.Tensor] = {}
+    offsets = (torch.arange(n_rows, device=targets.device) * n_classes)[:, None]
+    cells = (targets + offsets).reshape(-1)
+    counts = torch.bincount(cells, minlength=n_rows * n_classes).double().view(n_rows, n_classes)
+    present = counts > 0
+
+    def aggregate(hits: torch.Tensor, kind: str, k: float) -> None:
+        micro = hits.double().mean(dim=1).tolist()
+        per_hits = torch.bincount(cells, weights=hits.reshape(-1).double(), minlength=n_rows * n_classes)
+        per_hits = per_hits.view(n_rows, n_classes)
+        per_class = torch.where(present, per_hits / counts.clamp_min(1), torch.full_like(per_hits, float("nan")))
+        for i in range(n_rows):
+            out[i][_key(kind, k, "micro")] = micro[i]
+            out[i][_key(kind, k, "macro")] = float(per_class[i][present[i]].mean())
+
+    true_scores = scores.gather(2, targets[:, :, None])
+    for k in ks:
+        if float(k).is_integer() and k <= n_classes:
+            aggregate((scores > true_scores).sum(dim=2, dtype=torch.int32) < int(k), "top", k)
+        if thresholds is None:
+            used[k] = _thresholds(scores, float(k))
+        else:
+            used[k] = thresholds[k]
+            if not isinstance(used[k], torch.Tensor) or used[k].shape != (n_rows,) or bool(torch.isnan(used[k]).any()):
+                raise ValueError(f"`thresholds[{k}]` must be a ({n_rows},) tensor without NaN")
+        cut = used[k].to(device=scores.device, dtype=scores.dtype).view(n_rows, 1, 1)
+        sets = scores >= cut
+        aggregate(sets.gather(2, targets[:, :, None]).squeeze(2), "avg", k)
+        sizes = sets.sum(dim=2, dtype=torch.int32).double().mean(dim=1).tolist()  # int32: a fast reduction
+        values = used[k].tolist()
+        for i in range(n_rows):
+            out[i][_key("avg", k, "size")] = sizes[i]
+            out[i][_key("avg", k, "threshold")] = float(values[i])
+    # metric_dict's key order: per K, top micro/macro, then avg micro/macro/size/threshold
+    order = []
+    for k in ks:
+        if float(k).is_integer() and k <= n_classes:
+            order += [_key("top", k, a) for a in AVERAGES]
+        order += [_key("avg", k, a) for a in (*AVERAGES, "size", "threshold")]
+    return [{key: d[key] for key in order} for d in out], used
+
+
+def stacked_calibrated_test_metrics(
+    val_scores: torch.Tensor, val_targets: torch.Tensor, test_scores: torch.Tensor, test_targets: torch.Tensor, ks
+) -> list[dict[str, float]]:
+    """:func:`calibrated_test_metrics` of every member of a stack at once (scores ``(R, n, C)``,
+    targets ``(R, n)``): element ``i`` equals ``calibrated_test_metrics(val_scores[i], ...)``."""
+    if val_scores.dim() != 3 or test_scores.dim() != 3 or val_scores.shape[2] != test_scores.shape[2]:
+        raise ValueError("`val_scores` and `test_scores` must be (members, n, classes) with the same classes")
+    _, thresholds = stacked_metric_dicts(val_scores, val_targets, ks)
+    metrics, _ = stacked_metric_dicts(test_scores, test_targets, ks, thresholds)
+    n_rows, n, n_classes = test_scores.shape
+    top1 = test_scores.argmax(dim=2) + (torch.arange(n_rows, device=test_scores.device) * n_classes)[:, None]
+    modes = torch.bincount(top1.reshape(-1), minlength=n_rows * n_classes).view(n_rows, n_classes).max(dim=1)
+    for i, count in enumerate(modes.values.tolist()):
+        metrics[i]["top1_mode_share"] = float(count) / max(n, 1)
+    return metrics
 
 
 def top1_mode_share(scores: torch.Tensor) -> float:

@@ -32,8 +32,12 @@ builds each member), so with a noise-free loss a member follows its single run u
 rounding of the batched arithmetic.
 
 After each epoch the stacked weights and momentum buffers are written back into each member's
-model and optimizer, and the single-run code validates, selects, checkpoints and reports every
-member, so a member's run folder cannot be told from a folder written by ``train``; it resumes
+model and optimizer; the members are validated at once (one stacked forward per validation batch,
+then :func:`~avgk_lib.metrics.stacked_metric_dicts`: thresholds, counts and comparisons over the
+whole stack, each value the one ``metric_dict`` gives the member), and the single-run code
+selects, checkpoints and reports every member; at the end each member's test scores come from its
+own model and their metrics are again computed at once (:func:`final_evaluations`). A member's
+run folder therefore cannot be told from a folder written by ``train``; it resumes
 with ``train`` or ``train_many`` (the stack's noise is seeded per epoch, so a resumed stack
 draws the noise of the uninterrupted one).
 
@@ -67,7 +71,7 @@ from .build import Run
 from .data.base import derived_seed
 from .data.loader import InMemoryLoader
 from .engine import DivergenceGuard, TrainingDiverged
-from .metrics import metric_dict
+from .metrics import stacked_calibrated_test_metrics, stacked_metric_dicts
 from .models import MLP, Classifier, NormedLinear
 from .runspec import RunSpec
 from .seeding import set_rng_state
@@ -270,10 +274,11 @@ class StackedBatches:
         """Step ``step``'s ``(inputs (M, B, ...), targets (M, B), sample indices (M, B))``."""
         cut = slice(step * self.batch_size, (step + 1) * self.batch_size)
         rows = self.rows[:, cut]
-        x = self.x[rows]
+        flat = rows.reshape(-1)  # index_select of the flat rows: the gather x[rows], a few times faster
+        x = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
         if self.is_image:
             x = self._images(x, step)
-        return x, self.y[rows], self.order[:, cut]
+        return x, self.y.index_select(0, flat).view(rows.shape), self.order[:, cut]
 
     def _images(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """Augment (the epoch's draws), scale to [0, 1] and normalise an ``(M, B, C, H, W)`` batch."""
@@ -360,6 +365,27 @@ class PerMemberCounts(nn.Module):
 DIRECT_MODULES = (Classifier, MLP, nn.Sequential, nn.Linear, nn.ReLU, NormedLinear)
 
 
+class _StackedLinear(torch.autograd.Function):
+    r"""A linear layer of every member, :math:`y_m = x_m W_m^\top + b_m` (one ``baddbmm``), whose
+    backward gives the weights' gradient in their own layout, :math:`g_m^\top x_m` ``(M, out,
+    in)``: autograd's ``baddbmm`` backward gives the transpose of :math:`x_m^\top g_m`, which the
+    gradient accumulation then copies into the parameter's layout, every step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = torch.bmm(grad, weight) if need_x else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None
+        grad_b = grad.sum(1) if need_b else None
+        return grad_x, grad_w, grad_b
+
+
 def direct_forward(module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "") -> Any:
     r"""``module``'s forward for every member at once, on stacked parameters ``params`` (name ->
     ``(M, ...)``) and inputs ``x`` of shape ``(M, B, ...)``: a linear layer is
@@ -383,6 +409,8 @@ def direct_forward(module: nn.Module, params: dict[str, torch.Tensor], x: torch.
         weight, bias = params[f"{prefix}weight"], params.get(f"{prefix}bias")
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
+        if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad or x.requires_grad):
+            return _StackedLinear.apply(x, weight, bias)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
     if isinstance(module, nn.ReLU):
         return torch.relu(x)
@@ -636,35 +664,152 @@ class Stack:
 
     # -- evaluation -------------------------------------------------------------------------------
 
+    def _head_scores(self, outputs: Any) -> dict[str, torch.Tensor]:
+        """Every head's scores ``(M, B, C)`` of stacked outputs: one
+        :meth:`~avgk_lib.objectives.Objective.head_scores` call over the ``M B`` rows when the
+        members score alike (the same objective and scale: each row's scores are those of its
+        member's own call), else one call per member."""
+        objectives = [m.run.objective for m in self.members]
+        parts = outputs if isinstance(outputs, tuple) else (outputs,)
+        m, b = parts[0].shape[:2]
+        if all(o.scale == objectives[0].scale and o.spec == objectives[0].spec for o in objectives[1:]):
+            flat = tuple(p.flatten(0, 1) for p in parts)
+            scores = objectives[0].head_scores(flat if isinstance(outputs, tuple) else flat[0])
+            return {head: s.view(m, b, *s.shape[1:]) for head, s in scores.items()}
+        per = [
+            o.head_scores(tuple(p[i] for p in parts) if isinstance(outputs, tuple) else parts[0][i])
+            for i, o in enumerate(objectives)
+        ]
+        return {head: torch.stack([d[head] for d in per]) for head in per[0]}
+
     @torch.no_grad()
-    def validation_metrics(self) -> list[dict[str, float] | None] | None:
-        """Every member's validation metrics (as :func:`~avgk_lib.engine.validation_metrics`
-        computes them; ``None`` for a stopped member) from one stacked forward pass per batch,
-        or ``None`` when the members' validation splits differ in size (then each member is
-        validated on its own)."""
+    def validation_scores(self) -> torch.Tensor | None:
+        """Every member's validation scores of its evaluated head, ``(M, n, C)``, from one stacked
+        forward pass per batch (the batches of the members' validation loaders), or ``None`` when
+        the members' validation splits differ in size or are not held in memory."""
         loaders = [m.run.val_loader for m in self.members]
         if not all(isinstance(loader, InMemoryLoader) for loader in loaders):
             return None
         if len({(len(loader.y), loader.batch_size) for loader in loaders}) != 1:
             return None
-        parts: list[list[torch.Tensor]] = [[] for _ in self.members]
+        heads = [m.run.spec.eval_head for m in self.members]
+        parts: dict[str, list[torch.Tensor]] = {head: [] for head in dict.fromkeys(heads)}
         self.base.eval()
         try:
             for batches in zip(*loaders, strict=True):
-                outputs = self.forward(torch.stack([b[0] for b in batches]))
-                for i, m in enumerate(self.members):
-                    out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
-                    parts[i].append(m.run.objective.head_scores(out)[m.run.spec.eval_head])
+                scores = self._head_scores(self.forward(torch.stack([b[0] for b in batches])))
+                for head, kept in parts.items():
+                    kept.append(scores[head])
         finally:
             self.base.train()
-        return [
-            metric_dict(torch.cat(p), m.run.val_loader.y, m.run.cfg.eval_ks)[0] if m.alive else None
-            for p, m in zip(parts, self.members, strict=True)
-        ]
+        joined = {head: torch.cat(kept, dim=1) for head, kept in parts.items()}
+        if len(joined) == 1:
+            return joined[heads[0]]
+        return torch.stack([joined[head][i] for i, head in enumerate(heads)])
+
+    @torch.no_grad()
+    def validation_metrics(self) -> list[dict[str, float] | None] | None:
+        """Every member's validation metrics (the values :func:`~avgk_lib.engine.validation_metrics`
+        computes from these scores; ``None`` for a stopped member) from one stacked forward pass
+        per batch and one :func:`~avgk_lib.metrics.stacked_metric_dicts` over the members (their
+        thresholds, counts and comparisons at once), or ``None`` when the members' validation
+        splits differ in size (then each member is validated on its own)."""
+        scores = self.validation_scores()
+        if scores is None:
+            return None
+        out: list[dict[str, float] | None] = [None] * len(self.members)
+        targets = [m.run.val_loader.y for m in self.members]
+        groups: dict[tuple[float, ...], list[int]] = {}
+        for i, m in enumerate(self.members):
+            if m.alive:
+                groups.setdefault(tuple(m.run.cfg.eval_ks), []).append(i)
+        for ks, indices in groups.items():
+            for chunk in _chunks(indices, scores[0].numel()):
+                if chunk == list(range(len(self.members))):
+                    chosen = scores
+                else:
+                    chosen = scores.index_select(0, torch.tensor(chunk, device=scores.device))
+                metrics, _ = stacked_metric_dicts(chosen, torch.stack([targets[i] for i in chunk]), list(ks))
+                for i, d in zip(chunk, metrics, strict=True):
+                    out[i] = d
+        return out
 
     def member_rng(self, m: Member) -> None:
         """Make the member's generator states the global ones (before its checkpoint is taken)."""
         set_rng_state(m.rng)
+
+
+def final_evaluations(members: list[Member], folders: list, books: list) -> list[tuple[dict, dict] | None]:
+    """Every alive member's ``(best, last)``, as :func:`~avgk_lib.engine.final_evaluations`
+    gives them (``None`` for a stopped member): each member's validation and test scores come
+    from its own model, as in ``train`` (the last epoch's weights, then its best epoch's, which
+    stay loaded), and the test metrics of every member, evaluation and head are computed at once
+    (:func:`~avgk_lib.metrics.stacked_calibrated_test_metrics`)."""
+    from .engine import _load_best, evaluate
+
+    def scores(run: Run) -> dict[str, Any]:
+        val, val_targets = evaluate(run, "val")
+        test, test_targets = evaluate(run, "test")
+        return {"val": val, "test": test, "val_targets": val_targets, "test_targets": test_targets}
+
+    pairs: list[tuple[dict, dict] | None] = []
+    for m, folder, book in zip(members, folders, books, strict=True):
+        if not m.alive:
+            pairs.append(None)
+            continue
+        last = scores(m.run)
+        if book.best_epoch == len(book.history) == m.run.cfg.epochs:
+            pairs.append((last, last))
+            continue
+        _load_best(m.run, folder, book)
+        pairs.append((scores(m.run), last))
+    # one stacked metric computation per group of evaluations alike in shapes and Ks
+    jobs: dict[tuple, list[tuple[dict, str, list[float]]]] = {}
+    done: set[int] = set()
+    for m, pair in zip(members, pairs, strict=True):
+        if pair is None:
+            continue
+        for evaluation in pair:
+            if id(evaluation) in done:
+                continue
+            done.add(id(evaluation))
+            evaluation["heads"] = {}
+            for head in m.run.spec.heads:
+                val, test = evaluation["val"][head], evaluation["test"][head]
+                key = (tuple(m.run.cfg.eval_ks), tuple(val.shape), tuple(test.shape), val.dtype, str(val.device))
+                jobs.setdefault(key, []).append((evaluation, head, list(m.run.cfg.eval_ks)))
+    for entries in jobs.values():
+        ks = entries[0][2]
+        for chunk in _chunks(list(range(len(entries))), entries[0][0]["test"][entries[0][1]].numel()):
+            part = [entries[j] for j in chunk]
+            metrics = stacked_calibrated_test_metrics(
+                torch.stack([e["val"][h] for e, h, _ in part]),
+                torch.stack([e["val_targets"] for e, _, _ in part]),
+                torch.stack([e["test"][h] for e, h, _ in part]),
+                torch.stack([e["test_targets"] for e, _, _ in part]),
+                ks,
+            )
+            for (evaluation, head, _), values in zip(part, metrics, strict=True):
+                evaluation["heads"][head] = values
+
+    def assemble(run: Run, e: dict[str, Any]) -> dict[str, Any]:  # evaluate_final's form and order
+        heads = {h: e["heads"][h] for h in run.spec.heads}
+        return {
+            "heads": heads,
+            "val": e["val"],
+            "test": e["test"],
+            "val_targets": e["val_targets"],
+            "test_targets": e["test_targets"],
+        }
+
+    out: list[tuple[dict, dict] | None] = []
+    for m, pair in zip(members, pairs, strict=True):
+        if pair is None:
+            out.append(None)
+            continue
+        last = assemble(m.run, pair[1])
+        out.append((last, last) if pair[0] is pair[1] else (assemble(m.run, pair[0]), last))
+    return out
 
 
 def _stack_seed(seeds: list[int]) -> int:
@@ -672,3 +817,13 @@ def _stack_seed(seeds: list[int]) -> int:
     stack draws the noise of the uninterrupted one)."""
     digest = hashlib.sha256(json.dumps(seeds).encode()).hexdigest()
     return int(digest[:15], 16)
+
+
+#: entries of one member's scores times members evaluated at once (bounds the stacked metrics' memory)
+_STACKED_ENTRIES = 1 << 25
+
+
+def _chunks(indices: list[int], per_member: int) -> list[list[int]]:
+    """``indices`` in runs of at most :data:`_STACKED_ENTRIES` // ``per_member`` members."""
+    size = max(1, _STACKED_ENTRIES // max(per_member, 1))
+    return [indices[j : j + size] for j in range(0, len(indices), size)]

@@ -214,6 +214,8 @@ def _train_single(member, folder: RunDir | None, book: Progress, start: int, pro
 
 
 def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list:
+    from .stacked import final_evaluations
+
     began = time.time()
     members = stack.members
     epochs = members[0].run.cfg.epochs
@@ -241,10 +243,12 @@ def _train_stack(stack, folders, books, start: int, progress: bool, log) -> list
     except RunInterrupted as err:  # name what was saved, and where
         raise RunInterrupted(err.epoch, None, folders) from None
     out = []
-    for m, folder, book in zip(members, folders, books, strict=True):
+    evaluations = final_evaluations(members, folders, books)
+    for m, folder, book, evaluation in zip(members, folders, books, evaluations, strict=True):
         if m.error is not None:
             log(f"a stacked run diverged: {m.error}")
             out.append(m.error)
             continue
-        out.append(finish(m.run, folder, book, began, lambda *_: None, share=len(members)).to_dict())
+        result = finish(m.run, folder, book, began, lambda *_: None, share=len(members), evaluations=evaluation)
+        out.append(result.to_dict())
     return out

@@ -202,3 +202,103 @@ def test_stacked_batches_are_each_members_loader_batches(augment):
             for m, batches in enumerate(singles):
                 assert torch.equal(x[m], batches[step][0]), (epoch, step, m)
                 assert torch.equal(y[m], batches[step][1]) and torch.equal(idx[m], batches[step][2])
+
+
+# ------------------------------------------------------------------------------------------------
+# the batched validation and final evaluation against the per-member computation
+# ------------------------------------------------------------------------------------------------
+
+WIDE = {"n_classes": 100, "dim": 6, "n_groups": 20, "n_train": 640, "n_val": 700, "n_test": 300}  # 70k val scores
+
+
+def _stack(configs):
+    from avgk_lib.build import build_run
+    from avgk_lib.engine import DivergenceGuard
+    from avgk_lib.runspec import RunSpec
+    from avgk_lib.seeding import rng_state
+    from avgk_lib.stacked import Member, stack_key
+
+    runs = [build_run(RunSpec.resolve(c)) for c in configs]
+    assert len({stack_key(r) for r in runs}) == 1
+    return Stack([Member(r, rng_state(), DivergenceGuard(None, 1, 1)) for r in runs])
+
+
+def _per_member_validation(stack):
+    """The former Stack.validation_metrics: per member, its head's scores of each stacked batch,
+    then metric_dict on its own."""
+    from avgk_lib.metrics import metric_dict
+
+    parts = [[] for _ in stack.members]
+    stack.base.eval()
+    with torch.no_grad():
+        for batches in zip(*[m.run.val_loader for m in stack.members], strict=True):
+            outputs = stack.forward(torch.stack([b[0] for b in batches]))
+            for i, m in enumerate(stack.members):
+                out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
+                parts[i].append(m.run.objective.head_scores(out)[m.run.spec.eval_head])
+    stack.base.train()
+    return [
+        metric_dict(torch.cat(p), m.run.val_loader.y, m.run.cfg.eval_ks)[0] if m.alive else None
+        for p, m in zip(parts, stack.members, strict=True)
+    ]
+
+
+STACKS = {
+    "cross_entropy": [dict(loss="cross_entropy", eval_ks=[1, 2, 2.5])] * 3,
+    "two_head_mixed_heads": [
+        dict(loss="two_head", eval_head="multilabel"),
+        dict(loss="two_head", eval_head="softmax"),
+        dict(loss="two_head", eval_head="combined", eval_ks=[1, 3]),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", list(STACKS))
+def test_batched_validation_is_the_per_member_validation(case):
+    """One stacked metric computation over the members gives every member the metrics its own
+    metric_dict gives on the same scores, value for value (thresholds included): 70k pooled
+    scores per member, past the direct top-K selection; before training (near-uniform scores)
+    and after an epoch; a stopped member gets None."""
+    configs = [_cfg(s, dataset_options={**WIDE, "sample_seed": s}, epochs=2, **kw) for s, kw in enumerate(STACKS[case])]
+    stack = _stack(configs)
+    assert stack.validation_metrics() == _per_member_validation(stack)
+    stack.train_epoch(0, False)
+    got = stack.validation_metrics()
+    assert got == _per_member_validation(stack)
+    assert [list(d) for d in got] == [list(d) for d in _per_member_validation(stack)]  # key order too
+    stack.members[1].error = TrainingDiverged("stopped")
+    assert stack.validation_metrics() == _per_member_validation(stack)
+    assert stack.validation_metrics()[1] is None
+
+
+def test_stacked_metrics_are_metric_dict_with_ties_and_absent_classes():
+    from avgk_lib.metrics import (
+        _kth_and_next_largest,
+        calibrated_test_metrics,
+        metric_dict,
+        stacked_calibrated_test_metrics,
+        stacked_metric_dicts,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    for r, n, c in ((3, 800, 100), (2, 40, 5)):
+        raw = torch.softmax(3 * torch.randn(r, n, c, generator=g), dim=-1)
+        targets = torch.randint(0, c - 1, (r, n), generator=g)  # the last class absent: macro over present ones
+        for scores in (raw, (raw * 20).round() / 20, (raw * 1000).round() / 1000):  # ties at the threshold
+            ks = [1, 2, 2.5] if c > 5 else [1, 5]
+            got, thresholds = stacked_metric_dicts(scores, targets, ks)
+            test = scores.flip(1)
+            final = stacked_calibrated_test_metrics(scores, targets, test, targets.flip(1), ks)
+            for i in range(r):
+                want, want_thresholds = metric_dict(scores[i], targets[i], ks)
+                assert got[i] == want and list(got[i]) == list(want)
+                assert all(torch.equal(thresholds[k][i], want_thresholds[k]) for k in ks)
+                want_final = calibrated_test_metrics(scores[i], targets[i], test[i], targets.flip(1)[i], ks)
+                assert final[i] == want_final and list(final[i]) == list(want_final)
+    # the pruned selection is topk's, with ties and a NaN
+    for values in (torch.rand(100_000, generator=g), (torch.rand(100_000, generator=g) * 30).round()):
+        for m in (1, 999, 50_000, 99_998):
+            top = torch.topk(values, m + 1).values
+            assert _kth_and_next_largest(values, m) == (top[m - 1], top[m])
+    values[7] = float("nan")
+    assert torch.equal(_kth_and_next_largest(values, 5)[1], torch.topk(values, 6).values[5])
