@@ -353,3 +353,24 @@ def test_ablation_differences_are_paired_by_seed_and_k():
     assert soft["d3_ci95"] == pytest.approx(half)
     with pytest.raises(TypeError, match="`rows`"):
         F.ablation_differences("rows")
+
+
+def test_ablation_findings_name_the_variants_off_zero_and_the_collapsed_seeds():
+    from avgk_lib.book import findings as F
+
+    rows = []
+    for s in range(6):
+        base = 0.80 + 0.002 * s
+        rows.append({"variant": "default", "seed": s, "train_k": 3.0, "test_avg3_micro": base})
+        rows.append({"variant": "better", "seed": s, "train_k": 3.0, "test_avg3_micro": base + 0.01 + 0.001 * s})
+        lost = 0.35 if s == 4 else base - 0.001
+        rows.append({"variant": "fragile", "seed": s, "train_k": 3.0, "test_avg3_micro": lost})
+    assert F.collapsed_seeds(rows) == {("fragile", 3.0): [4]}
+    text = F.ablation_findings({"rows": rows})
+    assert "above the default: better +1.25" in text[0] and "Below it: none." in text[0]  # fragile's interval spans 0
+    assert "fragile at K = 3: seed 4" in text[1]
+    healthy = [r for r in rows if r["variant"] != "fragile"]
+    assert F.ablation_findings({"rows": healthy})[-1].startswith("No run collapsed")
+    assert F.ablation_findings(None) == []
+    with pytest.raises(TypeError, match="`rows`"):
+        F.collapsed_seeds("rows")

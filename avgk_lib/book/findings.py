@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -509,6 +510,78 @@ def ablation_differences(rows: list[Mapping[str, Any]], baseline: str = "default
                 low, high = S.t_test(d)["ci"]
                 entry.update({f"d{name}": sum(d) / len(d), f"d{name}_ci95": (high - low) / 2, f"n{name}": len(d)})
     return list(out.values())
+
+
+COLLAPSE_DROP = 0.2  # a run this far below the default's median accuracy lost the task (ablation, descriptive)
+
+
+def collapsed_seeds(rows: list[Mapping[str, Any]], baseline: str = "default") -> dict[tuple[str, float], list[int]]:
+    """Per (variant, training K): the seeds whose average-K accuracy (micro, best checkpoint) is
+    more than :data:`COLLAPSE_DROP` below the median of ``baseline`` at that K: a run that lost
+    much of the task, not a small difference. The rule is descriptive (the ablation adds no ledger
+    entry, protocol A8).
+
+    Example:
+        >>> rows = [{"variant": v, "seed": s, "train_k": 3.0, "test_avg3_micro": a}
+        ...         for v, s, a in [("default", 0, .7), ("default", 1, .3), ("default", 2, .7), ("x", 0, .6)]]
+        >>> collapsed_seeds(rows)
+        {('default', 3.0): [1]}
+    """
+    if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError("`rows` must be a list of ablation rows")
+    out: dict[tuple[str, float], list[int]] = {}
+    for k in sorted({r["train_k"] for r in rows}):
+        metric = f"test_avg{k:g}_micro"
+        base = [r[metric] for r in rows if r.get("variant") == baseline and r["train_k"] == k]
+        if not base:
+            continue
+        floor = statistics.median(base) - COLLAPSE_DROP
+        for r in rows:
+            if r["train_k"] == k and r[metric] < floor:
+                out.setdefault((r.get("variant"), k), []).append(r["seed"])
+    return {key: sorted(seeds) for key, seeds in out.items()}
+
+
+def _seed_list(seeds: list[int], n_seeds: int) -> str:
+    return (
+        f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+        if len(seeds) <= 5
+        else f"{len(seeds)} of {n_seeds} seeds"
+    )
+
+
+def ablation_findings(reference: Mapping[str, Any] | None) -> list[str]:
+    """What the ablation shows, in sentences computed from its rows: per training K, the variants
+    whose paired difference to the default has a 95% interval above or below 0 (not Holm-corrected:
+    the ablation is descriptive), then the collapsed seeds (:func:`collapsed_seeds`), which decide
+    the wide intervals."""
+    if not reference or not reference.get("rows"):
+        return []
+    rows = reference["rows"]
+    diffs = ablation_differences(rows)
+    n_seeds = len({r["seed"] for r in rows})
+    out = []
+    for k in sorted({r["train_k"] for r in rows}):
+        name = f"{k:g}"
+        has = [(d["variant"], d[f"d{name}"], d[f"d{name}_ci95"]) for d in diffs if f"d{name}" in d]
+        better = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m - h > 0]
+        worse = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m + h < 0]
+        out.append(
+            f"K = {name} ({n_seeds} seeds; ± is the half-width of the 95% interval): above the default: "
+            f"{'; '.join(better) or 'none'}. Below it: {'; '.join(worse) or 'none'}."
+        )
+    drop = f"{100 * COLLAPSE_DROP:g} pp"
+    collapsed = collapsed_seeds(rows)
+    if not collapsed:
+        return [*out, f"No run collapsed (none is more than {drop} below the default's median)."]
+    parts = [f"{v} at K = {k:g}: {_seed_list(s, n_seeds)}" for (v, k), s in collapsed.items()]
+    out.append(
+        f"Collapsed runs (average-K accuracy more than {drop} below the default's median at that K): "
+        + "; ".join(parts)
+        + f". A seed that loses 40 pp moves a mean over {n_seeds} seeds by {40 / n_seeds:.1f} pp: the wide "
+        "intervals of the figure are such runs, not small effects on every seed."
+    )
+    return out
 
 
 def plot_ablation(reference: Mapping[str, Any] | None):
