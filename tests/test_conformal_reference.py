@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from avgk_book import conformal_reference as CR
+from avgk_book import references
+from avgk_book.experiments import summarize
 from avgk_lib import conformal as C
-from avgk_lib import references
-from avgk_lib.book import conformal_reference as CR
-from avgk_lib.experiments import summarize
 from avgk_lib.rundir import RunDir
 
 N_CLASSES = 8

@@ -6,16 +6,16 @@
 
 The committed references ``average_k_<preset>.json`` and ``average_k_long_tail_<preset>.json`` hold
 rows without local paths. Each row's run folder is recomputed from its configuration:
-:func:`avgk_lib.experiments.expand` rebuilds the runs of the arm (its seeds, and in the tuned arm the
-recorded tuning choices) and :func:`avgk_lib.experiments.run_dir` names the folder in the run cache
+:func:`avgk_book.experiments.expand` rebuilds the runs of the arm (its seeds, and in the tuned arm the
+recorded tuning choices) and :func:`avgk_book.experiments.run_dir` names the folder in the run cache
 ``$AVGK_CACHE_DIR``. Only the runs whose (dataset, loss, seed, train_k) appear in the reference are
 used; when the arm records its run fingerprints, a run whose configuration is not among them (the
 library changed since) counts as missing, as does a run whose folder holds no intact result of that
 configuration or no ``scores.pt``: the script lists every missing run and writes nothing unless
 ``--allow-partial`` is given.
 
-Nothing is trained here. The rows (:func:`avgk_lib.book.conformal_reference.conformal_rows`) go to
-``avgk_lib/reference_results/conformal_<preset>.json`` with provenance, a checksum and, per source
+Nothing is trained here. The rows (:func:`avgk_book.conformal_reference.conformal_rows`) go to
+``book/avgk_book/reference_results/conformal_<preset>.json`` with provenance, a checksum and, per source
 experiment, the reference they came from (its ``created`` time and checksum).
 """
 
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from avgk_lib.book import conformal_reference as CR
-from avgk_lib.experiments import ARMS, RESULTS_DIR, expand, load_arm, load_reference, reference_tuning, run_dir
+from avgk_book import conformal_reference as CR
+from avgk_book.experiments import ARMS, RESULTS_DIR, expand, load_arm, load_reference, reference_tuning, run_dir
 from avgk_lib.rundir import RunDir
 
 #: the head whose probabilities a two-head run is calibrated on (its multi-label head holds no distribution)

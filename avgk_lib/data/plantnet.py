@@ -47,7 +47,7 @@ WHERE = (
     "The library never downloads it: get Pl@ntNet-300K version 1.1 from Zenodo record 5645731 "
     "(https://zenodo.org/records/5645731, about 32 GB zipped), unzip it and pass its folder (the one holding "
     f"images/train, images/val, images/test and {NAMES_FILE}) as root, or put it at $AVGK_DATA_DIR/plantnet_300K. "
-    "On Colab: unzip it on the local disk (/content) or on a mounted Drive (avgk_lib.colab.use_drive()); "
+    "On Colab: unzip it on the local disk (/content) or on a mounted Drive (avgk_book.colab.use_drive()); "
     "max_classes / max_per_class train on a subset. See book/how_to_run.md."
 )
 

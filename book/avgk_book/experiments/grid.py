@@ -7,9 +7,10 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..config import ConfigError, TrainConfig
-from ..data import DATASETS, dataset_info
-from ..data.base import SEED_LIMIT
+from avgk_lib.config import ConfigError, TrainConfig
+from avgk_lib.data import DATASETS, dataset_info
+from avgk_lib.data.base import SEED_LIMIT
+
 from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
 from .spec import PRESETS, RECIPE_KEYS, Experiment, GridRun, Method, Preset, Setting, check_arm

@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import experiments as E
-from ..metrics import metric_key
+from avgk_lib.metrics import metric_key
+
+from . import experiments as E
 from . import stats as S
 from .claims import ARMS, build_ledger, effect_text, merged_into, precondition_value, setting_label, verdict_text
 from .display import markdown_table
@@ -224,8 +225,8 @@ def bayes_ceiling(entry: Mapping[str, Any]) -> float | None:
 
 
 def _compute_ceiling(entry: Mapping[str, Any], seeds: tuple[int, ...]) -> float | None:
-    from ..data import load_dataset
-    from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+    from avgk_lib.data import load_dataset
+    from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
 
     values = []
     for seed in seeds:

@@ -90,8 +90,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..experiments.spec import ARMS
 from . import stats as S
+from .experiments.spec import ARMS
 
 ALPHA = 0.05
 MIN_SEEDS = 5
@@ -400,8 +400,9 @@ def usable_reference(reference: Mapping[str, Any] | None) -> bool:
 
 def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
     """Per dataset label of an experiment: number of classes and the K its claims are tested at."""
-    from ..data import dataset_info
-    from ..experiments import get_experiment
+    from avgk_lib.data import dataset_info
+
+    from .experiments import get_experiment
 
     out = {}
     for s in get_experiment(name).preset(preset).settings:
@@ -410,7 +411,7 @@ def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
 
 
 def _k_dependent() -> tuple[str, ...]:
-    from ..experiments import K_DEPENDENT
+    from .experiments import K_DEPENDENT
 
     return K_DEPENDENT
 
@@ -533,7 +534,7 @@ def _best_is_last(rows: list[dict[str, Any]]) -> bool | None:
 
 def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dict, k) -> dict[str, Any] | None:
     """The entry of one claim in one setting (and K) of one arm; None when runs are missing."""
-    from ..metrics import k_label
+    from avgk_lib.metrics import k_label
 
     rows = _select(ref["rows"], setting)
     k_eval = k if k is not None else info.get("k")
@@ -586,7 +587,7 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
 def _exclusions(claim: Claim, arm: str, setting: dict, entry: dict[str, Any]) -> dict[str, Any]:
     """``not_evidence`` (why the setting is not evidence, protocol A5) and ``handicaps`` (the
     named handicaps of the entry's methods in this arm, protocol A4) of an entry."""
-    from ..experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
+    from .experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
 
     out: dict[str, Any] = {}
     family = next(

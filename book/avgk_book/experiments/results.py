@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from avgk_lib.rundir import atomic_write_json
+from avgk_lib.train import provenance
+
 from ..references import load_json_reference, reference_dir, seal, unseal
-from ..rundir import atomic_write_json
-from ..train import provenance
 from .spec import ARMS, TUNING_SEEDS
 
 RESULTS_DIR = reference_dir()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..experiments.spec import PRESETS
+from .experiments.spec import PRESETS
 
 SMOKE_TEXT = (
     "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
@@ -278,9 +278,10 @@ def source_of(obj: Callable[..., Any] | type, *, docstring: bool = False) -> tup
         source = _strip_docstring(source)
     name = f"{target.__module__}.{target.__qualname__}"
     path = Path(inspect.getsourcefile(target) or "?")
+    package = target.__module__.partition(".")[0]  # avgk_lib, or avgk_book for a helper of the book
     parts = (
-        path.parts[len(path.parts) - 1 - path.parts[::-1].index("avgk_lib") :]
-        if "avgk_lib" in path.parts
+        path.parts[len(path.parts) - 1 - path.parts[::-1].index(package) :]
+        if package in path.parts
         else path.parts[-1:]
     )
     origin = f"{name} ({'/'.join(parts)}, lines {start}-{start + len(lines) - 1})"

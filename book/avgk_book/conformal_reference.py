@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
-from .. import conformal as C
-from .. import metrics as M
-from .. import sets as S
-from .._checks import check_probabilities
+from avgk_lib import conformal as C
+from avgk_lib import metrics as M
+from avgk_lib import sets as S
+from avgk_lib._checks import check_probabilities
 
 #: miscoverage levels of the reference
 ALPHAS = (0.05, 0.1, 0.2)
@@ -236,7 +236,7 @@ def conformal_rows(runs: Sequence[Mapping[str, Any]], *, alphas: Sequence[float]
     ...: copied into the row), ``ks`` (the setting's average set sizes) and optionally
     ``class_counts`` (training counts: the rare-class numbers) and ``head`` (a two-head run's
     head whose probabilities to use, ``val_scores_<head>``; the row records it)."""
-    from ..rundir import RunDir
+    from avgk_lib.rundir import RunDir
 
     if not isinstance(runs, (list, tuple)) or not runs:
         raise ValueError(f"`runs` must be a non-empty list of {{'run', 'labels', 'ks'}} entries, got {runs!r}")
@@ -272,8 +272,8 @@ def write_conformal_reference(
     (provenance and checksum added), with the ``preset``, ``arm``, training ``seeds``, ``alphas``,
     the uniform-draw ``seed`` and ``sources``: per source experiment, what identifies the reference
     the runs were read from (its ``created`` time and checksum)."""
-    from ..experiments import ARMS
-    from ..references import write_reference
+    from .experiments import ARMS
+    from .references import write_reference
 
     if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, Mapping) for r in rows):
         raise ValueError("`rows` must be a non-empty list of row dicts")
@@ -299,7 +299,7 @@ def write_conformal_reference(
 
 def load_conformal_reference(preset: str = "cpu") -> dict[str, Any] | None:
     """The committed conformal reference of ``preset`` (checksum verified), or ``None`` when absent."""
-    from ..references import load_json_reference
+    from .references import load_json_reference
 
     return load_json_reference(stem(preset))
 
@@ -413,7 +413,7 @@ def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_AL
     whether the interval lies above, around or below :math:`1 - \\alpha`) with average-K at matched coverage;
     coverage at the smallest matched mean size among K = 2, 3; and, on long-tailed settings, the
     coverage of the rarest third of the classes against the others."""
-    from ..experiments import summarize
+    from .experiments import summarize
     from .plotting import method_label
 
     if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, Mapping) for r in rows):

@@ -18,7 +18,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..metrics import degenerate_sets
+from avgk_lib.metrics import degenerate_sets
+
 from .catalog import KNOB_LIMITS
 from .grid import _config, _methods_of, get_experiment, lr_grid_of, tuning_key
 from .runner import train_or_load_many

@@ -6,8 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TrainConfig
-from ..metrics import metric_key
+from avgk_lib.config import TrainConfig
+from avgk_lib.metrics import metric_key
 
 PRESETS = ("smoke", "cpu", "colab", "gpu")
 #: the two protocols (``book/protocol.md``): each paper's fixed recipe, and equal bracketed tuning

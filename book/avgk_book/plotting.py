@@ -409,7 +409,7 @@ def val_curves(
     """Validation curve of the selection metric per epoch (``val_curve`` of each row), mean over
     the seeds of each ``by`` group with a band of its 95% interval (Student t over the seeds, as
     :func:`avgk_lib.experiments.summarize` computes it; no band for one seed)."""
-    from ..experiments import summarize
+    from .experiments import summarize
 
     fig, ax = _ax(ax)
     groups: dict[Any, list[list[float]]] = {}
@@ -438,7 +438,7 @@ def average_k_curves(rows: list[dict[str, Any]], *, ylabel: str = "average-K acc
     interval over seeds. ``rows`` are result rows holding ``test_avg<K>_micro`` keys; a row trained
     for one K (``train_k`` set) counts only at that K, a row with ``train_k`` None at every K. One
     colour per method across panels. Returns the figure, or None when no row holds such a key."""
-    from ..experiments import summarize
+    from .experiments import summarize
 
     pattern = re.compile(r"test_avg([0-9.]+)_micro")
     long_rows = []
