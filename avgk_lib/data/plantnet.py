@@ -11,7 +11,7 @@ v1.0, whose metadata is wrong, and not the 1,000-class "v2"). Expected layout un
 
 On Colab a free Google Drive (15 GB) cannot hold it: download the zip to the runtime's local disk
 (``/content``, lost at disconnect) or keep it on a paid Drive and mount it with
-:func:`avgk_lib.colab.use_drive`. The images of a few species can be extracted alone
+:func:`avgk_book.colab.use_drive`. The images of a few species can be extracted alone
 (``unzip plantnet_300K.zip 'plantnet_300K/images/*/1355932/*'`` plus the JSON file).
 
 Subset route (one free GPU session): ``max_classes`` keeps that many species, taken at evenly

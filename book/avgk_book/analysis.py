@@ -1,6 +1,6 @@
 r"""Computations behind the book's figures and tables (each one short, tested, reused).
 
-The notebooks only call these functions and :mod:`avgk_lib.book.plotting`; every number they show
+The notebooks only call these functions and :mod:`avgk_book.plotting`; every number they show
 is computed here from the library's losses, metrics, datasets and finished runs.
 """
 

@@ -268,7 +268,7 @@ def write_conformal_reference(
     directory: str | Path | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Commit ``rows`` as ``conformal_<preset>.json`` through :func:`avgk_lib.references.write_reference`
+    """Commit ``rows`` as ``conformal_<preset>.json`` through :func:`avgk_book.references.write_reference`
     (provenance and checksum added), with the ``preset``, ``arm``, training ``seeds``, ``alphas``,
     the uniform-draw ``seed`` and ``sources``: per source experiment, what identifies the reference
     the runs were read from (its ``created`` time and checksum)."""
@@ -306,7 +306,7 @@ def load_conformal_reference(preset: str = "cpu") -> dict[str, Any] | None:
 
 def interval(summary: Mapping[str, Any], key: str, digits: int = 3) -> str:
     """``"0.901 ± 0.004"``: the mean and 95% half-width of ``key`` in a row of
-    :func:`avgk_lib.experiments.summarize`."""
+    :func:`avgk_book.experiments.summarize`."""
     if not isinstance(summary, Mapping) or key not in summary:
         raise ValueError(f"`summary` has no {key!r}")
     mean, half = summary[key], summary.get(f"{key}_ci95", 0.0)

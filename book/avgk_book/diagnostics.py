@@ -1,6 +1,6 @@
 r"""Per-run diagnostics behind the fair-comparison chapters, computed from a finished run's folder.
 
-:func:`add_diagnostics` extends experiment rows (:func:`avgk_lib.experiments.run_row`) with
+:func:`add_diagnostics` extends experiment rows (:func:`avgk_book.experiments.run_row`) with
 
 * ``test_avg{K}_ambiguous`` / ``test_avg{K}_clear``: average-K accuracy on the 20% of test inputs
   whose *Bayes* posterior has the highest / lowest entropy (synthetic data only: the posterior is

@@ -2,9 +2,9 @@ r"""Rich outputs for the book: tables, banners, findings and library source.
 
 Every helper returns a :class:`Block`, an object that Jupyter (and the book, through MyST-NB)
 renders when it is the value of a cell: tables as Markdown (:func:`markdown_table`, the book's one
-table renderer, also used by the chapter texts of :mod:`avgk_lib.book.findings`), boxes and source
+table renderer, also used by the chapter texts of :mod:`avgk_book.findings`), boxes and source
 listings as HTML with a Markdown fallback.
-Nothing here computes a number: the tables and findings come from :mod:`avgk_lib.book.analysis`
+Nothing here computes a number: the tables and findings come from :mod:`avgk_book.analysis`
 and the experiments; this module only lays them out so that they fit the page column (no long
 ``print`` lines that scroll sideways).
 

@@ -19,7 +19,7 @@ RESULTS_DIR = reference_dir()
 
 def save_arms_reference(name: str, preset: str, arms: dict[str, dict[str, Any]], directory: Path = RESULTS_DIR) -> Path:
     """Write ``<name>_<preset>.json`` with both protocols: ``"arms": {arm: {"rows", "seeds", ...}}``
-    (the shape :func:`avgk_lib.book.claims.reference_arms` reads; the tuned arm also holds its
+    (the shape :func:`avgk_book.claims.reference_arms` reads; the tuned arm also holds its
     ``tuning``), the rows without local paths, each arm's total wall time, and provenance.
 
     ``arms`` maps ``"paper"`` / ``"tuned"`` to a dict with ``rows`` (a list), ``seeds`` and any
