@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from avgk_book import experiments as E
+from avgk_book.cli import main as book_main
 from avgk_book.experiments import grid
 from avgk_lib import build as build_module
 from avgk_lib import config as config_module
@@ -32,9 +33,9 @@ GIB = 2**30
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, stderr)."""
+    """Run the CLI in this process (``run``: the book's, ``python -m avgk_book``): (exit code, stderr)."""
     try:
-        code = main(argv)
+        code = (book_main if argv[0] == "run" else main)(argv)
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err

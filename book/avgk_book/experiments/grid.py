@@ -27,7 +27,7 @@ def _setting_label(setting: Setting) -> str:
     return f"{dataset} ({', '.join(rest)})" if rest else dataset
 
 
-def preset_table(presets: Iterable[str] = ("smoke", "cpu", "colab", "gpu")) -> str:
+def preset_table(presets: Iterable[str] = PRESETS) -> str:
     """Markdown table of which chapter runs which experiment at which preset, generated from the
     catalog: per preset the settings and the runs per seed of each arm (tuned + paper), "not
     defined" where the experiment raises on that preset.
