@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from avgk_book.claims import VERDICTS, ledger_document, usable_reference
-from avgk_book.diagnostics import add_diagnostics
 from avgk_book.experiments import (
     EXPERIMENTS,
     RESULTS_DIR,
@@ -58,6 +57,9 @@ from avgk_book.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
 from avgk_book.references import load_json_reference, reference_names, seal
 from avgk_lib.config import TrainConfig
 from avgk_lib.rundir import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, also when this file is loaded by path
+from reference_diagnostics import add_diagnostics  # noqa: E402  (tools/reference_diagnostics.py)
 
 #: seconds per training epoch, measured on this machine (2 CPU cores, two single-thread processes
 #: at a time), per dataset family and loss; a loss missing here costs as cross-entropy.

@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 
+from avgk_book.analysis import load_run_scores, run_results
 from avgk_lib import functional as AF
 from avgk_lib import metrics as M
 from avgk_lib.data import load_dataset
 from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
 from avgk_lib.metrics import k_label
 from avgk_lib.rundir import RunDir
-
-from .analysis import load_run_scores, run_results
 
 EXTREME_SHARE = 0.2
 
