@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from avgk_book import claims as C
+from avgk_book.plotting import COLUMN_WIDTH_IN
 
 matplotlib.use("Agg")
 
@@ -435,7 +436,7 @@ def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
     assert any(
         label.startswith("P1-noise-topk-vs-ce\n") and label.endswith("\n(precondition absent)") for label in labels
     )
-    assert fig.get_size_inches()[0] <= 6.5  # the column width: the fonts are the sizes the reader sees
+    assert fig.get_size_inches()[0] <= COLUMN_WIDTH_IN  # the fonts are the sizes the reader sees
     texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
     texts += list(fig.legends[0].get_texts())
     assert all(t.get_fontsize() >= 9 for t in texts if t.get_text())
