@@ -45,3 +45,18 @@ def test_the_library_source_names_no_module_of_the_book():
         if line.lstrip().startswith(("import avgk_book", "from avgk_book"))
     ]
     assert not offending
+
+
+def test_the_book_package_imports_the_library_by_its_name():
+    """``avgk_book`` sits beside ``avgk_lib``, not inside it: a relative import that climbs out of
+    ``avgk_book`` (``from .. import metrics`` in one of its top-level modules, ``from ...`` below)
+    would fail at run time, inside a function only when that function runs."""
+    package = ROOT / "book" / "avgk_book"
+    offending = []
+    for path in sorted(package.rglob("*.py")):
+        depth = len(path.relative_to(package).parts)  # 1: avgk_book/x.py, 2: avgk_book/experiments/x.py
+        climbs_out = "from " + "." * (depth + 1)
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith(climbs_out):
+                offending.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offending, "import these from avgk_lib by name:\n" + "\n".join(offending)
