@@ -400,15 +400,29 @@ def test_synthesis_states_counts_main_result_and_links():
     n = len(doc["claims"])
     findings = [e for e in doc["claims"] if e["status"] == "finding"]
     supported = sum(e["verdict"] == "supported" for e in findings)
-    assert f"{len(findings)} of {n} entries are findings: {supported} supported" in text
+    assert f"{len(findings)} of {n} are findings: {supported} supported" in text
     assert "counted apart:" in text
     assert f"Holm's correction over {doc['holm_family_size']} tests" in text
+    n_claims = len({e["id"] for e in doc["claims"]})
+    assert text.startswith(f"**Main result**: of the {n_claims} claims tested, ")
     assert "[chapter 3](03_what_it_costs.ipynb)" in text and "[chapter 4](04_label_noise.ipynb)" in text
     assert "../notebooks/04_label_noise.ipynb" in C.synthesis_markdown(doc, link_from="book")
     only_tuned = _doc(_noise_rows(0.9))
     assert "The paper arm has no runs" in C.synthesis_markdown(only_tuned)
     assert C.synthesis_markdown({"claims": []}).startswith("_The ledger is empty")
-    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 0
+    assert text.startswith(C.main_result(doc)) and C.main_result(doc).count(". ") == 1  # claims, then entries
+
+
+def test_claim_outcomes_count_each_claim_once_from_its_findings_only():
+    def e(claim_id, verdict, status="finding"):
+        return {"id": claim_id, "verdict": verdict, "status": status}
+
+    entries = [e("cost", "supported")] * 6 + [e("mix", "supported"), e("mix", "contradicted", "finding"),
+               e("neg", "contradicted"), e("neg", "inconclusive"), e("flat", "inconclusive"),
+               e("gone", "supported", "confounded"), e("gone", "contradicted", "precondition absent")]  # fmt: skip
+    assert C.claim_outcomes(entries) == {
+        "supported": ["cost"], "contradicted": ["neg"], "mixed": ["mix"], "inconclusive": ["flat"],
+        "no finding": ["gone"]}  # fmt: skip
 
 
 def test_forest_data_in_display_units():
@@ -611,3 +625,36 @@ def test_the_ledger_at_a_glance_has_one_row_per_claim_with_text_badges_and_a_wor
         assert "adjusted p" in example and "> 0.05" in example
     with pytest.raises(ValueError, match="`verdict`"):
         C.badge("maybe")
+
+
+def test_control_contrast_is_the_paired_difference_of_differences_scipy_oracle():
+    rng = np.random.default_rng(3)
+    seeds = list(range(12))
+    a, b, a0, b0 = (dict(zip(seeds, rng.uniform(0.4, 0.9, 12), strict=True)) for _ in range(4))
+    got = C.control_contrast(a, b, seeds, a0, b0)
+    e = np.array([(a[s] - b[s]) - (a0[s] - b0[s]) for s in seeds])
+    ref = stats.ttest_1samp(e, 0.0)
+    lo, hi = stats.t.interval(0.95, len(e) - 1, loc=e.mean(), scale=stats.sem(e))
+    assert got["effect"] == pytest.approx(e.mean()) and got["p"] == pytest.approx(ref.pvalue)
+    assert got["ci95"] == pytest.approx([lo, hi])
+    assert got["without"] == pytest.approx(np.mean([a0[s] - b0[s] for s in seeds]))
+    # seeds missing from the control are left out; fewer than two pairs give None
+    assert C.control_contrast(a, b, seeds, {0: 0.5}, {0: 0.4}) is None
+
+
+def test_noise_entries_carry_a_control_that_leaves_the_verdict_alone():
+    rows = []
+    for seed in range(6):
+        for p, gap in ((0.6, 0.05), (0.0, 0.03)):
+            rows.append({"dataset": "synthetic-100", "label_noise": p, "loss": "noised_topk", "seed": seed,
+                         "last_top5_micro": 0.7 + gap + 0.001 * seed})  # fmt: skip
+            rows.append({"dataset": "synthetic-100", "label_noise": p, "loss": "cross_entropy", "seed": seed,
+                         "last_top5_micro": 0.7 - 0.002 * seed})  # fmt: skip
+    ref = {"preset": "cpu", "rows": rows, "seeds": list(range(6))}
+    claim = next(c for c in C.CLAIMS if c.id == "P1-noise-topk-vs-ce-last")
+    (entry,) = C.evaluate_claim(claim, ref, settings={"synthetic-100": {"n_classes": 100, "k": 5}})
+    assert entry["control"]["setting"] == {"dataset": "synthetic-100", "label_noise": 0.0}
+    assert entry["control"]["effect"] == pytest.approx(0.02)
+    assert entry["control"]["without"] == pytest.approx(0.03 + 0.003 * 2.5, abs=1e-9)
+    assert entry["effect"] == pytest.approx(0.05 + 0.003 * 2.5)  # the verdict's contrast is uncontrolled
+    assert any(n.startswith("control (label_noise=0.0)") for n in entry["notes"])

@@ -21,17 +21,21 @@ from avgk_lib.ops import (
 from tests.conftest import tie_free_scores
 
 
+def _assert_matches_pytopk(x: torch.Tensor, noise: torch.Tensor, k: int, epsilon: float, atol: float) -> None:
+    """Value (within ``atol``) and gradient (1e-6) of ``noised_topk`` against pytopk's on the same noise."""
+    ours = noised_topk(x, k, epsilon=epsilon, n_samples=noise.shape[0], noise=noise)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = pytopk_noised_topk(x2, noise.permute(1, 2, 0), k, epsilon, -1, -1)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=atol)
+    torch.testing.assert_close(g_ours, g_ref.to(g_ours.dtype), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_noised_topk_matches_pytopk_value_and_gradient(k):
     x = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
-    noise = torch.randn(4, 7, 12, dtype=torch.float64)
-    ours = noised_topk(x, k, epsilon=0.3, n_samples=4, noise=noise)
-    (g_ours,) = torch.autograd.grad(ours.sum(), x)
-    x2 = x.detach().clone().requires_grad_(True)
-    ref = pytopk_noised_topk(x2, noise.permute(1, 2, 0), k, 0.3, -1, -1)
-    (g_ref,) = torch.autograd.grad(ref.sum(), x2)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(g_ours, g_ref.to(torch.float64), rtol=0, atol=1e-6)
+    _assert_matches_pytopk(x, torch.randn(4, 7, 12, dtype=torch.float64), k, 0.3, atol=1e-12)
 
 
 def test_epsilon_zero_is_exact_kth_largest_with_one_hot_gradient():
@@ -207,14 +211,7 @@ def test_noised_topk_on_wide_float32_rows_matches_pytopk(k):
     """The rows of the loss benchmark (C = 100, float32): the selection pytopk makes with its own
     topk over the same perturbed scores, and its gradient."""
     x = torch.randn(16, 100, requires_grad=True)
-    noise = torch.randn(5, 16, 100)
-    ours = noised_topk(x, k, epsilon=1.0, n_samples=5, noise=noise)
-    (g_ours,) = torch.autograd.grad(ours.sum(), x)
-    x2 = x.detach().clone().requires_grad_(True)
-    ref = pytopk_noised_topk(x2, noise.permute(1, 2, 0), k, 1.0, -1, -1)
-    (g_ref,) = torch.autograd.grad(ref.sum(), x2)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
-    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-6)
+    _assert_matches_pytopk(x, torch.randn(5, 16, 100), k, 1.0, atol=1e-5)
 
 
 def test_overflow_raises_only_where_it_reaches_the_selected_value():

@@ -62,6 +62,17 @@ def test_dry_run_with_jobs_prints_the_split_and_its_wall_time(tool, monkeypatch,
     assert "job 1:" in out and "job 2:" in out and "wall time with --jobs 2" in out
 
 
+@pytest.mark.parametrize("preset", ["colab", "gpu"])
+def test_dry_run_of_a_gpu_preset_skips_experiments_without_it_and_gives_no_cpu_estimate(
+    tool, monkeypatch, capsys, preset
+):
+    monkeypatch.setattr(sys, "argv", ["reference_runs.py", "--dry-run", "--preset", preset])
+    assert tool.main() == 0
+    out = capsys.readouterr().out
+    assert "two_head_ablation" not in out  # defined at smoke and cpu only
+    assert "GPU runs" in out and "no CPU estimate" in out
+
+
 def test_bad_jobs_ends_in_one_clear_line(tool, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["reference_runs.py", "--jobs", "0"])
     with pytest.raises(SystemExit):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -175,8 +176,12 @@ def digest(configs: list[TrainConfig]) -> str:
 
 
 def seconds(config: TrainConfig) -> float:
-    """Estimated training time of one run from :data:`SECONDS_PER_EPOCH`."""
-    family = "fashion_mnist" if config.dataset == "fashion_mnist" else "synthetic"
+    """Estimated training time of one run from :data:`SECONDS_PER_EPOCH` (measured on this
+    project's 2-core CPU for the synthetic and Fashion-MNIST runs; NaN for any other dataset, whose
+    runs belong on a GPU: ``book/how_to_run.md`` gives their times)."""
+    if config.dataset not in ("synthetic", "fashion_mnist"):
+        return math.nan
+    family = config.dataset
     per_epoch = SECONDS_PER_EPOCH.get((family, config.loss), SECONDS_PER_EPOCH[(family, "cross_entropy")])
     if family == "synthetic":
         per_epoch *= 128 / config.batch_size
@@ -188,6 +193,8 @@ def seconds(config: TrainConfig) -> float:
 
 def runs_here(name: str, preset: str, arm: str) -> bool:
     """Whether ``name`` has an ``arm`` at ``preset`` with a setting of the asked dataset families."""
+    if preset not in EXPERIMENTS[name].presets:
+        return False
     spec = EXPERIMENTS[name].preset(preset)
     if arm == "paper" and spec.paper is None:
         return False
@@ -230,8 +237,13 @@ def dry_run(names: list[str], preset: str, seeds: list[int], arms: list[str], jo
             c = arm_cost(name, preset, seeds, arm)
             total += c["seconds"]
             cells = f"{c['tuning_runs']} (+ <= {c['extensions']})" if c["tuning_runs"] else "0"
-            hours = f"{c['seconds'] / 3600:.2f}-{c['worst'] / 3600:.2f} h"
+            hours = (
+                f"{c['seconds'] / 3600:.2f}-{c['worst'] / 3600:.2f} h" if math.isfinite(c["seconds"]) else "GPU runs"
+            )
             print(f"{name:22} {arm:6} {cells:>22} {c['seed_runs']:>9} {hours:>14}")
+    if not math.isfinite(total):
+        print("no CPU estimate: these runs need a GPU (book/how_to_run.md gives measured GPU times)")
+        return
     print(f"total (without extensions): {total / 3600:.2f} h of process time, one run at a time (stacked MLPs: less)")
     if jobs > 1:
         groups = job_groups(names, {n: experiment_cost(n, preset, seeds, arms) for n in names}, jobs)

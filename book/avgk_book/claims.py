@@ -215,8 +215,8 @@ def headroom(rows: list[dict[str, Any]], metric: str, seeds: list[int]) -> dict[
     ``rows`` are the rival's runs, ``metric`` the entry's (e.g. ``test_avg3_micro``). On synthetic
     data each row carries ``bayes_avg{K}_micro``, the expected accuracy of the Bayes-optimal
     average-K sets on its seed's test inputs; the headroom is
-    :math:`h = rac1n \sum_s (	ext{Bayes}_s - 	ext{rival}_s)` (``bound = "oracle"``). Without an
-    oracle (real data) :math:`1 - \overline{	ext{rival}}` bounds it from above (``bound = "upper"``).
+    :math:`h = \frac1n \sum_s (\text{Bayes}_s - \text{rival}_s)` (``bound = "oracle"``). Without an
+    oracle (real data) :math:`1 - \overline{\text{rival}}` bounds it from above (``bound = "upper"``).
     A macro metric on a long-tailed split has no oracle bound here (the Bayes sets maximise micro
     accuracy), nor has a row without the Bayes column: ``measured = None``. The decision
     (:func:`decide_headroom`) needs the entry's minimum detectable effect; an absent headroom
@@ -276,7 +276,10 @@ class Claim:
 
     ``kind`` is ``"superiority"``, ``"equivalence"`` (with ``margin``, in the metric's units) or
     ``"gain"`` (``metric`` where the claim looks, ``elsewhere_metric`` the rest); ``"cost"`` reads
-    a loss benchmark instead of a reference. ``metric`` may contain ``{k}``.
+    a loss benchmark instead of a reference. ``metric`` may contain ``{k}``. ``control`` (protocol
+    A10) names a control setting, e.g. ``{"label_noise": 0.0}``: the entry then also reports, as a
+    diagnosis beside its verdict, the same contrast there and the difference of the two
+    (:func:`control_contrast`); the verdict stays on the claim's own contrast.
     """
 
     id: str
@@ -293,11 +296,13 @@ class Claim:
     margin: float | None = None
     precondition: str = ""
     chapter: str = ""
+    control: dict[str, Any] = field(default_factory=dict)
 
 
 P2_WEAK = [{"loss": n} for n in ("assume_negative", "an_ls", "wan", "epr", "role")]
 CE = {"loss": "cross_entropy"}
 NOISE = {"label_noise": 0.6}
+CLEAN = {"label_noise": 0.0}
 CH = {n: f"notebooks/{n}.ipynb" for n in ("03_what_it_costs", "04_label_noise", "05_long_tail", "07_two_head_loss",
                                           "08_where_gains_come_from")}  # fmt: skip
 EQUIVALENCE_MARGIN = 0.01  # 1 percentage point of top-K accuracy
@@ -305,17 +310,18 @@ EQUIVALENCE_MARGIN = 0.01  # 1 percentage point of top-K accuracy
 CLAIMS = [
     Claim("P1-noise-topk-vs-ce", "P1", "the noised top-K loss outperforms cross-entropy in top-K accuracy under "
           "label noise (best-validation checkpoint)", "label_noise", "test_top{k}_micro", {"loss": "noised_topk"},
-          [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"]),
+          [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"], control=CLEAN),
     Claim("P1-noise-topk-vs-ce-last", "P1", "the noised top-K loss outperforms cross-entropy in top-K accuracy "
           "under label noise (last epoch: no late degradation)", "label_noise", "last_top{k}_micro",
-          {"loss": "noised_topk"}, [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"]),
+          {"loss": "noised_topk"}, [CE], NOISE, precondition="ce_fits_flipped_labels", chapter=CH["04_label_noise"],
+          control=CLEAN),
     Claim("P1-noise-topk-vs-svm", "P1", "the noised top-K loss is competitive with the state-of-the-art top-K loss "
           "(smooth top-K SVM) in top-K accuracy under label noise", "label_noise", "test_top{k}_micro",
           {"loss": "noised_topk"}, [{"loss": "smooth_topk_svm"}], NOISE, kind="equivalence",
           margin=EQUIVALENCE_MARGIN, chapter=CH["04_label_noise"]),
     Claim("P1-clean-topk-vs-ce", "P1", "the noised top-K loss performs very well on balanced data: top-K accuracy "
           "on a par with cross-entropy without label noise", "label_noise", "test_top{k}_micro",
-          {"loss": "noised_topk"}, [CE], {"label_noise": 0.0}, kind="equivalence", margin=EQUIVALENCE_MARGIN,
+          {"loss": "noised_topk"}, [CE], CLEAN, kind="equivalence", margin=EQUIVALENCE_MARGIN,
           chapter=CH["04_label_noise"]),
     Claim("P1-cost", "P1", "the noised top-K loss has a significantly lower computational time than the "
           "state-of-the-art top-K loss (smooth top-K SVM)", "bench_losses", "ms (forward + backward)",
@@ -527,6 +533,65 @@ def _evidence(claim: Claim, seeds: list[int], ours: list[float], rival: list[flo
     return entry
 
 
+def control_contrast(
+    ours: Mapping[int, float],
+    rival: Mapping[int, float],
+    seeds: Sequence[int],
+    control_ours: Mapping[int, float],
+    control_rival: Mapping[int, float],
+) -> dict[str, Any] | None:
+    r"""The claim's contrast with its control subtracted (protocol A10), per seed:
+    :math:`e_s = (a_s - b_s) - (a^0_s - b^0_s)`, where :math:`a^0, b^0` are the same methods and seed
+    in the control setting (e.g. without label noise). :math:`\bar e` is the part of the effect
+    that the setting's difference (the noise) causes; ``without`` is :math:`\overline{a^0 - b^0}`,
+    the part that exists anyway. Seeds missing from the control are left out; fewer than two
+    paired seeds give None.
+
+    Example:
+        >>> r = control_contrast({0: .8, 1: .9}, {0: .7, 1: .7}, [0, 1], {0: .8, 1: .8}, {0: .75, 1: .75})
+        >>> [round(r[k], 3) for k in ("effect", "without")], r["n_seeds"]
+        ([0.1, 0.05], 2)
+    """
+    paired = [s for s in seeds if s in control_ours and s in control_rival]
+    if len(paired) < 2:
+        return None
+    without = [control_ours[s] - control_rival[s] for s in paired]
+    e = [ours[s] - rival[s] - w for s, w in zip(paired, without, strict=True)]
+    test = S.t_test(e)
+    mean_without = math.fsum(without) / len(without)
+    return {
+        "effect": test["effect"],
+        "ci95": test["ci"],
+        "p": test["p"],
+        "n_seeds": len(paired),
+        "without": mean_without,
+    }
+
+
+def _control(claim: Claim, rows: list[dict[str, Any]], setting: dict, metric: str, entry: dict) -> dict | None:
+    """The control block of an entry (:func:`control_contrast`) with its setting, or None."""
+    base = {k: v for k, v in setting.items() if k not in claim.where}
+    control_rows = _select(rows, {**base, **claim.control})
+    seeds = entry["per_seed"]["seeds"]
+    ours = dict(zip(seeds, entry["per_seed"]["ours"], strict=True))
+    rival = dict(zip(seeds, entry["per_seed"]["rival"], strict=True))
+    mine = _by_seed(_select(control_rows, claim.ours), metric)
+    theirs = _by_seed(_select(control_rows, {"loss": entry["rival"]}), metric)
+    block = control_contrast(ours, rival, seeds, mine, theirs)
+    return None if block is None else {"setting": {**base, **claim.control}, **block}
+
+
+def control_note(control: Mapping[str, Any]) -> str:
+    """One sentence on an entry's control block (:func:`control_contrast`), effects in pp."""
+    lo, hi = control["ci95"]
+    where = ", ".join(f"{k}={v}" for k, v in control["setting"].items() if k != "dataset")
+    return (
+        f"control ({where}): the same contrast is {100 * control['without']:+.2f} pp there; the part the "
+        f"setting causes is {100 * control['effect']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] pp "
+        f"({control['n_seeds']} paired seeds; a diagnosis, not the verdict)"
+    )
+
+
 def _best_is_last(rows: list[dict[str, Any]]) -> bool | None:
     flags = [r["best_epoch"] == len(r["val_curve"]) for r in rows if "best_epoch" in r and r.get("val_curve")]
     return all(flags) if flags else None
@@ -571,6 +636,11 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
         if entry["precondition"]["met"] is None:
             entry["notes"].append("precondition not measured: the references store no fit of the flipped labels")
     entry.update(_exclusions(claim, arm, setting, entry))
+    if claim.control and claim.kind == "superiority":
+        control = _control(claim, ref["rows"], setting, metric, entry)
+        if control is not None:
+            entry["control"] = control
+            entry["notes"].append(control_note(control))
     if ref.get("tuning"):
         summary = {m: tuning_summary(ref["tuning"], setting, m) for m in (entry["ours"], entry["rival"])}
         entry["tuning"] = {"ours": summary[entry["ours"]], "rival": summary[entry["rival"]]}
@@ -811,10 +881,10 @@ def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[
 
 def minimum_detectable_effect(entry: Mapping[str, Any], family_size: int, alpha: float = ALPHA) -> float | None:
     r"""The entry's minimum detectable effect at :data:`POWER` (``book/protocol.md``, A2):
-    :math:`(t_{1-lpha/(2m),\,n-1} + t_{	ext{power},\,n-1})\, s_d / \sqrt n` with :math:`m` the
-    Holm family size (its strictest step), :math:`n` the seeds and :math:`s_d` the standard
-    deviation of the paired differences in the claimed direction (of the gains' difference for a
-    gain claim). None with fewer than two seeds.
+    :math:`(t_{1-a/(2h),\,n-1} + t_{\text{power},\,n-1})\, \sigma_d / \sqrt n` with :math:`a` the
+    test level, :math:`h` the Holm family size (its strictest step), :math:`n` the seeds and
+    :math:`\sigma_d` the standard deviation of the paired differences in the claimed direction (of
+    the gains' difference for a gain claim). None with fewer than two seeds.
 
     Example:
         >>> e = {"test": "superiority", "unit": "accuracy",
@@ -1125,28 +1195,63 @@ def _ids_with(entries: list[Mapping[str, Any]], verdict: str) -> list[str]:
     return sorted({e["id"] for e in entries if e["verdict"] == verdict})
 
 
+def claim_outcomes(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The claims (ids) grouped by what their **findings** say over every setting, K and arm:
+    ``supported`` (some finding supported, none contradicted), ``contradicted`` (the reverse),
+    ``mixed`` (both, in different settings or arms), ``inconclusive`` (findings, all
+    inconclusive) and ``no finding`` (every entry counted apart: precondition absent, confounded
+    or not evidence). A claim with many entries (the cost claim's timing rows) counts once.
+
+    Example:
+        >>> claim_outcomes([{"id": "a", "verdict": "supported", "status": "finding"},
+        ...                 {"id": "a", "verdict": "inconclusive", "status": "finding"},
+        ...                 {"id": "b", "verdict": "contradicted", "status": "confounded"}])
+        {'supported': ['a'], 'contradicted': [], 'mixed': [], 'inconclusive': [], 'no finding': ['b']}
+    """
+    verdicts: dict[str, set[str]] = {}
+    for e in entries:
+        found = verdicts.setdefault(e["id"], set())
+        if e.get("status", "finding") == "finding":
+            found.add(e["verdict"])
+    out: dict[str, list[str]] = {k: [] for k in ("supported", "contradicted", "mixed", "inconclusive", "no finding")}
+    for claim_id, found in sorted(verdicts.items()):
+        both = {"supported", "contradicted"} <= found
+        key = "mixed" if both else next((v for v in ("supported", "contradicted") if v in found), None)
+        out[key or ("inconclusive" if found else "no finding")].append(claim_id)
+    return out
+
+
 def main_result(ledger: Any) -> str:
-    """The ledger's main result in one Markdown sentence: the verdict counts after Holm's
-    correction and which claims are supported or contradicted in some setting (for the intro page)."""
+    """The ledger's main result in two Markdown sentences (for the intro page): first claim by
+    claim (:func:`claim_outcomes`: a claim tested in many settings counts once), then the entry
+    counts after Holm's correction, findings apart from the entries counted apart."""
     entries = _entries(ledger)
     if not entries:
         return "_The ledger is empty: no claim could be tested._"
     family = sum(len(_hypotheses(e)) for e in entries)
+    outcomes = claim_outcomes(entries)
     findings = [e for e in entries if e.get("status", "finding") == "finding"]
-    supported, contradicted = _ids_with(findings, "supported"), _ids_with(findings, "contradicted")
     counts = {v: sum(e["verdict"] == v for e in findings) for v in VERDICTS}
     apart = {s: sum(e.get("status") == s for e in entries) for s in STATUSES[1:]}
     timed = sum(e["verdict"] == "supported" and e.get("preset") == "benchmark" for e in findings)
-    timing = f"; {timed} of the {counts['supported']} are timing benchmarks" if timed else ""
-    extra = family - len(entries)
-    tests = f"{family} tests" + (f" (an equivalence or gain entry adds a second test: {extra})" if extra else "")
+    timing = f", {timed} of them timing rows of the one cost claim" if timed else ""
+
+    def group(key: str, words: str) -> str:
+        ids = outcomes[key]
+        return f"{words}: {len(ids)}" + (f" ({', '.join(ids)})" if ids else "")
+
     return (
-        f"**Main result**: after Holm's correction over {tests}, {len(findings)} of {len(entries)} entries are "
-        f"findings: {counts['supported']} supported ({', '.join(supported) or 'no claim in any setting'}{timing}), "
-        f"{counts['contradicted']} contradicted ({', '.join(contradicted) or 'none'}) and "
-        f"{counts['inconclusive']} inconclusive; counted apart: {apart['precondition absent']} not reproduced "
-        f"here because a precondition is absent, {apart['confounded']} decided by a named confound and "
-        f"{apart['not counted']} in a setting that is not evidence."
+        f"**Main result**: of the {sum(map(len, outcomes.values()))} claims tested, "
+        f"{group('supported', 'supported by a finding in some setting and contradicted in none')}; "
+        f"{group('contradicted', 'contradicted and supported in none')}; "
+        f"{group('mixed', 'supported in one setting or arm and contradicted in another')}; "
+        f"{group('inconclusive', 'inconclusive findings only')}; "
+        f"{group('no finding', 'no finding at all')}. Counted in entries (claim, setting, K and arm; Holm's "
+        f"correction over {family} tests), {len(findings)} of {len(entries)} are findings: {counts['supported']} "
+        f"supported{timing}, {counts['contradicted']} contradicted and {counts['inconclusive']} inconclusive; "
+        f"counted apart: {apart['precondition absent']} not reproduced here because a precondition is absent, "
+        f"{apart['confounded']} decided by a named confound and {apart['not counted']} in a setting that is not "
+        f"evidence."
     )
 
 
