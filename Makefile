@@ -5,7 +5,7 @@
 #   make demo        - a one-minute tour of the library on synthetic data
 #   make bench       - the loss / calibration benchmark (prints a table)
 #   make references  - both protocols (book/protocol.md): the paper arm and the tuned arm (tuning on two draws, then seeds 0-19 on synthetic data, 0-4 on Fashion-MNIST) and the size sweep, the references and claims.json; resumable; `python tools/reference_runs.py --dry-run --jobs 2` prints the runs, their estimated cost on a fresh run cache (about 20.6 h of process time, about 11 h of wall time in two processes, before grid extensions) and the split
-#   make wheel-test  - build the wheel, install it outside the repository and run a chapter from there (part of `make unit`)
+#   make wheel-test  - build both wheels (avgk_lib, avgk_book), install them outside the repository and run a chapter from there (part of `make unit`)
 #   make set-repo-url URL=https://github.com/OWNER/NAME - point the book, badges and install cells at another repository
 
 PYTHON ?= python3
@@ -23,16 +23,16 @@ HTML := $(STAGE)/_build/html
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml book/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PACKAGES)
-	$(BIN)/python -m pip install --quiet -e ".[test,book]"
+	$(BIN)/python -m pip install --quiet -e ".[test,book]" -e ./book
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check avgk_lib tests benchmarks tools
-	$(BIN)/ruff format --check avgk_lib tests benchmarks tools
+	$(BIN)/ruff check avgk_lib book/avgk_book tests benchmarks tools
+	$(BIN)/ruff format --check avgk_lib book/avgk_book tests benchmarks tools
 
 book: $(STAMP)
 	$(BIN)/python tools/run_notebooks.py --preset $(PRESET) --out $(STAGE)

@@ -1,4 +1,4 @@
-"""``python -m avgk_lib``: ``train`` one run, ``run`` a named experiment, ``list``, ``demo``.
+"""``python -m avgk_lib``: ``train`` one run, ``list`` the losses, ``demo``.
 
 The ``train`` flags are generated from :class:`~avgk_lib.config.TrainConfig` (one flag per
 field: type, default and help from the field) by :func:`add_config_arguments`; the loss flags
@@ -6,7 +6,8 @@ from the loss signatures and the dataset flags from the loader signatures. Every
 ends with one line ``error: ...`` naming the flag and exit code 2, before anything trains
 (``--debug`` shows the traceback); a diverged run ends with one line and exit code 1; so do
 environment problems (an unusable data or cache folder: exit 2; a failed download: exit 1);
-Ctrl-C ends with one line saying how to resume and exit code 130.
+Ctrl-C ends with one line saying how to resume and exit code 130. :func:`run_command` does this
+mapping for any subcommand (the book's ``python -m avgk_book run`` uses it too).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import argparse
 import dataclasses
 import errno
 import functools
-import json
 import re
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,13 +158,6 @@ def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
             return f"interrupted before the first checkpoint in {folder}; run the command again to start over"
         done = f" after epoch {err.epoch}" if isinstance(err, RunInterrupted) else ""
         return f"interrupted{done}; resume with --resume --out {folder} (from its last checkpoint)"
-    if args.command == "run":
-        from .data import cache_dir
-
-        return (
-            f"interrupted; every run keeps its finished epochs in its last.pt under {cache_dir() / 'runs'}: run the "
-            "same command again to resume (finished runs are cached, the stopped ones resume)"
-        )
     return "interrupted"
 
 
@@ -176,46 +170,10 @@ def _diverged_hint(args: argparse.Namespace) -> str:
     return f" (with another --out: {folder} keeps this configuration's epochs; or delete its run files first)"
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .data import cache_dir
-    from .experiments import get_experiment, run_experiment
-
-    get_experiment(args.experiment)
-    check_folder(cache_dir(), CACHE_ENV)  # written only when a run must train (a read-only cache serves)
-    table = run_experiment(
-        args.experiment, args.preset, seeds=args.seeds, progress=not args.no_progress, force=args.force
-    )
-    print(json.dumps(table, indent=1) if args.json else table_to_text(table))
-    return 0
-
-
-def table_to_text(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of ``rows`` (floats with 4 decimals)."""
-    if not rows:
-        return "(no runs)"
-    hidden = ("last_", "softmax_", "multilabel_", "combined_", "opt_")
-    keys = [k for k, v in rows[0].items() if not isinstance(v, list | dict) and not k.startswith(hidden)]
-    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
-    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
-    lines += ["  ".join(_fmt(r.get(k)).ljust(widths[k]) for k in keys) for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .experiments import EXPERIMENTS
-
     print("losses:")
     for name, objective in sorted(OBJECTIVES.items()):
         print(f"  {name:<24} {objective.description}")
-    print("experiments (python -m avgk_lib run NAME --preset PRESET):")
-    for name, experiment in EXPERIMENTS.items():
-        print(f"  {name:<24} {experiment.description}")
-        for preset, spec in experiment.presets.items():
-            print(f"  {'':<24}   {preset:<6} {len(spec.settings)} setting(s){': ' + spec.note if spec.note else ''}")
     return 0
 
 
@@ -225,35 +183,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .experiments import PRESETS
-
-    parser = _Parser(prog="python -m avgk_lib", description="top-K and average-K classification")
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
+    """A parser whose errors are one line, its subparsers and the parent parser that gives each
+    subcommand ``--debug``."""
+    parser = _Parser(prog=prog, description=description)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    return parser, parser.add_subparsers(dest="command", required=True, parser_class=_Parser), common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub, common = command_parser("python -m avgk_lib", "top-K and average-K classification")
     p_train = sub.add_parser(
         "train", help="train one model", parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_train_arguments(p_train)
-    p_run = sub.add_parser("run", help="run a named experiment (cached by configuration)", parents=[common])
-    p_run.add_argument("experiment")
-    p_run.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    p_run.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p_run.add_argument("--force", action="store_true", help="retrain even when a cached run exists")
-    p_run.add_argument("--json", action="store_true", help="print the table as JSON")
-    p_run.add_argument("--no-progress", action="store_true")
-    sub.add_parser("list", help="list losses and experiments", parents=[common])
+    sub.add_parser("list", help="list the losses (the book's experiments: python -m avgk_book list)", parents=[common])
     sub.add_parser("demo", help="one-minute tour of the library", parents=[common])
     return parser
 
 
-def _flag_message(err: Exception, command: str | None = None) -> str:
-    """The error's message with `field` names written as the CLI flags (``run`` has no ``--out``:
-    its run folders are the cache's)."""
+def _flag_message(err: Exception, args: argparse.Namespace) -> str:
+    """The error's message with `field` names written as the CLI flags (a command without ``--out``,
+    such as the book's ``run``, has the cache's run folders)."""
     if isinstance(err, ConfigError):
-        if err.field == "out" and command == "run":
+        if err.field == "out" and not hasattr(args, "out"):
             return f"run folder {err.detail} (the run cache: {CACHE_ENV})"
         return f"{flag(err.field)} {err.detail}"
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), str(err))
@@ -271,13 +226,22 @@ def _setup_message(err: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 failed run or download, 2 user mistake or
     unusable folder, 130 interrupted by Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    return run_command(args, {"train": _cmd_train, "list": _cmd_list, "demo": _cmd_demo}[args.command])
+
+
+def run_command(
+    args: argparse.Namespace,
+    command: Callable[[argparse.Namespace], int],
+    interrupted: Callable[[argparse.Namespace, KeyboardInterrupt], str] = _interrupted,
+) -> int:
+    """``command(args)`` with every error mapped to one line ``error: ...`` on stderr and its exit
+    code (see :func:`main`); ``interrupted`` words the line of a Ctrl-C."""
     from .train import TrainingDiverged
 
-    args = build_parser().parse_args(argv)
-    commands = {"train": _cmd_train, "run": _cmd_run, "list": _cmd_list, "demo": _cmd_demo}
     clean = (ConfigError, CheckpointError, DataFolderError, RunDirError)
     try:
-        return commands[args.command](args)
+        return command(args)
     except RunFileWriteError as err:  # a run file could not be written: one line naming it
         if args.debug:
             raise
@@ -287,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         hint = "" if isinstance(err, clean) else " (--debug shows the traceback)"
-        print(f"error: {_flag_message(err, args.command)}{hint}", file=sys.stderr)
+        print(f"error: {_flag_message(err, args)}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except (TrainingDiverged, DownloadError) as err:
         if args.debug:
@@ -297,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if args.debug:
             raise
-        print(f"error: {_interrupted(args, err)}", file=sys.stderr)
+        print(f"error: {interrupted(args, err)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
         if args.debug or err.errno not in (*_SPACE_ERRNOS, *_SETUP_ERRNOS):

@@ -12,7 +12,7 @@ Both loops train the same SmallCNN with cross-entropy, SGD, batch 128 and the sa
 reports the test top-1 accuracy and the training time.
 
 The results are written with the provenance block of every reference (git commit, versions,
-device) to ``avgk_lib/reference_results/bench_fmnist_pipeline_cpu.json`` unless ``--json`` names
+device) to ``book/avgk_book/reference_results/bench_fmnist_pipeline_cpu.json`` unless ``--json`` names
 another file or ``--no-json`` is given.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from avgk_lib.references import reference_dir, write_reference
+from avgk_book.references import reference_dir, write_reference
 
 
 def _train_steps(model, batches, n_batches: int) -> float:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": ours / plain,
     }
     if args.full:
-        from avgk_lib.experiments import CPU_FMNIST
+        from avgk_book.experiments import CPU_FMNIST
         from avgk_lib.train import TrainConfig, train
 
         cfg = TrainConfig(

@@ -11,7 +11,7 @@ cross-entropy and with the noised top-K loss (K=5, epsilon=0.2, n_samples=10), a
 a training step the noised loss costs beyond cross-entropy. Peers in the same run, ratios only.
 
 The results are written with the provenance block of every reference (git commit, versions,
-device) to ``avgk_lib/reference_results/bench_gpu_training_<device type>.json`` unless ``--json``
+device) to ``book/avgk_book/reference_results/bench_gpu_training_<device type>.json`` unless ``--json``
 names another file or ``--no-json`` is given. ``--device cpu`` (tiny sizes) only checks the code.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from avgk_book.references import reference_dir, write_reference
 from avgk_lib import functional as AF
 from avgk_lib.data import DatasetBundle, TensorSplit, make_loader
 from avgk_lib.data.cifar100 import MEAN, STD
 from avgk_lib.models import build_model
-from avgk_lib.references import reference_dir, write_reference
 
 LOSSES = {
     "cross_entropy": lambda s, y: F.cross_entropy(s, y),

@@ -3,7 +3,7 @@
     python benchmarks/bench_losses.py [--device cuda] [--threads N] [--json PATH | --no-json]
 
 The results are written, with the provenance block of every reference (git commit, versions,
-device), to ``avgk_lib/reference_results/bench_losses_<cpu|cuda>.json`` unless ``--json`` names
+device), to ``book/avgk_book/reference_results/bench_losses_<cpu|cuda>.json`` unless ``--json`` names
 another file or ``--no-json`` is given.
 
 Forward + backward of one batch (B=128 by default, float32) for
@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from avgk_book.benchmarking import HEADER, bench_calibration, bench_losses, format_row, import_peers
+from avgk_book.references import reference_dir, write_reference
 from avgk_lib import functional as AF
-from avgk_lib.book.benchmarking import HEADER, bench_calibration, bench_losses, format_row, import_peers
-from avgk_lib.references import reference_dir, write_reference
 
 warnings.filterwarnings("ignore")
 
@@ -129,7 +129,7 @@ def _thread_cpu_ms(fn, seconds: float) -> float:
 def bench_losses_cpu_clock(
     batch: int, n_samples: int, min_run_time: float, rounds: int, classes=(100, 1081), ks=(1, 5, 10)
 ) -> list[dict]:
-    """The rows of :func:`~avgk_lib.book.benchmarking.bench_losses` (same candidates, same inputs)
+    """The rows of :func:`~avgk_book.benchmarking.bench_losses` (same candidates, same inputs)
     timed by thread CPU time on one thread; each value is the minimum over ``rounds`` interleaved
     rounds (every round's time is kept in ``repeats_ms``)."""
     difftopk, pytopk = import_peers()

@@ -24,7 +24,7 @@ anyway (how the rule was measured).
 task, stack size or thread count); each row names the commit, time and thread count it was
 measured at.
 
-Writes ``avgk_lib/reference_results/bench_train_many_<device>.json`` with provenance.
+Writes ``book/avgk_book/reference_results/bench_train_many_<device>.json`` with provenance.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import time
 
 import torch
 
+from avgk_book.experiments.catalog import SYNTHETIC_100
+from avgk_book.references import load_json_reference, write_reference
 from avgk_lib import stacked
 from avgk_lib._checks import value_checks
 from avgk_lib.build import build_run
-from avgk_lib.experiments.catalog import SYNTHETIC_100
-from avgk_lib.references import load_json_reference, write_reference
 from avgk_lib.rundir import git_commit
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import TrainConfig, train, train_many

@@ -12,7 +12,7 @@
 #   5. chapter:  one chapter at the colab preset with papermill (CHAPTER=04_label_noise,
 #                PRESET=colab; its dataset must be under AVGK_DATA_DIR: the machine is offline)
 # The JSON files carry the provenance block (git commit, versions, GPU name); commit them by
-# copying them into avgk_lib/reference_results/. Environment: PYTHON (default python3), CHAPTER,
+# copying them into book/avgk_book/reference_results/. Environment: PYTHON (default python3), CHAPTER,
 # PRESET, CHAPTER_TIMEOUT (seconds, default 1500), AVGK_DATA_DIR.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/avgk-device}}

@@ -1,9 +1,22 @@
 """Analyses behind chapters 2 and 3 of the book, against hand-computed values."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-from avgk_lib.book import analysis as A
+from avgk_book import analysis as A
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _tool_module(name: str):
+    """A module of ``tools/`` (the code that generates committed files), loaded by its path."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_uncalibrated_hinge_matches_the_brute_force_definition():
@@ -94,8 +107,9 @@ def test_cost_findings_state_the_computed_ranges():
 def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
     import json
 
-    from avgk_lib.book import diagnostics
     from avgk_lib.train import TrainConfig, train
+
+    diagnostics = _tool_module("reference_diagnostics")  # what make references adds to the rows
 
     tiny = {"n_classes": 6, "dim": 4, "n_groups": 2, "n_train": 256, "n_val": 128, "n_test": 128}
     cfg = TrainConfig(dataset="synthetic", dataset_options=tiny, epochs=1, batch_size=64, eval_ks=[1, 2], k=2)
@@ -114,7 +128,7 @@ def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
 
 
 def test_collapse_markdown_flags_runs_over_the_threshold_and_names_the_worst_otherwise():
-    from avgk_lib.book.findings import collapse_markdown
+    from avgk_book.findings import collapse_markdown
 
     rows = [
         {"arm": "paper", "dataset": "d", "loss": "a", "seed": 0, "test_top1_mode_share": 0.29},
@@ -129,7 +143,7 @@ def test_collapse_markdown_flags_runs_over_the_threshold_and_names_the_worst_oth
 
 
 def test_memorisation_facts_are_computed_from_the_rows():
-    from avgk_lib.book.findings import memorisation_facts
+    from avgk_book.findings import memorisation_facts
 
     def row(loss, seed, curve, fits, best, last):
         history = [{"train_fit": {"flipped_acc": f}} for f in fits]
@@ -155,7 +169,7 @@ def test_memorisation_facts_are_computed_from_the_rows():
 
 
 def test_ledger_findings_name_an_arm_not_run_yet_on_a_setting():
-    from avgk_lib.book.findings import _pending_arms
+    from avgk_book.findings import _pending_arms
 
     def e(arm, dataset, preset="cpu"):
         return {"arm": arm, "setting": {"dataset": dataset}, "preset": preset}
@@ -167,8 +181,8 @@ def test_ledger_findings_name_an_arm_not_run_yet_on_a_setting():
 
 
 def test_an_entry_merged_as_duplicate_evidence_is_not_reported_as_not_run():
-    from avgk_lib.book.claims import merged_into, setting_label
-    from avgk_lib.book.findings import _pending_arms
+    from avgk_book.claims import merged_into, setting_label
+    from avgk_book.findings import _pending_arms
 
     kept = {"id": "c", "arm": "tuned", "setting": {"dataset": "b"}, "preset": "cpu", "merged": ["c-last"]}
     group = [{"id": "c-last", "arm": "paper", "setting": {"dataset": "b"}, "preset": "cpu"}]
@@ -181,7 +195,7 @@ def test_an_entry_merged_as_duplicate_evidence_is_not_reported_as_not_run():
 
 
 def test_a_wholly_absent_arm_is_named_once_in_the_closing_line_not_per_claim():
-    from avgk_lib.book.findings import _pending_arms
+    from avgk_book.findings import _pending_arms
 
     group = [{"arm": "tuned", "setting": {"dataset": "a"}, "preset": "cpu"}]
     assert _pending_arms(group, ["tuned"]) == []
@@ -189,7 +203,7 @@ def test_a_wholly_absent_arm_is_named_once_in_the_closing_line_not_per_claim():
 
 
 def test_tuning_table_says_which_knobs_are_bracketed():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     knob = {"values": [0.1, 0.3, 1.0], "extensions": 0, "bracketed": True, "limit": False}
     grid = [{"lr": 0.3, "val": 0.8}, {"lr": 1.0, "val": 0.7}]

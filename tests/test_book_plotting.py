@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from avgk_lib.book import plotting as P  # noqa: E402
+from avgk_book import plotting as P  # noqa: E402
 
 
 def test_scatter_by_class_has_axis_labels_and_a_legend_of_the_classes():

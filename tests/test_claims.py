@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from avgk_lib.book import claims as C
+from avgk_book import claims as C
+from avgk_book.plotting import COLUMN_WIDTH_IN
 
 matplotlib.use("Agg")
 
@@ -449,7 +450,7 @@ def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
     assert any(
         label.startswith("P1-noise-topk-vs-ce\n") and label.endswith("\n(precondition absent)") for label in labels
     )
-    assert fig.get_size_inches()[0] <= 6.5  # the column width: the fonts are the sizes the reader sees
+    assert fig.get_size_inches()[0] <= COLUMN_WIDTH_IN  # the fonts are the sizes the reader sees
     texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
     texts += list(fig.legends[0].get_texts())
     assert all(t.get_fontsize() >= 9 for t in texts if t.get_text())
@@ -509,8 +510,8 @@ def test_bad_inputs_raise_naming_the_argument(call, exc, name):
 
 
 def test_committed_ledger_is_generated_from_the_committed_references():
-    from avgk_lib.experiments import EXPERIMENTS, load_reference
-    from avgk_lib.references import load_json_reference, reference_names
+    from avgk_book.experiments import EXPERIMENTS, load_reference
+    from avgk_book.references import load_json_reference, reference_names
 
     committed = load_json_reference("claims")
     assert committed is not None and committed["format"] == 2
@@ -528,7 +529,7 @@ def test_the_loss_benchmark_records_interleaved_rounds_the_cost_claim_reads():
 
     import torch
 
-    from avgk_lib.book.benchmarking import bench_losses
+    from avgk_book.benchmarking import bench_losses
 
     rows = bench_losses(
         torch.device("cpu"), batch=8, n_samples=2, min_run_time=0.03, classes=(12,), ks=(2,), echo=False, rounds=3
@@ -556,7 +557,7 @@ def test_side_by_side_cells_tell_a_benchmark_from_a_pending_arm_and_show_both_eq
 
 
 def test_an_equivalence_entry_in_words_names_the_test_that_decided():
-    from avgk_lib.book.findings import entry_markdown
+    from avgk_book.findings import entry_markdown
 
     e = {"verdict": "contradicted", "arm": "paper", "setting": {"dataset": "d"}, "K": 2.0, "n_seeds": 5,
          "claim": "competitive", "ours": "noised_topk", "rival": "smooth_topk_svm", "metric": "test_top2_micro",
@@ -603,7 +604,7 @@ def test_status_counts_confounds_and_design_traps_apart_and_keeps_the_raw_verdic
     assert C.status_of({"verdict": "supported", "handicaps": {"rival": "decay"}}) == "confounded"
     assert C.status_of({"verdict": "inconclusive", "handicaps": {"ours": "weight 1"}}) == "finding"
     assert C.status_of({"verdict": "supported", "not_evidence": "trap"}) == "not counted"
-    ledger = json.loads((Path(C.__file__).parents[1] / "reference_results" / "claims.json").read_text())
+    ledger = json.loads((Path(C.__file__).parent / "reference_results" / "claims.json").read_text())
     for e in ledger["claims"]:
         assert e["status"] in C.STATUSES and e["raw_verdict"] in C.VERDICTS
         if e["verdict"] == "not reproduced here" and e["status"] == "precondition absent":
@@ -613,7 +614,7 @@ def test_status_counts_confounds_and_design_traps_apart_and_keeps_the_raw_verdic
 
 
 def test_the_ledger_at_a_glance_has_one_row_per_claim_with_text_badges_and_a_worked_holm_example():
-    ledger = json.loads((Path(C.__file__).parents[1] / "reference_results" / "claims.json").read_text())
+    ledger = json.loads((Path(C.__file__).parent / "reference_results" / "claims.json").read_text())
     text = C.at_a_glance_markdown(ledger)
     ids = list(dict.fromkeys(e["id"] for e in ledger["claims"]))
     assert len(text.splitlines()) == 2 + len(ids)

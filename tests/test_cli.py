@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from avgk_book.cli import main as book_main
 from avgk_lib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +18,10 @@ TINY = ["--n-train", "300", "--n-val", "100", "--n-test", "100", "--n-classes", 
 QUICK = ["--dataset", "synthetic", *TINY, "--epochs", "1", "--batch-size", "64", "--no-progress"]
 
 
-def _cli(argv, capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
+def _cli(argv, capsys, entry=main) -> tuple[int, str, str]:
+    """Run the CLI (the library's, or ``entry``: the book's) in this process: (exit code, stdout, stderr)."""
     try:
-        code = main(argv)
+        code = entry(argv)
     except SystemExit as exit_:
         code = exit_.code
     captured = capsys.readouterr()
@@ -89,9 +90,10 @@ def test_train_mistakes_end_in_one_line_naming_the_flag(args, words, capsys, tmp
 
 def test_dataset_option_of_another_dataset_and_unknown_experiment(capsys):
     _assert_one_line_error(*_cli(["train", "--dataset", "plantnet300k", "--n-train", "10"], capsys)[::2], "--n-train")
-    _assert_one_line_error(*_cli(["run", "nosuch"], capsys)[::2], "nosuch", "valid names")
-    _assert_one_line_error(*_cli(["run", "label_noise", "--preset", "huge"], capsys)[::2], "--preset")
+    _assert_one_line_error(*_cli(["run", "nosuch"], capsys, book_main)[::2], "nosuch", "valid names")
+    _assert_one_line_error(*_cli(["run", "label_noise", "--preset", "huge"], capsys, book_main)[::2], "--preset")
     _assert_one_line_error(*_cli(["nosuch"], capsys)[::2], "nosuch")
+    _assert_one_line_error(*_cli(["run", "label_noise"], capsys)[::2], "run")  # the book's command, not the library's
 
 
 def test_out_must_be_a_writable_folder(capsys, tmp_path):
@@ -162,12 +164,14 @@ def test_help_lists_generated_flags_with_loss_defaults(capsys):
     assert code == 0
     for text in ("--batch-size", "--no-nesterov", "--eval-head", "--epsilon", "noised_topk: 1.0", "--n-train"):
         assert text in out
-    assert "--save-reference" not in _cli(["run", "--help"], capsys)[1]
+    assert "--save-reference" not in _cli(["run", "--help"], capsys, book_main)[1]
 
 
 def test_list_and_quick_train_write_results(capsys, tmp_path):
     code, out, _ = _cli(["list"], capsys)
-    assert code == 0 and "two_head" in out
+    assert code == 0 and "two_head" in out and "label_noise" not in out  # the losses; the experiments are the book's
+    code, out, _ = _cli(["list"], capsys, book_main)
+    assert code == 0 and "label_noise" in out and "python -m avgk_lib list" in out
     code, out, err = _cli(["train", *QUICK, "--eval-ks", "1", "2", "--out", str(tmp_path / "r")], capsys)
     assert code == 0, err
     results = json.loads((tmp_path / "r" / "results.json").read_text())
@@ -251,7 +255,7 @@ def test_an_empty_cache_variable_means_unset(tmp_path, monkeypatch):
 
 
 def test_run_serves_a_read_only_cache_that_holds_every_run(capsys, tmp_path, monkeypatch):
-    from avgk_lib.experiments import runner
+    from avgk_book.experiments import runner
 
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     rows = runner.run_experiment("label_noise", "smoke", [0], datasets=["synthetic"], progress=False, log=print)
@@ -262,7 +266,7 @@ def test_run_serves_a_read_only_cache_that_holds_every_run(capsys, tmp_path, mon
         return path
 
     monkeypatch.setattr(runner, "check_folder", read_only)
-    monkeypatch.setattr("avgk_lib.cli.check_folder", read_only)
+    monkeypatch.setattr("avgk_book.cli.check_folder", read_only)
     for folder in (tmp_path / "runs").iterdir():
         (folder / ".lock").unlink()
     (tmp_path / "runs").chmod(0o555)  # read-only (root ignores it: the patched check stands in)
@@ -275,9 +279,9 @@ def test_run_serves_a_read_only_cache_that_holds_every_run(capsys, tmp_path, mon
 
 
 def test_overrides_of_reported_fields_are_reflected_in_the_rows(tmp_path, monkeypatch):
+    from avgk_book.experiments import GridRun, run_experiment
+    from avgk_book.experiments.runner import _reported
     from avgk_lib.config import TrainConfig
-    from avgk_lib.experiments import GridRun, run_experiment
-    from avgk_lib.experiments.runner import _reported
 
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path))
     noisier = {"dataset_options": {"label_noise": 0.5}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avgk_lib import colab
+from avgk_book import colab
 from avgk_lib.data import cache_dir, data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,20 +192,26 @@ def _run_install_cell(source: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_install_cell_installs_the_colab_extra_on_colab_only(nb, monkeypatch):
+def test_install_cell_installs_the_library_and_the_book_package_on_colab_only(nb, monkeypatch):
     url = _load_set_repo_url().current_url(ROOT)
     source = _install_cell(nb)
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    assert _run_install_cell(source) == [("pip", f'install -q "avgk_lib[colab] @ git+{url}"')]
+    both = f'install -q "avgk_lib[train] @ git+{url}" "avgk_book @ git+{url}#subdirectory=book"'
+    assert _run_install_cell(source) == [("pip", both)]
     monkeypatch.delitem(sys.modules, "google.colab")
     assert _run_install_cell(source) == []  # locally the cell installs nothing
 
 
-def test_colab_extra_holds_what_the_notebooks_need_and_no_book_tooling():
+def test_book_package_holds_what_the_notebooks_need_and_no_book_tooling():
+    """What the Colab cell installs besides the library: the book's package (book/pyproject.toml),
+    whose dependencies are what a chapter needs; the library itself depends on none of it."""
     import tomllib
 
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    names = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in extras["colab"]}
+    book = tomllib.loads((ROOT / "book" / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in book["dependencies"]}
+    assert book["name"] == "avgk_book"
     assert {"avgk_lib", "matplotlib", "seaborn", "scipy", "pytopk", "difftopk"} <= names
-    assert "avgk_lib[train]" in extras["colab"]
+    assert "avgk_lib[train]" in book["dependencies"]
     assert not names & {"jupyter-book", "papermill", "nbval", "nbstripout", "ipykernel", "pytest"}
+    library = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "avgk_book" not in " ".join(library["dependencies"])

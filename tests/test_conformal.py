@@ -95,14 +95,14 @@ def test_quantile_rule_and_matching_helpers():
 
 
 # ---------------------------------------------------------------------------------------------
-# avgk_lib.book.coverage: coverage over random splits against the Beta law, and by set size
+# avgk_book.coverage: coverage over random splits against the Beta law, and by set size
 # ---------------------------------------------------------------------------------------------
 
 
 def test_beta_density_and_law_match_scipy():
     from scipy import stats
 
-    from avgk_lib.book import coverage as CV
+    from avgk_book import coverage as CV
 
     x = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
     for a, b in [(1.0, 1.0), (2.5, 7.0), (91.0, 10.0)]:
@@ -116,7 +116,7 @@ def test_beta_density_and_law_match_scipy():
 
 
 def test_split_trials_equal_brute_force_on_a_tiny_pool():
-    from avgk_lib.book import coverage as CV
+    from avgk_book import coverage as CV
 
     probs, y = _data(n=12, seed=3)
     e = C.class_scores(probs, "lac")
@@ -138,7 +138,7 @@ def test_split_trials_equal_brute_force_on_a_tiny_pool():
 
 
 def test_split_coverage_follows_the_beta_law():
-    from avgk_lib.book import coverage as CV
+    from avgk_book import coverage as CV
 
     probs, y = _data(n=3000, seed=5)
     e = C.class_scores(probs, "aps", generator=torch.Generator().manual_seed(0))  # randomised: no ties
@@ -149,7 +149,7 @@ def test_split_coverage_follows_the_beta_law():
 
 
 def test_coverage_by_set_size_by_hand_and_bad_inputs():
-    from avgk_lib.book import coverage as CV
+    from avgk_book import coverage as CV
 
     sets = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)
     y = torch.tensor([0, 2, 1, 2, 0])
@@ -179,7 +179,7 @@ def test_coverage_by_set_size_by_hand_and_bad_inputs():
 def test_measured_coverage_law_is_the_beta_binomial():
     from scipy import stats
 
-    from avgk_lib.book import coverage as CV
+    from avgk_book import coverage as CV
 
     values, pmf = CV.measured_coverage_pmf(99, 0.1, 50)
     a, b = CV.beta_coverage_law(99, 0.1)

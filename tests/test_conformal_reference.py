@@ -3,19 +3,32 @@ from the same tensors, the writer seals them, and bad inputs are refused by name
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from avgk_book import conformal_reference as CR
+from avgk_book import references
+from avgk_book.experiments import summarize
 from avgk_lib import conformal as C
-from avgk_lib import references
-from avgk_lib.book import conformal_reference as CR
-from avgk_lib.experiments import summarize
 from avgk_lib.rundir import RunDir
 
+
+def _load_tool():
+    """``tools/conformal_reference.py``, which computes and writes the reference (``CR`` reads it)."""
+    spec = importlib.util.spec_from_file_location("conformal_reference_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "conformal_reference.py"
+T = _load_tool()
 N_CLASSES = 8
 KS = [1.5, 3.0]
 
@@ -74,7 +87,7 @@ def test_rows_agree_with_direct_computation(tmp_path):
         {"run": _run(tmp_path, s), "labels": {"dataset": "toy", "loss": "cross_entropy", "seed": s, "arm": "paper"}}
         for s in (0, 1)
     ]
-    rows = CR.conformal_rows([{**r, "ks": KS} for r in runs], alphas=[0.1, 0.2], seed=3)
+    rows = T.conformal_rows([{**r, "ks": KS} for r in runs], alphas=[0.1, 0.2], seed=3)
     assert [(r["dataset"], r["loss"], r["seed"], r["arm"]) for r in rows] == [
         ("toy", "cross_entropy", 0, "paper"),
         ("toy", "cross_entropy", 1, "paper"),
@@ -115,7 +128,7 @@ def test_rows_agree_with_direct_computation(tmp_path):
 def test_rare_third_against_direct_computation(tmp_path):
     counts = [500, 400, 300, 200, 100, 50, 20, 10]
     entry = {"run": _run(tmp_path, 5), "labels": {"seed": 5}, "ks": [2.0], "class_counts": counts}
-    (row,) = CR.conformal_rows([entry])
+    (row,) = T.conformal_rows([entry])
     d = _scores(5)
     pv, yv, pt, yt = (d[k].float().numpy() for k in CR.SCORE_KEYS)
     yv, yt = yv.astype(int), yt.astype(int)
@@ -133,8 +146,8 @@ def test_rare_third_against_direct_computation(tmp_path):
 
 def test_writer_seals_and_summaries_give_intervals(tmp_path):
     entries = [{"run": _run(tmp_path, s), "labels": {"dataset": "toy", "seed": s}, "ks": [2.0]} for s in range(3)]
-    rows = CR.conformal_rows(entries, alphas=[0.1])
-    path = CR.write_conformal_reference(
+    rows = T.conformal_rows(entries, alphas=[0.1])
+    path = T.write_conformal_reference(
         rows,
         preset="cpu",
         arm="paper",
@@ -157,23 +170,23 @@ def test_writer_seals_and_summaries_give_intervals(tmp_path):
 @pytest.mark.parametrize(
     ("call", "name"),
     [
-        (lambda: CR.conformal_metrics({"val_scores": torch.rand(3, 2)}, [1.0]), "scores"),
-        (lambda: CR.conformal_metrics(_scores(0), []), "ks"),
-        (lambda: CR.conformal_metrics(_scores(0), [N_CLASSES + 1]), "ks"),
-        (lambda: CR.conformal_metrics(_scores(0), [2.0], alphas=[1.5]), "alpha"),
-        (lambda: CR.conformal_metrics(_scores(0), [2.0], seed=-1), "seed"),
-        (lambda: CR.conformal_metrics(_scores(0), [2.0], class_counts=[1, 2]), "class_counts"),
-        (lambda: CR.conformal_metrics({**_scores(0), "val_scores": torch.randn(400, N_CLASSES)}, [2.0]), "scores"),
-        (lambda: CR.conformal_rows([]), "runs"),
-        (lambda: CR.conformal_rows([{"run": "/nonexistent", "labels": {}, "ks": [2.0]}]), "runs"),
+        (lambda: T.conformal_metrics({"val_scores": torch.rand(3, 2)}, [1.0]), "scores"),
+        (lambda: T.conformal_metrics(_scores(0), []), "ks"),
+        (lambda: T.conformal_metrics(_scores(0), [N_CLASSES + 1]), "ks"),
+        (lambda: T.conformal_metrics(_scores(0), [2.0], alphas=[1.5]), "alpha"),
+        (lambda: T.conformal_metrics(_scores(0), [2.0], seed=-1), "seed"),
+        (lambda: T.conformal_metrics(_scores(0), [2.0], class_counts=[1, 2]), "class_counts"),
+        (lambda: T.conformal_metrics({**_scores(0), "val_scores": torch.randn(400, N_CLASSES)}, [2.0]), "scores"),
+        (lambda: T.conformal_rows([]), "runs"),
+        (lambda: T.conformal_rows([{"run": "/nonexistent", "labels": {}, "ks": [2.0]}]), "runs"),
         (lambda: CR.conformal_key("thr", 0.1, "micro"), "method"),
         (lambda: CR.average_k_key(2.0, "median"), "stat"),
         (lambda: CR.matched_size_key(2.0, "lac", "macro"), "stat"),
         (lambda: CR.stem("a/b"), "preset"),
         (lambda: CR.interval({}, "x"), "summary"),
-        (lambda: CR.write_conformal_reference([], preset="cpu", arm="paper", seeds=[0], sources={"a": 1}), "rows"),
-        (lambda: CR.write_conformal_reference([{}], preset="cpu", arm="best", seeds=[0], sources={"a": 1}), "arm"),
-        (lambda: CR.write_conformal_reference([{}], preset="cpu", arm="paper", seeds=[0], sources={}), "sources"),
+        (lambda: T.write_conformal_reference([], preset="cpu", arm="paper", seeds=[0], sources={"a": 1}), "rows"),
+        (lambda: T.write_conformal_reference([{}], preset="cpu", arm="best", seeds=[0], sources={"a": 1}), "arm"),
+        (lambda: T.write_conformal_reference([{}], preset="cpu", arm="paper", seeds=[0], sources={}), "sources"),
     ],
 )
 def test_bad_inputs_name_the_argument(call, name):
@@ -183,13 +196,7 @@ def test_bad_inputs_name_the_argument(call, name):
 
 def test_script_refuses_a_partial_reference(tmp_path, monkeypatch, capsys):
     """With an empty run cache every run is missing: the script names them and writes nothing."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "conformal_reference.py"
-    spec = importlib.util.spec_from_file_location("conformal_reference_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = T
     monkeypatch.setenv("AVGK_CACHE_DIR", str(tmp_path / "cache"))
     assert tool.main(["--arm", "paper", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -205,7 +212,7 @@ def test_long_rows_unfold_every_number(tmp_path):
         "ks": [2.0, 3.0],
         "class_counts": counts,
     }
-    (row,) = CR.conformal_rows([entry], alphas=[0.05, 0.1])
+    (row,) = T.conformal_rows([entry], alphas=[0.05, 0.1])
     conformal = CR.long_rows([row], "conformal")
     assert len(conformal) == 3 * 2
     lac = next(r for r in conformal if r["sets"] == "lac" and r["alpha"] == 0.05)
@@ -231,7 +238,7 @@ def test_findings_state_the_computed_numbers(tmp_path):
         }
         for s in (0, 1)
     ]
-    rows = CR.conformal_rows(entries)
+    rows = T.conformal_rows(entries)
     statements = CR.reference_findings(rows)
     (lac,) = summarize(rows, ["dataset"], ["lac_a0.1_micro", "aps_a0.1_micro", "coverage_k", "rare_lac", "avg2_micro"])
     assert len(statements) == 3

@@ -17,11 +17,11 @@ from PIL import Image
 from avgk_lib.data import DATASETS, LOADERS, dataset_info, dataset_input_shape, load_dataset, make_loader
 from avgk_lib.data import cifar100 as cifar_module
 from avgk_lib.data import fashion_mnist as fm
-from avgk_lib.data.corruption import block_label_noise, long_tail_subsample
+from avgk_lib.data.corruption import block_label_noise, long_tail_counts, long_tail_subsample
 from avgk_lib.data.fashion_mnist import DEBIAN_DIR
 from avgk_lib.data.loader import random_crop_flip
 from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
-from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask, long_tail_counts
+from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
 
 # ---------------------------------------------------------------------------- synthetic + oracle
 

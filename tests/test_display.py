@@ -7,8 +7,8 @@ import re
 import pytest
 from scipy import stats
 
+from avgk_book import display as D
 from avgk_lib import metrics, ops
-from avgk_lib.book import display as D
 
 
 class _Collector(html.parser.HTMLParser):
@@ -151,7 +151,7 @@ def test_glue_uses_myst_nb_format_so_the_book_can_paste_it():
 
 
 def test_results_markdown_prints_counts_as_integers():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     rows = [{"loss": "ce", "seed": s, "acc": 0.5 + 0.01 * s, "best_epoch": 5} for s in range(3)]
     rows += [{"loss": "topk", "seed": s, "acc": 0.6, "best_epoch": 3 + s} for s in range(3)]
@@ -166,7 +166,7 @@ def test_results_markdown_prints_counts_as_integers():
 
 @pytest.mark.parametrize("bad, exc", [("fast", ValueError), (None, TypeError), (1, TypeError)])
 def test_presets_are_validated(bad, exc):
-    from avgk_lib.experiments import PRESETS
+    from avgk_book.experiments import PRESETS
 
     assert D.PRESETS is PRESETS  # one list of presets, the experiments'
     with pytest.raises(exc, match="preset"):
@@ -232,7 +232,7 @@ def _ledger_entry(**changes):
 
 
 def test_results_tables_use_readable_method_names_and_integer_ks():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     rows = [{"loss": loss, "train_k": k, "seed": s, "acc": 0.5} for loss, k in [("cross_entropy", None),
             ("two_head", 3.0)] for s in range(2)]  # fmt: skip
@@ -242,7 +242,7 @@ def test_results_tables_use_readable_method_names_and_integer_ks():
 
 
 def test_metric_text_and_readable_notes():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     assert F.metric_text("test_top5_micro") == "top-5 accuracy (best-validation checkpoint)"
     assert F.metric_text("test_avg1.5_micro") == "average-1.5 accuracy (best-validation checkpoint)"
@@ -257,7 +257,7 @@ def test_metric_text_and_readable_notes():
 
 
 def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     entry = _ledger_entry()
     text = F.entry_markdown(entry, ceiling=0.8594)
@@ -288,8 +288,8 @@ def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
 
 
 def test_bayes_ceiling_is_the_oracle_accuracy_of_the_entry_setting():
-    from avgk_lib import experiments as E
-    from avgk_lib.book import findings as F
+    from avgk_book import experiments as E
+    from avgk_book import findings as F
     from avgk_lib.data import load_dataset
     from avgk_lib.data.oracle import bayes_topk_sets, expected_set_accuracy
 
@@ -338,7 +338,7 @@ def test_timing_noise_warning_fires_only_when_the_control_varies_with_k():
 
 
 def test_ablation_differences_are_paired_by_seed_and_k():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     rows = []
     for s in range(3):

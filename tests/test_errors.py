@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avgk_book import experiments as E
+from avgk_book.cli import main as book_main
+from avgk_book.experiments import grid
 from avgk_lib import build as build_module
 from avgk_lib import config as config_module
-from avgk_lib import experiments as E
 from avgk_lib.cli import main
 from avgk_lib.config import ConfigError, TrainConfig
 from avgk_lib.data import base
 from avgk_lib.data import fashion_mnist as fm
-from avgk_lib.experiments import grid
 from avgk_lib.runspec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +33,9 @@ GIB = 2**30
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, stderr)."""
+    """Run the CLI in this process (``run``: the book's, ``python -m avgk_book``): (exit code, stderr)."""
     try:
-        code = main(argv)
+        code = (book_main if argv[0] == "run" else main)(argv)
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
@@ -421,7 +422,7 @@ def test_models_declare_the_inputs_they_take():
     [({"seeds": 3}, "seeds"), ({"overrides": 3}, "overrides"), ({"overrides": {"device": "cuda"}}, "device")],
 )
 def test_run_experiment_names_the_argument_before_any_training(kwargs, named):
-    from avgk_lib.experiments import run_experiment
+    from avgk_book.experiments import run_experiment
 
     with pytest.raises((TypeError, ValueError), match=named):
         run_experiment("label_noise", "smoke", **kwargs)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from avgk_lib import experiments as E
+from avgk_book import experiments as E
 from avgk_lib.data import dataset_info
 from avgk_lib.models import MODELS, NormedLinear, build_model
 

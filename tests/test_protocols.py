@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from avgk_lib import experiments as E
-from avgk_lib.book.claims import reference_arms, usable_reference
+from avgk_book import experiments as E
+from avgk_book.claims import reference_arms, usable_reference
+from avgk_book.experiments import tuning as T
+from avgk_book.experiments.catalog import KNOB_LIMITS, P2_METHODS, PAPER_HANDICAPS
 from avgk_lib.config import CACHE_FORMAT_VERSION, ConfigError, TrainConfig
-from avgk_lib.experiments import tuning as T
-from avgk_lib.experiments.catalog import KNOB_LIMITS, P2_METHODS, PAPER_HANDICAPS
 
 BASELINES = ("assume_negative", "an_ls", "wan", "epr", "role")
 P1_OPTIMISER = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "batch_size": 64, "scheduler": "step"}
@@ -359,8 +359,8 @@ def test_smoke_preset_trains_the_paper_arm(tmp_path, monkeypatch):
 
 
 def test_load_arm_reads_one_arm_of_either_reference_format(tmp_path):
-    from avgk_lib.experiments.results import load_arm
-    from avgk_lib.references import seal
+    from avgk_book.experiments.results import load_arm
+    from avgk_book.references import seal
 
     old = {"experiment": "x", "preset": "cpu", "provenance": {}, "seeds": [0], "rows": [{"seed": 0}], "tuning": {}}
     (tmp_path / "x_cpu.json").write_text(json.dumps(seal(old)))
@@ -380,7 +380,7 @@ def test_load_arm_reads_one_arm_of_either_reference_format(tmp_path):
 
 
 def test_tuning_and_runs_can_be_restricted_to_dataset_families(monkeypatch):
-    from avgk_lib.experiments import expand, tuning
+    from avgk_book.experiments import expand, tuning
 
     runs = expand("label_noise", "smoke", [0], datasets=["synthetic"])
     assert runs and {r.config.dataset for r in runs} == {"synthetic"}

@@ -141,10 +141,10 @@ def test_a_partial_run_that_matches_nothing_ends_in_one_clear_line(tool, monkeyp
 
 
 def test_a_truncated_reference_names_its_file(monkeypatch, tmp_path):
-    from avgk_lib import references as R
+    from avgk_book import references as R
 
-    (tmp_path / "avgk_lib" / R.PACKAGE_DIR).mkdir(parents=True)
-    (tmp_path / "avgk_lib" / R.PACKAGE_DIR / "broken.json").write_text('{"rows": [')
-    monkeypatch.setattr(R.resources, "files", lambda _: tmp_path / "avgk_lib")
+    (tmp_path / "avgk_book" / R.PACKAGE_DIR).mkdir(parents=True)
+    (tmp_path / "avgk_book" / R.PACKAGE_DIR / "broken.json").write_text('{"rows": [')
+    monkeypatch.setattr(R.resources, "files", lambda _: tmp_path / "avgk_book")
     with pytest.raises(R.ReferenceError, match=r"broken\.json is not valid JSON"):
         R.load_json_reference("broken")

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from avgk_lib.experiments import runner
+from avgk_book.experiments import runner
 from avgk_lib.rundir import CheckpointError, RunDir, RunDirBusy, RunDirError, RunDirForeign, load_checkpoint
 from avgk_lib.train import TrainConfig, train
 
@@ -148,7 +148,7 @@ def test_an_unreadable_checkpoint_is_not_called_damaged(tmp_path):
 def test_a_reference_edited_by_hand_is_refused(tmp_path):
     import json
 
-    from avgk_lib.references import ReferenceError, seal, unseal
+    from avgk_book.references import ReferenceError, seal, unseal
 
     sealed = seal({"rows": [{"seed": 0, "test_top5_micro": 0.8}]})
     assert unseal(json.loads(json.dumps(sealed)), "x.json") == {"rows": [{"seed": 0, "test_top5_micro": 0.8}]}
@@ -164,7 +164,7 @@ def test_a_reference_edited_by_hand_is_refused(tmp_path):
 CACHE_HOLDER = textwrap.dedent(
     """
     import sys
-    from avgk_lib.experiments import runner
+    from avgk_book.experiments import runner
     from avgk_lib.rundir import RunDir
     from avgk_lib.train import TrainConfig
     TINY = {"n_classes": 6, "dim": 4, "n_groups": 2, "n_train": 256, "n_val": 128, "n_test": 128}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from avgk_lib.book import stats as S
+from avgk_book import stats as S
 
 OURS = [0.712, 0.698, 0.731, 0.705, 0.720, 0.709]
 RIVAL = [0.700, 0.701, 0.715, 0.690, 0.712, 0.703]

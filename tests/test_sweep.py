@@ -6,8 +6,8 @@ import matplotlib
 import pytest
 from scipy import stats
 
-from avgk_lib.book import sweep as W
-from avgk_lib.experiments import SWEEP_SIZES, chosen_from_reference, expand, sweep_epochs
+from avgk_book import sweep as W
+from avgk_book.experiments import SWEEP_SIZES, chosen_from_reference, expand, sweep_epochs
 
 matplotlib.use("Agg")
 

@@ -1,11 +1,12 @@
-"""The package as a reader gets it: a built wheel, installed non-editable, used from outside the repository.
+"""The packages as a reader gets them: built wheels, installed non-editable, used from outside the repository.
 
-The notebooks' Colab cell runs ``pip install avgk_lib[book] @ git+...``, which builds a wheel: anything
-the chapters read (the committed reference results) must be inside it. These tests build the wheel
-from a copy of the sources, install it with ``pip install --target`` into a temporary folder and
+The notebooks' Colab cell runs ``pip install "avgk_lib[train] @ git+..." "avgk_book @ git+...#subdirectory=book"``,
+which builds two wheels: the library, which ships no reference results, and the book's package, which
+must hold anything the chapters read (the committed reference results). These tests build both wheels
+from a copy of the sources, install them with ``pip install --target`` into a temporary folder and
 run Python (and one experiment chapter through papermill) from an empty folder outside the
 repository, with ``PYTHONPATH`` holding only that folder (torch and the rest come from this
-interpreter's site-packages). Each checks that ``avgk_lib`` was imported from the wheel.
+interpreter's site-packages). Each checks that ``avgk_lib`` and ``avgk_book`` were imported from the wheels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -51,8 +53,9 @@ def _copy_checkout(source: Path) -> None:
             check=True,
         ).stdout.split("\0")
     except (OSError, subprocess.SubprocessError):  # not a git checkout (e.g. an sdist): the package itself
-        listed = [str(p.relative_to(ROOT)) for p in (ROOT / "avgk_lib").rglob("*") if "__pycache__" not in p.parts]
-        listed += ["pyproject.toml", "README.md"]
+        packages = [ROOT / "avgk_lib", ROOT / "book" / "avgk_book"]
+        listed = [str(p.relative_to(ROOT)) for d in packages for p in d.rglob("*") if "__pycache__" not in p.parts]
+        listed += ["pyproject.toml", "README.md", "book/pyproject.toml"]
     for name in filter(None, listed):
         if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -60,19 +63,39 @@ def _copy_checkout(source: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel_target(tmp_path_factory) -> Path:
-    """A folder holding ``avgk_lib`` installed (not editable) from a freshly built wheel."""
+def wheels(tmp_path_factory) -> dict[str, Path]:
+    """Freshly built wheels of the library (the repository root) and the book's package (``book/``)."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "src"
     _copy_checkout(source)
     # without setuptools in this interpreter pip fetches it into an isolated build environment
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    _pip("wheel", "--no-deps", *isolation, "--wheel-dir", str(base / "dist"), str(source), cwd=base)
-    wheels = sorted((base / "dist").glob("avgk_lib-*.whl"))
-    assert len(wheels) == 1, wheels
-    target = base / "target"
-    _pip("install", "--no-deps", "--no-compile", "--target", str(target), str(wheels[0]), cwd=base)
+    built = {}
+    for name, folder in (("avgk_lib", source), ("avgk_book", source / "book")):
+        _pip("wheel", "--no-deps", *isolation, "--wheel-dir", str(base / "dist"), str(folder), cwd=base)
+        found = sorted((base / "dist").glob(f"{name}-*.whl"))
+        assert len(found) == 1, found
+        built[name] = found[0]
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_target(wheels, tmp_path_factory) -> Path:
+    """A folder holding ``avgk_lib`` and ``avgk_book`` installed (not editable) from their wheels."""
+    target = tmp_path_factory.mktemp("wheel-target") / "target"
+    _pip("install", "--no-deps", "--no-compile", "--target", str(target), *map(str, wheels.values()), cwd=target.parent)
     return target
+
+
+def test_the_library_wheel_ships_no_reference_results_and_no_book_module(wheels):
+    """A user of the losses installs the library alone: no study, no chapter helper, no JSON."""
+    library = zipfile.ZipFile(wheels["avgk_lib"]).namelist()
+    assert "avgk_lib/functional.py" in library
+    assert not [name for name in library if name.endswith(".json") or "reference_results" in name]
+    assert not [name for name in library if name.startswith("avgk_book")]
+    book = zipfile.ZipFile(wheels["avgk_book"]).namelist()
+    assert "avgk_book/reference_results/claims.json" in book
+    assert not [name for name in book if name.startswith("avgk_lib/")]
 
 
 def _outside(tmp_path: Path, target: Path) -> tuple[Path, dict[str, str]]:
@@ -91,21 +114,23 @@ def _outside(tmp_path: Path, target: Path) -> tuple[Path, dict[str, str]]:
 
 
 def test_wheel_ships_the_references_and_imports_from_outside(tmp_path, wheel_target):
-    committed = sorted(p.stem for p in (ROOT / "avgk_lib" / "reference_results").glob("*.json"))
+    committed = sorted(p.stem for p in (ROOT / "book" / "avgk_book" / "reference_results").glob("*.json"))
     assert committed, "the repository commits reference results"
     code = (
-        "import json, avgk_lib, avgk_lib.references as R, avgk_lib.experiments as E\n"
+        "import json, avgk_lib, avgk_book, avgk_book.references as R, avgk_book.experiments as E\n"
         "names = R.reference_names()\n"
         "runs = [n for n in names if not n.startswith(('bench', 'claims'))]\n"
         "experiments = {n: E.load_reference(*n.rsplit('_', 1)) is not None for n in runs}\n"
-        "print(json.dumps({'file': avgk_lib.__file__, 'names': names, 'experiments': experiments,\n"
-        "                  'bench': R.load_json_reference('bench_losses_cpu') is not None}))\n"
+        "bench = R.load_json_reference('bench_losses_cpu') is not None\n"
+        "print(json.dumps({'file': avgk_lib.__file__, 'book': avgk_book.__file__, 'names': names,\n"
+        "                  'experiments': experiments, 'bench': bench}))\n"
     )
     cwd, env = _outside(tmp_path, wheel_target)
     result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(found["file"]).resolve().is_relative_to(wheel_target.resolve()), found["file"]
+    assert Path(found["book"]).resolve().is_relative_to(wheel_target.resolve()), found["book"]
     assert found["names"] == committed
     assert found["experiments"] and all(found["experiments"].values()), found["experiments"]
     assert found["bench"]
@@ -113,8 +138,8 @@ def test_wheel_ships_the_references_and_imports_from_outside(tmp_path, wheel_tar
 
 def _probe_cell() -> dict:
     source = (
-        "import json as _json, avgk_lib as _avgk, avgk_lib.experiments as _E\n"
-        f"print({PROBE!r} + _json.dumps({{'file': _avgk.__file__, "
+        "import json as _json, avgk_lib as _avgk, avgk_book as _book, avgk_book.experiments as _E\n"
+        f"print({PROBE!r} + _json.dumps({{'file': _avgk.__file__, 'book': _book.__file__, "
         f"'reference': _E.load_reference(*{CHAPTER_REFERENCE!r}) is not None}}))\n"
     )
     return {"cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None}
@@ -125,7 +150,8 @@ def _probe_cell() -> dict:
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="offline chapter data: apt-get install dataset-fashion-mnist")
 def test_an_experiment_chapter_runs_from_the_wheel_outside_the_repository(tmp_path, wheel_target):
     """Chapter 4 at the smoke preset, executed by papermill from an empty folder; a probe cell appended to
-    the copy reports which ``avgk_lib`` the kernel imported and whether it found the chapter's reference."""
+    the copy reports which ``avgk_lib`` and ``avgk_book`` the kernel imported and whether it found the
+    chapter's reference."""
     cwd, env = _outside(tmp_path, wheel_target)
     notebook = json.loads(CHAPTER.read_text())
     notebook["cells"].append(_probe_cell())
@@ -145,6 +171,7 @@ def test_an_experiment_chapter_runs_from_the_wheel_outside_the_repository(tmp_pa
     assert len(probe) == 1, outputs[-3:]
     found = json.loads(probe[0][len(PROBE) :])
     assert Path(found["file"]).resolve().is_relative_to(wheel_target.resolve()), found["file"]
+    assert Path(found["book"]).resolve().is_relative_to(wheel_target.resolve()), found["book"]
     assert found["reference"] is True
     assert not any("none committed" in text for text in outputs)
 
@@ -162,7 +189,7 @@ def _load_script(path: Path):
 def test_write_reference_adds_the_provenance_of_the_training_references(tmp_path):
     import torch
 
-    from avgk_lib.references import reference_dir, write_reference
+    from avgk_book.references import reference_dir, write_reference
     from avgk_lib.train import provenance
 
     path = write_reference("bench_x_cpu", {"benchmark": "x", "rows": [1, 2]}, device="cpu", directory=tmp_path)
@@ -170,7 +197,7 @@ def test_write_reference_adds_the_provenance_of_the_training_references(tmp_path
     written = json.loads(path.read_text())
     assert written["benchmark"] == "x" and written["rows"] == [1, 2] and written["created"]
     assert written["provenance"] == provenance(torch.device("cpu"), 1)  # same block, same function
-    assert reference_dir() == ROOT / "avgk_lib" / "reference_results"  # the default: the package's folder
+    assert reference_dir() == ROOT / "book" / "avgk_book" / "reference_results"  # the default: the book package's
     for stem in ("", "a/b", "x.json"):
         with pytest.raises(ValueError, match="stem"):
             write_reference(stem, {}, device="cpu", directory=tmp_path)

@@ -21,7 +21,7 @@ For each page of the table of contents:
   the page (hidden outputs included);
 * **figure text stays readable**: the book's figures set their text at 10 pt or more
   (9 pt for a few labels), at most as wide as the column
-  (``avgk_lib.book.plotting.COLUMN_WIDTH_IN``, tested in ``tests/test_book_plotting.py``); the
+  (``avgk_book.plotting.COLUMN_WIDTH_IN``, tested in ``tests/test_book_plotting.py``); the
   browser checks that no figure is shown below 90% of its size, which would shrink that text
   under 9 pt.
 

@@ -12,7 +12,7 @@ Per experiment (``book/protocol.md``):
 * **tuned arm**: the bracketing search on the validation split (every point on the two tuning
   draws), then the chosen values over the seeds.
 
-The reference file ``avgk_lib/reference_results/<experiment>_<preset>.json`` (``"arms": {"paper":
+The reference file ``book/avgk_book/reference_results/<experiment>_<preset>.json`` (``"arms": {"paper":
 {"rows", "seeds", ...}, "tuned": {"rows", "seeds", "tuning", ...}}``) is rewritten after the
 tuning and after every pass (``--pass-size`` seeds at a time), so a killed session loses at most
 the runs in progress: runs are cached (``$AVGK_CACHE_DIR``) and resumed from their last epoch, and
@@ -23,7 +23,7 @@ prints its total wall time at the end. ``--jobs N`` splits the experiments into 
 thread each, balanced by the estimated cost (an experiment tuned by another runs after it in the
 same process), and rebuilds the ledger when all are done.
 
-The ledger (format 2, :mod:`avgk_lib.book.claims`) reads every experiment reference of the preset
+The ledger (format 2, :mod:`avgk_book.claims`) reads every experiment reference of the preset
 and every loss benchmark ``bench_losses_<device>.json`` (the cost claim, when it holds repeated
 timings); ``--ledger-only`` rebuilds it from the committed files without training anything.
 """
@@ -41,10 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avgk_lib.book.claims import VERDICTS, ledger_document, usable_reference
-from avgk_lib.book.diagnostics import add_diagnostics
-from avgk_lib.config import TrainConfig
-from avgk_lib.experiments import (
+from avgk_book.claims import VERDICTS, ledger_document, usable_reference
+from avgk_book.experiments import (
     EXPERIMENTS,
     RESULTS_DIR,
     TUNING_SEEDS,
@@ -55,10 +53,14 @@ from avgk_lib.experiments import (
     save_arms_reference,
     tune,
 )
-from avgk_lib.experiments.grid import _config, _methods_of, lr_grid_of
-from avgk_lib.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
-from avgk_lib.references import load_json_reference, reference_names, seal
+from avgk_book.experiments.grid import _config, _methods_of, lr_grid_of
+from avgk_book.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
+from avgk_book.references import load_json_reference, reference_names, seal
+from avgk_lib.config import TrainConfig
 from avgk_lib.rundir import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, also when this file is loaded by path
+from reference_diagnostics import add_diagnostics  # noqa: E402  (tools/reference_diagnostics.py)
 
 #: seconds per training epoch, measured on this machine (2 CPU cores, two single-thread processes
 #: at a time), per dataset family and loss; a loss missing here costs as cross-entropy.
@@ -412,7 +414,7 @@ def _dataset_families() -> list[str]:
 
 
 def main() -> int:
-    from avgk_lib.experiments import PRESETS
+    from avgk_book.experiments import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))

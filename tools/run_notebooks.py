@@ -17,7 +17,7 @@ What the reader sees is kept clean:
   ``book/_static/mathjax`` of the staging tree, so the built site renders math offline;
 * the intro page's main result is generated from the committed ledger: the line
   ``% MAIN-RESULT`` of ``book/intro.md`` (a MyST comment, invisible if left) is replaced in the
-  staged copy by :func:`avgk_lib.book.claims.intro_markdown` (a Markdown page runs no code).
+  staged copy by :func:`avgk_book.claims.intro_markdown` (a Markdown page runs no code).
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def render_main_result(page: Path, ledger: dict | None = None) -> str:
     """Replace the ``% MAIN-RESULT`` line of ``page`` by the main result of ``ledger`` (default:
     the committed ``claims.json``); returns the generated text. Raises ``ValueError`` when the page
     has no such line, so a renamed marker fails the build instead of dropping the result."""
-    from avgk_lib.book.claims import intro_markdown
-    from avgk_lib.references import load_json_reference
+    from avgk_book.claims import intro_markdown
+    from avgk_book.references import load_json_reference
 
     ledger = load_json_reference("claims") if ledger is None else ledger
     text = intro_markdown(ledger) if ledger else "_No claims ledger is committed yet: run `make references`._"
@@ -140,19 +140,24 @@ def render_main_result(page: Path, ledger: dict | None = None) -> str:
 
 def render_preset_table(page: Path) -> str:
     """Replace the ``% PRESET-TABLE`` line of ``page`` by the catalog's table of which chapter
-    runs which experiment at which preset (:func:`avgk_lib.experiments.preset_table`)."""
-    from avgk_lib.experiments.grid import preset_table
+    runs which experiment at which preset (:func:`avgk_book.experiments.preset_table`)."""
+    from avgk_book.experiments.grid import preset_table
 
     return _replace_marker(page, PRESET_TABLE_MARKER, preset_table())
 
 
 def stage_book(out: Path) -> None:
-    """Copy ``book/`` (config, pages, bibliography, static files) and MathJax into ``out``, and
+    """Copy ``book/`` (config, pages, bibliography, static files; not the book's package) and MathJax into ``out``, and
     write the intro page's main result from the committed ledger."""
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     if (out / "book").exists():
         shutil.rmtree(out / "book")
-    shutil.copytree(ROOT / "book", out / "book", ignore=shutil.ignore_patterns("mathjax"))
+    # the book's package (book/avgk_book, book/pyproject.toml) is code, not a page of the book
+    shutil.copytree(
+        ROOT / "book",
+        out / "book",
+        ignore=shutil.ignore_patterns("mathjax", "avgk_book", "pyproject.toml", "*.egg-info", "build"),
+    )
     copy_mathjax(out / "book" / "_static")
     render_main_result(out / "book" / "intro.md")
     render_preset_table(out / "book" / "how_to_run.md")
@@ -183,7 +188,7 @@ def execute(nb: Path, target: Path, preset: str, timeout: int) -> str:
 
 
 def main() -> int:
-    from avgk_lib.experiments.spec import PRESETS
+    from avgk_book.experiments.spec import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=PRESETS)

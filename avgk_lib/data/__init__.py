@@ -19,10 +19,11 @@ from .base import (
     data_dir,
 )
 from .cifar100 import load_cifar100
+from .corruption import long_tail_counts
 from .fashion_mnist import load_fashion_mnist
 from .loader import InMemoryLoader, make_loader
 from .plantnet import load_plantnet300k
-from .synthetic import SyntheticSpec, SyntheticTask, load_synthetic, long_tail_counts
+from .synthetic import SyntheticSpec, SyntheticTask, load_synthetic
 
 #: every dataset's declaration (:class:`DatasetInfo`), by name
 DATASETS: dict[str, DatasetInfo] = {

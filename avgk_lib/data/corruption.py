@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .synthetic import long_tail_counts
+
+def long_tail_counts(n_max: int, n_classes: int, imbalance_ratio: float) -> list[int]:
+    r"""Exponential long-tail profile :math:`n_c = \lfloor n_{\max}\, r^{-c/(C-1)} \rceil` (at least 1)."""
+    if imbalance_ratio < 1:
+        raise ValueError(f"`imbalance_ratio` must be >= 1, got {imbalance_ratio}")
+    return [
+        max(1, int(math.floor(n_max * imbalance_ratio ** (-c / max(n_classes - 1, 1)) + 0.5))) for c in range(n_classes)
+    ]
 
 
 def block_label_noise(y: torch.Tensor, p: float, block_size: int, n_classes: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ v1.0, whose metadata is wrong, and not the 1,000-class "v2"). Expected layout un
 
 On Colab a free Google Drive (15 GB) cannot hold it: download the zip to the runtime's local disk
 (``/content``, lost at disconnect) or keep it on a paid Drive and mount it with
-:func:`avgk_lib.colab.use_drive`. The images of a few species can be extracted alone
+:func:`avgk_book.colab.use_drive`. The images of a few species can be extracted alone
 (``unzip plantnet_300K.zip 'plantnet_300K/images/*/1355932/*'`` plus the JSON file).
 
 Subset route (one free GPU session): ``max_classes`` keeps that many species, taken at evenly
@@ -47,7 +47,7 @@ WHERE = (
     "The library never downloads it: get Pl@ntNet-300K version 1.1 from Zenodo record 5645731 "
     "(https://zenodo.org/records/5645731, about 32 GB zipped), unzip it and pass its folder (the one holding "
     f"images/train, images/val, images/test and {NAMES_FILE}) as root, or put it at $AVGK_DATA_DIR/plantnet_300K. "
-    "On Colab: unzip it on the local disk (/content) or on a mounted Drive (avgk_lib.colab.use_drive()); "
+    "On Colab: unzip it on the local disk (/content) or on a mounted Drive (avgk_book.colab.use_drive()); "
     "max_classes / max_per_class train on a subset. See book/how_to_run.md."
 )
 

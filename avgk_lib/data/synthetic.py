@@ -19,7 +19,6 @@ average-K sets and their accuracies. :func:`load_synthetic` is the ``synthetic``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +35,7 @@ from .base import (
     check_seed,
     derived_seed,
 )
+from .corruption import group_label_noise
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,6 @@ class SyntheticTask:
         return -(p * p.log()).sum(dim=1)
 
 
-def long_tail_counts(n_max: int, n_classes: int, imbalance_ratio: float) -> list[int]:
-    r"""Exponential long-tail profile :math:`n_c = \lfloor n_{\max}\, r^{-c/(C-1)} \rceil` (at least 1)."""
-    if imbalance_ratio < 1:
-        raise ValueError(f"`imbalance_ratio` must be >= 1, got {imbalance_ratio}")
-    return [
-        max(1, int(math.floor(n_max * imbalance_ratio ** (-c / max(n_classes - 1, 1)) + 0.5))) for c in range(n_classes)
-    ]
-
-
 def load_synthetic(
     *,
     n_classes: int = 20,
@@ -162,8 +153,6 @@ def load_synthetic(
     of similar classes); validation and test labels stay clean. With ``imbalance_ratio > 1`` the
     validation and test splits follow the same long-tailed priors as training (Pl@ntNet-300K's
     protocol) unless ``balanced_eval=True``."""
-    from .corruption import group_label_noise  # corruption imports this module
-
     label_noise = check_label_noise(label_noise)
     check_imbalance_ratio(imbalance_ratio)
     check_seed(task_seed, "task_seed")

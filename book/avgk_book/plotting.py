@@ -1,6 +1,6 @@
 """Figures of the book (matplotlib + seaborn). Each function draws on ``ax`` (or a new figure)
 and returns the figure; none computes anything a reader would need to trust: that is
-:mod:`avgk_lib.book.analysis`' job."""
+:mod:`avgk_book.analysis`' job."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def summary_plot(
     colors: dict[Any, Any] | None = None,
 ):
     """Mean and 95% interval of ``metric`` per ``hue`` against ``x`` (rows of
-    :func:`avgk_lib.experiments.summarize`). ``reference`` (the committed multi-seed results)
+    :func:`avgk_book.experiments.summarize`). ``reference`` (the committed multi-seed results)
     is drawn as a shaded band with a dashed line, the reader's own run as points. ``labels``
     maps ``hue`` values to legend labels (default: :func:`method_label` of string values);
     ``colors`` maps them to colours (to keep one colour per method across panels)."""
@@ -408,8 +408,8 @@ def val_curves(
 ):
     """Validation curve of the selection metric per epoch (``val_curve`` of each row), mean over
     the seeds of each ``by`` group with a band of its 95% interval (Student t over the seeds, as
-    :func:`avgk_lib.experiments.summarize` computes it; no band for one seed)."""
-    from ..experiments import summarize
+    :func:`avgk_book.experiments.summarize` computes it; no band for one seed)."""
+    from .experiments import summarize
 
     fig, ax = _ax(ax)
     groups: dict[Any, list[list[float]]] = {}
@@ -438,7 +438,7 @@ def average_k_curves(rows: list[dict[str, Any]], *, ylabel: str = "average-K acc
     interval over seeds. ``rows`` are result rows holding ``test_avg<K>_micro`` keys; a row trained
     for one K (``train_k`` set) counts only at that K, a row with ``train_k`` None at every K. One
     colour per method across panels. Returns the figure, or None when no row holds such a key."""
-    from ..experiments import summarize
+    from .experiments import summarize
 
     pattern = re.compile(r"test_avg([0-9.]+)_micro")
     long_rows = []
@@ -543,9 +543,9 @@ def coverage_histogram(
 ):
     """Histogram (density) of the test coverage over random calibration/test splits, one outline
     per method, against the density of the Beta ``law`` (``(a, b)``, e.g.
-    :func:`avgk_lib.book.coverage.beta_coverage_law`: the coverage of the distribution), the law of
+    :func:`avgk_book.coverage.beta_coverage_law`: the coverage of the distribution), the law of
     the coverage ``measured`` on the finite test set (values and probabilities, e.g.
-    :func:`avgk_lib.book.coverage.measured_coverage_pmf`; dashed) and the target (dotted)."""
+    :func:`avgk_book.coverage.measured_coverage_pmf`; dashed) and the target (dotted)."""
     fig, ax = _ax(ax)
     values = np.concatenate([np.asarray(v, dtype=float) for v in coverages.values()])
     low, high = float(values.min()), float(values.max())
@@ -584,7 +584,7 @@ def coverage_histogram(
 
 def coverage_by_size(rows: dict[str, list[dict[str, Any]]], *, target: float | None = None, title: str = "", ax=None):
     """Coverage of the test inputs grouped by set size (rows of
-    :func:`avgk_lib.book.coverage.coverage_by_set_size`), grouped bars, one colour per method; the
+    :func:`avgk_book.coverage.coverage_by_set_size`), grouped bars, one colour per method; the
     target ``1 - alpha`` dotted."""
     fig, ax = _ax(ax)
     bins = sorted({(r["low"], r["high"], r["sizes"]) for part in rows.values() for r in part})

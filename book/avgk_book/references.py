@@ -1,8 +1,9 @@
 """Committed reference results: small JSON files shipped inside the package.
 
-The files live in ``avgk_lib/reference_results/`` (package data, so they are present in a wheel
-installed from PyPI or on Colab) and are read through :mod:`importlib.resources`. They are written
-by ``make references`` (``tools/reference_runs.py``) and by the benchmarks under ``benchmarks/``
+The files live in ``book/avgk_book/reference_results/`` (package data of the book package, so they
+are present in its wheel, on Colab as from a checkout; ``avgk_lib`` ships none) and are read
+through :mod:`importlib.resources`. They are written by ``make references``
+(``tools/reference_runs.py``) and by the benchmarks under ``benchmarks/``
 (:func:`write_reference`), each with the same provenance block and a checksum of its content
 (verified on every load: :func:`unseal`) (git commit, library and package
 versions, device; see :func:`avgk_lib.rundir.provenance`).
@@ -16,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .rundir import atomic_write_text, json_digest, provenance
+from avgk_lib.rundir import atomic_write_text, json_digest, provenance
 
 PACKAGE_DIR = "reference_results"
 CHECKSUM = "sha256"
@@ -50,7 +51,7 @@ def reference_dir() -> Path:
 
 def reference_names() -> list[str]:
     """Stems of every committed reference file, e.g. ``label_noise_cpu``."""
-    folder = resources.files("avgk_lib").joinpath(PACKAGE_DIR)
+    folder = resources.files(__package__).joinpath(PACKAGE_DIR)
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -58,7 +59,7 @@ def load_json_reference(stem: str) -> dict[str, Any] | None:
     """A committed reference file by stem (``"bench_losses_cpu"``), or ``None`` when absent."""
     if not isinstance(stem, str) or not stem:
         raise ValueError(f"`stem` must be a non-empty string, got {stem!r}")
-    entry = resources.files("avgk_lib").joinpath(PACKAGE_DIR).joinpath(f"{stem}.json")
+    entry = resources.files(__package__).joinpath(PACKAGE_DIR).joinpath(f"{stem}.json")
     if not entry.is_file():
         return None
     try:

@@ -2,9 +2,9 @@ r"""Rich outputs for the book: tables, banners, findings and library source.
 
 Every helper returns a :class:`Block`, an object that Jupyter (and the book, through MyST-NB)
 renders when it is the value of a cell: tables as Markdown (:func:`markdown_table`, the book's one
-table renderer, also used by the chapter texts of :mod:`avgk_lib.book.findings`), boxes and source
+table renderer, also used by the chapter texts of :mod:`avgk_book.findings`), boxes and source
 listings as HTML with a Markdown fallback.
-Nothing here computes a number: the tables and findings come from :mod:`avgk_lib.book.analysis`
+Nothing here computes a number: the tables and findings come from :mod:`avgk_book.analysis`
 and the experiments; this module only lays them out so that they fit the page column (no long
 ``print`` lines that scroll sideways).
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..experiments.spec import PRESETS
+from .experiments.spec import PRESETS
 
 SMOKE_TEXT = (
     "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
@@ -278,9 +278,10 @@ def source_of(obj: Callable[..., Any] | type, *, docstring: bool = False) -> tup
         source = _strip_docstring(source)
     name = f"{target.__module__}.{target.__qualname__}"
     path = Path(inspect.getsourcefile(target) or "?")
+    package = target.__module__.partition(".")[0]  # avgk_lib, or avgk_book for a helper of the book
     parts = (
-        path.parts[len(path.parts) - 1 - path.parts[::-1].index("avgk_lib") :]
-        if "avgk_lib" in path.parts
+        path.parts[len(path.parts) - 1 - path.parts[::-1].index(package) :]
+        if package in path.parts
         else path.parts[-1:]
     )
     origin = f"{name} ({'/'.join(parts)}, lines {start}-{start + len(lines) - 1})"

@@ -1,6 +1,6 @@
 r"""Per-run diagnostics behind the fair-comparison chapters, computed from a finished run's folder.
 
-:func:`add_diagnostics` extends experiment rows (:func:`avgk_lib.experiments.run_row`) with
+:func:`add_diagnostics` extends experiment rows (:func:`avgk_book.experiments.run_row`) with
 
 * ``test_avg{K}_ambiguous`` / ``test_avg{K}_clear``: average-K accuracy on the 20% of test inputs
   whose *Bayes* posterior has the highest / lowest entropy (synthetic data only: the posterior is
@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from .. import functional as AF
-from .. import metrics as M
-from ..data import load_dataset
-from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
-from ..metrics import k_label
-from ..rundir import RunDir
-from .analysis import load_run_scores, run_results
+from avgk_book.analysis import load_run_scores, run_results
+from avgk_lib import functional as AF
+from avgk_lib import metrics as M
+from avgk_lib.data import load_dataset
+from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+from avgk_lib.metrics import k_label
+from avgk_lib.rundir import RunDir
 
 EXTREME_SHARE = 0.2
 

@@ -2,13 +2,13 @@ r"""Equal-budget tuning of the tuned arm on the validation split, every knob bra
 
 Per setting, every method starts from the same budget: 3 learning rates x 3 values of its own knob
 (cross-entropy, without a knob: 9 learning rates), each point trained on the tuning draws
-:data:`~avgk_lib.experiments.spec.TUNING_SEEDS` and scored by its mean best-validation metric
+:data:`~avgk_book.experiments.spec.TUNING_SEEDS` and scored by its mean best-validation metric
 (:math:`-\infty` when it diverged, or gave degenerate sets, on any draw). A knob whose best value
 lies on an edge of the values tried is then extended by one geometric step (at most
 :data:`MAX_EXTENSIONS` times per knob, never beyond
-:data:`~avgk_lib.experiments.catalog.KNOB_LIMITS`); a choice still on an edge is recorded as
+:data:`~avgk_book.experiments.catalog.KNOB_LIMITS`); a choice still on an edge is recorded as
 unbracketed. Each round (all methods of a setting, all draws) is one call of
-:func:`~avgk_lib.experiments.runner.train_or_load_many`, which stacks what can share a stack.
+:func:`~avgk_book.experiments.runner.train_or_load_many`, which stacks what can share a stack.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..metrics import degenerate_sets
+from avgk_lib.metrics import degenerate_sets
+
 from .catalog import KNOB_LIMITS
 from .grid import _config, _methods_of, get_experiment, lr_grid_of, tuning_key
 from .runner import train_or_load_many
@@ -49,7 +50,7 @@ def tune(
     (per knob: ``values`` tried, ``extensions``, ``bracketed``, ``limit``), ``bracketed`` (every
     knob), ``metric`` and ``draws`` (the tuning seeds). A balanced-test twin reuses its long-tailed
     twin's entries (``reused_from``). ``datasets`` tunes only the settings of these dataset
-    families (as :func:`~avgk_lib.experiments.grid.expand`'s)."""
+    families (as :func:`~avgk_book.experiments.grid.expand`'s)."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
     if check_arm(arm) == "paper" or experiment.tuned_by or not spec.tune:

@@ -1,7 +1,7 @@
 r"""Paired tests behind the claims ledger: Student-t tests, TOST equivalence and Holm's correction.
 
 Pure functions on plain numbers (lists, tuples or 1-D arrays of finite reals); no file, no
-global state. The ledger (:mod:`avgk_lib.book.claims`) turns their p-values into verdicts.
+global state. The ledger (:mod:`avgk_book.claims`) turns their p-values into verdicts.
 
 **Paired t test.** With per-seed differences :math:`d_1, \dots, d_n` (same seed: same data draw,
 same noise, same split), :math:`\bar d = \frac1n \sum_s d_s`,

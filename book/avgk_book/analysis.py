@@ -1,6 +1,6 @@
 r"""Computations behind the book's figures and tables (each one short, tested, reused).
 
-The notebooks only call these functions and :mod:`avgk_lib.book.plotting`; every number they show
+The notebooks only call these functions and :mod:`avgk_book.plotting`; every number they show
 is computed here from the library's losses, metrics, datasets and finished runs.
 """
 
@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from .. import functional as AF
-from .. import metrics as M
-from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
-from ..data.synthetic import SyntheticSpec, SyntheticTask
-from ..ops import noised_topk
+from avgk_lib import functional as AF
+from avgk_lib import metrics as M
+from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
+from avgk_lib.ops import noised_topk
 
 
 def clark_smoothed_max(x1: float, x2: float, epsilon: float) -> tuple[float, float]:
@@ -287,7 +287,7 @@ def average_k_gain_vs_ambiguity(
 
 def load_run_scores(run: str | Path) -> dict[str, torch.Tensor]:
     """Validation and test scores (float32) and labels saved by a finished run (``scores.pt``)."""
-    from ..rundir import RunDir
+    from avgk_lib.rundir import RunDir
 
     data = RunDir(run).load_scores()  # verifies the format version and checksum
     return {k: (v.float() if v.is_floating_point() else v) for k, v in data.items() if isinstance(v, torch.Tensor)}
@@ -348,7 +348,7 @@ def run_results(run: str | Path) -> dict[str, Any]:
     """The result of a finished run (``config``, ``summary``, ``history``, ``test`` ...), read and
     verified by :meth:`avgk_lib.rundir.RunDir.read_result`; ``ValueError`` when the folder holds no
     intact result."""
-    from ..rundir import RunDir
+    from avgk_lib.rundir import RunDir
 
     folder = RunDir(run)
     result, why = folder.read_result()
@@ -359,7 +359,7 @@ def run_results(run: str | Path) -> dict[str, Any]:
 
 def synthetic_oracle(dataset_options: dict[str, Any], ks: list[float]) -> dict[float, float]:
     """Expected average-K accuracy of the Bayes oracle on the test inputs of a synthetic dataset."""
-    from ..data import load_dataset
+    from avgk_lib.data import load_dataset
 
     posterior = load_dataset("synthetic", **dataset_options).extra["test_posterior"]
     return {k: expected_set_accuracy(posterior, bayes_average_k_sets(posterior, k)) for k in ks}
@@ -373,7 +373,7 @@ def conformal_comparison(
     Validation scores calibrate everything; test scores are evaluated. Returns coverage-size
     curves (over alpha for conformal, over K for average-K) and two comparisons: at matched
     average size ``target_size`` and at matched coverage (that of LAC at ``alpha=0.1``)."""
-    from .. import conformal as C
+    from avgk_lib import conformal as C
 
     data = load_run_scores(run)
     pv, yv, pt, yt = data["val_scores"], data["val_targets"], data["test_scores"], data["test_targets"]
@@ -424,7 +424,7 @@ def by_entropy_table(runs: dict[str, str | Path], k: float, n_bins: int = 5) -> 
     """Average-K accuracy and mean set size of finished synthetic runs in ``n_bins`` equal-count bins
     of the *Bayes* posterior entropy of their test inputs (columns ``entropy`` (bin centre),
     ``<name> accuracy`` and ``<name> size`` per run name). The runs must share one dataset."""
-    from ..data import load_dataset
+    from avgk_lib.data import load_dataset
 
     if not runs:
         raise ValueError("`runs` must name at least one finished run")

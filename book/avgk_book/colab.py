@@ -2,10 +2,10 @@
 
 A Colab runtime loses its local disk when it disconnects or is recycled. Training checkpoints
 after every epoch into ``$AVGK_CACHE_DIR/runs/<config fingerprint>/last.pt`` and
-:func:`avgk_lib.experiments.run_experiment` resumes an interrupted run from there, so keeping
+:func:`avgk_book.experiments.run_experiment` resumes an interrupted run from there, so keeping
 that folder on Drive is all a chapter needs to pick up where it stopped::
 
-    from avgk_lib.colab import use_drive
+    from avgk_book.colab import use_drive
     use_drive()        # mounts Drive, then AVGK_CACHE_DIR=/content/drive/MyDrive/avgk/cache
                        #                  AVGK_DATA_DIR=/content/drive/MyDrive/avgk/data
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .. import metrics as M
-from .._checks import (
+from avgk_lib import metrics as M
+from avgk_lib._checks import (
     check_count,
     check_generator,
     check_k,

@@ -5,7 +5,7 @@ tested on paired per-seed evidence in every setting and arm the references hold.
 differences in the claimed direction, :math:`d_s = m(\text{ours}, s) - m(\text{rival}, s)` (same
 seed: same data draw, same noise pattern, same split; for a time, :math:`d_s = \ln t_\text{rival}
 - \ln t_\text{ours}`, so :math:`d_s > 0` always favours the claim). Against several rivals the
-rival is the strongest on average. The statistics are in :mod:`avgk_lib.book.stats`.
+rival is the strongest on average. The statistics are in :mod:`avgk_book.stats`.
 
 **Tests** (``test`` of an entry):
 
@@ -26,7 +26,7 @@ rival is the strongest on average. The statistics are in :mod:`avgk_lib.book.sta
   significantly negative (two losses never make a "larger gain").
 
 **Holm over the whole ledger.** Every p-value of every entry (the main test, ``inferiority`` and
-``gain_where_test``) is one hypothesis of one family; :func:`~avgk_lib.book.stats.holm` adjusts them
+``gain_where_test``) is one hypothesis of one family; :func:`~avgk_book.stats.holm` adjusts them
 all (``p_holm``), and "significant" means ``p_holm < alpha`` (:data:`ALPHA` = 0.05). An entry with
 fewer than two seeds has no test (``p`` is None, verdict *inconclusive*).
 
@@ -47,7 +47,7 @@ with a note, before Holm. Fewer than :data:`MIN_SEEDS` seeds is flagged in ``not
 * one arm at the top level (``rows``, ``tuning``, ...: today's shape), which is the arm named by
   an optional top-level ``"arm"`` key, ``"tuned"`` by default.
 
-Rows are the rows of :func:`avgk_lib.experiments.run_experiment` (labels, ``seed``, ``test_*`` and
+Rows are the rows of :func:`avgk_book.experiments.run_experiment` (labels, ``seed``, ``test_*`` and
 ``last_*`` metrics). For the label-noise precondition a cross-entropy row carries ``history``: a
 list of epoch dicts, each with ``train_fit = {"noisy_acc", "clean_acc", "flipped_acc"}``
 (training accuracy on the noisy labels, on the clean labels, and on the flipped samples' noisy
@@ -90,8 +90,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..experiments.spec import ARMS
 from . import stats as S
+from .experiments.spec import ARMS
 
 ALPHA = 0.05
 MIN_SEEDS = 5
@@ -406,8 +406,9 @@ def usable_reference(reference: Mapping[str, Any] | None) -> bool:
 
 def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
     """Per dataset label of an experiment: number of classes and the K its claims are tested at."""
-    from ..data import dataset_info
-    from ..experiments import get_experiment
+    from avgk_lib.data import dataset_info
+
+    from .experiments import get_experiment
 
     out = {}
     for s in get_experiment(name).preset(preset).settings:
@@ -416,7 +417,7 @@ def setting_info(name: str, preset: str) -> dict[str, dict[str, Any]]:
 
 
 def _k_dependent() -> tuple[str, ...]:
-    from ..experiments import K_DEPENDENT
+    from .experiments import K_DEPENDENT
 
     return K_DEPENDENT
 
@@ -598,7 +599,7 @@ def _best_is_last(rows: list[dict[str, Any]]) -> bool | None:
 
 def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dict, k) -> dict[str, Any] | None:
     """The entry of one claim in one setting (and K) of one arm; None when runs are missing."""
-    from ..metrics import k_label
+    from avgk_lib.metrics import k_label
 
     rows = _select(ref["rows"], setting)
     k_eval = k if k is not None else info.get("k")
@@ -656,7 +657,7 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
 def _exclusions(claim: Claim, arm: str, setting: dict, entry: dict[str, Any]) -> dict[str, Any]:
     """``not_evidence`` (why the setting is not evidence, protocol A5) and ``handicaps`` (the
     named handicaps of the entry's methods in this arm, protocol A4) of an entry."""
-    from ..experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
+    from .experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
 
     out: dict[str, Any] = {}
     family = next(
@@ -1374,7 +1375,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
     dotted: an entry not counted as a finding: precondition absent, confounded, not evidence); a grey band
     marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
     effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
-    The figure is as wide as the book's column (:data:`~avgk_lib.book.plotting.COLUMN_WIDTH_IN`),
+    The figure is as wide as the book's column (:data:`~avgk_book.plotting.COLUMN_WIDTH_IN`),
     so its fonts (at least 9 pt) are the sizes the reader sees. Returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

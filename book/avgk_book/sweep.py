@@ -229,7 +229,7 @@ def sweep_findings(curves: Mapping[str, list[dict[str, Any]]]) -> str:
 
 
 def _committed_curves(preset: str) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    from ..experiments import load_arm
+    from .experiments import load_arm
 
     arm = load_arm("size_sweep", preset, "tuned")
     if not arm or not arm["rows"]:

@@ -15,8 +15,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from .. import functional as AF
-from ..metrics import average_k_threshold
+from avgk_lib import functional as AF
+from avgk_lib.metrics import average_k_threshold
 
 # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

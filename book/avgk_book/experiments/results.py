@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from avgk_lib.rundir import atomic_write_json
+from avgk_lib.train import provenance
+
 from ..references import load_json_reference, reference_dir, seal, unseal
-from ..rundir import atomic_write_json
-from ..train import provenance
 from .spec import ARMS, TUNING_SEEDS
 
 RESULTS_DIR = reference_dir()
@@ -18,7 +19,7 @@ RESULTS_DIR = reference_dir()
 
 def save_arms_reference(name: str, preset: str, arms: dict[str, dict[str, Any]], directory: Path = RESULTS_DIR) -> Path:
     """Write ``<name>_<preset>.json`` with both protocols: ``"arms": {arm: {"rows", "seeds", ...}}``
-    (the shape :func:`avgk_lib.book.claims.reference_arms` reads; the tuned arm also holds its
+    (the shape :func:`avgk_book.claims.reference_arms` reads; the tuned arm also holds its
     ``tuning``), the rows without local paths, each arm's total wall time, and provenance.
 
     ``arms`` maps ``"paper"`` / ``"tuned"`` to a dict with ``rows`` (a list), ``seeds`` and any

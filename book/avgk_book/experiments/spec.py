@@ -6,8 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TrainConfig
-from ..metrics import metric_key
+from avgk_lib.config import TrainConfig
+from avgk_lib.metrics import metric_key
 
 PRESETS = ("smoke", "cpu", "colab", "gpu")
 #: the two protocols (``book/protocol.md``): each paper's fixed recipe, and equal bracketed tuning
@@ -49,7 +49,7 @@ class Method:
     def knob_grid(self, lr_grid: list[float]) -> dict[str, list[float]]:
         """The tuned arm's base grid, lr first: ``{"lr": lr_grid, **knobs}`` (lr values on
         ``lr x scale`` when ``lr_per_scale``); which lr grid applies is
-        :func:`~avgk_lib.experiments.grid.lr_grid_of`'s choice (the method's own ``lr_grid`` unless
+        :func:`~avgk_book.experiments.grid.lr_grid_of`'s choice (the method's own ``lr_grid`` unless
         the setting has one)."""
         return {"lr": sorted(lr_grid), **{k: list(v) for k, v in self.grid.items()}}
 

@@ -1,6 +1,6 @@
 """What an experiment chapter states: its setting, tuning, results and findings, as Markdown.
 
-Everything here is computed from rows of :func:`avgk_lib.experiments.run_experiment` (the
+Everything here is computed from rows of :func:`avgk_book.experiments.run_experiment` (the
 reader's run) or from a committed reference; nothing is typed in by hand. Reference numbers and
 the reader's own numbers are always labelled with their source (preset, seeds, commit).
 """
@@ -13,8 +13,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import experiments as E
-from ..metrics import metric_key
+from avgk_lib.metrics import metric_key
+
+from . import experiments as E
 from . import stats as S
 from .claims import ARMS, build_ledger, effect_text, merged_into, precondition_value, setting_label, verdict_text
 from .display import markdown_table
@@ -225,8 +226,8 @@ def bayes_ceiling(entry: Mapping[str, Any]) -> float | None:
 
 
 def _compute_ceiling(entry: Mapping[str, Any], seeds: tuple[int, ...]) -> float | None:
-    from ..data import load_dataset
-    from ..data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
+    from avgk_lib.data import load_dataset
+    from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
 
     values = []
     for seed in seeds:
@@ -336,7 +337,7 @@ def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool
     one bullet per ledger entry (:func:`entry_markdown`: setting, arm, numbers, verdict), with the
     Bayes ceiling (:func:`bayes_ceiling`) where the posterior is known, and a closing
     line with the verdict counts. ``entries`` come from
-    :func:`avgk_lib.book.claims.entries_for` (Holm over the whole ledger)."""
+    :func:`avgk_book.claims.entries_for` (Holm over the whole ledger)."""
     if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
         raise TypeError("`entries` must be a list of ledger entry dicts")
     if not entries:
@@ -367,7 +368,7 @@ def _pending_arms(
 ) -> list[str]:
     """A line per arm of ``arms`` that lacks some setting of ``group`` that another arm has (a
     benchmark has one protocol): merged into another entry (``merged``, from
-    :func:`~avgk_lib.book.claims.merged_into`), or not run yet."""
+    :func:`~avgk_book.claims.merged_into`), or not run yet."""
     if any(e.get("preset") == "benchmark" for e in group):
         return []
     settings = list(dict.fromkeys(setting_label(e["setting"]) for e in group))
@@ -402,7 +403,7 @@ def memorisation_facts(arms: Mapping[str, Mapping[str, Any] | None], ks: Mapping
     the largest fit of the flipped training labels (mean over seeds of the max over epochs of
     ``train_fit["flipped_acc"]``, when the rows carry a ``history``), the first seed's validation
     top-K after epoch 1 and the mean rise from there to the best; then the tuned arm's choice of
-    epsilon. ``arms`` maps an arm to its part (:func:`~avgk_lib.experiments.load_arm`; None: not
+    epsilon. ``arms`` maps an arm to its part (:func:`~avgk_book.experiments.load_arm`; None: not
     run), ``ks`` a dataset label to the K of its top-K metric."""
     facts = []
     for arm, part in arms.items():

@@ -66,7 +66,7 @@ LR_GRID = [0.03, 0.1, 0.3]
 CE_LR_GRID = [round(0.01 * 10 ** (i / 4), 4) for i in range(9)]
 #: the tuned arm's weight on the multi-label baselines' loss (the two-head loss's own knob, ``weight``)
 LOSS_WEIGHTS = [1.0, 10.0, 100.0]
-#: hard limits of bracketing (:func:`avgk_lib.experiments.tuning._bracketing_search`): a knob chosen
+#: hard limits of bracketing (:func:`avgk_book.experiments.tuning._bracketing_search`): a knob chosen
 #: at an edge of its grid is extended one geometric step at a time (at most twice) but never beyond
 #: these bounds; a choice at a bound stays at an edge and is flagged unbracketed. Bounds are on the
 #: searched values (the lr on ``lr x scale`` for the scaled-logit losses). Reasons: an lr above 10

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
-from ..data import cache_dir
-from ..data.base import CACHE_ENV, check_folder
-from ..rundir import RunDir, RunDirError, run_dir
-from ..runspec import RunSpec
-from ..train import train_many
+from avgk_lib.config import TrainConfig
+from avgk_lib.data import cache_dir
+from avgk_lib.data.base import CACHE_ENV, check_folder
+from avgk_lib.rundir import RunDir, RunDirError, run_dir
+from avgk_lib.runspec import RunSpec
+from avgk_lib.train import train_many
+
 from .grid import check_overrides, check_seeds, chosen_from_reference, expand
 from .spec import GridRun
 

@@ -1,4 +1,4 @@
-r"""Chapter 9's headline numbers over finished runs: the committed conformal reference.
+r"""Chapter 9's headline numbers over finished runs: the committed conformal reference, read.
 
 For one model's validation scores :math:`(\hat p^{\,val}, y^{val})` and test scores
 :math:`(\hat p^{\,test}, y^{test})` (``scores.pt`` of a run), every set is calibrated on the
@@ -24,9 +24,11 @@ the classes present in the test targets of each class's coverage); size is
 :math:`\frac1n \sum_i |\Gamma(x_i)|`. APS and RAPS draw their uniforms from
 ``torch.Generator().manual_seed(seed)`` on the validation split and ``seed + 1`` on the test split.
 
-:func:`conformal_rows` computes one row per run; :func:`write_conformal_reference` commits them
-(``reference_results/conformal_<preset>.json``, with provenance and a checksum);
-``tools/conformal_reference.py`` finds the runs of the committed ``average_k`` references.
+``tools/conformal_reference.py`` computes these numbers, one row per run of the committed
+``average_k`` references, and commits them (``reference_results/conformal_<preset>.json``, with
+provenance and a checksum). This module holds what the file's rows mean and what the chapter reads:
+the row keys (:func:`conformal_key`, :func:`average_k_key`, :func:`matched_size_key`), the reader
+(:func:`load_conformal_reference`), the long tables and the findings stated from the rows.
 """
 
 from __future__ import annotations
@@ -34,15 +36,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import conformal as C
-from .. import metrics as M
-from .. import sets as S
-from .._checks import check_probabilities
+from avgk_lib import conformal as C
+from avgk_lib import metrics as M
 
 #: miscoverage levels of the reference
 ALPHAS = (0.05, 0.1, 0.2)
@@ -65,7 +62,7 @@ def conformal_key(method: str, alpha: float, stat: str) -> str:
     (``stat``: ``micro``, ``macro`` coverage or ``size``)."""
     _check_method(method, with_average_k=False)
     _check_stat(stat)
-    return f"{method}_a{_alpha(alpha):g}_{stat}"
+    return f"{method}_a{check_alpha(alpha):g}_{stat}"
 
 
 def average_k_key(k: float, stat: str) -> str:
@@ -96,217 +93,22 @@ def _check_stat(stat: object) -> str:
     return str(stat)
 
 
-def _alpha(alpha: object) -> float:
+def check_alpha(alpha: object) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < float(alpha) < 1:
         raise ValueError(f"`alpha` must be a number in (0, 1), got {alpha!r}")
     return float(alpha)
 
 
-def _check_scores(scores: object) -> dict[str, torch.Tensor]:
-    """The four tensors of ``scores.pt`` as float32 probabilities and int64 targets."""
-    if not isinstance(scores, Mapping):
-        raise TypeError(f"`scores` must be a dict with {', '.join(SCORE_KEYS)}, got {type(scores).__name__}")
-    missing = [k for k in SCORE_KEYS if not isinstance(scores.get(k), torch.Tensor)]
-    if missing:
-        raise ValueError(f"`scores` lacks the tensors {', '.join(missing)}")
-    out = {k: scores[k].float() if scores[k].is_floating_point() else scores[k].long() for k in SCORE_KEYS}
-    for split in ("val", "test"):
-        p, y = out[f"{split}_scores"], out[f"{split}_targets"]
-        if p.dim() != 2 or y.shape != (p.shape[0],) or p.shape[0] == 0:
-            raise ValueError(
-                f"`scores` {split}: scores (n, C) and n targets expected, got {tuple(p.shape)}, {tuple(y.shape)}"
-            )
-        check_probabilities(p, f"scores[{split}_scores]")
-    if out["val_scores"].shape[1] != out["test_scores"].shape[1]:
-        raise ValueError("`scores`: validation and test scores have different numbers of classes")
-    return out
-
-
-def _check_ks(ks: object, n_classes: int) -> list[float]:
-    if not isinstance(ks, (list, tuple)) or not ks:
-        raise ValueError(f"`ks` must be a non-empty list of average set sizes, got {ks!r}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < float(k) <= n_classes:
-            raise ValueError(f"`ks` must hold sizes in (0, {n_classes}], got {k!r}")
-    return [float(k) for k in ks]
-
-
-def _check_alphas(alphas: object) -> list[float]:
-    if not isinstance(alphas, (list, tuple)) or not alphas:
-        raise ValueError(f"`alphas` must be a non-empty list of levels in (0, 1), got {alphas!r}")
-    return [_alpha(a) for a in alphas]
-
-
-def _coverage(sets: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    return {
-        "micro": S.set_coverage(sets, targets, "micro"),
-        "macro": S.set_coverage(sets, targets, "macro"),
-        "size": S.set_size(sets),
-    }
-
-
-def _conformal(p_val, y_val, p_test, method: str, alpha: float, seed: int) -> torch.Tensor:
-    """Test sets of ``method`` at ``alpha``, calibrated on the validation split."""
-    qhat = C.calibrate(p_val, y_val, alpha, method, generator=torch.Generator().manual_seed(seed))
-    return C.conformal_sets(p_test, qhat, method, generator=torch.Generator().manual_seed(seed + 1))
-
-
-def _average_k(p_val: torch.Tensor, p_test: torch.Tensor, k: float) -> torch.Tensor:
-    return M.average_k_sets(p_test, M.average_k_threshold(p_val, k))
-
-
-def _rare_third(class_counts: object, n_classes: int) -> torch.Tensor:
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    if counts.shape != (n_classes,) or bool((counts < 0).any()):
-        raise ValueError(f"`class_counts` must hold {n_classes} non-negative training counts, got {class_counts!r}")
-    return counts <= torch.quantile(counts, 1 / 3)
-
-
-def _class_summary(sets: torch.Tensor, targets: torch.Tensor, rare: torch.Tensor) -> dict[str, float]:
-    cov = C.class_conditional_coverage(sets, targets).double()
-    return {
-        "rare": float(cov[rare].nanmean()),
-        "rest": float(cov[~rare].nanmean()),
-        "lowest": float(cov[~cov.isnan()].min()),
-    }
-
-
-def conformal_metrics(
-    scores: Mapping[str, torch.Tensor],
-    ks: Sequence[float],
-    *,
-    alphas: Sequence[float] = ALPHAS,
-    class_counts: Sequence[int] | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """The chapter's headline numbers of one model (module docstring): keys :func:`conformal_key`,
-    :func:`average_k_key`, :func:`matched_size_key`, ``coverage_k`` / ``coverage_avgk_micro`` /
-    ``coverage_avgk_size`` (matched coverage) and, with ``class_counts``, ``rare_lac``,
-    ``rest_lac``, ``lowest_lac``, ``rare_avgk``, ``rest_avgk``, ``lowest_avgk`` and ``rare_k``.
-
-    Args:
-        scores: ``val_scores``, ``val_targets``, ``test_scores``, ``test_targets`` (probabilities
-            and class indices, as a run's ``scores.pt`` holds them).
-        ks: average set sizes of the setting. alphas: conformal levels (the matched-coverage
-            and rare-class numbers always use :data:`MAIN_ALPHA`). class_counts: training images
-            per class (long-tailed settings). seed: of the APS/RAPS uniform draws.
-    """
-    data = _check_scores(scores)
-    pv, yv, pt, yt = (data[k] for k in SCORE_KEYS)
-    n_classes = pv.shape[1]
-    ks = _check_ks(ks, n_classes)
-    alphas = _check_alphas(alphas)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
-    rare = None if class_counts is None else _rare_third(class_counts, n_classes)
-    row: dict[str, float] = {"n_val": len(yv), "n_test": len(yt), "n_classes": n_classes}
-    for method in C.METHODS:
-        for alpha in alphas:
-            for stat, value in _coverage(_conformal(pv, yv, pt, method, alpha, seed), yt).items():
-                row[conformal_key(method, alpha, stat)] = value
-    for k in ks:
-        for stat, value in _coverage(_average_k(pv, pt, k), yt).items():
-            row[average_k_key(k, stat)] = value
-        for method in C.METHODS:
-            alpha = C.alpha_for_mean_size(pv, yv, k, method)
-            sets = _conformal(pv, yv, pt, method, alpha, seed)
-            row[matched_size_key(k, method, "alpha")] = alpha
-            row[matched_size_key(k, method, "micro")] = S.set_coverage(sets, yt)
-            row[matched_size_key(k, method, "size")] = S.set_size(sets)
-    lac_qhat = C.calibrate(pv, yv, MAIN_ALPHA, "lac")
-    lac_val = C.conformal_sets(pv, lac_qhat, "lac")
-    k_cov = C.average_k_for_coverage(pv, yv, S.set_coverage(lac_val, yv))
-    matched = _average_k(pv, pt, k_cov)
-    row.update(
-        coverage_k=k_cov, coverage_avgk_micro=S.set_coverage(matched, yt), coverage_avgk_size=S.set_size(matched)
-    )
-    if rare is not None:
-        k_rare = S.set_size(lac_val)
-        for name, sets in (("lac", C.conformal_sets(pt, lac_qhat, "lac")), ("avgk", _average_k(pv, pt, k_rare))):
-            for part, value in _class_summary(sets, yt, rare).items():
-                row[f"{part}_{name}"] = value
-        row["rare_k"] = k_rare
-    return row
-
-
-def conformal_rows(runs: Sequence[Mapping[str, Any]], *, alphas: Sequence[float] = ALPHAS, seed: int = 0) -> list[dict]:
-    """One row per finished run: its ``labels`` then :func:`conformal_metrics` of its ``scores.pt``.
-
-    Each entry of ``runs`` holds ``run`` (the run folder), ``labels`` (dataset, loss, seed, arm,
-    ...: copied into the row), ``ks`` (the setting's average set sizes) and optionally
-    ``class_counts`` (training counts: the rare-class numbers) and ``head`` (a two-head run's
-    head whose probabilities to use, ``val_scores_<head>``; the row records it)."""
-    from ..rundir import RunDir
-
-    if not isinstance(runs, (list, tuple)) or not runs:
-        raise ValueError(f"`runs` must be a non-empty list of {{'run', 'labels', 'ks'}} entries, got {runs!r}")
-    rows = []
-    for entry in runs:
-        if not isinstance(entry, Mapping) or not {"run", "labels", "ks"} <= set(entry):
-            raise ValueError(f"`runs` entries need 'run', 'labels' and 'ks', got {entry!r}")
-        folder = Path(entry["run"])
-        if not (folder / "scores.pt").is_file():
-            raise ValueError(f"`runs`: {folder} holds no scores.pt (not a finished run)")
-        data = RunDir(folder).load_scores()
-        head = entry.get("head")
-        if head is not None:
-            data = {**data, "val_scores": data[f"val_scores_{head}"], "test_scores": data[f"test_scores_{head}"]}
-        metrics = conformal_metrics(data, entry["ks"], alphas=alphas, class_counts=entry.get("class_counts"), seed=seed)
-        rows.append({**dict(entry["labels"]), **({"head": head} if head else {}), **metrics})
-    return rows
-
-
-def write_conformal_reference(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    preset: str,
-    arm: str,
-    seeds: Sequence[int],
-    sources: Mapping[str, Any],
-    alphas: Sequence[float] = ALPHAS,
-    seed: int = 0,
-    directory: str | Path | None = None,
-    device: str = "cpu",
-) -> Path:
-    """Commit ``rows`` as ``conformal_<preset>.json`` through :func:`avgk_lib.references.write_reference`
-    (provenance and checksum added), with the ``preset``, ``arm``, training ``seeds``, ``alphas``,
-    the uniform-draw ``seed`` and ``sources``: per source experiment, what identifies the reference
-    the runs were read from (its ``created`` time and checksum)."""
-    from ..experiments import ARMS
-    from ..references import write_reference
-
-    if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, Mapping) for r in rows):
-        raise ValueError("`rows` must be a non-empty list of row dicts")
-    if arm not in ARMS:
-        raise ValueError(f"`arm` must be one of {', '.join(ARMS)}, got {arm!r}")
-    if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"`seeds` must be a list of integers, got {seeds!r}")
-    if not isinstance(sources, Mapping) or not sources:
-        raise ValueError(f"`sources` must name the references the runs come from, got {sources!r}")
-    payload = {
-        "experiment": "conformal",
-        "preset": preset,
-        "arm": arm,
-        "seeds": list(seeds),
-        "alphas": _check_alphas(list(alphas)),
-        "main_alpha": MAIN_ALPHA,
-        "uniform_seed": seed,
-        "sources": dict(sources),
-        "rows": [dict(r) for r in rows],
-    }
-    return write_reference(stem(preset), payload, device=device, directory=directory)
-
-
 def load_conformal_reference(preset: str = "cpu") -> dict[str, Any] | None:
     """The committed conformal reference of ``preset`` (checksum verified), or ``None`` when absent."""
-    from ..references import load_json_reference
+    from .references import load_json_reference
 
     return load_json_reference(stem(preset))
 
 
 def interval(summary: Mapping[str, Any], key: str, digits: int = 3) -> str:
     """``"0.901 ± 0.004"``: the mean and 95% half-width of ``key`` in a row of
-    :func:`avgk_lib.experiments.summarize`."""
+    :func:`avgk_book.experiments.summarize`."""
     if not isinstance(summary, Mapping) or key not in summary:
         raise ValueError(f"`summary` has no {key!r}")
     mean, half = summary[key], summary.get(f"{key}_ci95", 0.0)
@@ -413,12 +215,12 @@ def reference_findings(rows: Sequence[Mapping[str, Any]], alpha: float = MAIN_AL
     whether the interval lies above, around or below :math:`1 - \\alpha`) with average-K at matched coverage;
     coverage at the smallest matched mean size among K = 2, 3; and, on long-tailed settings, the
     coverage of the rarest third of the classes against the others."""
-    from ..experiments import summarize
+    from .experiments import summarize
     from .plotting import method_label
 
     if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, Mapping) for r in rows):
         raise ValueError("`rows` must be a non-empty list of reference rows")
-    alpha = _alpha(alpha)
+    alpha = check_alpha(alpha)
     lac, aps = conformal_key("lac", alpha, "micro"), conformal_key("aps", alpha, "micro")
     by = group_columns(rows)
 

@@ -33,7 +33,8 @@ Two protocols (``book/protocol.md``), the ``arm`` of every function and run:
 resumed from its last checkpoint, an unreadable one re-run (with a warning naming the folder).
 """
 
-from ..metrics import k_label
+from avgk_lib.metrics import k_label
+
 from .catalog import (
     CE_LR_GRID,
     CHAPTERS,

@@ -7,9 +7,10 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..config import ConfigError, TrainConfig
-from ..data import DATASETS, dataset_info
-from ..data.base import SEED_LIMIT
+from avgk_lib.config import ConfigError, TrainConfig
+from avgk_lib.data import DATASETS, dataset_info
+from avgk_lib.data.base import SEED_LIMIT
+
 from .catalog import CHAPTERS, EXPERIMENTS
 from .results import load_reference
 from .spec import PRESETS, RECIPE_KEYS, Experiment, GridRun, Method, Preset, Setting, check_arm
@@ -26,7 +27,7 @@ def _setting_label(setting: Setting) -> str:
     return f"{dataset} ({', '.join(rest)})" if rest else dataset
 
 
-def preset_table(presets: Iterable[str] = ("smoke", "cpu", "colab", "gpu")) -> str:
+def preset_table(presets: Iterable[str] = PRESETS) -> str:
     """Markdown table of which chapter runs which experiment at which preset, generated from the
     catalog: per preset the settings and the runs per seed of each arm (tuned + paper), "not
     defined" where the experiment raises on that preset.
