@@ -356,7 +356,7 @@ def test_ablation_differences_are_paired_by_seed_and_k():
 
 
 def test_ablation_findings_name_the_variants_off_zero_and_the_collapsed_seeds():
-    from avgk_lib.book import findings as F
+    from avgk_book import findings as F
 
     rows = []
     for s in range(6):
