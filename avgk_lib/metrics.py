@@ -215,49 +215,60 @@ def _kth_and_next_largest(flat: torch.Tensor, m: int) -> tuple[torch.Tensor, tor
 
     Small inputs use :func:`torch.topk`. Larger ones are narrowed by a fixed random subsample
     (:func:`_kth_and_next_largest_rows`). The result is exact either way, on any device."""
-    kth, nxt = _kth_and_next_largest_rows(flat.reshape(1, -1), m)
+    ((kth, nxt),) = _kth_and_next_largest_rows(flat.reshape(1, -1), [m])
     return kth[0], nxt[0]
 
 
-def _kth_and_next_largest_rows(rows: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""For each row of ``rows`` (R, n): its m-th and (m+1)-th largest entries (1 <= m < n),
-    as two ``(R,)`` tensors, exactly the values :func:`torch.topk` ranks there.
+def _kth_and_next_largest_rows(rows: torch.Tensor, ms: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    r"""For each row of ``rows`` (R, n) and each m of ``ms`` (1 <= m < n): the row's m-th and
+    (m+1)-th largest entries, as two ``(R,)`` tensors, exactly the values :func:`torch.topk`
+    ranks there.
 
     Up to :data:`_SELECT_DIRECT` entries a row, :func:`torch.topk` of m + 1. Beyond, a fixed
-    random subsample of each row gives a lower bound :math:`L` placed well below rank m + 1
-    (a wide safety margin on the sample's order statistic); the entries :math:`\ge L` (a small
-    fraction) then hold the row's m + 1 largest whenever there are at least m + 1 of them, which
-    is verified by their exact count, and :func:`torch.topk` finishes on them. A row whose bound
-    missed (with probability far below 1e-9, or on adversarial ties), or that holds a NaN or
-    infinity, falls back to :func:`torch.topk` on everything: the result is exact either way."""
+    random subsample of each row gives a lower bound :math:`L` placed well below rank m + 1 of
+    the largest m (a wide safety margin on the sample's order statistic); the entries
+    :math:`\ge L` (a small fraction, extracted once for every m) then hold the row's m + 1
+    largest whenever there are more than m of them, which is verified by their exact count, and
+    :func:`torch.topk` finishes on them. A row whose bound missed (with probability far below
+    1e-9, or on adversarial ties), or that holds a NaN or infinity, falls back to
+    :func:`torch.topk` on everything: the result is exact either way."""
     n_rows, n = rows.shape
-    if n <= _SELECT_DIRECT:
-        values = torch.topk(rows, m + 1, dim=1, sorted=True).values
-        return values[:, m - 1], values[:, m]
-    n_sample = 1 << 13 if n <= 1 << 21 else 1 << 16
-    q = m / n
-    margin = 8.0 * math.sqrt(n_sample * q * (1 - q)) + 16
-    lo_rank = int(math.ceil(q * n_sample + margin))
-    if lo_rank >= n_sample:  # the wanted ranks reach the bottom of the data: no pruning possible
-        values = torch.topk(rows, m + 1, dim=1, sorted=True).values
-        return values[:, m - 1], values[:, m]
-    sample = rows[:, _sample_index(n, n_sample, rows.device)]
-    bounds = torch.topk(sample, lo_rank + 1, dim=1, sorted=True).values[:, lo_rank]
-    finite = torch.isfinite(rows.sum(dim=1))
-    kth, nxt = [], []
-    for i in range(n_rows):
-        row = rows[i]
-        candidates = row[row >= bounds[i]] if bool(finite[i]) else row[:0]
-        if candidates.numel() <= m:  # the bound missed (or non-finite scores): every entry
-            values = torch.topk(row, m + 1, sorted=True).values
-            kth.append(values[m - 1])
-            nxt.append(values[m])
-            continue
-        top = torch.topk(candidates, m + 1, sorted=False).values
-        last_two = torch.topk(top, 2, largest=False, sorted=True).values
-        kth.append(last_two[1])
-        nxt.append(last_two[0])
-    return torch.stack(kth), torch.stack(nxt)
+    n_sample = 1 << 11 if n <= 1 << 21 else 1 << 16
+
+    def lo_rank(m: int) -> int:
+        q = m / n
+        return int(math.ceil(q * n_sample + 8.0 * math.sqrt(n_sample * q * (1 - q)) + 16))
+
+    prunable = [] if n <= _SELECT_DIRECT else [m for m in dict.fromkeys(ms) if lo_rank(m) < n_sample]
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m in dict.fromkeys(ms):
+        if m not in prunable:  # small rows, or wanted ranks that reach the bottom of the data
+            values = torch.topk(rows, m + 1, dim=1, sorted=True).values
+            out[m] = (values[:, m - 1], values[:, m])
+    if prunable:
+        widest = max(prunable)
+        rank = lo_rank(widest)
+        sample = rows[:, _sample_index(n, n_sample, rows.device)]
+        bounds = torch.topk(sample, rank + 1, dim=1, sorted=True).values[:, rank]
+        finite = torch.isfinite(rows.sum(dim=1)).tolist()
+        kth: dict[int, list[torch.Tensor]] = {m: [] for m in prunable}
+        nxt: dict[int, list[torch.Tensor]] = {m: [] for m in prunable}
+        for i in range(n_rows):
+            row = rows[i]
+            candidates = row[row >= bounds[i]] if finite[i] else row[:0]
+            for m in prunable:
+                if candidates.numel() <= widest:  # the bound missed (or non-finite scores): every entry
+                    values = torch.topk(row, m + 1, sorted=True).values
+                    kth[m].append(values[m - 1])
+                    nxt[m].append(values[m])
+                    continue
+                top = torch.topk(candidates, m + 1, sorted=False).values
+                last_two = torch.topk(top, 2, largest=False, sorted=True).values
+                kth[m].append(last_two[1])
+                nxt[m].append(last_two[0])
+        for m in prunable:
+            out[m] = (torch.stack(kth[m]), torch.stack(nxt[m]))
+    return [out[m] for m in ms]
 
 
 def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
@@ -304,19 +315,31 @@ def _threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
     return torch.where((mid > nxt) & (mid <= kth), mid, kth)
 
 
-def _thresholds(scores: torch.Tensor, k: float) -> torch.Tensor:
-    """:func:`_threshold` of every member of a stack of scores ``(R, n, C)`` at once: ``(R,)``,
-    element ``i`` equal to ``_threshold(scores[i], k)``."""
+def _thresholds(scores: torch.Tensor, ks: list[float]) -> dict[float, torch.Tensor]:
+    """:func:`_threshold` of every member of a stack of scores ``(R, n, C)`` at once, for every K
+    of ``ks``: ``{K: (R,)}``, element ``i`` equal to ``_threshold(scores[i], K)``."""
     n_rows = scores.shape[0]
-    m = int(math.floor(scores.shape[1] * k + 0.5))
     flat = scores.detach().reshape(n_rows, -1)
-    if m <= 0:
-        return torch.full((n_rows,), float("inf"), dtype=scores.dtype, device=scores.device)
-    if m >= flat.shape[1]:
-        return flat.min(dim=1).values
-    kth, nxt = _kth_and_next_largest_rows(flat, m)
-    mid = nxt + (kth - nxt) / 2
-    return torch.where((mid > nxt) & (mid <= kth), mid, kth)
+    ms = {k: int(math.floor(scores.shape[1] * k + 0.5)) for k in ks}
+    inner = [k for k in ks if 0 < ms[k] < flat.shape[1]]
+    selected = dict(zip(inner, _kth_and_next_largest_rows(flat, [ms[k] for k in inner]), strict=True))
+    out = {}
+    for k in ks:
+        if ms[k] <= 0:
+            out[k] = torch.full((n_rows,), float("inf"), dtype=scores.dtype, device=scores.device)
+        elif ms[k] >= flat.shape[1]:
+            out[k] = flat.min(dim=1).values
+        else:
+            kth, nxt = selected[k]
+            mid = nxt + (kth - nxt) / 2
+            out[k] = torch.where((mid > nxt) & (mid <= kth), mid, kth)
+    return out
+
+
+def _row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.sum(dim=2)`` of a bool ``(R, n, C)``, member by member (the 2-D bool reduction is
+    several times faster than the 3-D one, which converts the whole mask first)."""
+    return torch.stack([part.sum(dim=1) for part in mask])
 
 
 def average_k_sets(scores: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -485,19 +508,22 @@ def stacked_metric_dicts(
             out[i][_key(kind, k, "macro")] = float(per_class[i][present[i]].mean())
 
     true_scores = scores.gather(2, targets[:, :, None])
+    if any(float(k).is_integer() and k <= n_classes for k in ks):
+        above = _row_counts(scores > true_scores)  # classes scored above the true one, shared by every K
+    if thresholds is None:
+        calibrated = _thresholds(scores, [float(k) for k in ks])
     for k in ks:
         if float(k).is_integer() and k <= n_classes:
-            aggregate((scores > true_scores).sum(dim=2, dtype=torch.int32) < int(k), "top", k)
+            aggregate(above < int(k), "top", k)
         if thresholds is None:
-            used[k] = _thresholds(scores, float(k))
+            used[k] = calibrated[float(k)]
         else:
             used[k] = thresholds[k]
             if not isinstance(used[k], torch.Tensor) or used[k].shape != (n_rows,) or bool(torch.isnan(used[k]).any()):
                 raise ValueError(f"`thresholds[{k}]` must be a ({n_rows},) tensor without NaN")
         cut = used[k].to(device=scores.device, dtype=scores.dtype).view(n_rows, 1, 1)
-        sets = scores >= cut
-        aggregate(sets.gather(2, targets[:, :, None]).squeeze(2), "avg", k)
-        sizes = sets.sum(dim=2, dtype=torch.int32).double().mean(dim=1).tolist()  # int32: a fast reduction
+        aggregate((true_scores >= cut).squeeze(2), "avg", k)  # the sets' entry at the target
+        sizes = _row_counts(scores >= cut).double().mean(dim=1).tolist()
         values = used[k].tolist()
         for i in range(n_rows):
             out[i][_key("avg", k, "size")] = sizes[i]
