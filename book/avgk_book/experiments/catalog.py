@@ -496,6 +496,7 @@ def _sweep_settings(n: int, recipe: dict[str, Any], data: dict[str, Any] | None 
     10,000-sample twin (``tuning_labels``): average-K (cross-entropy, two-head at K = 2, 3, 5),
     label noise 0.6 (cross-entropy, noised top-K) and the long tail (cross-entropy, imbalanced)."""
     base = {**SYNTHETIC_100, **(data or {}), "n_train": n}
+    noisy = {"dataset": "synthetic-100", "label_noise": 0.6}
     return [
         _avgk_setting(
             "synthetic-100",
@@ -508,29 +509,24 @@ def _sweep_settings(n: int, recipe: dict[str, Any], data: dict[str, Any] | None 
             methods=["cross_entropy", "two_head"],
             tuning_labels={"dataset": "synthetic-100"},
         ),
-        Setting(
-            {"dataset": "synthetic-100", "label_noise": 0.6, "n_train": n},
-            "synthetic",
-            {**base, "label_noise": 0.6},
-            recipe,
-            [1.0, 5.0],
-            5.0,
-            "top{k}_micro",
-            methods=["cross_entropy", "noised_topk"],
-            tuning_labels={"dataset": "synthetic-100", "label_noise": 0.6},
-        ),
-        Setting(
-            {"dataset": "synthetic-100-lt", "n_train": n},
-            "synthetic",
+        _sweep_top5(noisy, {**base, "label_noise": 0.6}, "micro", "noised_topk", recipe),
+        _sweep_top5(
+            {"dataset": "synthetic-100-lt"},
             {**base, "imbalance_ratio": 100.0},
+            "macro",
+            "imbalanced_noised_topk",
             recipe,
-            [1.0, 5.0],
-            5.0,
-            "top{k}_macro",
-            methods=["cross_entropy", "imbalanced_noised_topk"],
-            tuning_labels={"dataset": "synthetic-100-lt"},
         ),
     ]
+
+
+def _sweep_top5(twin: dict[str, Any], options: dict[str, Any], average: str, loss: str, recipe: dict) -> Setting:
+    """A top-5 task of the sweep: cross-entropy against ``loss`` at ``options["n_train"]`` samples,
+    tuned by its 10,000-sample ``twin`` (its labels), scored in ``average`` ("micro"/"macro") top-K."""
+    labels = {**twin, "n_train": options["n_train"]}
+    methods = ["cross_entropy", loss]
+    return Setting(labels, "synthetic", options, recipe, [1.0, 5.0], 5.0, f"top{{k}}_{average}", methods=methods,
+                   tuning_labels=twin)  # fmt: skip
 
 
 SIZE_SWEEP = Experiment(
