@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import TrainConfig, selection_metric, validated
 from .objectives import TWO_HEAD_SCORES, ObjectiveSpec
+from .runcap import capped
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,14 @@ class RunSpec:
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> RunSpec:
-        """Validate ``cfg`` (:class:`~avgk_lib.config.ConfigError` on a bad value) and resolve it."""
+        """Validate ``cfg`` (:class:`~avgk_lib.config.ConfigError` on a bad value) and resolve it
+        (cut short by :func:`~avgk_lib.runcap.capped` when ``AVGK_RUN_CAP=1``)."""
         if isinstance(cfg, RunSpec):
             return cfg
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
-        cfg, objective = validated(cfg)
+        # under AVGK_RUN_CAP=1 (CI) the run is cut short before its fingerprint is taken (avgk_lib.runcap)
+        cfg, objective = validated(capped(cfg))
         fingerprint = cfg.fingerprint()
         select = selection_metric(cfg, objective)
         heads = TWO_HEAD_SCORES if objective.two_head else ("main",)

@@ -383,7 +383,7 @@ def test_failed_download_is_one_line_with_the_right_hint(capsys, tmp_path, monke
 
 
 def test_corrupt_image_read_by_a_worker_is_one_line_naming_the_file(capsys, tmp_path):
-    from tests.test_data import write_fake_plantnet
+    from tests.fakes import write_fake_plantnet
 
     write_fake_plantnet(tmp_path / "plantnet")
     bad = sorted((tmp_path / "plantnet" / "images" / "val" / "1355868").glob("*.jpg"))[-1]

@@ -1,6 +1,12 @@
 """Execute every notebook with papermill into a staging tree that Jupyter Book builds.
 
     python tools/run_notebooks.py --preset smoke --out _build/book [--only 04]
+    python tools/run_notebooks.py --preset colab --cap --out _build/colab   # the Colab route on a CPU
+
+``--cap`` sets ``AVGK_RUN_CAP=1`` for the kernels: every training run is cut to one epoch of two
+small batches on a few hundred samples (:mod:`avgk_lib.runcap`), so a GPU preset's configurations,
+loaders, models and figures run in minutes on a CPU; each page's banner says its numbers are not
+results.
 
 The staging tree has the shape of the repository (``book/``, ``notebooks/``) so the table of
 contents and the bibliography resolve the same way. Prints the wall time of each notebook and
@@ -189,14 +195,23 @@ def execute(nb: Path, target: Path, preset: str, timeout: int) -> str:
 
 def main() -> int:
     from avgk_book.experiments.spec import PRESETS
+    from avgk_lib.runcap import RUN_CAP_ENV, run_cap_active
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "book")
     parser.add_argument("--only", nargs="*", default=[], help="prefixes of the notebooks to run")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
+    parser.add_argument(
+        "--cap",
+        action="store_true",
+        help="cap every training run (AVGK_RUN_CAP=1: one epoch of two small batches on a few hundred samples): "
+        "checks that a preset's code runs, e.g. --preset colab on a CPU; the pages say the numbers are not results",
+    )
     args = parser.parse_args()
     os.environ["AVGK_PROGRESS"] = "0"  # inherited by the kernels: no progress bars in the pages
+    if args.cap:
+        os.environ[RUN_CAP_ENV] = "1"  # inherited by the kernels; each page's banner names the cap
     out: Path = args.out
     stage_book(out)
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -209,7 +224,8 @@ def main() -> int:
         if status != "ok":
             failures.append(nb.name)
         print(f"{nb.name:<40} {time.time() - start:7.1f} s  {status}", flush=True)
-    print(f"{len(notebooks)} notebooks, preset {args.preset}, {time.time() - total:.0f} s in all", flush=True)
+    capped = ", every run capped (AVGK_RUN_CAP=1)" if run_cap_active() else ""
+    print(f"{len(notebooks)} notebooks, preset {args.preset}{capped}, {time.time() - total:.0f} s in all", flush=True)
     if failures:
         print("failed: " + ", ".join(failures), file=sys.stderr)
         return 1

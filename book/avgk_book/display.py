@@ -26,12 +26,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from avgk_lib.runcap import describe_cap, run_cap_active
+
 from .experiments.spec import PRESETS
 
 SMOKE_TEXT = (
     "This block was executed with the `smoke` preset (a few batches, seconds of compute) to check that "
     "its code runs. Its numbers, tables, timings and verdicts are not findings. "
     'Run the notebook with `PRESET = "cpu"` (or larger) to reproduce the results the text discusses.'
+)
+#: the note of a page built with every training run capped (``AVGK_RUN_CAP=1``, the CI check of a preset)
+CAPPED_TEXT = (
+    f"Capped CI run ({describe_cap()}): this execution only checks that the preset's code runs; "
+    "its numbers, tables, timings, figures and verdicts are not findings."
 )
 GLUE_MIME_PREFIX = "application/papermill.record/"
 
@@ -72,6 +79,18 @@ def is_smoke(preset: str) -> bool:
     return _check_preset(preset) == "smoke"
 
 
+def quick(preset: str) -> bool:
+    """Whether a chapter's own computations (Monte Carlo draws, benchmarks) take their small sizes:
+    at the smoke preset, and at any preset while every training run is capped (``AVGK_RUN_CAP=1``,
+    the CI check of a preset's code path, whose numbers are not findings either).
+
+    Example:
+        >>> quick("smoke")
+        True
+    """
+    return is_smoke(preset) or run_cap_active()
+
+
 def _inline(text: str) -> str:
     """HTML of a short text with Markdown-style `code` spans."""
     parts = html.escape(text).split("`")
@@ -108,6 +127,8 @@ def preset_banner(preset: str) -> Block:
             f"This page was executed with the `{preset}` preset. Committed references are labelled with "
             "their seeds; the blocks headed *Your run* come from this execution."
         )
+    if run_cap_active():  # a CI build of this preset's code path: say so where nobody can miss it
+        return admonition(f"{text} {CAPPED_TEXT}", title=f"Preset: {preset}, capped (CI)", kind="warning")
     return admonition(text, title=f"Preset: {preset}", kind="note")
 
 
@@ -137,6 +158,10 @@ def your_run(preset: str, seeds: Sequence[int] | None = None, *, what: str = "")
     lead = f"{what.rstrip('.')}. " if what else ""
     if is_smoke(preset):
         return admonition(lead + SMOKE_TEXT, title="Your run (smoke run: numbers are not findings)", kind="warning")
+    if run_cap_active():
+        return admonition(
+            lead + CAPPED_TEXT, title=f"Your run ({preset} preset, capped: numbers are not findings)", kind="warning"
+        )
     seeds_text = ""
     if seed_list:
         word = "seed" if len(seed_list) == 1 else "seeds"
