@@ -2,6 +2,7 @@
 
 import html.parser
 import inspect
+import math
 import re
 
 import pytest
@@ -276,6 +277,10 @@ def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
     gain = _ledger_entry(test="gain", metric="test_avg3_ambiguous - test_avg3_clear", gain_where=-0.0596,
                          gain_where_ci95=[-0.0748, -0.0444], effect=-0.0666, ci95=[-0.0794, -0.0538])  # fmt: skip
     assert "where the claim looks: -5.96 pp [-7.48, -4.44]" in F.entry_markdown(gain)
+    one_seed = _ledger_entry(test="equivalence", margin=0.01, ci95=[math.nan, math.nan], ci90=[math.nan, math.nan])
+    assert "Equivalence margin ±1 pp, no interval." in F.entry_markdown(one_seed) and "nan" not in F.entry_markdown(
+        one_seed
+    )
     with pytest.raises(TypeError, match="`entries`"):
         F.ledger_findings_markdown("entries")
     with pytest.raises(TypeError, match="`entry`"):

@@ -292,7 +292,8 @@ def entry_markdown(
         if entry.get("margin"):
             low, high = entry.get("ci90", [math.nan, math.nan])
             margin = f"±{100 * entry['margin']:g} pp"
-            body += f" Equivalence margin {margin}, 90% interval [{100 * low:+.2f}, {100 * high:+.2f}] pp."
+            interval = f"90% interval [{100 * low:+.2f}, {100 * high:+.2f}] pp" if math.isfinite(low) else "no interval"
+            body += f" Equivalence margin {margin}, {interval}."
             worse = (entry.get("inferiority") or {}).get("p_holm" if holm else "p")
             if worse is not None:
                 body += (
