@@ -372,7 +372,11 @@ def test_ablation_findings_name_the_variants_off_zero_and_the_collapsed_seeds():
         rows.append({"variant": "fragile", "seed": s, "train_k": 3.0, "test_avg3_micro": lost})
     assert F.collapsed_seeds(rows) == {("fragile", 3.0): [4]}
     text = F.ablation_findings({"rows": rows})
-    assert "above the default: better +1.25" in text[0] and "Below it: none." in text[0]  # fragile's interval spans 0
+    assert (
+        "above the default: better +1.25" in text[0]
+        and "Below it: none." in text[0]
+        and "Not told apart from it (the interval holds 0): fragile" in text[0]
+    )
     assert "fragile at K = 3: seed 4" in text[1]
     healthy = [r for r in rows if r["variant"] != "fragile"]
     assert F.ablation_findings({"rows": healthy})[-1].startswith("No run collapsed")

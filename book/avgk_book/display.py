@@ -21,6 +21,7 @@ import ast
 import html
 import inspect
 import math
+import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -92,9 +93,10 @@ def quick(preset: str) -> bool:
 
 
 def _inline(text: str) -> str:
-    """HTML of a short text with Markdown-style `code` spans."""
+    """HTML of a short text with Markdown-style `code` spans and *emphasis*."""
     parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return "".join(f"<code>{p}</code>" if i % 2 else re.sub(r"\*([^*\s][^*]*)\*", r"<em>\1</em>", p)
+                   for i, p in enumerate(parts))  # fmt: skip
 
 
 def admonition(text: str, *, title: str, kind: str = "note") -> Block:

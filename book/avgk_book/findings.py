@@ -568,9 +568,11 @@ def ablation_findings(reference: Mapping[str, Any] | None) -> list[str]:
         has = [(d["variant"], d[f"d{name}"], d[f"d{name}_ci95"]) for d in diffs if f"d{name}" in d]
         better = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m - h > 0]
         worse = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m + h < 0]
+        level = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m - h <= 0 <= m + h]
         out.append(
             f"K = {name} ({n_seeds} seeds; ± is the half-width of the 95% interval): above the default: "
-            f"{'; '.join(better) or 'none'}. Below it: {'; '.join(worse) or 'none'}."
+            f"{'; '.join(better) or 'none'}. Below it: {'; '.join(worse) or 'none'}. Not told apart from it "
+            f"(the interval holds 0): {'; '.join(level) or 'none'}."
         )
     drop = f"{100 * COLLAPSE_DROP:g} pp"
     collapsed = collapsed_seeds(rows)
