@@ -77,6 +77,7 @@ def test_figure_and_bad_inputs():
 def test_findings_read_every_number_from_the_curves_and_the_show_helper_handles_no_reference():
     curves = W.sweep_curves(_rows())
     text = W.sweep_findings(curves)
-    assert "+8.50 pp" in text and "above 0" in text and "1,000 to 3,000" in text
+    assert "+8.50 pp" in text and "above 0" in text and "1,000: " in text and "3,000: " in text
+    assert "Read as a curve: " in text and "largest at " in text
     block = W.size_sweep_tables("smoke")  # no smoke sweep is committed
     assert "No training-set-size sweep" in block.markdown and W.plot_size_sweep("smoke") is None

@@ -204,9 +204,22 @@ def _sign(p: Mapping[str, Any]) -> str:
     return "above 0" if p["low"] > 0 else "below 0" if p["high"] < 0 else "across 0"
 
 
+def _shape(points: list[Mapping[str, Any]]) -> str:
+    """The whole curve in words: where its intervals lie at every size, and its largest value."""
+    signs = [_sign(p) for p in points]
+    if len(set(signs)) == 1:
+        where = f"{signs[0]} at every size"
+    else:
+        sizes = {sign: [f"{p['n_train']:,}" for p, s in zip(points, signs, strict=True) if s == sign] for sign in signs}
+        where = "; ".join(f"{sign} at {', '.join(ns)}" for sign, ns in sizes.items())
+    top = max(points, key=lambda p: p["mean"])
+    return f"{where}; largest at {top['n_train']:,}"
+
+
 def sweep_findings(curves: Mapping[str, list[dict[str, Any]]]) -> str:
     """What the curves show, in Markdown bullets whose every number is read from ``curves``: per
-    curve, its value at the smallest and the largest size, and where its 95% interval lies."""
+    curve, its value at every size (with its 95% interval), where the intervals lie (above, below
+    or across 0) and the size where it is largest."""
     if not isinstance(curves, Mapping):
         raise TypeError(f"`curves` must be the dict sweep_curves returns, got {type(curves).__name__}")
     lines = []
@@ -214,17 +227,12 @@ def sweep_findings(curves: Mapping[str, list[dict[str, Any]]]) -> str:
         if len(points) < 2:
             continue
         title, unit = CURVES[key]
-        first, last = points[0], points[-1]
         if unit == "pp":
-            text = (
-                f"from {first['n_train']:,} to {last['n_train']:,} samples: {_pp(first)} ({_sign(first)}) to "
-                f"{_pp(last)} ({_sign(last)})"
-            )
+            values = "; ".join(f"{p['n_train']:,}: {_pp(p)}" for p in points)
+            lines.append(f"* **{title}**: {values}. Read as a curve: {_shape(points)}.")
         else:
-            text = (
-                f"from {first['n_train']:,} to {last['n_train']:,} samples: {first['mean']:.2f} to {last['mean']:.2f}"
-            )
-        lines.append(f"* **{title}**: {text}.")
+            values = "; ".join(f"{p['n_train']:,}: {p['mean']:.2f}" for p in points)
+            lines.append(f"* **{title}**: {values}.")
     return "\n".join(lines) or "_No curve has two sizes yet._"
 
 
