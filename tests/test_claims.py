@@ -447,9 +447,9 @@ def test_forest_plot_has_a_panel_per_unit_and_readable_fonts():
     axes = fig.get_axes()
     assert len(axes) == 2 and axes[1].get_xscale() == "log"
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
-    assert any(
-        label.startswith("P1-noise-topk-vs-ce\n") and label.endswith("\n(precondition absent)") for label in labels
-    )
+    assert any(label.startswith("P1-noise-topk-vs-ce\n") and "\n(precondition absent" in label for label in labels)
+    assert C._flagged("r", {("paper", "met"), ("tuned", "absent")}) == "r\n(precondition absent: tuned arm)"
+    assert C._flagged("r", {("paper", "absent"), ("tuned", "absent")}) == "r\n(precondition absent)"
     assert fig.get_size_inches()[0] <= COLUMN_WIDTH_IN  # the fonts are the sizes the reader sees
     texts = [t for ax in axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title)]
     texts += list(fig.legends[0].get_texts())
@@ -658,3 +658,16 @@ def test_noise_entries_carry_a_control_that_leaves_the_verdict_alone():
     assert entry["control"]["without"] == pytest.approx(0.03 + 0.003 * 2.5, abs=1e-9)
     assert entry["effect"] == pytest.approx(0.05 + 0.003 * 2.5)  # the verdict's contrast is uncontrolled
     assert any(n.startswith("control (label_noise=0.0)") for n in entry["notes"])
+
+
+def test_forest_plot_keeps_counted_entries_readable_and_marks_a_far_uncounted_one_at_the_edge():
+    import matplotlib.pyplot as plt
+
+    doc = _two_arm_doc()
+    far = copy.deepcopy(next(e for e in doc["claims"] if e.get("unit", "accuracy") == "accuracy"))
+    far.update(id="P1-far", effect=-0.25, ci95=[-0.26, -0.24], status="not counted", verdict="not reproduced here")
+    fig = C.forest_plot({**doc, "claims": [*doc["claims"], far]})
+    ax = fig.get_axes()[0]
+    assert ax.get_xlim()[0] > -25.0  # the uncounted point does not set the scale
+    assert "-25.0" in [t.get_text() for t in ax.texts]  # it is marked at the edge with its value
+    plt.close(fig)

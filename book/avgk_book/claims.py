@@ -1355,12 +1355,14 @@ def forest_data(ledger: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _flagged(row: str, states: set) -> str:
-    """A forest-plot row label with its precondition state on a third line."""
-    if "absent" in states:
-        return f"{row}\n(precondition absent)"
-    if "precondition not measured" in states:
-        return f"{row}\n(precondition not measured)"
+def _flagged(row: str, states: set[tuple[str, Any]]) -> str:
+    """A forest-plot row label with its precondition state on a third line; ``states`` holds
+    (arm, precondition status) pairs, and a state that holds in one arm only names it."""
+    arms = {a for a, _ in states}
+    for state, text in (("absent", "precondition absent"), ("precondition not measured", "precondition not measured")):
+        hit = sorted(a for a, s in states if s == state)
+        if hit:
+            return f"{row}\n({text}" + ("" if set(hit) == arms else f": {' and '.join(hit)} arm") + ")"
     return row
 
 
@@ -1369,11 +1371,32 @@ def _wrapped(label: str, width: int = 32) -> str:
     return "\n".join(textwrap.fill(line, width) for line in label.split("\n"))
 
 
+def _clip_to_findings(ax: Any, points: list[dict[str, Any]], rows: list[str], offset: dict[str, float]) -> None:
+    """Limit an accuracy panel to the intervals of the counted entries (so that an entry that is
+    no finding, e.g. a -25 pp trap, does not squeeze the rest) and mark every point left outside
+    at the panel's edge with its value."""
+    counted = [p for p in points if p["counted"]] or points
+    ends = [v for p in counted for v in (p["low"], p["high"], p["x"]) if math.isfinite(v)] + [0.0]
+    low, high = min(ends), max(ends)
+    pad = 0.08 * (high - low or 1.0)
+    low, high = low - pad, high + pad
+    ax.set_xlim(low, high)
+    for p in points:
+        if low <= p["x"] <= high:
+            continue
+        edge, marker, align = (low, "<", "left") if p["x"] < low else (high, ">", "right")
+        y = rows.index(p["row"]) + offset[p["arm"]]
+        ax.plot([edge], [y], marker, color=COLOURS[p["verdict"]], ms=7, mfc="white", clip_on=False)
+        ax.annotate(f"{p['x']:+.1f}", (edge, y), xytext=(6 if align == "left" else -6, 0), textcoords="offset points",
+                    ha=align, va="center", fontsize=9)  # fmt: skip
+
+
 def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | None = None):
     """Forest plot of the ledger, both arms per claim and setting: the mean paired effect (marker:
     square = paper arm, circle = tuned arm) with its 95% interval, coloured by verdict (hollow and
     dotted: an entry not counted as a finding: precondition absent, confounded, not evidence); a grey band
-    marks an equivalence margin; a row whose precondition was measured absent says so. Accuracy
+    marks an equivalence margin; a row whose precondition was measured absent says so; an accuracy
+    panel spans the counted entries, a point beyond it is marked at the edge with its value. Accuracy
     effects (percentage points) and time effects (speed-up factor, log axis) get their own panel.
     The figure is as wide as the book's column (:data:`~avgk_book.plotting.COLUMN_WIDTH_IN`),
     so its fonts (at least 9 pt) are the sizes the reader sees. Returns the figure."""
@@ -1389,7 +1412,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
         raise ValueError("`ledger` has no entries to plot")
     status: dict[str, set] = {}
     for p in points:
-        status.setdefault(p["row"], set()).add(p["precondition"])
+        status.setdefault(p["row"], set()).add((p["arm"], p["precondition"]))
     units = list(dict.fromkeys(p["unit"] for p in points))
     rows_of = {u: list(dict.fromkeys(p["row"] for p in points if p["unit"] == u)) for u in units}
     heights = [max(len(rows_of[u]), 1) for u in units]
@@ -1410,6 +1433,8 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
                 ax.plot([p["low"], p["high"]], [y, y], color=colour, lw=2.2, ls=style)
             ax.plot([p["x"]], [y], MARKERS[p["arm"]], color=colour, ms=7, mfc=colour if p["counted"] else "white")
         ax.axvline(1.0 if unit.startswith("speed") else 0.0, color="black", lw=1)
+        if not unit.startswith("speed"):
+            _clip_to_findings(ax, [p for p in points if p["unit"] == unit], rows, offset)
         if unit.startswith("speed"):
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
