@@ -381,6 +381,7 @@ def test_verdict_counts_and_preconditions_per_arm():
     assert f"**P1, tuned arm**: {len(tuned)} entries" in counts
     table = C.preconditions_markdown(doc)
     assert "| P1-noise-topk-vs-ce | paper |" in table and "| **no** |" in table and "| yes |" in table
+    assert table.startswith("**cross-entropy fitted the flipped training labels**\n\n| id | arm | setting | measured")
 
 
 def test_intro_states_the_main_result_the_arms_and_links_the_ledger_page():

@@ -1151,23 +1151,26 @@ def ledger_markdown(ledger: Any, *, link_from: str = "notebooks") -> str:
 
 
 def preconditions_markdown(ledger: Any) -> str:
-    """The measured preconditions: one row per entry that has one."""
+    """The measured preconditions: one table per precondition (its name heads it, so that the
+    table fits the text column), one row per entry that has it."""
     rows = [e for e in _entries(ledger) if e.get("precondition")]
     if not rows:
         return "_No claim here has a precondition: the verdicts stand on the statistics alone._"
-    lines = ["| id | arm | setting | precondition | measured | threshold | met |", "|---|---|---|---|---|---|---|"]
-    for e in rows:
-        pre = e["precondition"]
-        measured = "not measured" if pre["measured"] is None else precondition_value({**pre, "threshold": None})
-        met = {True: "yes", False: "**no**", None: "unknown"}[pre["met"]]
-        scale, unit = (100.0, " pp") if pre.get("bound") else (1.0, "")
-        threshold = "-" if pre.get("threshold") is None else f"{scale * pre['threshold']:.3g}{unit}"
-        k = f", K={e['K']:g}" if isinstance(e.get("K"), (int, float)) else ""
-        lines.append(
-            f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])}{k} | {pre['name']} | {measured} "
-            f"| {threshold} | {met} |"
-        )
-    return "\n".join(lines)
+    parts = []
+    for name in dict.fromkeys(e["precondition"]["name"] for e in rows):
+        lines = [f"**{name}**", "", "| id | arm | setting | measured | threshold | met |", "|---|---|---|---|---|---|"]
+        for e in (e for e in rows if e["precondition"]["name"] == name):
+            pre = e["precondition"]
+            measured = "not measured" if pre["measured"] is None else precondition_value({**pre, "threshold": None})
+            met = {True: "yes", False: "**no**", None: "not decided"}[pre["met"]]
+            scale, unit = (100.0, " pp") if pre.get("bound") else (1.0, "")
+            threshold = "-" if pre.get("threshold") is None else f"{scale * pre['threshold']:.3g}{unit}"
+            k = f", K={e['K']:g}" if isinstance(e.get("K"), (int, float)) else ""
+            lines.append(
+                f"| {e['id']} | {e['arm']} | {setting_label(e['setting'])}{k} | {measured} | {threshold} | {met} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def _tallies(entries: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
