@@ -628,6 +628,18 @@ def test_the_ledger_at_a_glance_has_one_row_per_claim_with_text_badges_and_a_wor
         C.badge("maybe")
 
 
+def test_why_names_the_winning_rival_and_a_disagreement_between_arms():
+    def e(arm, verdict, rival="smooth_topk_svm", test="superiority"):
+        return {"arm": arm, "verdict": verdict, "rival": rival, "test": test, "status": "finding",
+                "ci95": [0.01, 0.02], "setting": {"dataset": "d"}}  # fmt: skip
+
+    why = C.why_text([e("paper", "supported"), e("tuned", "contradicted")])
+    assert why == "smooth top-K SVM significantly ahead in the tuned arm; the arms or settings disagree"
+    both = C.why_text([e("paper", "contradicted", "cross_entropy"), e("tuned", "contradicted", "cross_entropy")])
+    assert both == "cross-entropy significantly ahead in the paper and tuned arms"
+    assert C.why_text([e("paper", "supported")]) == "significant after Holm"
+
+
 def test_control_contrast_is_the_paired_difference_of_differences_scipy_oracle():
     rng = np.random.default_rng(3)
     seeds = list(range(12))

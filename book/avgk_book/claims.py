@@ -1508,6 +1508,16 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
         reasons.append("some intervals exclude 0 but are n.s. after Holm")
     elif superiority:
         reasons.append("n.s. after Holm")
+    from .plotting import method_label
+
+    found = [e for e in entries if e.get("status", "finding") == "finding"]
+    lost = [e for e in found if e["verdict"] == "contradicted" and e["test"] == "superiority"]
+    if lost:
+        rivals = ", ".join(sorted({method_label(e["rival"]) for e in lost}))
+        arms = sorted({e["arm"] for e in lost})
+        reasons.append(f"{rivals} significantly ahead in the {' and '.join(arms)} arm{'s' * (len(arms) > 1)}")
+    if {"supported", "contradicted"} <= {e["verdict"] for e in found}:
+        reasons.append("the arms or settings disagree")
     return "; ".join(reasons) or "significant after Holm"
 
 
@@ -1532,9 +1542,9 @@ def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def at_a_glance_markdown(ledger: Any) -> str:
-    """One row per claim: its id and words, a verdict badge per arm and setting with the effect and
-    its 95% interval (percentage points; a speed-up factor for the cost claim), and a one-line why
-    (:func:`why_text`)."""
+    """One row per claim: its id (the full table below gives its words), a verdict badge per arm and
+    setting with the effect and its 95% interval (percentage points; a speed-up factor for the cost
+    claim), and a one-line why (:func:`why_text`)."""
     entries = _entries(ledger)
     if not entries:
         return "_The ledger is empty._"
@@ -1544,7 +1554,7 @@ def at_a_glance_markdown(ledger: Any) -> str:
         cells = [_arm_summary([e for e in mine if e["arm"] == arm]) for arm in ARMS]
         if mine[0].get("preset") == "benchmark":
             cells[1] = "n/a (a benchmark)"
-        lines.append(f"| **{claim_id}**: {mine[0]['claim']} | {cells[0]} | {cells[1]} | {why_text(mine)} |")
+        lines.append(f"| **{claim_id}** | {cells[0]} | {cells[1]} | {why_text(mine)} |")
     return "\n".join(lines)
 
 
