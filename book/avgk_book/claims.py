@@ -66,8 +66,10 @@ entries are filed under the "paper" arm (P1's loss as P1 defines it), once.
 ``ours_mean``, ``rival_mean``, ``effect`` (mean of :math:`d_s`), ``ci95`` (two-sided Student-t),
 ``p``, ``p_holm``, the extra tests (``inferiority``; ``gain_where`` and ``gain_where_test``),
 ``precondition`` when the
-claim has one, ``tuning`` (trials and grid-edge choices of both methods, when the arm was tuned),
-``best_epoch_is_last``, ``verdict``, ``notes`` and ``chapter`` (the notebook that explains it).
+claim has one, ``control`` when it names a control setting (:func:`control_contrast`, protocol
+A10: a diagnosis, never the verdict), ``tuning`` (trials and grid-edge choices of both methods,
+when the arm was tuned), ``best_epoch_is_last``, ``verdict``, ``notes`` and ``chapter`` (the
+notebook that explains it).
 
 The ledger is generated from the committed references by :func:`ledger_document` (``python
 tools/reference_runs.py --ledger-only``); it is never written by hand.
