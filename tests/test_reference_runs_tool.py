@@ -30,6 +30,19 @@ def test_a_partial_run_carries_the_other_families_rows_over(tool, monkeypatch):
     assert tool._carried_rows("average_k", "cpu", "paper", rows) == []
 
 
+def test_a_partial_run_carries_the_other_families_fingerprints_over(tool, monkeypatch):
+    def fake(name, preset, seeds, chosen, arm):  # the asked family's runs at these seeds
+        return [f"syn-{s}" for s in seeds]
+
+    monkeypatch.setattr(tool, "fingerprints", fake)
+    part = {"seeds": [0, 1], "fingerprints": ["syn-0", "fm-0", "syn-1", "fm-1"]}
+    monkeypatch.setattr(tool, "DATASETS", ["synthetic"])
+    assert tool._carried_fingerprints("average_k", "cpu", "paper", part, None) == ["fm-0", "fm-1"]
+    assert tool._carried_fingerprints("average_k", "cpu", "paper", {"seeds": []}, None) == []
+    monkeypatch.setattr(tool, "DATASETS", None)  # a full run records every family anew
+    assert tool._carried_fingerprints("average_k", "cpu", "paper", part, None) == []
+
+
 def test_runs_here_skips_experiments_without_the_asked_family(tool, monkeypatch):
     monkeypatch.setattr(tool, "DATASETS", ["fashion_mnist"])
     assert tool.runs_here("average_k", "cpu", "paper")

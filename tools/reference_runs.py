@@ -16,7 +16,7 @@ The reference file ``book/avgk_book/reference_results/<experiment>_<preset>.json
 {"rows", "seeds", ...}, "tuned": {"rows", "seeds", "tuning", ...}}``) is rewritten after the
 tuning and after every pass (``--pass-size`` seeds at a time), so a killed session loses at most
 the runs in progress: runs are cached (``$AVGK_CACHE_DIR``) and resumed from their last epoch, and
-a part already finished is skipped: an arm whose recorded run fingerprints equal those of the
+a part already finished is skipped: an arm whose recorded run fingerprints include those of the
 runs it would train now, a tuning whose recorded base grid equals the current one. The ledger
 ``claims.json`` is rebuilt from every reference of the preset after each experiment; the script
 prints its total wall time at the end. ``--jobs N`` splits the experiments into N processes of one
@@ -331,6 +331,18 @@ def _carried_rows(name: str, preset: str, arm: str, rows: list[dict[str, Any]]) 
     return [r for r in rows if family.get(r["dataset"], r["dataset"]) not in DATASETS]
 
 
+def _carried_fingerprints(name: str, preset: str, arm: str, part: dict[str, Any], chosen: dict | None) -> list[str]:
+    """The recorded run fingerprints of the families ``--datasets`` leaves out (those of the carried
+    rows, :func:`_carried_rows`): every recorded one that is not a run of the asked families at
+    the recorded seeds. Without them a tool that checks rows against fingerprints (chapter 9's
+    conformal reference) would take the carried rows for unverified ones."""
+    recorded = part.get("fingerprints") or []
+    if DATASETS is None or not recorded:
+        return []
+    asked = set(fingerprints(name, preset, part["seeds"], chosen, arm)) if part.get("seeds") else set()
+    return [fp for fp in recorded if fp not in asked]
+
+
 def _passes(seeds: list[int], size: int) -> list[list[int]]:
     return [seeds[: i + size] for i in range(0, len(seeds), size)]
 
@@ -344,15 +356,17 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
         part = _tuning_part(name, preset, part, arms)
         # None: an experiment tuned_by another (or untuned) reads the committed choices
         chosen = {key: entry["chosen"] for key, entry in part["tuning"].items()} or None
-    if part.get("seeds") == seeds and part.get("fingerprints") == fingerprints(name, preset, seeds, chosen, arm):
+    recorded = set(part.get("fingerprints") or [])
+    if part.get("seeds") == seeds and set(fingerprints(name, preset, seeds, chosen, arm)) <= recorded:
         log(f"== {name} {arm}: seeds {seeds} recorded with the same runs, skipped")
         return
     carried = _carried_rows(name, preset, arm, part.get("rows", []))
+    carried_fingerprints = _carried_fingerprints(name, preset, arm, part, chosen)
     for done in _passes(seeds, pass_size):
         start = time.time()
         rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm, datasets=DATASETS)
         part = {**part, "rows": carried + add_diagnostics(rows), "seeds": done}
-        part["fingerprints"] = fingerprints(name, preset, done, chosen, arm)
+        part["fingerprints"] = carried_fingerprints + fingerprints(name, preset, done, chosen, arm)
         arms[arm] = part
         path = save_arms_reference(name, preset, arms, OUT)
         log(f"== {name} {arm} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
