@@ -303,21 +303,13 @@ def average_k_threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
 
 
 def _threshold(scores: torch.Tensor, k: float) -> torch.Tensor:
-    """:func:`average_k_threshold` on validated arguments."""
-    m = int(math.floor(scores.shape[0] * k + 0.5))
-    flat = scores.detach().reshape(-1)
-    if m <= 0:
-        return torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
-    if m >= flat.numel():
-        return flat.min()
-    kth, nxt = _kth_and_next_largest(flat, m)
-    mid = nxt + (kth - nxt) / 2
-    return torch.where((mid > nxt) & (mid <= kth), mid, kth)
+    """:func:`average_k_threshold` on validated arguments: the one-member case of :func:`_thresholds`."""
+    return _thresholds(scores[None], [k])[k][0]
 
 
 def _thresholds(scores: torch.Tensor, ks: list[float]) -> dict[float, torch.Tensor]:
-    """:func:`_threshold` of every member of a stack of scores ``(R, n, C)`` at once, for every K
-    of ``ks``: ``{K: (R,)}``, element ``i`` equal to ``_threshold(scores[i], K)``."""
+    """:func:`average_k_threshold` of every member of a stack of scores ``(R, n, C)`` at once, for
+    every K of ``ks``: ``{K: (R,)}``; element ``i`` is the threshold of ``scores[i]`` alone."""
     n_rows = scores.shape[0]
     flat = scores.detach().reshape(n_rows, -1)
     ms = {k: int(math.floor(scores.shape[1] * k + 0.5)) for k in ks}
