@@ -567,9 +567,10 @@ def ablation_findings(reference: Mapping[str, Any] | None) -> list[str]:
     for k in sorted({r["train_k"] for r in rows}):
         name = f"{k:g}"
         has = [(d["variant"], d[f"d{name}"], d[f"d{name}_ci95"]) for d in diffs if f"d{name}" in d]
-        better = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m - h > 0]
-        worse = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m + h < 0]
-        level = [f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has if m - h <= 0 <= m + h]
+        text = {v: f"{v} {100 * m:+.2f} ± {100 * h:.2f} pp" for v, m, h in has}
+        better = [text[v] for v, m, h in has if m - h > 0]
+        worse = [text[v] for v, m, h in has if m + h < 0]
+        level = [text[v] for v, m, h in has if m - h <= 0 <= m + h]
         out.append(
             f"K = {name} ({n_seeds} seeds; ± is the half-width of the 95% interval): above the default: "
             f"{'; '.join(better) or 'none'}. Below it: {'; '.join(worse) or 'none'}. Not told apart from it "
