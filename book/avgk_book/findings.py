@@ -308,7 +308,13 @@ def entry_markdown(
         body += f" Minimum detectable effect at 80% power: {100 * entry['mde']:.2f} pp."
     if ceiling is not None:
         body += f" Bayes ceiling on these test inputs: {ceiling:.4f}."
-    said = ("precondition not measured", "precondition not met", "not counted as evidence")  # stated above
+    # notes the head (verdict text) or the precondition sentence already states
+    said = (
+        "precondition not measured",
+        "precondition not met",
+        "not counted as evidence",
+        "decided by a named confound",
+    )
     notes = [readable_note(n) for n in entry.get("notes", []) if not n.startswith(said)]
     if notes:
         body += " Notes: " + "; ".join(notes) + "."
