@@ -114,6 +114,11 @@ def test_fashion_mnist_variants_keep_val_and_test_clean_and_balanced(tmp_path):
     assert torch.equal(noisy.val.y, clean.val.y) and torch.equal(noisy.test.y, clean.test.y)
     assert torch.equal(noisy.train.clean_y, clean.train.y)
     assert (noisy.train.y != clean.train.y).double().mean().item() == pytest.approx(0.2, abs=0.01)
+    pairs = load_dataset("fashion_mnist", root=tmp_path, label_noise=0.6, noise_groups="pairs")
+    pair_of = torch.tensor(fm.PAIR_GROUPS)
+    assert torch.equal(pair_of[pairs.train.y], pair_of[clean.train.y])  # a flip stays in its pair
+    assert sorted(torch.bincount(pair_of).tolist()) == [2] * 5  # K = 2 = the size of every group
+    assert (pairs.train.y != clean.train.y).double().mean().item() == pytest.approx(0.3, abs=0.01)
     tail = load_dataset("fashion_mnist", root=tmp_path, imbalance_ratio=100.0)
     assert tail.train_counts[0] / tail.train_counts[-1] == pytest.approx(100, rel=0.05)
     assert torch.equal(tail.val.y, clean.val.y)

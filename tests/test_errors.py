@@ -120,7 +120,7 @@ def test_model_is_checked_against_every_dataset_input_shape():
 def test_dataset_options_of_fixed_values_are_literal_and_checked():
     types = config_module.dataset_option_types("fashion_mnist")
     assert set(types["augment"].__args__) == {"crop_flip", "crop", "flip", "none"}
-    assert set(types["noise_groups"].__args__) == {"blocks", "semantic"}
+    assert set(types["noise_groups"].__args__) == {"blocks", "semantic", "pairs"}
     for key, value in (("augment", "crop_flp"), ("noise_groups", "Blocks"), ("n_val", None)):
         with pytest.raises(ConfigError) as info:
             TrainConfig(dataset="fashion_mnist", dataset_options={key: value}).validate()

@@ -66,9 +66,13 @@ MEAN, STD = (0.2860,), (0.3530,)
 #: group id of each class for label noise between similar garments: tops (T-shirt/top, Pullover,
 #: Coat, Shirt), footwear (Sandal, Sneaker, Ankle boot); Trouser, Dress and Bag stand alone.
 SEMANTIC_GROUPS = [0, 2, 0, 3, 0, 1, 0, 1, 4, 1]
+#: group id of each class for label noise in pairs, P1's design rule for K = 2 (noise blocks of K
+#: classes): T-shirt/top+Shirt, Pullover+Coat, Sandal+Sneaker, Trouser+Dress, Bag+Ankle boot (the
+#: last two pairs join the garments left over once the similar ones are paired)
+PAIR_GROUPS = [0, 3, 1, 3, 1, 2, 0, 2, 4, 4]
 #: train-time augmentations of the in-memory images (``"none"``, like ``None``, turns it off)
 Augment = Literal["crop_flip", "crop", "flip", "none"]
-NoiseGroups = Literal["blocks", "semantic"]
+NoiseGroups = Literal["blocks", "semantic", "pairs"]
 
 
 def read_idx(path: Path | str) -> torch.Tensor:
@@ -257,7 +261,9 @@ def load_fashion_mnist(
         label_noise: probability p of redrawing a *training* label within its block of
             ``noise_block_size`` consecutive classes (P1 protocol), or, with
             ``noise_groups="semantic"``, within its group of similar garments
-            (:data:`SEMANTIC_GROUPS`: tops, footwear; trousers, dresses and bags are never flipped).
+            (:data:`SEMANTIC_GROUPS`: tops, footwear; trousers, dresses and bags are never flipped),
+            or, with ``noise_groups="pairs"``, within its pair (:data:`PAIR_GROUPS`: every class
+            in a group of 2, so K = 2 equals the group size as in P1's design).
         imbalance_ratio: long-tailed subsampling of the training split (exponential profile,
             ratio of the largest to the smallest class); 1 keeps it balanced.
         train_subset / test_subset: keep only this many training / test images (random,
@@ -285,8 +291,9 @@ def load_fashion_mnist(
     train = train.random_subset(train_subset, split_seed + 1)
     clean = train.y.clone()
     if label_noise > 0:
-        if noise_groups == "semantic":
-            noisy = group_label_noise(train.y, label_noise, torch.tensor(SEMANTIC_GROUPS), noise_seed)
+        if noise_groups in ("semantic", "pairs"):
+            groups = SEMANTIC_GROUPS if noise_groups == "semantic" else PAIR_GROUPS
+            noisy = group_label_noise(train.y, label_noise, torch.tensor(groups), noise_seed)
         else:
             noisy = block_label_noise(train.y, label_noise, noise_block_size, 10, noise_seed)
         train = TensorSplit(train.x, noisy, clean)

@@ -109,7 +109,8 @@ POWER = 0.8
 #: a verdict decided by a named confound (protocol A4), an entry of a setting that is not evidence
 #: (protocol A5)
 STATUSES = ("finding", "precondition absent", "confounded", "not counted")
-#: settings whose entries are shown but not counted as evidence, with the reason (protocol A5)
+#: settings (experiment, dataset label) whose entries are shown but not counted as evidence, with
+#: the reason (protocol A5; the setting that follows P1's rule is "fashion_mnist-pairs", A11)
 NOT_EVIDENCE = {
     ("label_noise", "fashion_mnist"): "K = 2 is below the size of Fashion-MNIST's noise groups (4 and 3 classes), "
     "a trap P1's design (noise blocks of K classes) avoids: a true label pushed to rank K + 1 gets a flat hinge "
@@ -659,14 +660,10 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
 def _exclusions(claim: Claim, arm: str, setting: dict, entry: dict[str, Any]) -> dict[str, Any]:
     """``not_evidence`` (why the setting is not evidence, protocol A5) and ``handicaps`` (the
     named handicaps of the entry's methods in this arm, protocol A4) of an entry."""
-    from .experiments.catalog import EXPERIMENTS, PAPER_HANDICAPS
+    from .experiments.catalog import PAPER_HANDICAPS
 
     out: dict[str, Any] = {}
-    family = next(
-        (s.dataset for s in EXPERIMENTS[claim.experiment].preset(entry["preset"]).arm(arm) if s.labels == setting),
-        None,
-    )
-    reason = NOT_EVIDENCE.get((claim.experiment, family))
+    reason = NOT_EVIDENCE.get((claim.experiment, setting.get("dataset")))
     if reason:
         out["not_evidence"] = reason
     if arm == "paper":
