@@ -31,7 +31,6 @@ from ._checks import (
     Average,
     check_choice,
     check_count,
-    check_counts_vector,
     check_hits,
     check_k,
     check_positive,
@@ -60,7 +59,6 @@ __all__ = [
     "set_sizes",
     "set_size_stats",
     "per_class_accuracy",
-    "accuracy_by_class_frequency",
 ]
 
 MetricKind = Literal["top", "avg"]
@@ -386,35 +384,11 @@ def per_class_accuracy(correct: torch.Tensor, targets: torch.Tensor, n_classes: 
     return {"accuracy": accuracy.cpu(), "support": support.cpu()}
 
 
-def accuracy_by_class_frequency(
-    correct: torch.Tensor, targets: torch.Tensor, train_counts, n_bins: int = 5
-) -> dict[str, torch.Tensor]:
-    """Accuracy per class against its training frequency, plus the same in ``n_bins`` bins of
-    classes sorted by frequency (equal numbers of classes, rarest first), for long-tail plots.
-
-    Returns ``train_count`` and ``accuracy`` per class (classes absent from the evaluation
-    dropped) and ``bin_accuracy`` (macro accuracy of each bin), ``bin_min_count``,
-    ``bin_max_count``.
-
-    Args:
-        correct: bool ``(n,)`` hits. targets: ``(n,)`` class indices. train_counts: C training
-            counts, finite and >= 0 (a class may be absent from training). n_bins: >= 1.
-    """
-    counts = check_counts_vector(train_counts, "train_counts", positive=False, device="cpu")
-    n_bins = check_count(n_bins, "n_bins")
-    n_classes = counts.numel()
-    breakdown = per_class_accuracy(correct, targets, n_classes)
-    present = breakdown["support"] > 0
-    acc, freq = breakdown["accuracy"][present], counts[present]
-    order = torch.argsort(freq, stable=True)
-    bins = torch.tensor_split(order, min(n_bins, order.numel()))
-    return {
-        "train_count": freq,
-        "accuracy": acc,
-        "bin_accuracy": torch.stack([acc[b].mean() for b in bins]),
-        "bin_min_count": torch.stack([freq[b].min() for b in bins]),
-        "bin_max_count": torch.stack([freq[b].max() for b in bins]),
-    }
+def _check_ks(ks: object, n_classes: int) -> list[float]:
+    """A non-empty list (or tuple) of K values, each ``0 < K <= n_classes``, as floats."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
+        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
+    return [check_k(k, "ks", n_classes=n_classes, integer=False) for k in ks]
 
 
 def metric_dict(
@@ -433,10 +407,7 @@ def metric_dict(
     scores = check_scores(scores)
     n_classes = scores.shape[1]
     targets = check_targets(targets, scores.shape[0], n_classes)
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
-        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
-    for k in ks:
-        check_k(k, "ks", n_classes=n_classes, integer=False)
+    _check_ks(ks, n_classes)
     if thresholds is not None:
         if not isinstance(thresholds, dict) or any(k not in thresholds for k in ks):
             raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
@@ -477,10 +448,7 @@ def stacked_metric_dicts(
     check_scores(scores.reshape(n_rows * n, n_classes))
     flat_targets = check_targets(targets.reshape(-1), n_rows * n, n_classes)
     targets = flat_targets.view(n_rows, n)
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
-        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
-    for k in ks:
-        check_k(k, "ks", n_classes=n_classes, integer=False)
+    _check_ks(ks, n_classes)
     if thresholds is not None and (not isinstance(thresholds, dict) or any(k not in thresholds for k in ks)):
         raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
     out: list[dict[str, float]] = [{} for _ in range(n_rows)]
@@ -595,9 +563,7 @@ def degeneracy_warnings(metrics: dict[str, Any], n_classes: int, ks, label: str)
     if not isinstance(metrics, dict):
         raise TypeError(f"`metrics` must be a dict of metric names to values, got {type(metrics).__name__}")
     n_classes = check_count(n_classes, "n_classes")
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
-        raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
-    ks = [check_k(k, "ks", n_classes=n_classes, integer=False) for k in ks]
+    ks = _check_ks(ks, n_classes)
     if not isinstance(label, str):
         raise TypeError(f"`label` must be a string, got {type(label).__name__}")
     warnings = []

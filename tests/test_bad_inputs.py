@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from avgk_book.analysis import accuracy_by_class_frequency
 from avgk_lib import conformal as CF
 from avgk_lib import functional as AF
 from avgk_lib import losses as AL
@@ -598,8 +599,8 @@ SPECS: dict[str, Spec] = {
         {"correct": hits, "targets": targets, "n_classes": _v(C)},
         {"correct": "hits", "targets": "targets", "n_classes": "n_classes"},
     ),
-    "M.accuracy_by_class_frequency": Spec(
-        M.accuracy_by_class_frequency,
+    "accuracy_by_class_frequency": Spec(
+        accuracy_by_class_frequency,
         {"correct": hits, "targets": targets, "train_counts": _v(COUNTS), "n_bins": _v(2)},
         {"correct": "hits", "targets": "targets", "train_counts": "train_counts", "n_bins": "count"},
     ),

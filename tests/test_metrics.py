@@ -9,6 +9,7 @@ from mapie.metrics.classification import classification_coverage_score, classifi
 from sklearn.metrics import top_k_accuracy_score
 from torchmetrics.classification import MulticlassAccuracy
 
+from avgk_book.analysis import accuracy_by_class_frequency
 from avgk_lib import metrics as M
 from tests.conftest import random_targets, tie_free_scores
 
@@ -123,7 +124,7 @@ def test_average_k_macro_and_per_class_breakdown():
     breakdown = M.per_class_accuracy(torch.tensor([True, False, True, False]), y, 3)
     torch.testing.assert_close(breakdown["support"], torch.tensor([1.0, 3.0, 0.0], dtype=torch.float64))
     assert breakdown["accuracy"][0] == 1.0 and torch.isnan(breakdown["accuracy"][2])
-    freq = M.accuracy_by_class_frequency(torch.tensor([True, False, True, False]), y, [100, 5, 1], n_bins=2)
+    freq = accuracy_by_class_frequency(torch.tensor([True, False, True, False]), y, [100, 5, 1], n_bins=2)
     torch.testing.assert_close(freq["bin_accuracy"], torch.tensor([1 / 3, 1.0], dtype=torch.float64))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from avgk_book.analysis import accuracy_by_class_frequency
 from avgk_lib import conformal as C_
 from avgk_lib import functional as AF
 from avgk_lib import losses as AL
@@ -296,13 +297,13 @@ def test_metric_helpers_validate():
     with pytest.raises(TypeError, match="`correct`"):
         M.aggregate_hits(torch.tensor([0, 1, 1, 0]), Y, C)
     with pytest.raises(ValueError, match="`n_bins`"):
-        M.accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, COUNTS, n_bins=0)
+        accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, COUNTS, n_bins=0)
     with pytest.raises(ValueError, match="`train_counts`"):
-        M.accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, [-1, 2, 3, 4, 5, 6])
+        accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, [-1, 2, 3, 4, 5, 6])
     with pytest.raises(ValueError, match="`n_classes`"):
         M.per_class_accuracy(torch.ones(4, dtype=torch.bool), Y, 0)
     # zero training counts are allowed (a class may be absent from training)
-    out = M.accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, [0, 2, 3, 4, 5, 6], n_bins=2)
+    out = accuracy_by_class_frequency(torch.ones(4, dtype=torch.bool), Y, [0, 2, 3, 4, 5, 6], n_bins=2)
     assert out["bin_accuracy"].tolist() == [1.0, 1.0]
 
 

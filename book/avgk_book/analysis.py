@@ -14,6 +14,7 @@ import torch
 
 from avgk_lib import functional as AF
 from avgk_lib import metrics as M
+from avgk_lib._checks import check_count, check_counts_vector
 from avgk_lib.data.oracle import bayes_average_k_sets, bayes_topk_sets, expected_set_accuracy
 from avgk_lib.data.synthetic import SyntheticSpec, SyntheticTask
 from avgk_lib.ops import noised_topk
@@ -313,6 +314,37 @@ def run_sets(run: str | Path, k: float, kind: str = "average_k") -> dict[str, to
     }
 
 
+def accuracy_by_class_frequency(
+    correct: torch.Tensor, targets: torch.Tensor, train_counts, n_bins: int = 5
+) -> dict[str, torch.Tensor]:
+    """Accuracy per class against its training frequency, plus the same in ``n_bins`` bins of
+    classes sorted by frequency (equal numbers of classes, rarest first), for long-tail plots.
+
+    Returns ``train_count`` and ``accuracy`` per class (classes absent from the evaluation
+    dropped) and ``bin_accuracy`` (macro accuracy of each bin), ``bin_min_count``,
+    ``bin_max_count``.
+
+    Args:
+        correct: bool ``(n,)`` hits. targets: ``(n,)`` class indices. train_counts: C training
+            counts, finite and >= 0 (a class may be absent from training). n_bins: >= 1.
+    """
+    counts = check_counts_vector(train_counts, "train_counts", positive=False, device="cpu")
+    n_bins = check_count(n_bins, "n_bins")
+    n_classes = counts.numel()
+    breakdown = M.per_class_accuracy(correct, targets, n_classes)
+    present = breakdown["support"] > 0
+    acc, freq = breakdown["accuracy"][present], counts[present]
+    order = torch.argsort(freq, stable=True)
+    bins = torch.tensor_split(order, min(n_bins, order.numel()))
+    return {
+        "train_count": freq,
+        "accuracy": acc,
+        "bin_accuracy": torch.stack([acc[b].mean() for b in bins]),
+        "bin_min_count": torch.stack([freq[b].min() for b in bins]),
+        "bin_max_count": torch.stack([freq[b].max() for b in bins]),
+    }
+
+
 def by_class_frequency(
     run: str | Path, k: float, train_counts: list[int] | None = None, kind: str = "average_k", n_bins: int = 5
 ) -> dict[str, Any]:
@@ -321,7 +353,7 @@ def by_class_frequency(
     if train_counts is None:
         train_counts = run_results(run)["summary"]["class_counts"]
     s = run_sets(run, k, kind)
-    freq = M.accuracy_by_class_frequency(s["hit"], s["targets"], train_counts, n_bins)
+    freq = accuracy_by_class_frequency(s["hit"], s["targets"], train_counts, n_bins)
     n_classes = s["sets"].shape[1]
     sizes = torch.bincount(s["targets"], weights=s["size"].double(), minlength=n_classes)
     support = torch.bincount(s["targets"], minlength=n_classes).double()

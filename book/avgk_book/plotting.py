@@ -298,7 +298,7 @@ def frequency_scatter(
     results: dict[str, dict[str, Any]], *, metric: str = "accuracy", ylabel: str = "accuracy", title: str = "", ax=None
 ):
     """Per-class ``metric`` against the class's training count (log scale), one colour per method,
-    with the binned means (:func:`avgk_lib.metrics.accuracy_by_class_frequency`) as lines."""
+    with the binned means (:func:`avgk_book.analysis.accuracy_by_class_frequency`) as lines."""
     fig, ax = _ax(ax)
     for (name, r), color in zip(results.items(), sns.color_palette(), strict=False):
         ax.scatter(r["train_count"], r[metric], s=14, alpha=0.5, color=color)
