@@ -245,9 +245,7 @@ def build_run(spec: RunSpec, bundle: DatasetBundle | None = None, state: TrainSt
         pretrained=cfg.pretrained,
     ).to(device)
     # the loss is built after the model, as in earlier versions, so that seeded runs reproduce
-    objective = assemble_objective(
-        spec.objective, spec.loss_options, run=run_facts(spec, bundle), eval_head=spec.config.eval_head
-    )
+    objective = assemble_objective(spec.objective, spec.loss_options, run=run_facts(spec, bundle))
     objective.loss_fn.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     channels_last = channels_last and len(bundle.input_shape) == 3

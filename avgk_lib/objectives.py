@@ -11,8 +11,8 @@ per-class scores that top-K and average-K metrics threshold:
 * ``sigmoid``: independent sigmoids (multi-label heads: AN, AN-LS, WAN, EPR, ROLE, P2's
   multi-label head). Average-K thresholds these directly, as P2 does.
 
-:func:`build_objective` turns a spec and options into an :class:`Objective`, the object the
-trainer uses: ``objective.loss(outputs, batch)`` and ``objective.scores(outputs)``.
+:func:`assemble_objective` turns a spec and its options into an :class:`Objective`, the object the
+trainer uses: ``objective.loss(outputs, batch)`` and ``objective.head_scores(outputs)``.
 """
 
 from __future__ import annotations
@@ -243,29 +243,16 @@ def unknown_loss_option(name: str, options: dict[str, Any], spec: ObjectiveSpec)
     return None
 
 
-def check_loss_options(name: str, options: dict[str, Any]) -> None:
-    """``ValueError`` naming the option when ``options`` holds one that loss ``name`` does not use."""
-    unknown = unknown_loss_option(name, options, get_objective(name))
-    if unknown is not None:
-        raise ValueError(f"`{unknown[0]}` {unknown[1]}")
-
-
 class Objective:
     """A built objective: the loss module and how to score outputs.
 
-    ``loss(outputs, batch)`` with ``batch = (x, targets, indices)``; ``scores(outputs, head)``
-    gives the per-class scores in [0, 1] (float32) of one head (``None``: the evaluated head,
-    ``eval_head`` for two-head models); ``head_scores(outputs)`` gives every head's."""
+    ``loss(outputs, batch)`` with ``batch = (x, targets, indices)``; ``head_scores(outputs)``
+    gives the per-class scores in [0, 1] (float32) of every head."""
 
-    def __init__(self, spec: ObjectiveSpec, loss_fn: nn.Module, *, eval_head: HeadName, scale: float) -> None:
+    def __init__(self, spec: ObjectiveSpec, loss_fn: nn.Module, *, scale: float) -> None:
         self.spec = spec
         self.loss_fn = loss_fn
-        self.eval_head = eval_head
         self.scale = scale
-
-    @property
-    def heads(self) -> tuple[str, ...]:
-        return TWO_HEAD_SCORES if self.spec.two_head else ("main",)
 
     def loss(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         _, targets, indices = batch
@@ -286,33 +273,13 @@ class Objective:
             return {"main": torch.sigmoid(logits)}
         return {"main": torch.softmax(logits * self.scale, dim=1)}
 
-    def scores(self, outputs: Any, head: str | None = None) -> torch.Tensor:
-        head = head or (self.eval_head if self.spec.two_head else "main")
-        if head not in self.heads:
-            raise ValueError(f"`head` must be one of {self.heads}, got {head!r}")
-        return self.head_scores(outputs)[head]
 
-
-def build_objective(
-    name: Any, options: dict[str, Any] | None = None, *, run: dict[str, Any], eval_head: HeadName = "multilabel"
-) -> Objective:
-    """Build objective ``name``: its defaults updated by ``options`` (only its own tunable
-    options), plus the ``run`` facts ``k``, ``n_classes``, ``class_counts``, ``n_train``."""
-    spec = get_objective(name)
-    options = {} if options is None else options
-    check_loss_options(name, options)
-    return assemble_objective(spec, {**spec.defaults, **options}, run=run, eval_head=eval_head)
-
-
-def assemble_objective(
-    spec: ObjectiveSpec, options: dict[str, Any], *, run: dict[str, Any], eval_head: HeadName
-) -> Objective:
+def assemble_objective(spec: ObjectiveSpec, options: dict[str, Any], *, run: dict[str, Any]) -> Objective:
     """The objective of a loss already looked up, with its complete, checked ``options`` (a
-    :class:`~avgk_lib.runspec.RunSpec`'s ``objective`` and ``loss_options``): nothing is looked
-    up by name."""
-    if eval_head not in TWO_HEAD_SCORES:
-        raise ValueError(f"`eval_head` must be one of {', '.join(TWO_HEAD_SCORES)}, got {eval_head!r}")
+    :class:`~avgk_lib.runspec.RunSpec`'s ``objective`` and ``loss_options``; the defaults are
+    ``spec.defaults``) and the ``run`` facts ``k``, ``n_classes``, ``class_counts``, ``n_train``
+    (:func:`~avgk_lib.build.run_facts`): nothing is looked up by name."""
     merged = {**options, **run, "loss": spec.name}
     loss_fn = spec.build(merged)
     scale = float(merged["scale"]) if spec.head == "cosine" and "scale" in merged else 1.0
-    return Objective(spec, loss_fn, eval_head=eval_head, scale=scale)
+    return Objective(spec, loss_fn, scale=scale)

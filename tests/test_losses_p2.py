@@ -441,19 +441,18 @@ def test_new_choices_stack_like_separate_calls():
 
 def test_combined_head_is_the_mean_of_both_heads():
     from avgk_lib.config import ConfigError
-    from avgk_lib.objectives import build_objective
+    from avgk_lib.objectives import OBJECTIVES, assemble_objective
     from avgk_lib.runspec import RunSpec
     from avgk_lib.train import TrainConfig
 
     run = {"k": 2.0, "n_classes": 5, "class_counts": [1] * 5, "n_train": 5}
-    objective = build_objective("two_head", {}, run=run, eval_head="combined")
+    objective = assemble_objective(OBJECTIVES["two_head"], OBJECTIVES["two_head"].defaults, run=run)
     s, m = _logits(4, 5, 0), _logits(4, 5, 1)
     p = _softmax_by_hand(s)
     by_hand = [[(p[i][j] + 1 / (1 + math.exp(-float(m[i, j])))) / 2 for j in range(5)] for i in range(4)]
-    torch.testing.assert_close(objective.scores((s, m)), torch.tensor(by_hand, dtype=torch.float32))
-    assert objective.heads == ("softmax", "multilabel", "combined")
-    with pytest.raises(ValueError, match="`eval_head`"):
-        build_objective("two_head", {}, run=run, eval_head="both")
+    scores = objective.head_scores((s, m))
+    torch.testing.assert_close(scores["combined"], torch.tensor(by_hand, dtype=torch.float32))
+    assert tuple(scores) == ("softmax", "multilabel", "combined")
     cfg = TrainConfig(loss="two_head", k=2.0, eval_head="combined")
     assert RunSpec.resolve(cfg).heads == ("softmax", "multilabel", "combined")
     with pytest.raises(ConfigError, match="eval_head"):

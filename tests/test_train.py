@@ -24,7 +24,7 @@ from avgk_lib.engine import (
     train_one_epoch,
 )
 from avgk_lib.metrics import degeneracy_warnings, top1_mode_share
-from avgk_lib.objectives import OBJECTIVES, build_objective
+from avgk_lib.objectives import OBJECTIVES, assemble_objective
 from avgk_lib.rundir import CheckpointError, RunDir, load_checkpoint
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import RunResult, TrainConfig, train
@@ -405,22 +405,26 @@ def test_objective_scores_and_defaults_come_from_the_loss():
     from avgk_lib import functional as AF
 
     run = {"k": 2, "n_classes": 5, "class_counts": [10, 5, 3, 2, 1], "n_train": 21}
-    ldam = build_objective("ldam", {}, run=run)
+
+    def build(name, options):
+        return assemble_objective(OBJECTIVES[name], {**OBJECTIVES[name].defaults, **options}, run=run)
+
+    ldam = build("ldam", {})
     default_scale = inspect.signature(AF.ldam_loss).parameters["scale"].default
     assert ldam.loss_fn.scale == default_scale == ldam.scale
     logits = torch.randn(4, 5).clamp(-1, 1)
-    assert torch.allclose(ldam.scores(logits), torch.softmax(logits * default_scale, 1))
-    noised = build_objective("noised_topk", {"n_samples": 3}, run=run)
+    assert torch.allclose(ldam.head_scores(logits)["main"], torch.softmax(logits * default_scale, 1))
+    noised = build("noised_topk", {"n_samples": 3})
     assert noised.loss_fn.n_samples == 3
     assert noised.loss_fn.epsilon == inspect.signature(AF.noised_topk_loss).parameters["epsilon"].default
-    two = build_objective("two_head", {}, run=run, eval_head="softmax")
+    two = build("two_head", {})
     outputs = (torch.randn(4, 5), torch.randn(4, 5))
-    assert torch.allclose(two.scores(outputs), torch.softmax(outputs[0], 1))
-    assert torch.allclose(two.scores(outputs, "multilabel"), torch.sigmoid(outputs[1]))
+    assert torch.allclose(two.head_scores(outputs)["softmax"], torch.softmax(outputs[0], 1))
+    assert torch.allclose(two.head_scores(outputs)["multilabel"], torch.sigmoid(outputs[1]))
     batch = (None, torch.tensor([0, 1, 2, 3]), torch.arange(4))
     assert torch.isfinite(two.loss(outputs, batch))
-    with pytest.raises(ValueError, match="tau"):
-        build_objective("noised_topk", {"tau": 1.0}, run=run)
+    with pytest.raises(ConfigError, match="tau"):
+        TrainConfig(loss="noised_topk", k=2.0, loss_options={"tau": 1.0}).validate()
 
 
 def test_run_result_json_round_trip(tmp_path):
