@@ -48,14 +48,6 @@ def run_cap_active() -> bool:
     raise ValueError(f"the environment variable {RUN_CAP_ENV} must be 1 or 0, got {value!r}")
 
 
-def describe_cap() -> str:
-    """One line saying what the cap does (for banners and logs)."""
-    return (
-        f"{RUN_CAP_ENV}=1: every training run is capped at {EPOCHS} epoch of at most {MAX_BATCHES} batches of "
-        f"{BATCH_SIZE} samples on a few hundred samples; its numbers are not results"
-    )
-
-
 def capped(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` under the cap when :func:`run_cap_active`, else ``cfg`` itself. Idempotent; only
     lowers sizes (never raises a value the configuration set lower)."""

@@ -495,10 +495,6 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-#: what the messages of a folder of the run cache advise when its run must start over
-CACHE_RESTART = "run the same command with --force (force=True) to train it again from scratch"
-
-
 def _restart_advice(path: Path) -> str:
     """How to start a run in ``path`` over: ``--force`` for a folder of the run cache
     (``$AVGK_CACHE_DIR/runs/<fingerprint>``), else deleting its files or another ``--out``."""
@@ -507,24 +503,22 @@ def _restart_advice(path: Path) -> str:
     except OSError:
         in_cache = False
     if in_cache:
-        return CACHE_RESTART
+        return "run the same command with --force (force=True) to train it again from scratch"
     return f"delete the run files in {path} to start over, or use another folder (--out)"
 
 
 class RunDir:
     """The folder of one run (see the module docstring). Use :meth:`claim` before writing and
     :meth:`release` (or the context manager) after; reading a finished result needs no claim.
+    ``restart`` is what the messages advise when the run must start over (:func:`_restart_advice`)."""
 
-    ``restart``: what the messages advise when the run cannot go on from the folder's files and
-    must start over (the trainer's default names ``--out``; the run cache names ``--force``)."""
-
-    def __init__(self, path: str | Path, *, restart: str | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         if isinstance(path, str) and not path.strip():
             raise ValueError("`out` must name a folder, got an empty string")
         if not isinstance(path, (str, Path)):
             raise TypeError(f"`out` must be a path, got {type(path).__name__}")
         self.path = Path(path)
-        self.restart = restart or _restart_advice(self.path)
+        self.restart = _restart_advice(self.path)
         self._lock_fh: Any = None
         #: seconds of the earlier parts of a resumed run (from ``last.pt``), added to this part's
         self.prior_seconds = 0.0

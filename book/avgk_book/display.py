@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from avgk_lib.runcap import describe_cap, run_cap_active
+from avgk_lib.runcap import BATCH_SIZE, EPOCHS, MAX_BATCHES, RUN_CAP_ENV, run_cap_active
 
 from .experiments.spec import PRESETS
 
@@ -38,7 +38,9 @@ SMOKE_TEXT = (
 )
 #: the note of a page built with every training run capped (``AVGK_RUN_CAP=1``, the CI check of a preset)
 CAPPED_TEXT = (
-    f"Capped CI run ({describe_cap()}): this execution only checks that the preset's code runs; "
+    f"Capped CI run ({RUN_CAP_ENV}=1: every training run is capped at {EPOCHS} epoch of at most {MAX_BATCHES} "
+    f"batches of {BATCH_SIZE} samples on a few hundred samples; its numbers are not results): this execution "
+    "only checks that the preset's code runs; "
     "its numbers, tables, timings, figures and verdicts are not findings."
 )
 GLUE_MIME_PREFIX = "application/papermill.record/"
