@@ -219,3 +219,20 @@ def test_tuning_table_says_which_knobs_are_bracketed():
     lines = [line for line in table.splitlines() if "synthetic-100" in line]
     assert lines[0].rstrip(" |").endswith("yes")
     assert "no: epsilon (hard limit) at an edge" in lines[1]
+
+
+def test_dead_classes_are_reported_by_group_with_their_seed_counts_and_fashion_names():
+    from avgk_book.findings import collapse_markdown, dead_classes_markdown
+
+    rows = [
+        {"arm": "paper", "dataset": "fashion_mnist", "loss": "noised_topk", "seed": s, "test_dead_classes": dead}
+        for s, dead in ((0, [2, 6]), (1, [2]))
+    ] + [{"arm": "paper", "dataset": "fashion_mnist", "loss": "cross_entropy", "seed": 0, "test_dead_classes": []}]
+    text = dead_classes_markdown(rows)
+    assert "in 2 of 3 runs" in text
+    assert "paper, fashion_mnist, noised_topk: Pullover (2 of 2 seeds), Shirt (1 of 2 seeds)" in text
+    assert "cross_entropy" not in text
+    assert dead_classes_markdown([{**r, "test_dead_classes": []} for r in rows]).startswith("No dead class")
+    assert dead_classes_markdown([{"loss": "a"}]) == ""
+    # the collapse line carries it: three dead classes are not "no collapse" without a word
+    assert collapse_markdown([{**r, "test_top1_mode_share": 0.2} for r in rows]).endswith(text)

@@ -450,7 +450,10 @@ def _fit_text(runs: list[Mapping[str, Any]], k: int) -> str:
 
 
 def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str:
-    """Runs whose top-1 prediction is one class for more than ``threshold`` of the test inputs."""
+    """Runs whose top-1 prediction is one class for more than ``threshold`` of the test inputs,
+    then the classes that runs never put in their top-K (:func:`dead_classes_markdown`)."""
+    dead = dead_classes_markdown(rows)
+    dead = f" {dead}" if dead else ""
     flagged = [r for r in rows if r.get("test_top1_mode_share", 0.0) > threshold]
     if not flagged:
         if not rows:
@@ -459,12 +462,61 @@ def collapse_markdown(rows: list[dict[str, Any]], threshold: float = 0.5) -> str
         where = ", ".join(str(worst[k]) for k in ("arm", "dataset", "loss") if k in worst)
         return (
             f"No collapsed run: the largest share of test inputs given the same top-1 class is "
-            f"{worst.get('test_top1_mode_share', 0.0):.1%} ({where}, seed {worst.get('seed')})."
+            f"{worst.get('test_top1_mode_share', 0.0):.1%} ({where}, seed {worst.get('seed')}).{dead}"
         )
     names = "; ".join(
         f"{r.get('dataset')}/{r['loss']}/seed {r['seed']}: {r['test_top1_mode_share']:.0%}" for r in flagged
     )
-    return f"**{len(flagged)} collapsed run(s)** (one class is the top-1 prediction for over half the inputs): {names}."
+    return (
+        f"**{len(flagged)} collapsed run(s)** (one class is the top-1 prediction for over half the inputs): "
+        f"{names}.{dead}"
+    )
+
+
+def _class_name(dataset: str, c: int) -> str:
+    if str(dataset).startswith("fashion_mnist"):
+        from avgk_lib.data.fashion_mnist import CLASSES
+
+        return CLASSES[c]
+    return f"class {c}"
+
+
+def dead_classes_markdown(rows: list[dict[str, Any]]) -> str:
+    """The dead classes of the rows that record them (``test_dead_classes``: classes of the test
+    split in no top-K set of the run, so a top-K recall of 0), grouped by arm, dataset and loss,
+    each class with the number of seeds where it is dead; ``""`` when no row records them.
+
+    Example:
+        >>> rows = [{"arm": "paper", "dataset": "d", "loss": "a", "seed": s, "test_dead_classes": dead}
+        ...         for s, dead in ((0, [3]), (1, [3, 4]), (2, []))]
+        >>> dead_classes_markdown(rows).split(": ", 1)[1]
+        'paper, d, a: class 3 (2 of 3 seeds), class 4 (1 of 3 seeds).'
+    """
+    checked = [r for r in rows if r.get("test_dead_classes") is not None]
+    if not checked:
+        return ""
+    dead = [r for r in checked if r["test_dead_classes"]]
+    if not dead:
+        return f"No dead class: every test class is in some top-K set in each of the {len(checked)} runs."
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in checked:
+        groups.setdefault(tuple(r.get(k) for k in ("arm", "dataset", "loss")), []).append(r)
+    parts = []
+    for key, runs in groups.items():
+        counts: dict[int, int] = {}
+        for r in runs:
+            for c in r["test_dead_classes"]:
+                counts[c] = counts.get(c, 0) + 1
+        if counts:
+            classes = ", ".join(
+                f"{_class_name(key[1], c)} ({n} of {len(runs)} seeds)" for c, n in sorted(counts.items())
+            )
+            parts.append(f"{', '.join(str(k) for k in key if k is not None)}: {classes}")
+    return (
+        f"**Dead classes** (never in a top-K set on test, recall 0), in {len(dead)} of {len(checked)} runs: "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: list[float]) -> str:
