@@ -151,12 +151,13 @@ def sweep_figure(curves: Mapping[str, list[dict[str, Any]]]):
 
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("`curves` must be a non-empty dict from sweep_curves")
-    fig, axes = plt.subplots(2, 2, figsize=(COLUMN_WIDTH_IN, 5.6), sharex=True)
-    panels = [
-        ("(a) room above softmax thresholding", [f"bayes_gap_avg{k:g}" for k in KS], [f"K = {k:g}" for k in KS]),
-        ("(b) two-head minus softmax thr.", [f"two_head_minus_ce_avg{k:g}" for k in KS], [f"K = {k:g}" for k in KS]),
-        ("(c) noise 0.6: noised minus CE", ["noise_last_topk_minus_ce"], ["top-5, last epoch"]),
-        ("(d) long tail: imbalanced minus CE", ["lt_imbalanced_minus_ce"], ["macro top-5"]),
+    fig, axes = plt.subplots(2, 2, figsize=(COLUMN_WIDTH_IN, 6.8), sharex=True)
+    ks = [f"K = {k:g}" for k in KS]
+    panels = [  # titles in two short lines: each fits its half of the text column
+        ("(a) room above softmax\nthresholding (Bayes gap)", [f"bayes_gap_avg{k:g}" for k in KS], ks),
+        ("(b) two-head minus\nsoftmax thresholding", [f"two_head_minus_ce_avg{k:g}" for k in KS], ks),
+        ("(c) label noise 0.6: noised\ntop-K minus cross-entropy", ["noise_last_topk_minus_ce"], ["top-5, last epoch"]),
+        ("(d) long tail: imbalanced\nminus cross-entropy", ["lt_imbalanced_minus_ce"], ["macro top-5"]),
     ]
     for ax, (title, keys, labels) in zip(axes.flat, panels, strict=True):
         for key, label in zip(keys, labels, strict=True):
@@ -164,15 +165,18 @@ def sweep_figure(curves: Mapping[str, list[dict[str, Any]]]):
         if not title.startswith("(a)"):
             ax.axhline(0.0, color="black", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel("pp")
-        ax.legend(fontsize=9, loc="best")
+        ax.set_ylabel("percentage points")
+        ax.legend(fontsize=8, loc="best")
     fit = curves.get("noise_ce_flipped_fit")
     if fit:
         twin = axes[1, 0].twinx()
-        _band(twin, fit, "CE fit of flipped labels", 1.0, color="grey", linestyle="--")
-        twin.set_ylabel("share fitted")
+        _band(twin, fit, "cross-entropy's fit of\nthe flipped labels (right axis)", 1.0, color="grey", linestyle="--")
+        twin.set_ylabel("share of flipped labels fitted")
         twin.set_ylim(0, 1)
         twin.grid(False)
+        handles = [h for a in (axes[1, 0], twin) for h in a.get_legend_handles_labels()[0]]
+        labels = [t for a in (axes[1, 0], twin) for t in a.get_legend_handles_labels()[1]]
+        axes[1, 0].legend(handles, labels, fontsize=8, loc="upper right")
     for ax in axes[1]:
         ax.set_xscale("log")
         ax.set_xlabel("training samples")
