@@ -161,3 +161,18 @@ def test_a_truncated_reference_names_its_file(monkeypatch, tmp_path):
     monkeypatch.setattr(R.resources, "files", lambda _: tmp_path / "avgk_book")
     with pytest.raises(R.ReferenceError, match=r"broken\.json is not valid JSON"):
         R.load_json_reference("broken")
+
+
+def test_datasets_selects_one_setting_by_its_label_and_keeps_the_others_rows(tool, monkeypatch):
+    """``--datasets fashion_mnist-pairs`` runs that setting alone: the other Fashion-MNIST setting's
+    rows and tuning are carried, as a family's are."""
+    from avgk_book.experiments import expand
+
+    assert {"fashion_mnist", "fashion_mnist-pairs"} <= set(tool._dataset_families())
+    runs = expand("label_noise", "cpu", [0], arm="paper", datasets=["fashion_mnist-pairs"])
+    assert runs and {r.config.dataset_options["noise_groups"] for r in runs} == {"pairs"}
+    monkeypatch.setattr(tool, "DATASETS", ["fashion_mnist-pairs"])
+    rows = [{"dataset": d} for d in ("synthetic-100", "fashion_mnist", "fashion_mnist-pairs")]
+    assert tool._carried_rows("label_noise", "cpu", "paper", rows) == rows[:2]
+    tuning = {f"dataset={d}/label_noise=0.6/noised_topk": {} for d in ("fashion_mnist", "fashion_mnist-pairs")}
+    assert list(tool._other_family_tuning("label_noise", "cpu", tuning)) == [next(iter(tuning))]

@@ -139,7 +139,7 @@ def tuning_base(name: str, preset: str, *, every_family: bool = False) -> list[t
         return []
     out = []
     for setting in spec.settings:
-        asked = every_family or DATASETS is None or setting.dataset in DATASETS
+        asked = every_family or setting.picked_by(DATASETS)
         if _unbalanced_twin(spec, setting) is not None or not asked:
             continue
         for method_name, method in _methods_of(experiment, setting).items():
@@ -158,7 +158,7 @@ def _extension_bound(name: str, preset: str) -> int:
         return 0
     extra = 0
     for setting in spec.settings:
-        if _unbalanced_twin(spec, setting) is None and (DATASETS is None or setting.dataset in DATASETS):
+        if _unbalanced_twin(spec, setting) is None and setting.picked_by(DATASETS):
             for method in _methods_of(experiment, setting).values():
                 sizes = [len(v) for v in method.knob_grid(lr_grid_of(spec, setting, method)).values()]
                 full = 1
@@ -198,7 +198,7 @@ def runs_here(name: str, preset: str, arm: str) -> bool:
     spec = EXPERIMENTS[name].preset(preset)
     if arm == "paper" and spec.paper is None:
         return False
-    return DATASETS is None or any(s.dataset in DATASETS for s in spec.arm(arm))
+    return any(s.picked_by(DATASETS) for s in spec.arm(arm))
 
 
 def arm_cost(name: str, preset: str, seeds: list[int], arm: str) -> dict[str, Any]:
@@ -309,26 +309,29 @@ def _arms_of(name: str, preset: str) -> dict[str, Any]:
     return dict(reference["arms"]) if reference and "arms" in reference else {}
 
 
+def _label_picked(name: str, preset: str, label: str) -> bool:
+    """Whether ``--datasets`` selects the setting of this dataset label (by its label or family)."""
+    family = {s.labels["dataset"]: s.dataset for s in EXPERIMENTS[name].preset(preset).settings}
+    return DATASETS is None or label in DATASETS or family.get(label, label) in DATASETS
+
+
 def _other_family_tuning(name: str, preset: str, tuning: dict[str, Any]) -> dict[str, Any]:
-    """The recorded tuning entries of the dataset families ``--datasets`` leaves out (kept as they are)."""
+    """The recorded tuning entries of the settings ``--datasets`` leaves out (kept as they are)."""
     if DATASETS is None:
         return {}
-    family = {s.labels["dataset"]: s.dataset for s in EXPERIMENTS[name].preset(preset).settings}
-    out = {}
-    for key, entry in tuning.items():
-        label = key.split("/", 1)[0].removeprefix("dataset=")
-        if family.get(label, label) not in DATASETS:
-            out[key] = entry
-    return out
+    return {
+        key: entry
+        for key, entry in tuning.items()
+        if not _label_picked(name, preset, key.split("/", 1)[0].removeprefix("dataset="))
+    }
 
 
 def _carried_rows(name: str, preset: str, arm: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The recorded rows of the dataset families ``--datasets`` leaves out: kept as they are (a
-    partial regeneration, e.g. 20 synthetic seeds, keeps the committed Fashion-MNIST runs)."""
+    """The recorded rows of the settings ``--datasets`` leaves out: kept as they are (a partial
+    regeneration, e.g. 20 synthetic seeds, keeps the committed Fashion-MNIST runs)."""
     if DATASETS is None:
         return []
-    family = {s.labels["dataset"]: s.dataset for s in EXPERIMENTS[name].preset(preset).arm(arm)}
-    return [r for r in rows if family.get(r["dataset"], r["dataset"]) not in DATASETS]
+    return [r for r in rows if not _label_picked(name, preset, r["dataset"])]
 
 
 def _carried_fingerprints(name: str, preset: str, arm: str, part: dict[str, Any], chosen: dict | None) -> list[str]:
@@ -419,11 +422,12 @@ def _seed(text: str) -> int:
 
 
 def _dataset_families() -> list[str]:
-    """Every dataset family of the catalog (the values ``--datasets`` accepts)."""
+    """Every dataset family and dataset label of the catalog (the values ``--datasets`` accepts)."""
     families = set()
     for experiment in EXPERIMENTS.values():
         for spec in experiment.presets.values():
-            families.update(s.dataset for s in [*spec.settings, *(spec.paper or [])])
+            for s in [*spec.settings, *(spec.paper or [])]:
+                families.update({s.dataset, s.labels.get("dataset", s.dataset)})
     return sorted(families)
 
 
@@ -442,7 +446,7 @@ def main() -> int:
         nargs="+",
         default=None,
         choices=_dataset_families(),
-        help="only the settings of these dataset families, e.g. synthetic",
+        help="only the settings of these dataset families or labels, e.g. synthetic or fashion_mnist-pairs",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes in parallel, one thread each (2 on a 2-core machine)"

@@ -130,16 +130,17 @@ def expand(
     (``arm="paper"``): each method's fixed values (:func:`paper_point`), nothing chosen.
     ``overrides`` change any :class:`TrainConfig` field of every run (``dataset_options`` and
     ``loss_options`` are merged), e.g. ``{"epochs": 3}``. ``datasets`` keeps only the settings
-    of these dataset families (e.g. ``["synthetic"]``; ``None``: every setting)."""
+    of these dataset families or labels (e.g. ``["synthetic"]``, ``["fashion_mnist-pairs"]``;
+    ``None``: every setting; :meth:`Setting.picked_by`)."""
     experiment = get_experiment(name)
     spec = experiment.preset(preset)
     arm = check_arm(arm)
     settings = spec.arm(arm)
     if datasets is not None:
-        known = {s.dataset for s in settings}
+        known = {s.dataset for s in settings} | {s.labels.get("dataset") for s in settings} - {None}
         if not isinstance(datasets, (list, tuple)) or not set(datasets) <= known:
             raise ValueError(f"`datasets` must be a list of {sorted(known)}, got {datasets!r}")
-        settings = [s for s in settings if s.dataset in datasets]
+        settings = [s for s in settings if s.picked_by(datasets)]
     seeds = check_seeds(seeds)
     overrides = check_overrides(overrides, owned=("seed",))
     chosen = check_chosen(chosen, name, preset, arm)

@@ -95,6 +95,12 @@ class Setting:
             raise ValueError(f"`select` must be a template like 'top{{k}}_micro', got {self.select!r}")
         self.select_key(self.tune_k)  # a kind or average metric_key refuses fails here, at definition
 
+    def picked_by(self, datasets: list[str] | None) -> bool:
+        """Whether a ``datasets`` selection (``None``: everything) keeps this setting: it names the
+        setting's dataset family (``"fashion_mnist"``: all its settings) or its dataset label
+        (``"fashion_mnist-pairs"``: that setting only)."""
+        return datasets is None or self.dataset in datasets or self.labels.get("dataset") in datasets
+
     def select_key(self, k: float) -> str:
         """The selection metric at ``k`` (``"top{k}_micro"`` at 5: ``"top5_micro"``), spelled by
         :func:`~avgk_lib.metrics.metric_key`."""

@@ -60,13 +60,13 @@ def tune(
     kw = {"progress": progress, "log": log, "device": device, "only": methods}
     out: dict[str, dict[str, Any]] = {}
     for setting in spec.settings:
-        if datasets is not None and setting.dataset not in datasets:
+        if not setting.picked_by(datasets):
             continue
         if _unbalanced_twin(spec, setting) is None:
             out.update(_tune_setting(name, spec, setting, **kw))
     for setting in spec.settings:  # balanced-test twins take the long-tailed choices
         twin = _unbalanced_twin(spec, setting)
-        if twin is not None and (datasets is None or setting.dataset in datasets):
+        if twin is not None and setting.picked_by(datasets):
             for method_name in _methods_of(experiment, setting):
                 if methods is not None and method_name not in methods:
                     continue
