@@ -312,11 +312,6 @@ def check_counts_vector(
     return counts if device is None else counts.to(device)
 
 
-def check_class_counts(class_counts: object, n_classes: int, device: torch.device) -> torch.Tensor:
-    """Positive per-class training counts, length C, returned as float64 on ``device``."""
-    return check_counts_vector(class_counts, "class_counts", n_classes, device=device)
-
-
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     """Apply a validated ``reduction`` to per-sample losses.
 

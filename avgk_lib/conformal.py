@@ -45,10 +45,6 @@ from ._checks import (
 METHODS = CONFORMAL_METHODS
 
 
-def _uniform(shape, generator, device):
-    return torch.rand(shape, generator=generator).to(device)
-
-
 def _check_probs(scores: object) -> torch.Tensor:
     """``scores``: (n, C) probabilities (rows in [0, 1] summing to 1), finite, non-empty."""
     return check_probabilities(check_scores(scores, "scores"), "scores")
@@ -103,7 +99,7 @@ def _class_scores(
         return 1.0 - probs
     sorted_probs, order = torch.sort(probs, dim=1, descending=True)
     n = probs.shape[0]
-    u = _uniform((n, 1), generator, probs.device) if randomized else torch.ones((n, 1), device=probs.device)
+    u = (torch.rand((n, 1), generator=generator) if randomized else torch.ones((n, 1))).to(probs.device)
     sorted_scores = torch.cumsum(sorted_probs, dim=1) - sorted_probs + u * sorted_probs
     if method == "raps":
         rank = torch.arange(1, probs.shape[1] + 1, device=probs.device)
@@ -128,14 +124,10 @@ def conformity_scores(
     return _class_scores(scores, **options).gather(1, targets[:, None]).squeeze(1)
 
 
-def _check_alpha(alpha: object) -> float:
-    return check_unit_interval(alpha, "alpha")
-
-
 def conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
     r""":math:`\hat q`: the :math:`\lceil (n+1)(1-\alpha)\rceil`-th smallest of the n conformity
     ``scores`` (any shape, flattened; ``inf`` if that rank exceeds n). ``0 < alpha < 1``."""
-    alpha = _check_alpha(alpha)
+    alpha = check_unit_interval(alpha, "alpha")
     scores = check_scores(scores, "scores", ndim=None)
     return _conformal_quantile(scores, alpha)
 
@@ -176,7 +168,7 @@ def calibrate(
     generator: torch.Generator | None = None,
 ) -> float:
     r""":math:`\hat q` from calibration probabilities ``scores`` and their ``targets``."""
-    alpha = _check_alpha(alpha)
+    alpha = check_unit_interval(alpha, "alpha")
     e = conformity_scores(scores, targets, method, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
     return _conformal_quantile(e, alpha)
 

@@ -57,7 +57,6 @@ from ._checks import (
     all_finite,
     check_bool,
     check_choice,
-    check_class_counts,
     check_count,
     check_counts_vector,
     check_hyper,
@@ -271,7 +270,7 @@ def class_margins(class_counts, n_classes: int, max_margin: float, device=None) 
     """
     n_classes = check_count(n_classes, "n_classes")
     max_margin = check_nonnegative(max_margin, "max_margin")
-    counts = check_class_counts(class_counts, n_classes, _check_device(device))
+    counts = check_counts_vector(class_counts, "class_counts", n_classes, device=_check_device(device))
     inv = counts.pow(-0.25)
     return max_margin * inv / inv.max()
 
