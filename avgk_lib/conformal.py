@@ -29,7 +29,6 @@ from ._checks import (
     ConformalMethod,
     check_bool,
     check_choice,
-    check_count,
     check_generator,
     check_k,
     check_nonnegative,
@@ -39,7 +38,6 @@ from ._checks import (
     check_sets,
     check_targets,
     check_unit_interval,
-    value_checks,
 )
 
 METHODS = CONFORMAL_METHODS
@@ -50,7 +48,7 @@ def _check_probs(scores: object) -> torch.Tensor:
     return check_probabilities(check_scores(scores, "scores"), "scores")
 
 
-def _check_options(method: object, lam: object, k_reg: object, randomized: object, generator: object) -> dict:
+def check_options(method: object, lam: object, k_reg: object, randomized: object, generator: object) -> dict:
     """The score options shared by every function here, validated; returned as keywords."""
     return {
         "method": check_choice(method, "method", METHODS),
@@ -83,7 +81,7 @@ def class_scores(
         generator: for the uniform draws.
     """
     scores = _check_probs(scores)
-    return _class_scores(scores, **_check_options(method, lam, k_reg, randomized, generator))
+    return _class_scores(scores, **check_options(method, lam, k_reg, randomized, generator))
 
 
 def _class_scores(
@@ -120,7 +118,7 @@ def conformity_scores(
     r"""Non-conformity :math:`E(x_i, y_i)` of the true classes, shape (n,) (see :func:`class_scores`)."""
     scores = _check_probs(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    options = _check_options(method, lam, k_reg, randomized, generator)
+    options = check_options(method, lam, k_reg, randomized, generator)
     return _class_scores(scores, **options).gather(1, targets[:, None]).squeeze(1)
 
 
@@ -171,54 +169,6 @@ def calibrate(
     alpha = check_unit_interval(alpha, "alpha")
     e = conformity_scores(scores, targets, method, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
     return _conformal_quantile(e, alpha)
-
-
-def alpha_for_mean_size(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    target_size: float,
-    method: ConformalMethod = "lac",
-    iterations: int = 40,
-    *,
-    lam: float = 0.01,
-    k_reg: int = 5,
-    randomized: bool = True,
-) -> float:
-    """The miscoverage level whose conformal sets have mean size ``target_size`` (``0 <
-    target_size <= C``) on these data (bisection, ``iterations >= 1`` steps; conformal sets
-    shrink as alpha grows). Used to compare at matched average size."""
-    scores = _check_probs(scores)
-    targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    target_size = float(check_k(target_size, "target_size", n_classes=scores.shape[1], integer=False))
-    iterations = check_count(iterations, "iterations")
-    options = {"lam": lam, "k_reg": k_reg, "randomized": randomized}
-    _check_options(method, generator=None, **options)
-    lo, hi = 1e-4, 1 - 1e-4
-    with value_checks(False):  # validated once above
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            qhat = calibrate(scores, targets, mid, method, generator=torch.Generator().manual_seed(0), **options)
-            sets = conformal_sets(scores, qhat, method, generator=torch.Generator().manual_seed(1), **options)
-            size = float(sets.sum(1).double().mean())
-            lo, hi = (mid, hi) if size > target_size else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def average_k_for_coverage(scores: torch.Tensor, targets: torch.Tensor, coverage: float, iterations: int = 40) -> float:
-    """The average set size K whose average-K sets reach ``coverage`` (in (0, 1]) on these data
-    (bisection on K, ``iterations >= 1`` steps). ``scores`` may be any scores, not only
-    probabilities: average-K only ranks them."""
-    scores = check_scores(scores, "scores")
-    targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    coverage = check_unit_interval(coverage, "coverage", high_open=False)
-    iterations = check_count(iterations, "iterations")
-    lo, hi = 1e-3, float(scores.shape[1])
-    with value_checks(False):  # validated once above
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            acc = M.average_k_accuracy(scores, targets, M.average_k_threshold(scores, mid))
-            lo, hi = (mid, hi) if acc < coverage else (lo, mid)
-    return hi
 
 
 def class_conditional_coverage(sets: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

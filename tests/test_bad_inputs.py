@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from avgk_book.analysis import accuracy_by_class_frequency
+from avgk_book.conformal_reference import alpha_for_mean_size, average_k_for_coverage
 from avgk_lib import conformal as CF
 from avgk_lib import functional as AF
 from avgk_lib import losses as AL
@@ -612,6 +613,11 @@ SPECS: dict[str, Spec] = {
     ),
     "M.parse_metric_key": Spec(M.parse_metric_key, {"name": _v("avg1.5_macro")}, {"name": "metric_name"}),
     # ---- conformal ----
+    "CF.check_options": Spec(
+        CF.check_options,
+        {"method": _v("raps"), "lam": _v(0.01), "k_reg": _v(5), "randomized": _v(True), "generator": _v(None)},
+        {"method": "method", "lam": "nonneg", "k_reg": "k_reg", "randomized": "bool", "generator": "generator"},
+    ),
     "CF.class_scores": Spec(
         CF.class_scores,
         {"scores": probs, "method": _v("raps")},
@@ -652,8 +658,8 @@ SPECS: dict[str, Spec] = {
             "generator": "generator",
         },
     ),
-    "CF.alpha_for_mean_size": Spec(
-        CF.alpha_for_mean_size,
+    "alpha_for_mean_size": Spec(
+        alpha_for_mean_size,
         {"scores": probs, "targets": targets, "target_size": _v(2.0), "method": _v("aps"), "iterations": _v(3)},
         {
             "scores": "probs",
@@ -666,8 +672,8 @@ SPECS: dict[str, Spec] = {
             "randomized": "bool",
         },
     ),
-    "CF.average_k_for_coverage": Spec(
-        CF.average_k_for_coverage,
+    "average_k_for_coverage": Spec(
+        average_k_for_coverage,
         {"scores": probs, "targets": targets, "coverage": _v(0.9), "iterations": _v(3)},
         {"scores": "scores", "targets": "targets", "coverage": "unit_high_closed", "iterations": "count"},
     ),

@@ -285,9 +285,12 @@ def test_conformal_bad_targets(targets):
 def test_conformal_uses_one_vocabulary():
     import inspect
 
-    for name in ["class_scores", "conformity_scores", "conformal_sets", "calibrate", "alpha_for_mean_size"]:
-        params = inspect.signature(getattr(C_, name)).parameters
-        assert "scores" in params and "probs" not in params and "labels" not in params, name
+    from avgk_book.conformal_reference import alpha_for_mean_size
+
+    functions = [getattr(C_, n) for n in ("class_scores", "conformity_scores", "conformal_sets", "calibrate")]
+    for function in [*functions, alpha_for_mean_size]:
+        params = inspect.signature(function).parameters
+        assert "scores" in params and "probs" not in params and "labels" not in params, function.__name__
     assert list(inspect.signature(C_.calibrate).parameters)[:3] == ["scores", "targets", "alpha"]
 
 

@@ -153,14 +153,14 @@ def conformal_metrics(
         for stat, value in _coverage(_average_k(pv, pt, k), yt).items():
             row[CR.average_k_key(k, stat)] = value
         for method in C.METHODS:
-            alpha = C.alpha_for_mean_size(pv, yv, k, method)
+            alpha = CR.alpha_for_mean_size(pv, yv, k, method)
             sets = _conformal(pv, yv, pt, method, alpha, seed)
             row[CR.matched_size_key(k, method, "alpha")] = alpha
             row[CR.matched_size_key(k, method, "micro")] = S.set_coverage(sets, yt)
             row[CR.matched_size_key(k, method, "size")] = S.set_size(sets)
     lac_qhat = C.calibrate(pv, yv, CR.MAIN_ALPHA, "lac")
     lac_val = C.conformal_sets(pv, lac_qhat, "lac")
-    k_cov = C.average_k_for_coverage(pv, yv, S.set_coverage(lac_val, yv))
+    k_cov = CR.average_k_for_coverage(pv, yv, S.set_coverage(lac_val, yv))
     matched = _average_k(pv, pt, k_cov)
     row.update(
         coverage_k=k_cov, coverage_avgk_micro=S.set_coverage(matched, yt), coverage_avgk_size=S.set_size(matched)

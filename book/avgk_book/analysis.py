@@ -407,6 +407,8 @@ def conformal_comparison(
     average size ``target_size`` and at matched coverage (that of LAC at ``alpha=0.1``)."""
     from avgk_lib import conformal as C
 
+    from .conformal_reference import alpha_for_mean_size, average_k_for_coverage
+
     data = load_run_scores(run)
     pv, yv, pt, yt = data["val_scores"], data["val_targets"], data["test_scores"], data["test_targets"]
     alphas = alphas or [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]
@@ -430,7 +432,7 @@ def conformal_comparison(
 
     matched_size = {}
     for method in C.METHODS:
-        alpha = C.alpha_for_mean_size(pv, yv, target_size, method)
+        alpha = alpha_for_mean_size(pv, yv, target_size, method)
         g = torch.Generator().manual_seed(seed)
         matched_size[method] = evaluate(
             C.conformal_sets(pt, C.calibrate(pv, yv, alpha, method, generator=g), method, generator=g)
@@ -438,7 +440,7 @@ def conformal_comparison(
     matched_size["average-K"] = evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, target_size)))
     lac_qhat = C.calibrate(pv, yv, 0.1, "lac")
     lac_coverage = float(C.conformal_sets(pv, lac_qhat, "lac")[torch.arange(len(yv)), yv].double().mean())
-    k_cov = C.average_k_for_coverage(pv, yv, lac_coverage)
+    k_cov = average_k_for_coverage(pv, yv, lac_coverage)
     matched_coverage = {
         "lac": evaluate(C.conformal_sets(pt, lac_qhat, "lac")),
         "average-K": evaluate(M.average_k_sets(pt, M.average_k_threshold(pv, k_cov))),

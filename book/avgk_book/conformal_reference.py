@@ -11,9 +11,9 @@ validation split and measured on the test split:
   validation probabilities such that the sets :math:`\{y : \hat p_y(x) \ge \lambda\}` hold K
   classes on average;
 * **matched size**: each conformal method at the :math:`\alpha` whose validation sets have mean
-  size K (:func:`avgk_lib.conformal.alpha_for_mean_size`), next to average-K at K;
+  size K (:func:`alpha_for_mean_size`), next to average-K at K;
 * **matched coverage**: average-K at the K whose validation coverage equals that of LAC at
-  :math:`\alpha = 0.1` (:func:`avgk_lib.conformal.average_k_for_coverage`);
+  :math:`\alpha = 0.1` (:func:`average_k_for_coverage`);
 * **rare classes** (long-tailed settings, given the training class counts :math:`n_c`): the mean
   class-conditional test coverage over the rarest third of the classes
   (:math:`n_c \le` the 1/3 quantile of the counts) and over the others, and the lowest class
@@ -38,8 +38,19 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from avgk_lib import conformal as C
 from avgk_lib import metrics as M
+from avgk_lib import value_checks
+from avgk_lib._checks import (
+    check_count,
+    check_k,
+    check_probabilities,
+    check_scores,
+    check_targets,
+    check_unit_interval,
+)
 
 #: miscoverage levels of the reference
 ALPHAS = (0.05, 0.1, 0.2)
@@ -97,6 +108,54 @@ def check_alpha(alpha: object) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < float(alpha) < 1:
         raise ValueError(f"`alpha` must be a number in (0, 1), got {alpha!r}")
     return float(alpha)
+
+
+def alpha_for_mean_size(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    target_size: float,
+    method: str = "lac",
+    iterations: int = 40,
+    *,
+    lam: float = 0.01,
+    k_reg: int = 5,
+    randomized: bool = True,
+) -> float:
+    """The miscoverage level whose conformal sets have mean size ``target_size`` (``0 <
+    target_size <= C``) on these data (bisection, ``iterations >= 1`` steps; conformal sets
+    shrink as alpha grows). Used to compare at matched average size."""
+    scores = check_probabilities(check_scores(scores, "scores"), "scores")
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    target_size = float(check_k(target_size, "target_size", n_classes=scores.shape[1], integer=False))
+    iterations = check_count(iterations, "iterations")
+    options = {"lam": lam, "k_reg": k_reg, "randomized": randomized}
+    C.check_options(method, generator=None, **options)
+    lo, hi = 1e-4, 1 - 1e-4
+    with value_checks(False):  # validated once above
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            qhat = C.calibrate(scores, targets, mid, method, generator=torch.Generator().manual_seed(0), **options)
+            sets = C.conformal_sets(scores, qhat, method, generator=torch.Generator().manual_seed(1), **options)
+            size = float(sets.sum(1).double().mean())
+            lo, hi = (mid, hi) if size > target_size else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def average_k_for_coverage(scores: torch.Tensor, targets: torch.Tensor, coverage: float, iterations: int = 40) -> float:
+    """The average set size K whose average-K sets reach ``coverage`` (in (0, 1]) on these data
+    (bisection on K, ``iterations >= 1`` steps). ``scores`` may be any scores, not only
+    probabilities: average-K only ranks them."""
+    scores = check_scores(scores, "scores")
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    coverage = check_unit_interval(coverage, "coverage", high_open=False)
+    iterations = check_count(iterations, "iterations")
+    lo, hi = 1e-3, float(scores.shape[1])
+    with value_checks(False):  # validated once above
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            acc = M.average_k_accuracy(scores, targets, M.average_k_threshold(scores, mid))
+            lo, hi = (mid, hi) if acc < coverage else (lo, mid)
+    return hi
 
 
 def load_conformal_reference(preset: str = "cpu") -> dict[str, Any] | None:
