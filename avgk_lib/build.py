@@ -58,10 +58,6 @@ class Run:
         return self.spec.config
 
     @property
-    def head(self) -> str:
-        return self.spec.head
-
-    @property
     def is_main(self) -> bool:
         return self.rank == 0
 

@@ -371,14 +371,6 @@ class RunResult:
     def fingerprint(self) -> str | None:
         return self.summary.get("fingerprint")
 
-    @property
-    def best_epoch(self) -> int:
-        return int(self.summary["best_epoch"])
-
-    @property
-    def best_val(self) -> float:
-        return float(self.summary["best_val"])
-
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         if self.test_heads is None:
