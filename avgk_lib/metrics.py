@@ -160,11 +160,7 @@ def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
     r"""Bool ``(n,)``: :math:`\#\{j : s_j > s_y\} < K` (is the true class in the top K)."""
     scores = check_scores(scores)
     targets = check_targets(targets, scores.shape[0], scores.shape[1])
-    return _topk_hits(scores, targets, int(check_k(k, n_classes=scores.shape[1])))
-
-
-def _topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`topk_correct` on validated arguments."""
+    k = int(check_k(k, n_classes=scores.shape[1]))
     return (scores > scores.gather(1, targets[:, None])).sum(dim=1) < k
 
 
@@ -384,11 +380,15 @@ def per_class_accuracy(correct: torch.Tensor, targets: torch.Tensor, n_classes: 
     return {"accuracy": accuracy.cpu(), "support": support.cpu()}
 
 
-def _check_ks(ks: object, n_classes: int) -> list[float]:
-    """A non-empty list (or tuple) of K values, each ``0 < K <= n_classes``, as floats."""
+def _check_ks(ks: object, n_classes: int, thresholds: object = None) -> list[float]:
+    """A non-empty list (or tuple) of K values, each ``0 < K <= n_classes``, as floats; and
+    ``thresholds``, when given, a dict with an entry for every K."""
     if isinstance(ks, (str, bytes)) or not isinstance(ks, (list, tuple)) or not ks:
         raise TypeError(f"`ks` must be a non-empty list of K values, got {ks!r}")
-    return [check_k(k, "ks", n_classes=n_classes, integer=False) for k in ks]
+    checked = [check_k(k, "ks", n_classes=n_classes, integer=False) for k in ks]
+    if thresholds is not None and (not isinstance(thresholds, dict) or any(k not in thresholds for k in ks)):
+        raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
+    return checked
 
 
 def metric_dict(
@@ -403,30 +403,17 @@ def metric_dict(
 
     ``thresholds`` (per K) calibrated elsewhere are reused (test time); otherwise each is
     calibrated on these scores (:func:`average_k_threshold`, validation). Returns the metrics
-    and the thresholds used."""
+    and the thresholds used. Computed as a stack of one (:func:`stacked_metric_dicts`)."""
     scores = check_scores(scores)
-    n_classes = scores.shape[1]
-    targets = check_targets(targets, scores.shape[0], n_classes)
-    _check_ks(ks, n_classes)
-    if thresholds is not None:
-        if not isinstance(thresholds, dict) or any(k not in thresholds for k in ks):
-            raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
-        cut = {k: check_threshold(thresholds[k], scores) for k in ks}
-    out: dict[str, float] = {}
-    used: dict[float, torch.Tensor] = {}
-    for k in ks:
-        if float(k).is_integer() and k <= n_classes:
-            hits = _topk_hits(scores, targets, int(k))
-            for average in AVERAGES:
-                out[_key("top", k, average)] = _aggregate_hits(hits, targets, n_classes, average)
-        used[k] = _threshold(scores, float(k)) if thresholds is None else thresholds[k]
-        sets = scores >= (used[k] if thresholds is None else cut[k])
-        hits = sets.gather(1, targets[:, None].to(sets.device)).squeeze(1)
-        for average in AVERAGES:
-            out[_key("avg", k, average)] = _aggregate_hits(hits, targets.to(sets.device), n_classes, average)
-        out[_key("avg", k, "size")] = float(sets.sum(dim=1).double().mean())
-        out[_key("avg", k, "threshold")] = float(used[k])
-    return out, used
+    targets = check_targets(targets, scores.shape[0], scores.shape[1])
+    _check_ks(ks, scores.shape[1], thresholds)
+    given = None
+    if thresholds is not None:  # each checked, then held exactly in float64 (cast to the scores' dtype to compare)
+        for k in ks:
+            check_threshold(thresholds[k], scores)
+        given = {k: torch.tensor([float(thresholds[k])], dtype=torch.float64) for k in ks}
+    (out,), used = _metric_dicts(scores[None], targets[None], ks, given)
+    return out, ({k: t[0] for k, t in used.items()} if thresholds is None else {k: thresholds[k] for k in ks})
 
 
 def stacked_metric_dicts(
@@ -446,11 +433,20 @@ def stacked_metric_dicts(
         raise ValueError(f"`scores` must be a (members, n, classes) tensor, got {getattr(scores, 'shape', scores)!r}")
     n_rows, n, n_classes = scores.shape
     check_scores(scores.reshape(n_rows * n, n_classes))
-    flat_targets = check_targets(targets.reshape(-1), n_rows * n, n_classes)
-    targets = flat_targets.view(n_rows, n)
-    _check_ks(ks, n_classes)
-    if thresholds is not None and (not isinstance(thresholds, dict) or any(k not in thresholds for k in ks)):
-        raise ValueError(f"`thresholds` must map every K of ks ({list(ks)}) to a threshold")
+    targets = check_targets(targets.reshape(-1), n_rows * n, n_classes).view(n_rows, n)
+    _check_ks(ks, n_classes, thresholds)
+    for k in ks if thresholds is not None else ():
+        t = thresholds[k]
+        if not isinstance(t, torch.Tensor) or t.shape != (n_rows,) or bool(torch.isnan(t).any()):
+            raise ValueError(f"`thresholds[{k}]` must be a ({n_rows},) tensor without NaN")
+    return _metric_dicts(scores, targets, ks, thresholds)
+
+
+def _metric_dicts(
+    scores: torch.Tensor, targets: torch.Tensor, ks, thresholds: dict[float, torch.Tensor] | None
+) -> tuple[list[dict[str, float]], dict[float, torch.Tensor]]:
+    """:func:`stacked_metric_dicts` on validated arguments."""
+    n_rows, n, n_classes = scores.shape
     out: list[dict[str, float]] = [{} for _ in range(n_rows)]
     used: dict[float, torch.Tensor] = {}
     offsets = (torch.arange(n_rows, device=targets.device) * n_classes)[:, None]
@@ -475,12 +471,7 @@ def stacked_metric_dicts(
     for k in ks:
         if float(k).is_integer() and k <= n_classes:
             aggregate(above < int(k), "top", k)
-        if thresholds is None:
-            used[k] = calibrated[float(k)]
-        else:
-            used[k] = thresholds[k]
-            if not isinstance(used[k], torch.Tensor) or used[k].shape != (n_rows,) or bool(torch.isnan(used[k]).any()):
-                raise ValueError(f"`thresholds[{k}]` must be a ({n_rows},) tensor without NaN")
+        used[k] = calibrated[float(k)] if thresholds is None else thresholds[k]
         cut = used[k].to(device=scores.device, dtype=scores.dtype).view(n_rows, 1, 1)
         aggregate((true_scores >= cut).squeeze(2), "avg", k)  # the sets' entry at the target
         sizes = _row_counts(scores >= cut).double().mean(dim=1).tolist()
