@@ -368,7 +368,9 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
     for done in _passes(seeds, pass_size):
         start = time.time()
         rows = run_experiment(name, preset, done, progress=False, log=log, chosen=chosen, arm=arm, datasets=DATASETS)
-        part = {**part, "rows": carried + add_diagnostics(rows), "seeds": done}
+        # a partial run (--datasets) keeps the seeds of the rows it carries: the arm's seeds are both
+        kept = part.get("seeds") or [] if carried else []
+        part = {**part, "rows": carried + add_diagnostics(rows), "seeds": sorted({*kept, *done})}
         part["fingerprints"] = carried_fingerprints + fingerprints(name, preset, done, chosen, arm)
         arms[arm] = part
         path = save_arms_reference(name, preset, arms, OUT)
