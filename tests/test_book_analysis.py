@@ -118,6 +118,7 @@ def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
     assert read["test"] == returned["test"] and read["summary"]["class_counts"] == returned["summary"]["class_counts"]
     extra = diagnostics.run_diagnostics(tmp_path)
     assert {"test_avg2_tail", "test_avg2_head", "test_avg2_ambiguous", "test_avg2_clear"} <= set(extra)
+    assert len(extra["test_topk_recall_by_class"]) == len(extra["test_rank_k1_share_by_class"]) == 6
     edited = json.loads((tmp_path / "results.json").read_text())
     edited["test"]["top1_micro"] = 1.0 - edited["test"]["top1_micro"]
     (tmp_path / "results.json").write_text(json.dumps(edited))
@@ -236,3 +237,13 @@ def test_dead_classes_are_reported_by_group_with_their_seed_counts_and_fashion_n
     assert dead_classes_markdown([{"loss": "a"}]) == ""
     # the collapse line carries it: three dead classes are not "no collapse" without a word
     assert collapse_markdown([{**r, "test_top1_mode_share": 0.2} for r in rows]).endswith(text)
+
+
+def test_recall_and_rank_k1_by_class_against_a_hand_count():
+    import torch
+
+    diagnostics = _tool_module("reference_diagnostics")
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 3.0, 2.0, 1.0], [3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 3.0, 0.0]])
+    targets = torch.tensor([2, 1, 0, 2])  # class 2: rank 3 then rank 1; class 1: rank 1; class 0: rank 1
+    recall, at_k1 = diagnostics.recall_and_rank_k1_by_class(scores, targets, 2.0)
+    assert recall == [1.0, 1.0, 0.5, None] and at_k1 == [0.0, 0.0, 0.5, None]

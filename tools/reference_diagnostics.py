@@ -15,7 +15,11 @@ r"""Per-run diagnostics behind the fair-comparison chapters, computed from a fin
   top-K sets on this run's test inputs: the ceiling of the headroom precondition
   (``book/protocol.md``, A3);
 * ``test_dead_classes``: the classes present in the test split that are never in the run's top-
-  :math:`\lceil K\rceil` set (best-validation checkpoint): a collapsed class has recall 0.
+  :math:`\lceil K\rceil` set (best-validation checkpoint): a collapsed class has recall 0;
+* ``test_topk_recall_by_class`` / ``test_rank_k1_share_by_class`` (datasets of at most
+  :data:`PER_CLASS_MAX` classes): per class, the share of its test inputs whose top-
+  :math:`\lceil K\rceil` set holds it, and the share whose label sits exactly at rank
+  :math:`\lceil K\rceil + 1`, where a top-K hinge is flat (chapter 4's stall).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from avgk_lib.metrics import k_label
 from avgk_lib.rundir import RunDir
 
 EXTREME_SHARE = 0.2
+#: per-class diagnostics are stored for datasets with at most this many classes (Fashion-MNIST)
+PER_CLASS_MAX = 20
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,6 +110,21 @@ def dead_classes(scores: torch.Tensor, targets: torch.Tensor, k: float) -> list[
     return [int(c) for c in ((per_class == 0) & present).nonzero().flatten()]
 
 
+def recall_and_rank_k1_by_class(scores: torch.Tensor, targets: torch.Tensor, k: float) -> tuple[list, list]:
+    r"""Per class (present in ``targets``; ``None`` for an absent one): the share of its inputs
+    whose top-:math:`\lceil k\rceil` set of ``scores`` holds the label, and the share whose label
+    has exactly :math:`\lceil k\rceil` classes scored above it (rank :math:`\lceil k\rceil + 1`)."""
+    kk = math.ceil(k)
+    above = (scores > scores.gather(1, targets[:, None])).sum(1)
+    support = torch.bincount(targets, minlength=scores.shape[1])
+
+    def share(hit: torch.Tensor) -> list:
+        per = torch.bincount(targets, weights=hit.double(), minlength=scores.shape[1]) / support.clamp_min(1)
+        return [round(float(v), 6) if n else None for v, n in zip(per, support.tolist(), strict=True)]
+
+    return share(above < kk), share(above == kk)
+
+
 def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any]:
     """The diagnostics of one finished run (empty when its scores were not saved)."""
     if not RunDir(folder).scores.exists():
@@ -118,6 +139,9 @@ def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any
         f"test_avg{name}_{part}": v for part, v in frequency_split(hits, yt, results["summary"]["class_counts"]).items()
     }
     out["test_dead_classes"] = dead_classes(scores["test_scores"], yt, k)
+    if scores["test_scores"].shape[1] <= PER_CLASS_MAX:
+        recall, at_k1 = recall_and_rank_k1_by_class(scores["test_scores"], yt, k)
+        out.update(test_topk_recall_by_class=recall, test_rank_k1_share_by_class=at_k1)
     if config["dataset"] == "synthetic":
         val_post, test_post = _posteriors(json.dumps(config["dataset_options"], sort_keys=True))
         out.update({f"test_avg{name}_{part}": v for part, v in entropy_split(test_post, hits).items()})
