@@ -247,3 +247,38 @@ def test_recall_and_rank_k1_by_class_against_a_hand_count():
     targets = torch.tensor([2, 1, 0, 2])  # class 2: rank 3 then rank 1; class 1: rank 1; class 0: rank 1
     recall, at_k1 = diagnostics.recall_and_rank_k1_by_class(scores, targets, 2.0)
     assert recall == [1.0, 1.0, 0.5, None] and at_k1 == [0.0, 0.0, 0.5, None]
+
+
+def test_fashion_noise_designs_table_per_class_series_and_rank_k1_sentence():
+    from avgk_book import findings as F
+
+    def row(dataset, loss, seed, top2, recall, at3, dead=None):
+        r = {
+            "dataset": dataset,
+            "arm": "paper",
+            "loss": loss,
+            "seed": seed,
+            "test_top2_micro": top2,
+            "opt_epsilon": 0.2 if loss == "noised_topk" else None,
+            "test_topk_recall_by_class": [recall] * 10,
+            "test_rank_k1_share_by_class": [at3] * 10,
+        }
+        r["test_topk_recall_by_class"][6], r["test_rank_k1_share_by_class"][6] = recall / 2, at3 * 4
+        return {**r, "test_dead_classes": dead} if dead is not None else r
+
+    pairs = [
+        row("fashion_mnist-pairs", loss, s, t, 0.9, 0.1, [])
+        for s in (0, 1)
+        for loss, t in (("noised_topk", 0.88), ("cross_entropy", 0.94), ("smooth_topk_svm", 0.94))
+    ]
+    trap = [row("fashion_mnist", loss, 0, t, 0.9, 0.1) for loss, t in (("noised_topk", 0.7), ("cross_entropy", 0.9))]
+    arms = {"paper": {"rows": pairs + trap + [{"dataset": "synthetic-100", "arm": "paper", "loss": "noised_topk"}]}}
+    table = F.fashion_noise_table(arms)
+    assert [r["noise groups"] for r in table] == ["groups of 4 and 3 (the trap)", "pairs (P1's rule)"]
+    assert table[0]["dead classes, noised top-K"] == "not recorded" and table[0]["top-2, smooth SVM"] is None
+    assert table[1]["dead classes, noised top-K"] == 0 and table[1]["top-2, noised top-K"] == pytest.approx(0.88)
+    series = F.fashion_recall_by_class(arms)
+    assert len(series) == 3 and all(len(v) == 10 for v in series.values())  # the trap rows here lack the SVM
+    text = F.rank_k1_markdown(arms)
+    assert "40% of the test inputs of **Shirt**" in text and "top-2 recall is 0.450" in text
+    assert F.rank_k1_markdown({"paper": {"rows": trap}}) == ""

@@ -223,3 +223,10 @@ def test_per_class_bars_keep_the_legend_off_the_bars():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"] and ax.get_xlabel() == "class"
     with pytest.raises(ValueError, match="one value per class"):
         P.per_class_bars({"a": [0.0], "b": [1.0, 0.0]}, ylabel="y")
+
+
+def test_per_class_bars_name_the_classes_and_refuse_a_wrong_count():
+    fig = P.per_class_bars({"a": [0.2, 0.8]}, ylabel="recall", class_names=["Shirt", "Coat"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Shirt", "Coat"]
+    with pytest.raises(ValueError, match="name the 2 classes"):
+        P.per_class_bars({"a": [0.2, 0.8]}, ylabel="recall", class_names=["Shirt"])

@@ -686,3 +686,90 @@ def ablation_tables(reference: Mapping[str, Any] | None):
         metrics = {f"test_avg{name}_micro": f"average-{name} micro", f"test_avg{name}_macro": f"average-{name} macro"}
         tables.append(f"**K = {name}**\n\n" + results_markdown(part, ["variant"], metrics))
     return Block(None, "\n\n".join(tables))
+
+
+# ------------------------------------------------------------- Fashion-MNIST noise designs (chapter 4)
+
+#: the two Fashion-MNIST label-noise settings of chapter 4, by dataset label (protocol A5, A11)
+FASHION_DESIGNS = {"fashion_mnist": "groups of 4 and 3 (the trap)", "fashion_mnist-pairs": "pairs (P1's rule)"}
+
+
+def _fashion_runs(arms: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
+    """(dataset label, arm) -> loss -> the committed rows of the Fashion-MNIST noise settings."""
+    out: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for part in arms.values():
+        for r in (part or {}).get("rows", []):
+            if r["dataset"] in FASHION_DESIGNS:
+                out.setdefault((r["dataset"], r["arm"]), {}).setdefault(r["loss"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def fashion_noise_table(arms: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per noise design and arm: the noised loss's epsilon, the mean test top-2 of the
+    noised loss, cross-entropy and the smooth SVM, and the noised loss's dead classes per run
+    ("not recorded" when a run predates them)."""
+    table = []
+    for (dataset, arm), by_loss in _fashion_runs(arms).items():
+        noised = by_loss.get("noised_topk", [])
+        if not noised:
+            continue
+        recorded = all(r.get("test_dead_classes") is not None for r in noised)
+        row = {"noise groups": FASHION_DESIGNS[dataset], "arm": arm, "epsilon": noised[0].get("opt_epsilon")}
+        for loss, name in (
+            ("noised_topk", "noised top-K"),
+            ("cross_entropy", "cross-entropy"),
+            ("smooth_topk_svm", "smooth SVM"),
+        ):
+            row[f"top-2, {name}"] = _mean([r["test_top2_micro"] for r in by_loss[loss]]) if loss in by_loss else None
+        row["dead classes, noised top-K"] = (
+            _mean([len(r["test_dead_classes"]) for r in noised]) if recorded else "not recorded"
+        )
+        table.append(row)
+    return table
+
+
+def _class_means(rows: list[dict[str, Any]], key: str) -> list[float] | None:
+    if not rows or not all(r.get(key) for r in rows):
+        return None
+    return [_mean([r[key][c] for r in rows]) for c in range(len(rows[0][key]))]
+
+
+def fashion_recall_by_class(arms: Mapping[str, Any], arm: str = "paper") -> dict[str, list[float]]:
+    """Per series "<loss>, <design>" (noised loss and smooth SVM, ``arm``): each class's top-2
+    recall on test, mean over the seeds that record it."""
+    out = {}
+    for (dataset, run_arm), by_loss in _fashion_runs(arms).items():
+        for loss in ("noised_topk", "smooth_topk_svm"):
+            means = _class_means(by_loss.get(loss, []), "test_topk_recall_by_class") if run_arm == arm else None
+            if means is not None:
+                out[f"{method_label(loss)}, {FASHION_DESIGNS[dataset]}"] = means
+    return out
+
+
+def rank_k1_markdown(arms: Mapping[str, Any], dataset: str = "fashion_mnist-pairs", arm: str = "paper") -> str:
+    """The class whose label the noised loss leaves at rank K + 1 most often (a flat hinge), with
+    that share and the class's top-2 recall for the noised loss, the smooth SVM and cross-entropy;
+    ``""`` when the rows do not record it."""
+    from avgk_lib.data.fashion_mnist import CLASSES
+
+    by_loss = _fashion_runs(arms).get((dataset, arm), {})
+    losses = ("noised_topk", "smooth_topk_svm", "cross_entropy")
+    at_k1 = {loss: _class_means(by_loss.get(loss, []), "test_rank_k1_share_by_class") for loss in losses}
+    recall = {loss: _class_means(by_loss.get(loss, []), "test_topk_recall_by_class") for loss in losses}
+    if any(v is None for v in (*at_k1.values(), *recall.values())):
+        return ""
+    worst = max(range(len(CLASSES)), key=at_k1["noised_topk"].__getitem__)
+    ce_worst = max(range(len(CLASSES)), key=at_k1["cross_entropy"].__getitem__)
+    return (
+        f"In {FASHION_DESIGNS[dataset]} ({arm} arm, {len(by_loss['noised_topk'])} seeds) the noised loss leaves "
+        f"{at_k1['noised_topk'][worst]:.0%} of the test inputs of **{CLASSES[worst]}** with their label at rank 3, "
+        f"where its hinge is flat (smooth SVM {at_k1['smooth_topk_svm'][worst]:.0%}, cross-entropy "
+        f"{at_k1['cross_entropy'][worst]:.0%}); that class's top-2 recall is {recall['noised_topk'][worst]:.3f}, "
+        f"against {recall['smooth_topk_svm'][worst]:.3f} for the smooth SVM and {recall['cross_entropy'][worst]:.3f} "
+        f"for cross-entropy. The class cross-entropy itself leaves at rank 3 most often is {CLASSES[ce_worst]} "
+        f"({at_k1['cross_entropy'][ce_worst]:.0%})."
+    )

@@ -230,19 +230,35 @@ def gradient_bars(
     return fig
 
 
-def per_class_bars(values: dict[str, Sequence[float]], *, ylabel: str, title: str = "", xlabel: str = "class", ax=None):
+def per_class_bars(
+    values: dict[str, Sequence[float]],
+    *,
+    ylabel: str,
+    title: str = "",
+    xlabel: str = "class",
+    class_names: Sequence[str] | None = None,
+    ax=None,
+):
     """One group of bars per class, one bar per named series (e.g. a per-class recall of several
-    runs); the legend sits under the axes, never over the bars."""
-    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.2))
+    runs); the legend sits under the axes, never over the bars. ``class_names`` label the classes
+    (slanted) instead of their indices."""
+    fig, ax = _ax(ax, figsize=(COLUMN_WIDTH_IN, 4.6 if class_names else 4.2))
     n = len(next(iter(values.values())))
     if any(len(v) != n for v in values.values()):
         raise ValueError("`values` must hold one value per class in every series")
+    if class_names is not None and len(class_names) != n:
+        raise ValueError(f"`class_names` must name the {n} classes, got {len(class_names)} names")
     width = 0.8 / len(values)
     for i, (name, series) in enumerate(values.items()):
         ax.bar(np.arange(n) + (i - (len(values) - 1) / 2) * width, series, width, label=name)
-    ax.set_xticks(np.arange(n), [str(j) for j in range(n)])
+    if class_names is None:
+        ax.set_xticks(np.arange(n), [str(j) for j in range(n)])
+    else:
+        ax.set_xticks(np.arange(n), list(class_names), rotation=30, ha="right")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(values)))
+    below = -0.34 if class_names else -0.16
+    columns = 2 if class_names else 3  # long series names beside class names: two per row
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, below), ncol=min(columns, len(values)))
     fig.tight_layout()
     return fig
 
