@@ -692,6 +692,7 @@ def ablation_tables(reference: Mapping[str, Any] | None):
 
 #: the two Fashion-MNIST label-noise settings of chapter 4, by dataset label (protocol A5, A11)
 FASHION_DESIGNS = {"fashion_mnist": "groups of 4 and 3 (the trap)", "fashion_mnist-pairs": "pairs (P1's rule)"}
+_DESIGN_NAMES = {"fashion_mnist": "trap design (groups of 4 and 3)", "fashion_mnist-pairs": "pairs design (P1's rule)"}
 
 
 def _fashion_runs(arms: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
@@ -768,7 +769,7 @@ def rank_k1_markdown(arms: Mapping[str, Any], dataset: str = "fashion_mnist-pair
     # Fashion-MNIST's test split is balanced (1,000 images a class): a class weighs 1/10 of top-2
     share = (recall["smooth_topk_svm"][worst] - recall["noised_topk"][worst]) / len(CLASSES)
     return (
-        f"In {FASHION_DESIGNS[dataset]} ({arm} arm, {len(by_loss['noised_topk'])} seeds) the noised loss leaves "
+        f"In the {_DESIGN_NAMES[dataset]}, {arm} arm, {len(by_loss['noised_topk'])} seeds, the noised loss leaves "
         f"{at_k1['noised_topk'][worst]:.0%} of the test inputs of **{CLASSES[worst]}** with their label at rank 3, "
         f"where its hinge is flat (smooth SVM {at_k1['smooth_topk_svm'][worst]:.0%}, cross-entropy "
         f"{at_k1['cross_entropy'][worst]:.0%}); that class's top-2 recall is {recall['noised_topk'][worst]:.3f}, "
