@@ -172,8 +172,11 @@ def sweep_figure(curves: Mapping[str, list[dict[str, Any]]]):
         twin = axes[1, 0].twinx()
         _band(twin, fit, "cross-entropy's fit of\nthe flipped labels (right axis)", 1.0, color="grey", linestyle="--")
         twin.set_ylabel("share of flipped labels fitted")
-        twin.set_ylim(0, 1)
+        twin.set_ylim(0, 1.5)  # the top third holds the legend, above every point of the panel
+        twin.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
         twin.grid(False)
+        low, high = axes[1, 0].get_ylim()
+        axes[1, 0].set_ylim(low, high + 0.5 * (high - low))
         handles = [h for a in (axes[1, 0], twin) for h in a.get_legend_handles_labels()[0]]
         labels = [t for a in (axes[1, 0], twin) for t in a.get_legend_handles_labels()[1]]
         axes[1, 0].legend(handles, labels, fontsize=8, loc="upper right")
