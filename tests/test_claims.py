@@ -600,6 +600,31 @@ def test_headroom_from_the_oracle_and_from_the_upper_bound():
     assert macro["measured"] is None and macro["status"] == "precondition not measured"
 
 
+def test_a_gain_pattern_reports_its_setting_headroom_without_letting_it_decide():
+    """Protocol A12: P2's gain-pattern entries carry the net headroom (micro, Bayes oracle) of their
+    setting, and an absent one leaves the measured verdict as it is."""
+    pre = {
+        **C.headroom([{"seed": 0, "test_avg3_micro": 0.60, "bayes_avg3_micro": 0.605}], "test_avg3_micro", [0]),
+        "decides": False,
+    }
+    decided = C.decide_headroom(pre, 0.02)
+    assert decided["met"] is False and decided["status"] == "reported (no room), not deciding"
+    entry = {
+        "test": "gain",
+        "effect": 0.03,
+        "p_holm": 0.001,
+        "precondition": decided,
+        "gain_where_test": {"effect": 0.02, "p_holm": 0.001},
+    }
+    assert C.verdict_of(entry) == "supported"
+    assert C.verdict_of({**entry, "precondition": {**decided, "decides": True}}) == "not reproduced here"
+    ledger = json.loads((Path(C.__file__).parent / "reference_results" / "claims.json").read_text())
+    patterns = [e for e in ledger["claims"] if e["test"] == "gain"]
+    assert patterns and all(e["precondition"]["decides"] is False for e in patterns)
+    assert all(e["precondition"]["measured"] is not None for e in patterns if "synthetic" in e["dataset"])
+    assert all(e["verdict"] == e["raw_verdict"] for e in patterns)
+
+
 def test_status_counts_confounds_and_design_traps_apart_and_keeps_the_raw_verdict():
     assert C.status_of({"verdict": "contradicted", "handicaps": {"ours": "weight 1"}}) == "confounded"
     assert C.status_of({"verdict": "supported", "handicaps": {"rival": "decay"}}) == "confounded"

@@ -264,6 +264,8 @@ def decide_headroom(pre: dict[str, Any], mde: float | None) -> dict[str, Any]:
     room = pre["measured"] >= threshold
     met = room if pre["bound"] == "oracle" else (None if room else False)
     status = {True: "met", False: "absent", None: "upper bound above the threshold: not decided"}[met]
+    if pre.get("decides") is False:  # protocol A12: a gain pattern's headroom is reported only
+        status = f"reported ({'room' if room else 'no room'}), not deciding"
     return {**pre, "threshold": threshold, "met": met, "status": status}
 
 
@@ -351,13 +353,14 @@ CLAIMS = [
     Claim("P2-gain-ambiguous", "P2", "the gains over the softmax baseline are larger the higher the uncertainty "
           "(most vs least ambiguous 20% of test inputs by Bayes entropy)", "average_k", "test_avg{k}_ambiguous",
           {"loss": "two_head"}, [CE], kind="gain", elsewhere_metric="test_avg{k}_clear", ks=(3.0,),
-          chapter=CH["08_where_gains_come_from"]),
+          precondition="headroom", chapter=CH["08_where_gains_come_from"]),
     Claim("P2-lt-twohead-vs-softmax", "P2", "the two-head loss outperforms the softmax baseline in macro average-K "
           "accuracy on long-tailed data", "average_k_long_tail", "test_avg{k}_macro", {"loss": "two_head"}, [CE],
           ks=(3.0,), precondition="headroom", chapter=CH["08_where_gains_come_from"]),
     Claim("P2-gain-rare", "P2", "the gains are larger especially for classes with few samples (rarest vs most "
           "frequent third of the classes)", "average_k_long_tail", "test_avg{k}_tail", {"loss": "two_head"}, [CE],
-          kind="gain", elsewhere_metric="test_avg{k}_head", ks=(3.0,), chapter=CH["08_where_gains_come_from"]),
+          kind="gain", elsewhere_metric="test_avg{k}_head", ks=(3.0,), precondition="headroom",
+          chapter=CH["08_where_gains_come_from"]),
 ]  # fmt: skip
 
 
@@ -632,7 +635,15 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
         entry.update(_gain_where(claim, rows, ours_filter, rival, name, seeds))
     used = _select(rows, ours_filter) + _select(rows, rival)
     entry["best_epoch_is_last"] = _best_is_last([r for r in used if r["seed"] in seeds])
-    if claim.precondition == "headroom":
+    if claim.precondition == "headroom" and claim.kind == "gain":  # protocol A12: reported beside, not deciding
+        room = headroom(_select(rows, rival), f"test_avg{name}_micro", seeds)
+        entry["precondition"] = {
+            **room,
+            "name": "net headroom of the setting (reported, not deciding: A12)",
+            "rule": f"reported only; room iff {room['rule']}",
+            "decides": False,
+        }
+    elif claim.precondition == "headroom":
         entry["precondition"] = headroom(_select(rows, rival), metric, seeds)
     elif claim.precondition:
         entry["precondition"] = PRECONDITIONS[claim.precondition](rows)
@@ -834,6 +845,8 @@ def verdict_of(entry: Mapping[str, Any], alpha: float = ALPHA) -> str:
     if entry.get("test") not in TESTS:
         raise ValueError(f"`entry` test must be one of {TESTS}, got {entry.get('test')!r}")
     pre = entry.get("precondition") or {}
+    if pre.get("decides") is False:  # protocol A12: reported beside the verdict
+        pre = {}
     if pre.get("met") is False and not (pre.get("bound") and _raw(entry, level) == "contradicted"):
         return "not reproduced here"
 
@@ -1162,6 +1175,8 @@ def preconditions_markdown(ledger: Any) -> str:
             pre = e["precondition"]
             measured = "not measured" if pre["measured"] is None else precondition_value({**pre, "threshold": None})
             met = {True: "yes", False: "**no**", None: "not decided"}[pre["met"]]
+            if pre.get("decides") is False:  # protocol A12: reported, not deciding
+                met = {True: "room (reported)", False: "no room (reported)", None: "not decided"}[pre["met"]]
             scale, unit = (100.0, " pp") if pre.get("bound") else (1.0, "")
             threshold = "-" if pre.get("threshold") is None else f"{scale * pre['threshold']:.3g}{unit}"
             k = f", K={e['K']:g}" if isinstance(e.get("K"), (int, float)) else ""
