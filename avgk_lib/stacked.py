@@ -69,7 +69,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ._checks import value_checks
 from .build import Run
 from .data.base import derived_seed
-from .data.loader import InMemoryLoader
+from .data.loader import InMemoryLoader, crop_at
 from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import stacked_calibrated_test_metrics, stacked_metric_dicts
 from .models import MLP, Classifier, NormedLinear
@@ -286,7 +286,7 @@ class StackedBatches:
             m, b = x.shape[:2]
             flat = x.flatten(0, 1)
             if "dy" in self.draws:
-                flat = _crop(
+                flat = crop_at(
                     flat, self.loaders[0].padding, self.draws["dy"][step].flatten(), self.draws["dx"][step].flatten()
                 )
             if "flip" in self.draws:
@@ -296,18 +296,6 @@ class StackedBatches:
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
-
-
-def _crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Crop each zero-padded image of ``images`` (N, C, H, W) at its offsets ``(dy, dx)``."""
-    n, c, h, w = images.shape
-    device = images.device
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channels = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channels, rows, cols]
 
 
 # ------------------------------------------------------------------------------------------------
