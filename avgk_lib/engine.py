@@ -44,6 +44,7 @@ __all__ = [
     "progress_bar",
     "run_result",
     "saved_scores",
+    "split_scores",
     "train_fit",
     "train_one_epoch",
     "validation_metrics",
@@ -95,10 +96,15 @@ class DivergenceGuard:
         if not bool(flag):
             return
         index = int(bad.nonzero()[0]) if bool(bad.any()) else len(steps) - 1
-        value = float(values[index])
-        why = "non-finite" if not math.isfinite(value) else f"> {self.FACTOR:g} x the reference {self.reference:.4g}"
-        where = f"epoch {epoch + 1}, step {steps[index] + 1}"
-        raise TrainingDiverged(f"training diverged at {where}: loss {value:.4g} ({why}); try a lower --lr")
+        raise self.diverged(float(values[index]), self.reference, epoch, steps[index])
+
+    @classmethod
+    def diverged(cls, value: float, reference: float, epoch: int, step: int) -> TrainingDiverged:
+        """The error of the bad loss ``value`` at (0-based) ``epoch`` and ``step`` (also the
+        stacked trainer's, :meth:`~avgk_lib.stacked.Stack._check_window`)."""
+        why = "non-finite" if not math.isfinite(value) else f"> {cls.FACTOR:g} x the reference {reference:.4g}"
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        return TrainingDiverged(f"training diverged at {where}: loss {value:.4g} ({why}); try a lower --lr")
 
 
 def _forward_loss(run: Run, batch) -> torch.Tensor:
@@ -229,17 +235,27 @@ def validation_metrics(run: Run) -> dict[str, float]:
     return metric_dict(scores[run.spec.eval_head], targets, run.cfg.eval_ks)[0]
 
 
+def split_scores(run: Run) -> dict[str, Any]:
+    """The current weights' scores of every head and the targets, on validation and on test, in
+    the form of :func:`evaluate_final` with ``heads`` still to fill (``None`` for each head of
+    the run, in order): ``{"heads", "val": {head: scores}, "test": {head: scores}, "val_targets",
+    "test_targets"}``."""
+    val, val_targets = evaluate(run, "val")
+    test, test_targets = evaluate(run, "test")
+    heads = dict.fromkeys(run.spec.heads)
+    return {"heads": heads, "val": val, "test": test, "val_targets": val_targets, "test_targets": test_targets}
+
+
 def evaluate_final(run: Run) -> dict[str, Any]:
     """Test metrics of the current weights for every head (thresholds calibrated on validation
     with the same weights), with the scores: ``{"heads": {head: metrics}, "val": {head: scores},
-    "test": {head: scores}, "val_targets", "test_targets"}``."""
-    val, val_targets = evaluate(run, "val")
-    test, test_targets = evaluate(run, "test")
-    heads = {
-        head: calibrated_test_metrics(val[head], val_targets, test[head], test_targets, run.cfg.eval_ks)
-        for head in run.spec.heads
-    }
-    return {"heads": heads, "val": val, "test": test, "val_targets": val_targets, "test_targets": test_targets}
+    "test": {head: scores}, "val_targets", "test_targets"}`` (:func:`split_scores`)."""
+    e = split_scores(run)
+    for head in e["heads"]:
+        e["heads"][head] = calibrated_test_metrics(
+            e["val"][head], e["val_targets"], e["test"][head], e["test_targets"], run.cfg.eval_ks
+        )
+    return e
 
 
 def train_fit(run: Run) -> dict[str, float | None] | None:

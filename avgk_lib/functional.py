@@ -99,17 +99,22 @@ __all__ = [
 
 
 def _prepare(scores, targets, reduction, name: str = "scores"):
-    """Validate (scores, targets, reduction): scores ``(B, C)`` or stacked ``(M, B, C)`` with
-    targets of shape ``scores.shape[:-1]``; return scores in the compute dtype and long targets."""
+    """:func:`_scores_and_targets` and ``reduction`` validated; scores in the compute dtype."""
+    scores, targets = _scores_and_targets(scores, targets, name)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    return scores.to(_work_dtype(scores.dtype)), targets
+
+
+def _scores_and_targets(scores, targets, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(B, C)`` or stacked ``(M, B, C)`` and targets of shape ``scores.shape[:-1]``,
+    validated (targets as long)."""
     scores = check_scores(scores, name, ndim=None)
     if scores.dim() not in (2, 3):
         raise ValueError(
             f"`{name}` must have 2 dimensions (batch, classes) or, stacked, 3 (members, batch, classes); "
             f"got shape {tuple(scores.shape)}"
         )
-    targets = _check_row_targets(targets, scores, name)
-    check_choice(reduction, "reduction", REDUCTIONS)
-    return scores.to(_work_dtype(scores.dtype)), targets
+    return scores, _check_row_targets(targets, scores, name)
 
 
 def _check_row_targets(targets: object, scores: torch.Tensor, name: str) -> torch.Tensor:
@@ -683,13 +688,7 @@ def pseudo_labels(
         force_true: whether every true label is a positive (default ``True``, P2's reading).
         fixed_threshold: ``None`` (default: rank within the batch) or a global threshold on ``probs``.
     """
-    probs = check_scores(probs, "probs", ndim=None)
-    if probs.dim() not in (2, 3):
-        raise ValueError(
-            f"`probs` must have 2 dimensions (batch, classes) or, stacked, 3 (members, batch, classes); "
-            f"got shape {tuple(probs.shape)}"
-        )
-    targets = _check_row_targets(targets, probs, "probs")
+    probs, targets = _scores_and_targets(probs, targets, "probs")
     k = _average_k(k, probs)
     rule = check_choice(rule, "rule", RULES)
     force_true = check_bool(force_true, "force_true")

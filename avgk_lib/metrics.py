@@ -186,7 +186,7 @@ def topk_sets(scores: torch.Tensor, k: int) -> torch.Tensor:
     return sets.scatter_(1, torch.topk(scores, k, dim=1).indices, True)
 
 
-#: up to this many pooled scores, :func:`_kth_and_next_largest` runs :func:`torch.topk` on all of them
+#: up to this many entries a row, :func:`_kth_and_next_largest_rows` runs :func:`torch.topk` on all of them
 _SELECT_DIRECT = 1 << 16
 _SAMPLES: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -202,15 +202,6 @@ def _sample_index(n: int, n_sample: int, device: torch.device) -> torch.Tensor:
             _SAMPLES.clear()
         _SAMPLES[key] = index
     return index
-
-
-def _kth_and_next_largest(flat: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The m-th and (m+1)-th largest entries of a 1-D tensor (1 <= m < len), without a full sort.
-
-    Small inputs use :func:`torch.topk`. Larger ones are narrowed by a fixed random subsample
-    (:func:`_kth_and_next_largest_rows`). The result is exact either way, on any device."""
-    ((kth, nxt),) = _kth_and_next_largest_rows(flat.reshape(1, -1), [m])
-    return kth[0], nxt[0]
 
 
 def _kth_and_next_largest_rows(rows: torch.Tensor, ms: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -794,17 +794,6 @@ class RunDir:
         data.pop("fingerprint", None)
         return data
 
-    def scores_fingerprint(self) -> str | None:
-        """The fingerprint stored in ``scores.pt`` (read without the checksum: a quick look for the
-        run cache), or ``None`` when the file is missing, unreadable or names no run."""
-        try:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                data = torch.load(self.scores, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - any unreadable file names no run
-            return None
-        found = data.get("fingerprint") if isinstance(data, dict) else None
-        return found if isinstance(found, str) else None
-
     def clear(self) -> None:
         """Delete the run's files (a forced re-run); the folder itself stays. Call it holding the
         lock (:meth:`locked`), so that a live run's files are never deleted."""

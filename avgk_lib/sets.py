@@ -34,7 +34,7 @@ import torch
 
 from . import conformal as _conformal
 from . import metrics as M
-from ._checks import AVERAGES, check_choice, check_scores, check_targets, check_tensor
+from ._checks import AVERAGES, check_choice, check_generator, check_scores, check_targets, check_tensor
 from .metrics import _real, k_label, metric_key  # metric names live in metrics.py (re-exported here)
 
 __all__ = [
@@ -197,9 +197,7 @@ class SplitConformal(SetPredictor):
         if not isinstance(randomized, bool):
             raise TypeError(f"`randomized` must be a bool, got {randomized!r}")
         self.randomized = randomized
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
-        self._generator = generator
+        self._generator = check_generator(generator)
         self.qhat: float | None = None
         self._n_classes: int | None = None
 

@@ -69,7 +69,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ._checks import value_checks
 from .build import Run
 from .data.base import derived_seed
-from .data.loader import InMemoryLoader
+from .data.loader import InMemoryLoader, crop_at
 from .engine import DivergenceGuard, TrainingDiverged
 from .metrics import stacked_calibrated_test_metrics, stacked_metric_dicts
 from .models import MLP, Classifier, NormedLinear
@@ -286,7 +286,7 @@ class StackedBatches:
             m, b = x.shape[:2]
             flat = x.flatten(0, 1)
             if "dy" in self.draws:
-                flat = _crop(
+                flat = crop_at(
                     flat, self.loaders[0].padding, self.draws["dy"][step].flatten(), self.draws["dx"][step].flatten()
                 )
             if "flip" in self.draws:
@@ -296,18 +296,6 @@ class StackedBatches:
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
-
-
-def _crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Crop each zero-padded image of ``images`` (N, C, H, W) at its offsets ``(dy, dx)``."""
-    n, c, h, w = images.shape
-    device = images.device
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channels = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channels, rows, cols]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -649,17 +637,8 @@ class Stack:
             return
         for i in bad.any(0).nonzero().flatten().tolist():
             row = int(bad[:, i].nonzero()[0])
-            value = float(values[row, i])
-            limit_i = float(self._reference[i])
-            why = (
-                "non-finite"
-                if not math.isfinite(value)
-                else f"> {DivergenceGuard.FACTOR:g} x the reference {limit_i:.4g}"
-            )
-            where = f"epoch {epoch + 1}, step {first_steps + row + 1}"
-            self.members[i].error = TrainingDiverged(
-                f"training diverged at {where}: loss {value:.4g} ({why}); try a lower --lr"
-            )
+            reference = float(self._reference[i])
+            self.members[i].error = DivergenceGuard.diverged(float(values[row, i]), reference, epoch, first_steps + row)
             self._alive[i] = 0.0
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -745,24 +724,19 @@ def final_evaluations(members: list[Member], folders: list, books: list) -> list
     from its own model, as in ``train`` (the last epoch's weights, then its best epoch's, which
     stay loaded), and the test metrics of every member, evaluation and head are computed at once
     (:func:`~avgk_lib.metrics.stacked_calibrated_test_metrics`)."""
-    from .engine import _load_best, evaluate
-
-    def scores(run: Run) -> dict[str, Any]:
-        val, val_targets = evaluate(run, "val")
-        test, test_targets = evaluate(run, "test")
-        return {"val": val, "test": test, "val_targets": val_targets, "test_targets": test_targets}
+    from .engine import _load_best, split_scores
 
     pairs: list[tuple[dict, dict] | None] = []
     for m, folder, book in zip(members, folders, books, strict=True):
         if not m.alive:
             pairs.append(None)
             continue
-        last = scores(m.run)
+        last = split_scores(m.run)
         if book.best_epoch == len(book.history) == m.run.cfg.epochs:
             pairs.append((last, last))
             continue
         _load_best(m.run, folder, book)
-        pairs.append((scores(m.run), last))
+        pairs.append((split_scores(m.run), last))
     # one stacked metric computation per group of evaluations alike in shapes and Ks
     jobs: dict[tuple, list[tuple[dict, str, list[float]]]] = {}
     done: set[int] = set()
@@ -773,7 +747,6 @@ def final_evaluations(members: list[Member], folders: list, books: list) -> list
             if id(evaluation) in done:
                 continue
             done.add(id(evaluation))
-            evaluation["heads"] = {}
             for head in m.run.spec.heads:
                 val, test = evaluation["val"][head], evaluation["test"][head]
                 key = (tuple(m.run.cfg.eval_ks), tuple(val.shape), tuple(test.shape), val.dtype, str(val.device))
@@ -792,24 +765,7 @@ def final_evaluations(members: list[Member], folders: list, books: list) -> list
             for (evaluation, head, _), values in zip(part, metrics, strict=True):
                 evaluation["heads"][head] = values
 
-    def assemble(run: Run, e: dict[str, Any]) -> dict[str, Any]:  # evaluate_final's form and order
-        heads = {h: e["heads"][h] for h in run.spec.heads}
-        return {
-            "heads": heads,
-            "val": e["val"],
-            "test": e["test"],
-            "val_targets": e["val_targets"],
-            "test_targets": e["test_targets"],
-        }
-
-    out: list[tuple[dict, dict] | None] = []
-    for m, pair in zip(members, pairs, strict=True):
-        if pair is None:
-            out.append(None)
-            continue
-        last = assemble(m.run, pair[1])
-        out.append((last, last) if pair[0] is pair[1] else (assemble(m.run, pair[0]), last))
-    return out
+    return pairs
 
 
 def _stack_seed(seeds: list[int]) -> int:

@@ -152,6 +152,6 @@ def test_order_statistics_on_large_arrays_equal_a_full_sort(m_frac, ties):
     if ties:
         flat = (flat * 4).round()  # a few dozen distinct values
     m = max(1, int(m_frac * flat.numel()))
-    kth, nxt = M._kth_and_next_largest(flat, m)
+    ((kth, nxt),) = M._kth_and_next_largest_rows(flat.reshape(1, -1), [m])  # one row: (1,) tensors
     ordered = torch.sort(flat, descending=True).values
     assert kth.item() == ordered[m - 1].item() and nxt.item() == ordered[m].item()

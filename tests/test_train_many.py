@@ -273,7 +273,7 @@ def test_batched_validation_is_the_per_member_validation(case):
 
 def test_stacked_metrics_are_metric_dict_with_ties_and_absent_classes():
     from avgk_lib.metrics import (
-        _kth_and_next_largest,
+        _kth_and_next_largest_rows,
         calibrated_test_metrics,
         metric_dict,
         stacked_calibrated_test_metrics,
@@ -299,6 +299,8 @@ def test_stacked_metrics_are_metric_dict_with_ties_and_absent_classes():
     for values in (torch.rand(100_000, generator=g), (torch.rand(100_000, generator=g) * 30).round()):
         for m in (1, 999, 50_000, 99_998):
             top = torch.topk(values, m + 1).values
-            assert _kth_and_next_largest(values, m) == (top[m - 1], top[m])
+            ((kth, nxt),) = _kth_and_next_largest_rows(values[None], [m])
+            assert (kth[0], nxt[0]) == (top[m - 1], top[m])
     values[7] = float("nan")
-    assert torch.equal(_kth_and_next_largest(values, 5)[1], torch.topk(values, 6).values[5])
+    ((_, nxt),) = _kth_and_next_largest_rows(values[None], [5])
+    assert torch.equal(nxt[0], torch.topk(values, 6).values[5])

@@ -18,21 +18,29 @@ from torch.utils.data import DataLoader, Dataset
 from .base import DatasetBundle, TensorSplit, derived_seed
 
 
+def crop_at(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop each zero-padded image of ``images`` (N, C, H, W) at its offsets ``(dy, dx)`` (on the
+    images' device): the crop of :func:`random_crop_flip` and of the stacked trainer's batches."""
+    n, c, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channels = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
 def random_crop_flip(
     images: torch.Tensor, padding: int, crop: bool, flip: bool, generator: torch.Generator
 ) -> torch.Tensor:
     """Per-image random crop (after zero padding) and horizontal flip of a (B, C, H, W) batch."""
-    b, _, h, w = images.shape
+    b = images.shape[0]
     device = images.device
     if crop and padding > 0:
-        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
         dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        batch = torch.arange(b, device=device)[:, None, None, None]
-        channels = torch.arange(images.shape[1], device=device)[None, :, None, None]
-        images = padded[batch, channels, rows, cols]
+        images = crop_at(images, padding, dy, dx)
     if flip:
         mask = (torch.rand(b, generator=generator) < 0.5).to(device)[:, None, None, None]
         images = torch.where(mask, images.flip(3), images)

@@ -99,11 +99,11 @@ class SyntheticTask:
     def n_classes(self) -> int:
         return self.spec.n_classes
 
-    def posterior(self, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`p(y \mid x)` for inputs ``x`` of shape (n, d), float64."""
-        x = x.to(torch.float64)
-        logits = self.priors.log() - 0.5 * torch.cdist(x, self.means).pow(2)
-        return torch.softmax(logits, dim=1)
+    def posterior(self, x: torch.Tensor, priors: torch.Tensor | None = None) -> torch.Tensor:
+        r""":math:`p(y \mid x)` for inputs ``x`` of shape (n, d), float64, under the task's priors
+        (or ``priors``, e.g. uniform for the balanced splits)."""
+        priors = self.priors if priors is None else priors
+        return torch.softmax(priors.log() - 0.5 * torch.cdist(x.to(torch.float64), self.means).pow(2), dim=1)
 
     def sample(
         self, n: int, seed: int, balanced: bool = False, posterior: bool = True
@@ -122,9 +122,7 @@ class SyntheticTask:
         x = (self.means[y] + torch.randn(n, self.spec.dim, generator=g, dtype=torch.float64)).float()
         if not posterior:
             return x, y, None
-        # the posterior of the float32 inputs actually returned
-        logits = priors.log() - 0.5 * torch.cdist(x.double(), self.means).pow(2)
-        return x, y, torch.softmax(logits, dim=1)
+        return x, y, self.posterior(x, priors)  # the posterior of the float32 inputs actually returned
 
     def bayes_entropy(self, posterior: torch.Tensor) -> torch.Tensor:
         """Entropy (nats) of each posterior row: the input's intrinsic ambiguity."""

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from avgk_lib.config import TrainConfig
 from avgk_lib.data import cache_dir
 from avgk_lib.data.base import CACHE_ENV, check_folder
-from avgk_lib.rundir import RunDir, RunDirError, run_dir
+from avgk_lib.rundir import SAFE_GLOBALS, RunDir, RunDirError, run_dir
 from avgk_lib.runspec import RunSpec
 from avgk_lib.train import train_many
 
@@ -27,10 +29,22 @@ def _cached(spec: RunSpec, folder: RunDir) -> tuple[dict[str, Any] | None, str]:
     result, why = folder.read_result(spec.fingerprint)
     if result is None:
         return None, why
-    if spec.config.save_scores and folder.scores_fingerprint() != spec.fingerprint:
+    if spec.config.save_scores and _scores_fingerprint(folder) != spec.fingerprint:
         found = "missing" if not folder.scores.exists() else "not this run's (no or another fingerprint)"
         return None, f"{folder.scores} is {found}"
     return result.to_dict(), ""
+
+
+def _scores_fingerprint(folder: RunDir) -> str | None:
+    """The fingerprint stored in the folder's ``scores.pt`` (read without the checksum: a quick
+    look for the run cache), or ``None`` when the file is missing, unreadable or names no run."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(folder.scores, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file names no run
+        return None
+    found = data.get("fingerprint") if isinstance(data, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _prepare(folder: RunDir, force: bool, why: str) -> None:
