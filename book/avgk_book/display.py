@@ -192,8 +192,9 @@ def glue_bundle(name: str, text: str) -> tuple[dict[str, str], dict[str, Any]]:
     return data, {"scrapbook": {"name": name, "mime_prefix": GLUE_MIME_PREFIX}}
 
 
-def glue(name: str, text: str) -> str:
-    """Store a sentence computed by the notebook for the book's prose and captions, and return it.
+def glue(name: str, text: str) -> None:
+    """Store a sentence computed by the notebook for the book's prose and captions. It returns
+    nothing, so a call that ends a cell prints no copy of the sentence under it.
 
     Captions that state a trend are written as ``... {glue:md}`name` ...`` in the cell's
     ``mystnb.figure.caption`` and the cell computes the text from the plotted data::
@@ -204,7 +205,6 @@ def glue(name: str, text: str) -> str:
 
     data, metadata = glue_bundle(name, text)
     display(data, raw=True, metadata=metadata)
-    return text
 
 
 def _format(value: Any, floatfmt: str) -> str:
