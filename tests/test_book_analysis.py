@@ -119,6 +119,10 @@ def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
     extra = diagnostics.run_diagnostics(tmp_path)
     assert {"test_avg2_tail", "test_avg2_head", "test_avg2_ambiguous", "test_avg2_clear"} <= set(extra)
     assert len(extra["test_topk_recall_by_class"]) == len(extra["test_rank_k1_share_by_class"]) == 6
+    scores = diagnostics.best_checkpoint_test_scores(tmp_path)  # float32, from the best checkpoint
+    saved = torch.load(tmp_path / "scores.pt", weights_only=False)["test_scores"]
+    assert scores.dtype == torch.float32 and torch.allclose(scores.half().float(), saved.float(), atol=1e-3)
+    assert extra["test_tied_topk_share"] == diagnostics.tied_topk_share(scores, 2) == 0.0
     edited = json.loads((tmp_path / "results.json").read_text())
     edited["test"]["top1_micro"] = 1.0 - edited["test"]["top1_micro"]
     (tmp_path / "results.json").write_text(json.dumps(edited))
@@ -126,6 +130,16 @@ def test_a_run_folder_is_read_through_its_checksummed_result(tmp_path):
         A.run_results(tmp_path)
     with pytest.raises(ValueError, match="checksum"):
         diagnostics.run_diagnostics(tmp_path)
+
+
+def test_tied_topk_share_counts_rows_whose_kth_and_next_scores_are_equal():
+    diagnostics = _tool_module("reference_diagnostics")
+    # underflowed probabilities (protocol A13): rows 0 and 1 tie at 0 from rank 2 on, row 2 does not
+    scores = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.4, 0.3, 0.2, 0.1]])
+    assert diagnostics.tied_topk_share(scores, 2) == pytest.approx(1 / 3)  # row 0: 2nd and 3rd are 0
+    assert diagnostics.tied_topk_share(scores, 3) == pytest.approx(2 / 3)
+    assert diagnostics.tied_topk_share(scores, 1.5) == diagnostics.tied_topk_share(scores, 2)  # K rounded up
+    assert diagnostics.tied_topk_share(scores, 4) == 0.0  # no (K+1)-th class
 
 
 def test_collapse_markdown_flags_runs_over_the_threshold_and_names_the_worst_otherwise():

@@ -709,3 +709,18 @@ def test_forest_plot_keeps_counted_entries_readable_and_marks_a_far_uncounted_on
     assert ax.get_xlim()[0] > -25.0  # the uncounted point does not set the scale
     assert "-25.0" in [t.get_text() for t in ax.texts]  # it is marked at the edge with its value
     plt.close(fig)
+
+
+def test_tied_scores_count_an_entry_apart_whatever_its_direction():
+    """Protocol A13: an entry whose runs tie at rank K / K + 1 on more than 1% of test inputs is
+    decided by a metric artefact; rows that do not record the share flag nothing."""
+    clean = [{"loss": "a", "test_tied_topk_share": 0.0}, {"loss": "b", "test_tied_topk_share": 0.01}]
+    assert C.tied_scores(clean) == {"tied_share": 0.01}
+    assert C.tied_scores([{"loss": "a"}]) == {"tied_share": None}
+    tied = C.tied_scores([*clean, {"loss": "b", "test_tied_topk_share": 0.3}])
+    assert "b ties" in tied["artefact"] and "30.0%" in tied["artefact"] and "a ties" not in tied["artefact"]
+    for verdict in ("supported", "contradicted", "inconclusive"):
+        entry = {"verdict": verdict, "raw_verdict": verdict, **tied}
+        assert C.status_of(entry) == "confounded"
+        assert "metric artefact" in C.verdict_text({**entry, "status": "confounded"})
+    assert C.status_of({"verdict": "supported", "not_evidence": "trap", **tied}) == "not counted"

@@ -14,6 +14,9 @@ r"""Per-run diagnostics behind the fair-comparison chapters, computed from a fin
   accuracy of the Bayes-optimal average-K sets (the test posteriors at one global threshold) and
   top-K sets on this run's test inputs: the ceiling of the headroom precondition
   (``book/protocol.md``, A3);
+* ``test_tied_topk_share``: the share of test inputs whose :math:`\lceil K\rceil`-th and next
+  probabilities of the evaluated head are equal, from the best checkpoint re-evaluated in float32
+  (``book/protocol.md``, A13: underflowed probabilities tie, and a tie counts as a top-K hit);
 * ``test_dead_classes``: the classes present in the test split that are never in the run's top-
   :math:`\lceil K\rceil` set (best-validation checkpoint): a collapsed class has recall 0;
 * ``test_topk_recall_by_class`` / ``test_rank_k1_share_by_class`` (datasets of at most
@@ -125,6 +128,33 @@ def recall_and_rank_k1_by_class(scores: torch.Tensor, targets: torch.Tensor, k: 
     return share(above < kk), share(above == kk)
 
 
+def tied_topk_share(scores: torch.Tensor, k: float) -> float:
+    r"""The share of rows whose :math:`\lceil k\rceil`-th and next largest scores are equal: inputs
+    whose top-K set the scores do not determine (protocol A13; underflowed probabilities tie at 0)."""
+    kk = math.ceil(k)
+    if kk >= scores.shape[1]:
+        return 0.0
+    top = scores.float().topk(kk + 1, dim=1).values
+    return float((top[:, kk - 1] == top[:, kk]).double().mean())
+
+
+def best_checkpoint_test_scores(folder: str | Path) -> torch.Tensor:
+    """The float32 test scores of a finished run's evaluated head, recomputed from its best
+    checkpoint (``scores.pt`` keeps half precision, whose ties exaggerate A13's)."""
+    from avgk_lib.build import build_run
+    from avgk_lib.config import TrainConfig
+    from avgk_lib.engine import collect_scores
+    from avgk_lib.runspec import RunSpec
+
+    config = run_results(folder)["config"]
+    spec = RunSpec.resolve(TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}))
+    run = build_run(spec)
+    run.model.load_state_dict(RunDir(folder).load_best(spec.fingerprint)["model"])
+    with torch.no_grad():
+        scores, _ = collect_scores(run.model, run.test_loader, run.objective.head_scores, run.autocast())
+    return scores[spec.eval_head]
+
+
 def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any]:
     """The diagnostics of one finished run (empty when its scores were not saved)."""
     if not RunDir(folder).scores.exists():
@@ -138,6 +168,7 @@ def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any
     out: dict[str, Any] = {
         f"test_avg{name}_{part}": v for part, v in frequency_split(hits, yt, results["summary"]["class_counts"]).items()
     }
+    out["test_tied_topk_share"] = tied_topk_share(best_checkpoint_test_scores(folder), k)
     out["test_dead_classes"] = dead_classes(scores["test_scores"], yt, k)
     if scores["test_scores"].shape[1] <= PER_CLASS_MAX:
         recall, at_k1 = recall_and_rank_k1_by_class(scores["test_scores"], yt, k)

@@ -635,6 +635,7 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
         entry.update(_gain_where(claim, rows, ours_filter, rival, name, seeds))
     used = _select(rows, ours_filter) + _select(rows, rival)
     entry["best_epoch_is_last"] = _best_is_last([r for r in used if r["seed"] in seeds])
+    entry.update(tied_scores([r for r in used if r["seed"] in seeds]))
     if claim.precondition == "headroom" and claim.kind == "gain":  # protocol A12: reported beside, not deciding
         room = headroom(_select(rows, rival), f"test_avg{name}_micro", seeds)
         entry["precondition"] = {
@@ -666,6 +667,39 @@ def _setting_entries(claim: Claim, arm: str, ref: dict, setting: dict, info: dic
             entry["notes"].append(f"unequal tuning budgets: {trials[0]} trials for ours, {trials[1]} for the rival")
     entry["chapter"] = claim.chapter
     return entry
+
+
+#: an entry whose runs tie at rank K / K + 1 on more than this share of test inputs is decided by
+#: a metric artefact (book/protocol.md, A13)
+TIED_SHARE_LIMIT = 0.01
+
+
+def tied_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``artefact`` when a run of ``rows`` records a tie share (``test_tied_topk_share``) above
+    :data:`TIED_SHARE_LIMIT` (protocol A13: underflowed probabilities tie, and a tie counts as a
+    top-K hit); ``tied_share`` the largest share recorded (None when no row records it).
+
+    Example:
+        >>> rows = [{"loss": "a", "test_tied_topk_share": 0.0}, {"loss": "b", "test_tied_topk_share": 0.59}]
+        >>> tied_scores(rows)["artefact"]
+        'tied scores: b ties its K-th and next probabilities on up to 59.0% of test inputs (limit 1%)'
+    """
+    shares = [(r["test_tied_topk_share"], r["loss"]) for r in rows if r.get("test_tied_topk_share") is not None]
+    if not shares:
+        return {"tied_share": None}
+    out: dict[str, Any] = {"tied_share": max(v for v, _ in shares)}
+    tied = {loss: max(v for v, m in shares if m == loss) for _, loss in shares}
+    over = {loss: v for loss, v in tied.items() if v > TIED_SHARE_LIMIT}
+    if over:
+        out["artefact"] = (
+            "tied scores: "
+            + "; ".join(
+                f"{loss} ties its K-th and next probabilities on up to {100 * v:.1f}% of test inputs"
+                for loss, v in sorted(over.items())
+            )
+            + f" (limit {100 * TIED_SHARE_LIMIT:g}%)"
+        )
+    return out
 
 
 def _exclusions(claim: Claim, arm: str, setting: dict, entry: dict[str, Any]) -> dict[str, Any]:
@@ -882,7 +916,9 @@ def finalize(entries: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[
         if e["verdict"] == "not reproduced here":
             e["notes"].append(f"precondition not met: {e['precondition']['name']}")
         e["status"] = status_of(e)
-        if e["status"] == "confounded":
+        if e["status"] == "confounded" and e.get("artefact"):
+            e["notes"].append(f"decided by a metric artefact (book/protocol.md, A13): {e['artefact']}")
+        elif e["status"] == "confounded":
             e["notes"].append(
                 "decided by a named confound: " + "; ".join(f"{e[role]}: {why}" for role, why in e["handicaps"].items())
             )
@@ -937,6 +973,8 @@ def status_of(entry: Mapping[str, Any]) -> str:
         return "not counted"
     if entry["verdict"] == "not reproduced here":
         return "precondition absent"
+    if entry.get("artefact"):  # protocol A13: whatever its direction
+        return "confounded"
     handicaps = entry.get("handicaps") or {}
     against = {"contradicted": "ours", "supported": "rival"}.get(entry["verdict"])
     if against in handicaps:
@@ -1116,6 +1154,8 @@ def verdict_text(e: Mapping[str, Any]) -> str:
             f"{verdict} (precondition not met: {pre['name']}, measured {precondition_value(pre)}); "
             f"as measured: {e.get('raw_verdict')}"
         )
+    if status == "confounded" and e.get("artefact"):
+        return f"{verdict}, decided by a metric artefact ({e['artefact']}): not counted"
     if status == "confounded":
         return f"{verdict}, decided by a named confound ({'; '.join(e['handicaps'].values())}): not counted"
     if status == "not counted":
@@ -1267,8 +1307,8 @@ def main_result(ledger: Any) -> str:
         f"correction over {family} tests), {len(findings)} of {len(entries)} are findings: {counts['supported']} "
         f"supported{timing}, {counts['contradicted']} contradicted and {counts['inconclusive']} inconclusive; "
         f"counted apart: {apart['precondition absent']} not reproduced here because a precondition is absent, "
-        f"{apart['confounded']} decided by a named confound and {apart['not counted']} in a setting that is not "
-        f"evidence."
+        f"{apart['confounded']} decided by a named confound or a metric artefact and {apart['not counted']} in a "
+        f"setting that is not evidence."
     )
 
 
@@ -1503,14 +1543,14 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
     reasons: list[str] = []
     for status, text in (
         ("precondition absent", "precondition not met ({})"),
-        ("confounded", "decided by a named confound ({})"),
+        ("confounded", "decided by a named confound or artefact ({})"),
         ("not counted", "not evidence ({})"),
     ):
         hit = [e for e in entries if e.get("status") == status]
         if hit:
             names = sorted({(e.get("precondition") or {}).get("name", "").split(":")[0] for e in hit} - {""})
             if status == "confounded":
-                names = sorted({f"{e['arm']} arm" for e in hit})
+                names = sorted({f"{e['arm']} arm" + (": tied scores" if e.get("artefact") else "") for e in hit})
             if status == "not counted":
                 names = sorted({setting_label(e["setting"]) for e in hit})
             reasons.append(text.format(", ".join(names)))

@@ -314,6 +314,7 @@ def entry_markdown(
         "precondition not met",
         "not counted as evidence",
         "decided by a named confound",
+        "decided by a metric artefact",
     )
     notes = [readable_note(n) for n in entry.get("notes", []) if not n.startswith(said)]
     if notes:
