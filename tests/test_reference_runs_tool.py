@@ -176,3 +176,13 @@ def test_datasets_selects_one_setting_by_its_label_and_keeps_the_others_rows(too
     assert tool._carried_rows("label_noise", "cpu", "paper", rows) == rows[:2]
     tuning = {f"dataset={d}/label_noise=0.6/noised_topk": {} for d in ("fashion_mnist", "fashion_mnist-pairs")}
     assert list(tool._other_family_tuning("label_noise", "cpu", tuning)) == [next(iter(tuning))]
+
+
+def test_a_part_with_the_same_runs_but_older_diagnostics_is_diagnosed_again(tool, monkeypatch):
+    new = tool.NEWEST_DIAGNOSTIC
+    rows = [{"dataset": "synthetic-100", "seed": 0, new: 0.0}, {"dataset": "fashion_mnist", "seed": 0}]
+    monkeypatch.setattr(tool, "DATASETS", ["synthetic"])  # the carried Fashion-MNIST row is not asked
+    assert tool._diagnosed("average_k", "cpu", rows)
+    monkeypatch.setattr(tool, "DATASETS", None)
+    assert not tool._diagnosed("average_k", "cpu", rows)
+    assert tool._diagnosed("average_k", "cpu", [])

@@ -128,6 +128,10 @@ def recall_and_rank_k1_by_class(scores: torch.Tensor, targets: torch.Tensor, k: 
     return share(above < kk), share(above == kk)
 
 
+#: the diagnostic added last: a reference part whose rows lack it is diagnosed again (tools/reference_runs.py)
+NEWEST_DIAGNOSTIC = "test_tied_topk_share"
+
+
 def tied_topk_share(scores: torch.Tensor, k: float) -> float:
     r"""The share of rows whose :math:`\lceil k\rceil`-th and next largest scores are equal: inputs
     whose top-K set the scores do not determine (protocol A13; underflowed probabilities tie at 0)."""
@@ -168,7 +172,7 @@ def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any
     out: dict[str, Any] = {
         f"test_avg{name}_{part}": v for part, v in frequency_split(hits, yt, results["summary"]["class_counts"]).items()
     }
-    out["test_tied_topk_share"] = tied_topk_share(best_checkpoint_test_scores(folder), k)
+    out[NEWEST_DIAGNOSTIC] = tied_topk_share(best_checkpoint_test_scores(folder), k)
     out["test_dead_classes"] = dead_classes(scores["test_scores"], yt, k)
     if scores["test_scores"].shape[1] <= PER_CLASS_MAX:
         recall, at_k1 = recall_and_rank_k1_by_class(scores["test_scores"], yt, k)

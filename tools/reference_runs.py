@@ -60,7 +60,7 @@ from avgk_lib.config import TrainConfig
 from avgk_lib.rundir import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, also when this file is loaded by path
-from reference_diagnostics import add_diagnostics  # noqa: E402  (tools/reference_diagnostics.py)
+from reference_diagnostics import NEWEST_DIAGNOSTIC, add_diagnostics  # noqa: E402  (tools/reference_diagnostics.py)
 
 #: seconds per training epoch, measured on this machine (2 CPU cores, two single-thread processes
 #: at a time), per dataset family and loss; a loss missing here costs as cross-entropy.
@@ -346,6 +346,14 @@ def _carried_fingerprints(name: str, preset: str, arm: str, part: dict[str, Any]
     return [fp for fp in recorded if fp not in asked]
 
 
+def _diagnosed(name: str, preset: str, rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows of the asked families hold today's diagnostics (their newest key,
+    :data:`NEWEST_DIAGNOSTIC`): a part recorded with the same runs but older diagnostics is run
+    again, from the run cache, so that its rows gain them (no run is trained again)."""
+    asked = [r for r in rows if DATASETS is None or _label_picked(name, preset, r["dataset"])]
+    return all(NEWEST_DIAGNOSTIC in r for r in asked)
+
+
 def _passes(seeds: list[int], size: int) -> list[list[int]]:
     return [seeds[: i + size] for i in range(0, len(seeds), size)]
 
@@ -360,7 +368,8 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
         # None: an experiment tuned_by another (or untuned) reads the committed choices
         chosen = {key: entry["chosen"] for key, entry in part["tuning"].items()} or None
     recorded = set(part.get("fingerprints") or [])
-    if part.get("seeds") == seeds and set(fingerprints(name, preset, seeds, chosen, arm)) <= recorded:
+    same_runs = part.get("seeds") == seeds and set(fingerprints(name, preset, seeds, chosen, arm)) <= recorded
+    if same_runs and _diagnosed(name, preset, part.get("rows", [])):
         log(f"== {name} {arm}: seeds {seeds} recorded with the same runs, skipped")
         return
     carried = _carried_rows(name, preset, arm, part.get("rows", []))
