@@ -341,6 +341,38 @@ def readable_note(note: str) -> str:
     return re.sub(r"`([a-z0-9_.]+)`", lambda m: metric_text(m.group(1)), note)
 
 
+def claim_headline(entries: Sequence[Mapping[str, Any]], claim_id: str, what: str) -> str:
+    """One sentence on a claim's entries per arm: how many settings (dataset and K) each verdict
+    has, marked when counted apart (confounded, not counted), and the range of the effects, e.g.
+    "paper arm: contradicted in 3 of 3 settings (-2.5 to -1.9 pp)". ``what`` names the contrast
+    ("the two-head loss minus softmax thresholding").
+
+    Example:
+        >>> e = [{"id": "c", "arm": "tuned", "verdict": "contradicted", "effect": -0.02, "unit": "accuracy"},
+        ...      {"id": "c", "arm": "tuned", "verdict": "inconclusive", "effect": 0.001, "unit": "accuracy"}]
+        >>> claim_headline(e, "c", "ours - theirs")
+        '**ours - theirs**, tuned arm: contradicted in 1, inconclusive in 1 of 2 settings (effects -2.00 to +0.10 pp).'
+    """
+    mine = [e for e in entries if e["id"] == claim_id and e.get("unit") == "accuracy"]
+    if not mine:
+        return f"_No committed entry of {claim_id} yet._"
+    parts = []
+    for arm in ARMS:
+        here = [e for e in mine if e["arm"] == arm]
+        if not here:
+            continue
+        counts: dict[str, int] = {}
+        for e in here:
+            apart = {"confounded": " (confounded)", "not counted": " (not counted)"}.get(e.get("status", ""), "")
+            counts[e["verdict"] + apart] = counts.get(e["verdict"] + apart, 0) + 1
+        low, high = min(e["effect"] for e in here), max(e["effect"] for e in here)
+        verdicts = ", ".join(f"{v} in {n}" for v, n in counts.items())
+        parts.append(
+            f"{arm} arm: {verdicts} of {len(here)} settings (effects {100 * low:+.2f} to {100 * high:+.2f} pp)"
+        )
+    return f"**{what}**, " + "; ".join(parts) + "."
+
+
 def ledger_findings_markdown(entries: list[Mapping[str, Any]], *, ceilings: bool = True) -> str:
     """The committed verdicts of a chapter: one bullet per claim (its id and wording) and under it
     one bullet per ledger entry (:func:`entry_markdown`: setting, arm, numbers, verdict), with the
