@@ -296,3 +296,14 @@ def test_fashion_noise_designs_table_per_class_series_and_rank_k1_sentence():
     text = F.rank_k1_markdown(arms)
     assert "40% of the test inputs of **Shirt**" in text and "top-2 recall is 0.450" in text
     assert F.rank_k1_markdown({"paper": {"rows": trap}}) == ""
+
+
+def test_many_dead_classes_are_summarised_not_listed():
+    from avgk_book.findings import DEAD_LISTED, dead_classes_markdown
+
+    many = list(range(DEAD_LISTED + 4))
+    rows = [{"arm": "tuned", "dataset": "synthetic-100", "loss": "a", "seed": s, "test_dead_classes": many[s:]}
+            for s in range(3)]  # fmt: skip
+    text = dead_classes_markdown(rows)
+    assert f"{(10 + 9 + 8) / 3:.1f} per run, {len(many)} classes in all; most often" in text
+    assert text.count(" seeds)") == DEAD_LISTED and "class 2 (3 of 3 seeds)" in text and "class 0" not in text

@@ -62,12 +62,13 @@ def setting_markdown(name: str, preset: str) -> str:
         fixed = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-"
         knobs = ", ".join(f"{k} in {v}" for k, v in m.grid.items()) or "lr only"
         if m.lr_per_scale:
-            knobs += " (grid on lr x scale)"
+            knobs += " (each lr divided by the scale)"
         methods.append([method_label(method_name), fixed, knobs])
     lines.append(markdown_table(["method", "fixed options", "tuned knobs (x lr grid)"], methods))
     grid = ", ".join(f"{x:g}" for x in spec.lr_grid)
     tuned = f"lr grid {{{grid}}}, tuned on validation" if spec.tune and not experiment.tuned_by else "not tuned here"
-    lines += ["", f"Preset `{preset}`: {tuned}. {spec.note}"]
+    note = f" ({spec.note})" if spec.note else ""
+    lines += ["", f"Preset `{preset}`{note}: {tuned}."]
     return "\n".join(lines)
 
 
@@ -541,15 +542,26 @@ def dead_classes_markdown(rows: list[dict[str, Any]]) -> str:
             for c in r["test_dead_classes"]:
                 counts[c] = counts.get(c, 0) + 1
         if counts:
-            classes = ", ".join(
-                f"{_class_name(key[1], c)} ({n} of {len(runs)} seeds)" for c, n in sorted(counts.items())
-            )
-            parts.append(f"{', '.join(str(k) for k in key if k is not None)}: {classes}")
+            parts.append(f"{', '.join(str(k) for k in key if k is not None)}: {_dead_list(key[1], counts, runs)}")
     return (
-        f"**Dead classes** (never in a top-K set on test, recall 0), in {len(dead)} of {len(checked)} runs: "
-        + "; ".join(parts)
-        + "."
+        f"**Dead classes** (never in a top-K set on test, K the run's own; recall 0), in {len(dead)} of "
+        f"{len(checked)} runs: " + "; ".join(parts) + "."
     )
+
+
+#: a group with more dead classes than this is summarised: its mean per run and the most frequent
+DEAD_LISTED = 6
+
+
+def _dead_list(dataset: str, counts: dict[int, int], runs: list[dict[str, Any]]) -> str:
+    """Each dead class with its seed count, or, past :data:`DEAD_LISTED` classes, the mean number
+    per run and the classes dead most often."""
+    ranked = sorted(counts.items(), key=lambda cn: (-cn[1], cn[0]))
+    listed = ", ".join(f"{_class_name(dataset, c)} ({n} of {len(runs)} seeds)" for c, n in ranked[:DEAD_LISTED])
+    if len(ranked) <= DEAD_LISTED:
+        return listed
+    per_run = _mean([len(r["test_dead_classes"]) for r in runs])
+    return f"{per_run:.1f} per run, {len(ranked)} classes in all; most often {listed}"
 
 
 def oracle_markdown(name: str, dataset: str, rows: list[dict[str, Any]], ks: list[float]) -> str:
