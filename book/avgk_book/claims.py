@@ -1542,7 +1542,7 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
     95% interval excludes 0 (significant alone, not after the correction)."""
     reasons: list[str] = []
     for status, text in (
-        ("precondition absent", "precondition not met ({})"),
+        ("precondition absent", "precondition absent (needed: {})"),
         ("confounded", "decided by a named confound or artefact ({})"),
         ("not counted", "not evidence ({})"),
     ):
@@ -1577,7 +1577,8 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
 
 def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
     """One arm's cell of the at-a-glance table: per verdict (and counting status) a badge with the
-    number of settings, and the range of their effects."""
+    number of entries, the range of their effects (a single entry's with its 95% interval) and
+    the settings they come from."""
     if not entries:
         return "not run"
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -1587,11 +1588,12 @@ def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
     for (verdict, status), group in groups.items():
         qualifier = {"confounded": " (confounded)", "not counted": " (not counted)"}.get(status, "")
         effects = sorted(group, key=lambda e: e["effect"])
-        span = effect_text(effects[0], interval=False)
+        span = effect_text(effects[0], interval=len(effects) == 1)
         if len(effects) > 1:
             span += " to " + effect_text(effects[-1], interval=False)
         count = f" x{len(group)}" if len(group) > 1 else ""
-        parts.append(f"{badge(verdict)}{count}{qualifier}: {span}")
+        where = ", ".join(dict.fromkeys(setting_label(e["setting"]) for e in effects))
+        parts.append(f"{badge(verdict)}{count}{qualifier}: {span} ({where})")
     return "<br>".join(parts)
 
 
@@ -1608,7 +1610,8 @@ def at_a_glance_markdown(ledger: Any) -> str:
         cells = [_arm_summary([e for e in mine if e["arm"] == arm]) for arm in ARMS]
         if mine[0].get("preset") == "benchmark":
             cells[1] = "n/a (a benchmark)"
-        lines.append(f"| **{claim_id}** | {cells[0]} | {cells[1]} | {why_text(mine)} |")
+        kind = " (equivalence)" if mine[0].get("test") == "equivalence" else ""
+        lines.append(f"| **{claim_id}**{kind} | {cells[0]} | {cells[1]} | {why_text(mine)} |")
     return "\n".join(lines)
 
 
