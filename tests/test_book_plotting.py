@@ -230,3 +230,24 @@ def test_per_class_bars_name_the_classes_and_refuse_a_wrong_count():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Shirt", "Coat"]
     with pytest.raises(ValueError, match="name the 2 classes"):
         P.per_class_bars({"a": [0.2, 0.8]}, ylabel="recall", class_names=["Shirt"])
+
+
+def test_line_histogram_and_coverage_legends_sit_above_the_data():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from avgk_book import plotting as P
+
+    figs = [
+        P.lines({"x": [0, 1, 2], "a": [0.1, 0.9, 0.5], "b": [0.2, 0.8, 0.95]}, "x", {"a": "A", "b": "B"}),
+        P.size_histograms({"m": np.array([1, 1, 2, 3]), "n": np.array([1, 2, 2, 2])}),
+    ]
+    for fig in figs:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        legend = ax.get_legend().get_window_extent().transformed(ax.transData.inverted())
+        top = max(np.nanmax(line.get_ydata()) for line in ax.get_lines()) if ax.get_lines() else 0.0
+        top = max([top] + [p.get_path().get_extents(p.get_transform()).transformed(ax.transData.inverted()).y1
+                           for p in ax.patches])  # fmt: skip
+        assert legend.y0 >= top, (legend.y0, top)
+        plt.close(fig)

@@ -81,6 +81,14 @@ def _ax(ax=None, figsize=None):
     return ax.figure, ax
 
 
+def _legend_above_data(ax, share: float = 0.3, ncol: int = 2) -> None:
+    """A legend in headroom added above the data: the y axis grows by ``share`` of its range and the
+    legend sits in that band, so it never hides a bar or a point."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + share * (high - low))
+    ax.legend(frameon=False, loc="upper center", ncol=ncol)
+
+
 def lines(
     data: dict[str, Sequence[float]],
     x: str,
@@ -108,7 +116,7 @@ def lines(
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel or x, ylabel=ylabel, title=title)
-    ax.legend(frameon=False)
+    _legend_above_data(ax, ncol=1 if len(ys) == 1 else 2)
     return fig
 
 
@@ -344,7 +352,7 @@ def size_histograms(sizes: dict[str, np.ndarray], *, max_size: int | None = None
             density=True,
         )
     ax.set(xlabel="set size", ylabel="share of test inputs", title=title)
-    ax.legend(frameon=False)
+    _legend_above_data(ax, ncol=1)
     return fig
 
 
@@ -614,5 +622,5 @@ def coverage_by_size(rows: dict[str, list[dict[str, Any]]], *, target: float | N
         ax.axhline(target, color="0.3", ls=":", lw=1.5, label=f"1 - alpha = {target:g}")
     ax.set_xticks(xs, [b[2] for b in bins])
     ax.set(xlabel="set size", ylabel="coverage (test)", title=title, ylim=(0.0, 1.05))
-    ax.legend(frameon=False, loc="lower right")
+    _legend_above_data(ax, share=0.35)
     return fig
