@@ -186,3 +186,22 @@ def test_a_part_with_the_same_runs_but_older_diagnostics_is_diagnosed_again(tool
     monkeypatch.setattr(tool, "DATASETS", None)
     assert not tool._diagnosed("average_k", "cpu", rows)
     assert tool._diagnosed("average_k", "cpu", [])
+
+
+def test_a_new_tuning_of_one_family_keeps_the_other_families_seeds_and_fingerprints(tool, monkeypatch):
+    """A partial run that tunes anew (the catalog's base grid changed) carries the left-out
+    families' rows with their seeds and run fingerprints (it once wrote seeds [] and dropped them)."""
+    monkeypatch.setattr(tool, "DATASETS", ["fashion_mnist-pairs"])
+    monkeypatch.setattr(tool, "tuning_base", lambda *a, **k: [("m", "config")])
+    monkeypatch.setattr(tool, "digest", lambda configs: "new")
+    monkeypatch.setattr(tool, "tune", lambda *a, **k: {"dataset=fashion_mnist-pairs/m": {"chosen": {"lr": 1}}})
+    monkeypatch.setattr(tool, "save_arms_reference", lambda *a: None)
+    monkeypatch.setattr(tool, "_other_family_tuning", lambda name, preset, recorded: recorded)
+    monkeypatch.setattr(tool, "fingerprints", lambda name, preset, seeds, chosen, arm: [f"pairs-{s}" for s in seeds])
+    rows = [{"dataset": "synthetic-100", "seed": s} for s in range(20)]
+    part = {"rows": rows, "seeds": list(range(20)), "fingerprints": [f"syn-{s}" for s in range(20)] + ["pairs-0"],
+            "tuning": {"dataset=synthetic-100/m": {"chosen": {"lr": 0.1}}}, "tuning_base": "old"}  # fmt: skip
+    new = tool._tuning_part("label_noise", "cpu", part, {})
+    assert new["rows"] == rows and new["seeds"] == list(range(20))
+    assert new["fingerprints"] == [f"syn-{s}" for s in range(20)]
+    assert set(new["tuning"]) == {"dataset=synthetic-100/m", "dataset=fashion_mnist-pairs/m"}

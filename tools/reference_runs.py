@@ -405,9 +405,13 @@ def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, A
         part = {**part, "tuning": tuning, "tuning_base": base}
     else:
         kept = _other_family_tuning(name, preset, recorded or {})
+        old_chosen = {key: entry["chosen"] for key, entry in (recorded or {}).items()} or None
+        # the rows, seeds and run fingerprints of the families left out are carried over as they are
+        carried = _carried_fingerprints(name, preset, "tuned", part, old_chosen) if part.get("seeds") else []
         tuning = {**kept, **tune(name, preset, log=log, datasets=DATASETS)}
         rows = _carried_rows(name, preset, "tuned", part.get("rows", []))
-        part = {"rows": rows, "seeds": [], "tuning": tuning, "tuning_base": base}
+        seeds = sorted({r["seed"] for r in rows})
+        part = {"rows": rows, "seeds": seeds, "fingerprints": carried, "tuning": tuning, "tuning_base": base}
     arms["tuned"] = part
     save_arms_reference(name, preset, arms, OUT)
     log(f"== {name} tuned: tuning done in {time.time() - start:.0f} s")
