@@ -46,7 +46,7 @@ def setting_markdown(name: str, preset: str) -> str:
     paper_epochs = {tuple(sorted(p.labels.items())): p.recipe["epochs"] for p in spec.paper or []}
     rows = []
     for s in spec.settings:
-        label = ", ".join(f"{k}={v}" for k, v in s.labels.items())
+        label = setting_label(s.labels)
         data = s.dataset + (f" ({s.options['n_classes']} classes)" if "n_classes" in s.options else "")
         if s.options.get("imbalance_ratio", 1) > 1:
             data += f", long tail ratio {s.options['imbalance_ratio']:g}"
@@ -54,8 +54,8 @@ def setting_markdown(name: str, preset: str) -> str:
         ks = ", ".join(f"{k:g}" for k in s.ks)
         seeds = f"first {s.max_seeds}" if s.max_seeds else "all"
         paper = paper_epochs.get(tuple(sorted(s.labels.items())), "-")
-        rows.append([label, data, ks, f"`{s.select_key(s.tune_k)}`", s.recipe["epochs"], paper, seeds])
-    headers = ["setting", "data", "K", "selection metric", "epochs (tuned arm)", "epochs (paper arm)", "seeds"]
+        rows.append([label, data, ks, f"`{s.select_key(s.tune_k)}`", f"{s.recipe['epochs']} / {paper}", seeds])
+    headers = ["setting", "data", "K", "selection metric", "epochs (tuned / paper arm)", "seeds"]
     lines = [markdown_table(headers, rows), ""]
     methods = []
     for method_name, m in experiment.methods.items():
