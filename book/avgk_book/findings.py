@@ -87,7 +87,7 @@ def tuning_markdown(reference: dict[str, Any] | None) -> str:
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["chosen"].items())
         reused = " (reused)" if "reused_from" in entry else ""
         *labels, method = key.split("/")
-        key_text = ", ".join([*labels, method_label(method)])
+        key_text = ", ".join([*(label.removeprefix("dataset=") for label in labels), method_label(method)])
         span = f"{min(values):.3f} - {max(values):.3f}" + (f" ({diverged} diverged)" if diverged else "")
         rows.append([f"{key_text}{reused}", len(scores), span, chosen, f"{max(values):.3f}", _bracket_text(entry)])
     headers = ["setting / method", "points", "val range", "chosen", "best val", "bracketed"]
