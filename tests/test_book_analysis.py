@@ -245,7 +245,7 @@ def test_dead_classes_are_reported_by_group_with_their_seed_counts_and_fashion_n
     ] + [{"arm": "paper", "dataset": "fashion_mnist", "loss": "cross_entropy", "seed": 0, "test_dead_classes": []}]
     text = dead_classes_markdown(rows)
     assert "in 2 of 3 runs" in text
-    assert "paper, fashion_mnist, noised_topk: Pullover (2 of 2 seeds), Shirt (1 of 2 seeds)" in text
+    assert "paper, fashion_mnist, noised_topk: Pullover (2 of 2 runs), Shirt (1 of 2 runs)" in text
     assert "cross_entropy" not in text
     assert dead_classes_markdown([{**r, "test_dead_classes": []} for r in rows]).startswith("No dead class")
     assert dead_classes_markdown([{"loss": "a"}]) == ""
@@ -306,4 +306,4 @@ def test_many_dead_classes_are_summarised_not_listed():
             for s in range(3)]  # fmt: skip
     text = dead_classes_markdown(rows)
     assert f"{(10 + 9 + 8) / 3:.1f} per run, {len(many)} classes in all; most often" in text
-    assert text.count(" seeds)") == DEAD_LISTED and "class 2 (3 of 3 seeds)" in text and "class 0" not in text
+    assert text.count(" runs)") == DEAD_LISTED and "class 2 (3 of 3 runs)" in text and "class 0" not in text

@@ -566,7 +566,7 @@ def test_an_equivalence_entry_in_words_names_the_test_that_decided():
          "p_holm": 1.0, "margin": 0.01, "ci90": [-0.258, -0.244], "test": "equivalence",
          "inferiority": {"p": 1e-10, "p_holm": 1.2e-8}}  # fmt: skip
     text = entry_markdown(e)
-    assert "Holm-adjusted p 1." in text
+    assert "Holm-adjusted p = 1." in text
     assert "The p above tests equivalence (TOST); worse by more than the margin, Holm-adjusted p < 0.001." in text
 
 

@@ -263,7 +263,7 @@ def test_ledger_statements_carry_the_entry_numbers_negative_ones_included():
     entry = _ledger_entry()
     text = F.entry_markdown(entry, ceiling=0.8594)
     for piece in ["**contradicted**", "tuned arm", "K = 5", "5 seeds", "noised top-K 0.8058", "cross-entropy 0.8152",
-                  "-0.94 pp [-1.34, -0.53]", "Holm-adjusted p 0.047", "Bayes ceiling on these test inputs: 0.8594",
+                  "-0.94 pp [-1.34, -0.53]", "Holm-adjusted p = 0.047", "Bayes ceiling on these test inputs: 0.8594",
                   "ours (noised top-K)"]:  # fmt: skip
         assert piece in text, piece
     page = F.ledger_findings_markdown([entry, _ledger_entry(verdict="supported", effect=0.02, ci95=[0.01, 0.03])],

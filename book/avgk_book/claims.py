@@ -1538,7 +1538,7 @@ def badge(verdict: str) -> str:
 
 def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
     """One line on what decides a claim's entries: the absent preconditions, the named confounds,
-    the settings that are not evidence, and "n.s. after Holm" for inconclusive findings whose
+    the settings that are not evidence, and "not significant after Holm" for inconclusive findings whose
     95% interval excludes 0 (significant alone, not after the correction)."""
     reasons: list[str] = []
     for status, text in (
@@ -1559,9 +1559,9 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
         reasons.append("equivalence within the margin not shown after Holm")
     superiority = [e for e in ns if e["test"] != "equivalence"]
     if any(e["ci95"][0] > 0 or e["ci95"][1] < 0 for e in superiority if math.isfinite(e["ci95"][0])):
-        reasons.append("some intervals exclude 0 but are n.s. after Holm")
+        reasons.append("some intervals exclude 0 but are not significant after Holm")
     elif superiority:
-        reasons.append("n.s. after Holm")
+        reasons.append("not significant after Holm")
     from .plotting import method_label
 
     found = [e for e in entries if e.get("status", "finding") == "finding"]

@@ -251,7 +251,7 @@ def _compute_ceiling(entry: Mapping[str, Any], seeds: tuple[int, ...]) -> float 
 
 
 def _p_text(p: float | None, label: str) -> str:
-    return "" if p is None else f", {label} {p:.2g}" if p >= 0.001 else f", {label} < 0.001"
+    return "" if p is None else f", {label} = {p:.2g}" if p >= 0.001 else f", {label} < 0.001"
 
 
 def entry_markdown(
@@ -524,7 +524,7 @@ def dead_classes_markdown(rows: list[dict[str, Any]]) -> str:
         >>> rows = [{"arm": "paper", "dataset": "d", "loss": "a", "seed": s, "test_dead_classes": dead}
         ...         for s, dead in ((0, [3]), (1, [3, 4]), (2, []))]
         >>> dead_classes_markdown(rows).split(": ", 1)[1]
-        'paper, d, a: class 3 (2 of 3 seeds), class 4 (1 of 3 seeds).'
+        'paper, d, a: class 3 (2 of 3 runs), class 4 (1 of 3 runs).'
     """
     checked = [r for r in rows if r.get("test_dead_classes") is not None]
     if not checked:
@@ -557,7 +557,7 @@ def _dead_list(dataset: str, counts: dict[int, int], runs: list[dict[str, Any]])
     """Each dead class with its seed count, or, past :data:`DEAD_LISTED` classes, the mean number
     per run and the classes dead most often."""
     ranked = sorted(counts.items(), key=lambda cn: (-cn[1], cn[0]))
-    listed = ", ".join(f"{_class_name(dataset, c)} ({n} of {len(runs)} seeds)" for c, n in ranked[:DEAD_LISTED])
+    listed = ", ".join(f"{_class_name(dataset, c)} ({n} of {len(runs)} runs)" for c, n in ranked[:DEAD_LISTED])
     if len(ranked) <= DEAD_LISTED:
         return listed
     per_run = _mean([len(r["test_dead_classes"]) for r in runs])
