@@ -1520,7 +1520,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
 
 #: verdict badges: text and colour (never colour alone), white text on the verdict's colour
 BADGE = (
-    '<span style="background:{colour};color:#fff;padding:0 0.35em;border-radius:3px;white-space:nowrap">{text}</span>'
+    '<span style="background:{colour};color:#fff;padding:0 0.35em;border-radius:3px">{text}</span>'
 )
 
 
