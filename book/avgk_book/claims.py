@@ -1519,9 +1519,7 @@ def forest_plot(ledger: Any, *, title: str = "", figsize: tuple[float, float] | 
 # ------------------------------------------------------------------------------ the ledger in one minute
 
 #: verdict badges: text and colour (never colour alone), white text on the verdict's colour
-BADGE = (
-    '<span style="background:{colour};color:#fff;padding:0 0.35em;border-radius:3px">{text}</span>'
-)
+BADGE = '<span style="background:{colour};color:#fff;padding:0 0.35em;border-radius:3px">{text}</span>'
 
 
 def badge(verdict: str) -> str:
