@@ -205,3 +205,16 @@ def test_a_new_tuning_of_one_family_keeps_the_other_families_seeds_and_fingerpri
     assert new["rows"] == rows and new["seeds"] == list(range(20))
     assert new["fingerprints"] == [f"syn-{s}" for s in range(20)]
     assert set(new["tuning"]) == {"dataset=synthetic-100/m", "dataset=fashion_mnist-pairs/m"}
+
+
+def test_a_recorded_tuning_that_lacks_a_family_is_not_taken_as_complete(tool):
+    """A partial run that tuned anew records the base digest of every family but tunes only its
+    own: the next run of another family must not skip its tuning (it would train at defaults)."""
+    from avgk_book.experiments.grid import reference_tuning
+    from avgk_book.references import load_json_reference
+
+    recorded = reference_tuning(load_json_reference("label_noise_cpu"))
+    assert tool._untuned("label_noise", "cpu", recorded) == []
+    without_pairs = {k: v for k, v in recorded.items() if "fashion_mnist-pairs" not in k}
+    assert tool._untuned("label_noise", "cpu", without_pairs) == [k for k in recorded if "fashion_mnist-pairs" in k]
+    assert tool._untuned("two_head_ablation", "cpu", {}) == []  # nothing of its own to tune

@@ -53,7 +53,7 @@ from avgk_book.experiments import (
     save_arms_reference,
     tune,
 )
-from avgk_book.experiments.grid import _config, _methods_of, lr_grid_of
+from avgk_book.experiments.grid import _config, _methods_of, lr_grid_of, tuning_key
 from avgk_book.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
 from avgk_book.references import load_json_reference, reference_names, seal
 from avgk_lib.config import TrainConfig
@@ -386,6 +386,22 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
         log(f"== {name} {arm} seeds {done}: {time.time() - start:.0f} s, wrote {path}")
 
 
+def _untuned(name: str, preset: str, recorded: dict[str, Any]) -> list[str]:
+    """The tuning keys of the experiment's tuned settings and methods that ``recorded`` lacks: a
+    partial run that tuned anew records the base digest of every family but tunes only its own."""
+    experiment = EXPERIMENTS[name]
+    spec = experiment.preset(preset)
+    if experiment.tuned_from or not spec.tune:  # nothing of its own to tune (as tuning_base)
+        return []
+    keys = [
+        tuning_key(s, m)
+        for s in spec.settings
+        if _unbalanced_twin(spec, s) is None and s.tuning_labels is None
+        for m in _methods_of(experiment, s)
+    ]
+    return [key for key in keys if key not in recorded]
+
+
 def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
     """The tuned arm's part with its tuning: the recorded one when its base grid equals today's; the
     recorded one plus the tuning of the methods it lacks when the recorded entries' base grid is
@@ -393,7 +409,7 @@ def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, A
     base_runs = tuning_base(name, preset, every_family=True)
     base = digest([c for _, c in base_runs])
     recorded = part.get("tuning")
-    if recorded is not None and part.get("tuning_base") == base:
+    if recorded is not None and part.get("tuning_base") == base and not _untuned(name, preset, recorded):
         log(f"== {name} tuned: tuning recorded, skipped")
         return part
     start = time.time()
