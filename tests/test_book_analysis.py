@@ -307,3 +307,20 @@ def test_many_dead_classes_are_summarised_not_listed():
     text = dead_classes_markdown(rows)
     assert f"{(10 + 9 + 8) / 3:.1f} per run, {len(many)} classes in all; most often" in text
     assert text.count(" runs)") == DEAD_LISTED and "class 2 (3 of 3 runs)" in text and "class 0" not in text
+
+
+def test_add_diagnostics_diagnoses_a_run_folder_once_per_process(monkeypatch):
+    diagnostics = _tool_module("reference_diagnostics")
+    calls = []
+
+    def fake(folder, k=None):
+        calls.append(folder)
+        return {"test_dead_classes": [1]}
+
+    monkeypatch.setattr(diagnostics, "run_diagnostics", fake)
+    monkeypatch.setattr(diagnostics, "_DIAGNOSED", {})
+    rows = [{"run": "/runs/a", "seed": 0}, {"seed": 1}]
+    first = diagnostics.add_diagnostics(rows)
+    first[0]["test_dead_classes"].append(2)  # a caller's edit does not reach the next pass
+    again = diagnostics.add_diagnostics(rows)
+    assert calls == ["/runs/a"] and again[0]["test_dead_classes"] == [1] and again[1] == {"seed": 1}

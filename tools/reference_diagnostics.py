@@ -27,6 +27,7 @@ r"""Per-run diagnostics behind the fair-comparison chapters, computed from a fin
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -142,6 +143,12 @@ def tied_topk_share(scores: torch.Tensor, k: float) -> float:
     return float((top[:, kk - 1] == top[:, kk]).double().mean())
 
 
+@functools.lru_cache(maxsize=2)
+def _bundle(dataset: str, options_json: str) -> Any:
+    """A dataset as the runs load it, kept for the next run: the methods of one seed share a draw."""
+    return load_dataset(dataset, **json.loads(options_json))
+
+
 def best_checkpoint_test_scores(folder: str | Path) -> torch.Tensor:
     """The float32 test scores of a finished run's evaluated head, recomputed from its best
     checkpoint (``scores.pt`` keeps half precision, whose ties exaggerate A13's)."""
@@ -152,7 +159,8 @@ def best_checkpoint_test_scores(folder: str | Path) -> torch.Tensor:
 
     config = run_results(folder)["config"]
     spec = RunSpec.resolve(TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}))
-    run = build_run(spec)
+    cfg = spec.config
+    run = build_run(spec, bundle=_bundle(cfg.dataset, json.dumps(cfg.dataset_options, sort_keys=True)))
     run.model.load_state_dict(RunDir(folder).load_best(spec.fingerprint)["model"])
     with torch.no_grad():
         scores, _ = collect_scores(run.model, run.test_loader, run.objective.head_scores, run.autocast())
@@ -187,6 +195,21 @@ def run_diagnostics(folder: str | Path, k: float | None = None) -> dict[str, Any
     return out
 
 
+#: the diagnostics of finished runs already computed in this process, by (folder, K): a reference
+#: is rewritten after every pass with the rows of all its seeds so far
+_DIAGNOSED: dict[tuple[str, float | None], dict[str, Any]] = {}
+
+
 def add_diagnostics(rows: list[dict[str, Any]], k: float | None = None) -> list[dict[str, Any]]:
-    """Rows with :func:`run_diagnostics` of their run folders merged in (rows without a folder unchanged)."""
-    return [{**row, **run_diagnostics(row["run"], k)} if "run" in row else row for row in rows]
+    """Rows with :func:`run_diagnostics` of their run folders merged in (rows without a folder
+    unchanged); a folder is diagnosed once per process."""
+    out = []
+    for row in rows:
+        if "run" not in row:
+            out.append(row)
+            continue
+        key = (str(row["run"]), k)
+        if key not in _DIAGNOSED:
+            _DIAGNOSED[key] = run_diagnostics(row["run"], k)
+        out.append({**row, **copy.deepcopy(_DIAGNOSED[key])})
+    return out

@@ -53,7 +53,7 @@ from avgk_book.experiments import (
     save_arms_reference,
     tune,
 )
-from avgk_book.experiments.grid import _config, _methods_of, lr_grid_of, tuning_key
+from avgk_book.experiments.grid import _config, _methods_of, lr_grid_of, tuning_keys
 from avgk_book.experiments.tuning import MAX_EXTENSIONS, _unbalanced_twin
 from avgk_book.references import load_json_reference, reference_names, seal
 from avgk_lib.config import TrainConfig
@@ -387,19 +387,12 @@ def run_arm(name: str, preset: str, arm: str, seeds: list[int], pass_size: int, 
 
 
 def _untuned(name: str, preset: str, recorded: dict[str, Any]) -> list[str]:
-    """The tuning keys of the experiment's tuned settings and methods that ``recorded`` lacks: a
+    """The tuning keys of the experiment's own settings and methods that ``recorded`` lacks: a
     partial run that tuned anew records the base digest of every family but tunes only its own."""
     experiment = EXPERIMENTS[name]
-    spec = experiment.preset(preset)
-    if experiment.tuned_from or not spec.tune:  # nothing of its own to tune (as tuning_base)
+    if experiment.tuned_from or not experiment.preset(preset).tune:  # nothing of its own to tune
         return []
-    keys = [
-        tuning_key(s, m)
-        for s in spec.settings
-        if _unbalanced_twin(spec, s) is None and s.tuning_labels is None
-        for m in _methods_of(experiment, s)
-    ]
-    return [key for key in keys if key not in recorded]
+    return [key for key in tuning_keys(name, preset) if key not in recorded]
 
 
 def _tuning_part(name: str, preset: str, part: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:

@@ -684,11 +684,13 @@ def tied_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
         >>> tied_scores(rows)["artefact"]
         'tied scores: b ties its K-th and next probabilities on up to 59.0% of test inputs (limit 1%)'
     """
-    shares = [(r["test_tied_topk_share"], r["loss"]) for r in rows if r.get("test_tied_topk_share") is not None]
-    if not shares:
+    tied: dict[str, float] = {}  # loss -> its largest share
+    for r in rows:
+        if r.get("test_tied_topk_share") is not None:
+            tied[r["loss"]] = max(tied.get(r["loss"], 0.0), r["test_tied_topk_share"])
+    if not tied:
         return {"tied_share": None}
-    out: dict[str, Any] = {"tied_share": max(v for v, _ in shares)}
-    tied = {loss: max(v for v, m in shares if m == loss) for _, loss in shares}
+    out: dict[str, Any] = {"tied_share": max(tied.values())}
     over = {loss: v for loss, v in tied.items() if v > TIED_SHARE_LIMIT}
     if over:
         out["artefact"] = (
@@ -1573,6 +1575,11 @@ def why_text(entries: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(reasons) or "significant after Holm"
 
 
+#: how a verdict counted apart is marked beside its badge (the status "precondition absent" has its
+#: own verdict, "not reproduced here")
+APART_QUALIFIERS = {"confounded": " (confounded)", "not counted": " (not counted)"}
+
+
 def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
     """One arm's cell of the at-a-glance table: per verdict (and counting status) a badge with the
     number of entries, the range of their effects (a single entry's with its 95% interval) and
@@ -1584,7 +1591,7 @@ def _arm_summary(entries: Sequence[Mapping[str, Any]]) -> str:
         groups.setdefault((e["verdict"], e.get("status", "finding")), []).append(e)
     parts = []
     for (verdict, status), group in groups.items():
-        qualifier = {"confounded": " (confounded)", "not counted": " (not counted)"}.get(status, "")
+        qualifier = APART_QUALIFIERS.get(status, "")
         effects = sorted(group, key=lambda e: e["effect"])
         span = effect_text(effects[0], interval=len(effects) == 1)
         if len(effects) > 1:

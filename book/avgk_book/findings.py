@@ -17,7 +17,16 @@ from avgk_lib.metrics import metric_key
 
 from . import experiments as E
 from . import stats as S
-from .claims import ARMS, build_ledger, effect_text, merged_into, precondition_value, setting_label, verdict_text
+from .claims import (
+    APART_QUALIFIERS,
+    ARMS,
+    build_ledger,
+    effect_text,
+    merged_into,
+    precondition_value,
+    setting_label,
+    verdict_text,
+)
 from .display import markdown_table
 from .plotting import METHOD_LABELS, method_label
 
@@ -364,7 +373,7 @@ def claim_headline(entries: Sequence[Mapping[str, Any]], claim_id: str, what: st
             continue
         counts: dict[str, int] = {}
         for e in here:
-            apart = {"confounded": " (confounded)", "not counted": " (not counted)"}.get(e.get("status", ""), "")
+            apart = APART_QUALIFIERS.get(e.get("status", ""), "")
             counts[e["verdict"] + apart] = counts.get(e["verdict"] + apart, 0) + 1
         low, high = min(e["effect"] for e in here), max(e["effect"] for e in here)
         verdicts = ", ".join(f"{v} in {n}" for v, n in counts.items())
